@@ -1,0 +1,156 @@
+"""Per-call cost of ``Client.track()`` against a bare SQLite INSERT, measured in one run.
+
+    python benchmarks/track.py            # 1,000,000 events already stored
+    python benchmarks/track.py --quick    # 100,000 events, for CI
+
+Both sides write the same row into the same schema (a copy of one file, same indexes, same
+size) in WAL mode with synchronous=NORMAL; the baseline is a bare ``sqlite3`` autocommit
+INSERT. Rounds alternate the sides so machine noise hits both; the figure is the median of
+the per-round ratios. Three typical rules read the tracked event; the light users have ~100
+events each, the heavy user 100,000 of the tracked kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import pqlsdk
+
+RULES = {"rules": [
+    {"name": "team_activation", "all": [
+        {"event": "report_generated", "at_least": 5, "within": "14d"},
+        {"event": "teammate_invited", "distinct": "invitee_email", "at_least": 3},
+        {"trait": "plan", "in": ["free", "trial"]},
+    ]},
+    {"name": "crm_connected", "all": [
+        {"event": "report_generated", "at_least": 10, "within": "30d"},
+        {"event": "integration_connected", "where": {"provider": ["salesforce", "hubspot"]}},
+    ]},
+    {"name": "power_team", "subject": "account", "all": [
+        {"event": "report_generated", "at_least": 50, "within": "7d"},
+        {"trait": "seats", "gte": 10},
+    ]},
+]}
+NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+KINDS = ["report_generated", "dashboard_viewed", "export", "comment_added"]
+
+
+def populate(path: str, events: int, heavy: int) -> list[str]:
+    """A database of ``events`` events over light users plus one heavy user; returns users."""
+    client = pqlsdk.Client(path, rules=RULES)
+    client.close()
+    users = [f"user-{n}" for n in range((events - heavy) // 100)]
+    start = pqlsdk.timestamps.to_micros(NOW - timedelta(days=90))
+    span = 90 * 86400 * 1_000_000
+    rng = random.Random(7)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO users (user_id, account_id, traits, first_seen) VALUES (?, ?, ?, ?)",
+        [(u, f"acct-{i // 5}", '{"plan": "paid"}', start) for i, u in enumerate(users)]
+        + [("heavy", "acct-heavy", '{"plan": "trial"}', start)],
+    )
+    conn.executemany(
+        "INSERT INTO accounts (account_id, traits, first_seen) VALUES (?, '{}', ?)",
+        [(f"acct-{i}", start) for i in range(len(users) // 5 + 1)] + [("acct-heavy", start)],
+    )
+    rows = (
+        (u, f"acct-{i // 5}", rng.choice(KINDS), start + rng.randrange(span), "{}")
+        for i, u in enumerate(users) for _ in range(100)
+    )
+    conn.executemany("INSERT INTO events (user_id, account_id, event, ts, properties) "
+                     "VALUES (?, ?, ?, ?, ?)", rows)
+    conn.executemany(
+        "INSERT INTO events (user_id, account_id, event, ts, properties) VALUES (?, ?, ?, ?, ?)",
+        (("heavy", "acct-heavy", "report_generated", start + rng.randrange(span), "{}")
+         for _ in range(heavy)),
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return users
+
+
+def per_call(fn, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 events instead of 1M")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=300, help="calls per side per round")
+    args = parser.parse_args()
+    events = 100_000 if args.quick else 1_000_000
+    heavy = 100_000 if not args.quick else 20_000
+
+    folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
+    path = os.path.join(folder, "pql.db")
+    setup = time.perf_counter()
+    users = populate(path, events, heavy)
+    base_path = os.path.join(folder, "baseline.db")
+    shutil.copy(path, base_path)
+    print(f"{events:,} events stored ({len(users):,} light users, heavy user {heavy:,}) "
+          f"in {time.perf_counter() - setup:.1f}s")
+
+    base = sqlite3.connect(base_path, isolation_level=None)
+    base.execute("PRAGMA journal_mode = WAL")
+    base.execute("PRAGMA synchronous = NORMAL")
+    insert = ("INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
+              "VALUES (?, ?, ?, ?, ?, ?)")
+    client = pqlsdk.Client(path, rules=RULES)
+    rng = random.Random(11)
+    ts = NOW
+
+    def bare() -> None:
+        base.execute(insert, (None, rng.choice(users), "acct-1", "report_generated",
+                              pqlsdk.timestamps.to_micros(ts), "{}"))
+
+    def light() -> None:
+        client.track(rng.choice(users), "report_generated", timestamp=ts)
+
+    def unread() -> None:
+        client.track(rng.choice(users), "page_viewed", timestamp=ts)
+
+    def heavy_user() -> None:
+        client.track("heavy", "report_generated", timestamp=ts)
+
+    light_ratios, heavy_ratios, floor_ratios, base_times = [], [], [], []
+    for _ in range(args.rounds):
+        b = per_call(bare, args.calls)
+        t_light = per_call(light, args.calls)
+        t_heavy = per_call(heavy_user, args.calls)
+        t_floor = per_call(unread, args.calls)
+        b = (b + per_call(bare, args.calls)) / 2
+        base_times.append(b)
+        light_ratios.append(t_light / b)
+        heavy_ratios.append(t_heavy / b)
+        floor_ratios.append(t_floor / b)
+    client.close()
+    base.close()
+    shutil.rmtree(folder)
+
+    light_r, heavy_r = statistics.median(light_ratios), statistics.median(heavy_ratios)
+    print(f"bare sqlite3 INSERT (baseline)   {statistics.median(base_times) * 1e6:8.1f} us/call")
+    print(f"track(), event no rule reads     {statistics.median(floor_ratios):8.2f}x baseline")
+    print(f"track(), light user, 3 rules     {light_r:8.2f}x baseline")
+    print(f"track(), heavy user ({heavy:,} ev)  {heavy_r:8.2f}x baseline"
+          f"   ({heavy_r / light_r:.2f}x light)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""pqlsdk: know, in your own backend, the moment a user or an account becomes a PQL.
+
+    >>> import pqlsdk
+    >>> client = pqlsdk.Client(database="pql.db", rules="pql_rules.toml")
+    >>> client.track("u1", "report_generated")
+"""
+
+from .client import Client, UnknownSubject
+from .errors import PqlError, RuleError, ValidationError
+from .evaluator import Measurement
+from .models import Qualification, Status
+from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, trait
+from .stages import SIDE_STATES, STAGES
+from .store import SchemaTooNew
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "Measurement",
+    "PqlError",
+    "Qualification",
+    "Rule",
+    "RuleError",
+    "RuleSet",
+    "SIDE_STATES",
+    "STAGES",
+    "SchemaTooNew",
+    "Status",
+    "UnknownSubject",
+    "ValidationError",
+    "__version__",
+    "all_of",
+    "any_of",
+    "event",
+    "load_rules",
+    "not_",
+    "trait",
+]

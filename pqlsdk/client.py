@@ -1,0 +1,373 @@
+"""The Client: the facade an application calls on its usage milestones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from datetime import date, datetime
+from typing import Any
+
+import sqlite_utils
+
+from .errors import PqlError, ValidationError
+from .evaluator import measure
+from .models import Qualification, Status
+from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
+from .rules import Rule, RuleSet, load_rules
+from .stages import FIRST_STAGE, rank
+from .store import Store, Transaction
+from .timestamps import coerce, now, to_micros
+
+log = logging.getLogger("pqlsdk")
+
+Callback = Callable[[Qualification], Any]
+
+#: How many subjects one transaction of :meth:`Client.evaluate` checks.
+EVALUATE_CHUNK = 500
+
+
+class UnknownSubject(PqlError, LookupError):
+    """``status``/``explain`` asked about a user or account pqlsdk has never seen."""
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _require_id(name: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{name} must be a non-empty string (got {value!r})")
+    return value
+
+
+def _optional_id(name: str, value: Any) -> str | None:
+    return None if value is None else _require_id(name, value)
+
+
+def _json_text(name: str, value: Any) -> str:
+    if value is None:
+        return "{}"
+    if not isinstance(value, dict):
+        raise ValidationError(
+            f"{name} must be a dict of JSON values (got {type(value).__name__}: {value!r})"
+        )
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{name} must be a dict of JSON values: {exc}") from None
+
+
+class Client:
+    """Record usage, evaluate PQL rules, and qualify each user or account exactly once.
+
+    >>> client = Client(database="pql.db", rules="pql_rules.toml")
+    >>> @client.on_qualified
+    ... def notify_sales(q):
+    ...     print(q.subject_id, "qualified for", q.rule)
+    >>> client.identify("u1", {"plan": "trial"}, account_id="acme")
+    >>> client.track("u1", "report_generated", {"report": "pipeline"})
+    []
+
+    :param database: a path, ``":memory:"`` or a ``sqlite_utils.Database``.
+    :param rules: a TOML path, a dict in the file's shape, or a list of :class:`Rule`.
+    :param on_qualified: a callable (or a list) called with each new :class:`Qualification`.
+    :param segment: a ``segment.analytics.Client`` to forward qualifications to.
+    :param forward_events: also mirror every track/identify/group to Segment.
+    :param sync_mode: deliver to callbacks (and Segment) before ``track()`` returns.
+    :param busy_timeout: seconds to wait for another process's write lock.
+    """
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str] | sqlite_utils.Database = "pql.db",
+        rules: str | os.PathLike[str] | list[Rule] | dict[str, Any] | None = None,
+        on_qualified: Callback | Iterable[Callback] | None = None,
+        segment: Any = None,
+        forward_events: bool = False,
+        sync_mode: bool = False,
+        *,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.rules: RuleSet = load_rules(rules)
+        self._callbacks: list[Callback] = []
+        if callable(on_qualified):
+            self._callbacks.append(on_qualified)
+        elif on_qualified is not None:
+            for callback in on_qualified:
+                self.on_qualified(callback)
+        self.segment = segment
+        self.forward_events = forward_events
+        self.sync_mode = sync_mode
+        self._by_subject = {
+            kind: [r for r in self.rules.rules if r.subject == kind] for kind in ("user", "account")
+        }
+        self._by_event: dict[str, tuple[list[Rule], list[Rule]]] = {}
+        for rule in self.rules.rules:
+            for name in rule.events:
+                users, accounts = self._by_event.setdefault(name, ([], []))
+                (users if rule.subject == "user" else accounts).append(rule)
+        self.store = Store(database, busy_timeout=busy_timeout)
+
+    # -- registration -----------------------------------------------------------------------
+
+    def on_qualified(self, callback: Callback) -> Callback:
+        """Register ``callback(qualification)``; usable as a decorator.
+
+        Callbacks run after the qualification is committed; one that raises is logged and
+        does not reach ``track()``'s caller.
+        """
+        if not callable(callback):
+            raise ValidationError(f"on_qualified needs a callable (got {callback!r})")
+        self._callbacks.append(callback)
+        return callback
+
+    # -- recording --------------------------------------------------------------------------
+
+    def track(
+        self,
+        user_id: str,
+        event: str,
+        properties: dict[str, Any] | None = None,
+        *,
+        account_id: str | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+    ) -> list[Qualification]:
+        """Record that ``user_id`` did ``event``; return the qualifications it completed.
+
+        The event and any qualification it completes are committed together. The same
+        ``message_id`` twice is stored and counted once (the second call returns ``[]``).
+        The event counts for ``account_id`` (or the user's current account, if any).
+        """
+        user_id = _require_id("user_id", user_id)
+        event = _require_id("event", event)
+        props = _json_text("properties", properties)
+        account_id = _optional_id("account_id", account_id)
+        message_id = _optional_id("message_id", message_id)
+        at = now() if timestamp is None else coerce(timestamp)
+        ts = to_micros(at)
+        user_rules, account_rules = self._by_event.get(event, ((), ()))
+        with self.store.write() as tx:
+            user, account = load_subjects(tx, user_id, account_id, ts)
+            account_id = account.id if account else None
+            if not tx.insert_event(message_id, user_id, account_id, event, ts, props):
+                return []
+            created = qualify(tx, user_rules, user, user_id=user_id, account_id=account_id,
+                              at=at)
+            if account is not None:
+                created += qualify(tx, account_rules, account, user_id=user_id,
+                                   account_id=account_id, at=at)
+        self._deliver(created)
+        return created
+
+    def identify(
+        self,
+        user_id: str,
+        traits: dict[str, Any] | None = None,
+        *,
+        account_id: str | None = None,
+        timestamp: datetime | str | None = None,
+    ) -> list[Qualification]:
+        """Merge ``traits`` into the user's traits (a null value removes one) and re-check the
+        user rules that read a changed trait. ``account_id`` ties the user to an account."""
+        user_id = _require_id("user_id", user_id)
+        traits = json.loads(_json_text("traits", traits))
+        account_id = _optional_id("account_id", account_id)
+        at = now() if timestamp is None else coerce(timestamp)
+        with self.store.write() as tx:
+            user, account = load_subjects(tx, user_id, account_id, to_micros(at))
+            user, changed = _merge_traits(tx, user, traits)
+            created = qualify(tx, self.rules.reading_traits("user", changed), user,
+                              user_id=user_id, account_id=account.id if account else None, at=at)
+        self._deliver(created)
+        return created
+
+    def group(
+        self,
+        user_id: str,
+        account_id: str,
+        traits: dict[str, Any] | None = None,
+        *,
+        timestamp: datetime | str | None = None,
+    ) -> list[Qualification]:
+        """Tie ``user_id`` to ``account_id`` from now on, merge the account's ``traits`` and
+        re-check the account rules that read a changed trait."""
+        user_id = _require_id("user_id", user_id)
+        account_id = _require_id("account_id", account_id)
+        traits = json.loads(_json_text("traits", traits))
+        at = now() if timestamp is None else coerce(timestamp)
+        with self.store.write() as tx:
+            _, account = load_subjects(tx, user_id, account_id, to_micros(at))
+            account, changed = _merge_traits(tx, account, traits)
+            created = qualify(tx, self.rules.reading_traits("account", changed), account,
+                              user_id=user_id, account_id=account_id, at=at)
+        self._deliver(created)
+        return created
+
+    def evaluate(self, *, as_of: datetime | str | None = None) -> list[Qualification]:
+        """Re-check every subject against every rule it has not met, as of ``as_of``
+        (default now): what time alone can change (``at_most``, ``not``) and what late
+        events completed. Qualifications found here are dated ``as_of``."""
+        at = now() if as_of is None else coerce(as_of, "as_of")
+        until = to_micros(at)
+        with self.store.read() as tx:
+            subjects = list(tx.subjects())
+        created: list[Qualification] = []
+        for start in range(0, len(subjects), EVALUATE_CHUNK):
+            with self.store.write() as tx:
+                for subject_type, subject_id in subjects[start:start + EVALUATE_CHUNK]:
+                    created += self._evaluate_subject(tx, subject_type, subject_id, at, until)
+        self._deliver(created)
+        return created
+
+    def _evaluate_subject(
+        self, tx: Transaction, subject_type: str, subject_id: str, at: datetime, until: int
+    ) -> list[Qualification]:
+        rules = self._by_subject[subject_type]
+        if not rules:
+            return []
+        if subject_type == "user":
+            user_id, account_id = subject_id, tx.account_of(subject_id)
+        else:
+            user_id, account_id = tx.latest_user(subject_id, until), subject_id
+            if user_id is None:
+                return []
+        return qualify(tx, rules, load_subject(tx, subject_type, subject_id), user_id=user_id,
+                       account_id=account_id, at=at)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def qualifications(
+        self, *, since: datetime | str | None = None, rule: str | None = None
+    ) -> list[Qualification]:
+        """Recorded qualifications in time order, optionally since a moment or for one rule."""
+        since_us = None if since is None else to_micros(coerce(since, "since"))
+        with self.store.read() as tx:
+            rows = tx.qualifications(since=since_us, rule=rule)
+        return [Qualification.from_row(row) for row in rows]
+
+    def status(
+        self,
+        user_id: str | None = None,
+        *,
+        account_id: str | None = None,
+        as_of: datetime | str | None = None,
+    ) -> Status:
+        """Where a user (or, with ``account_id=``, an account) stands; progress is measured
+        as of ``as_of`` (default now)."""
+        subject_type, subject_id = _subject(user_id, account_id)
+        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        with self.store.read() as tx:
+            return self._status(tx, subject_type, subject_id, until)
+
+    def _status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
+                ) -> Status:
+        if not tx.exists(subject_type, subject_id):
+            raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
+        found = tuple(Qualification.from_row(r)
+                      for r in tx.qualifications(subject=(subject_type, subject_id)))
+        met = {q.rule for q in found}
+        facts = SubjectFacts(tx, load_subject(tx, subject_type, subject_id), until)
+        progress = {
+            rule.name: measure(rule.condition, facts)
+            for rule in self._by_subject[subject_type]
+            if rule.name not in met
+        }
+        stage = max((q.stage for q in found), key=rank, default=FIRST_STAGE)
+        return Status(subject_type, subject_id, stage, found, progress)
+
+    def explain(
+        self,
+        user_id: str | None = None,
+        *,
+        account_id: str | None = None,
+        as_of: datetime | str | None = None,
+    ) -> str:
+        """Per rule, each condition's measured value against its bound, for people::
+
+            user u1: stage lead
+              ✗ team_activation: not yet
+                ✗ all of:
+                  ✓ report_generated in 14d: 5 of at least 5
+                  ✗ teammate_invited (distinct invitee_email): 1 of at least 3
+
+        A user's explanation also covers its account's rules. Progress is measured as of
+        ``as_of`` (default now).
+        """
+        subject_type, subject_id = _subject(user_id, account_id)
+        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        with self.store.read() as tx:
+            statuses = [self._status(tx, subject_type, subject_id, until)]
+            if subject_type == "user":
+                account = tx.account_of(subject_id)
+                if account is not None:
+                    statuses.append(self._status(tx, "account", account, until))
+        return "\n".join(line for status in statuses for line in _explain_lines(status))
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def _deliver(self, qualifications: list[Qualification]) -> None:
+        for qualification in qualifications:
+            for callback in self._callbacks:
+                try:
+                    callback(qualification)
+                except Exception:
+                    log.exception("pqlsdk: on_qualified callback %r failed for %s", callback,
+                                  qualification.id)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything due is delivered; True when nothing is left pending."""
+        return True
+
+    def close(self) -> None:
+        """Flush and close the database connection."""
+        self.flush()
+        self.store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:
+    if (user_id is None) == (account_id is None):
+        raise ValidationError("pass exactly one of user_id or account_id=")
+    if user_id is not None:
+        return "user", _require_id("user_id", user_id)
+    return "account", _require_id("account_id", account_id)
+
+
+def _merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]
+                  ) -> tuple[Subject, set[str]]:
+    """Merge ``traits`` into the subject's (null removes one); return it and what changed."""
+    old = json.loads(subject.traits_json)
+    changed = {k for k, v in traits.items() if old.get(k) != v}
+    if not changed:
+        return subject, changed
+    merged = {k: v for k, v in {**old, **traits}.items() if v is not None}
+    text = json.dumps(merged, sort_keys=True)
+    tx.set_traits(subject.type, subject.id, text)
+    return subject._replace(traits_json=text), changed
+
+
+def _explain_lines(status: Status) -> list[str]:
+    lines = [f"{status.subject_type} {status.subject_id}: stage {status.stage}"]
+    for qualification in status.qualifications:
+        when = qualification.qualified_at.strftime("%Y-%m-%d %H:%M UTC")
+        lines.append(f"  ✓ {qualification.rule}: qualified {when} → {qualification.stage}")
+        lines += qualification.evidence.lines("      ")
+    for name, progress in status.progress.items():
+        lines.append(f"  ✗ {name}: not yet")
+        lines += progress.lines("      ")
+    if len(lines) == 1:
+        lines.append("  (no rules for this subject)")
+    return lines
+

@@ -1,0 +1,65 @@
+"""The exceptions pqlsdk raises into application code."""
+
+from __future__ import annotations
+
+
+class PqlError(Exception):
+    """Base class of every error pqlsdk raises on purpose."""
+
+
+class ValidationError(PqlError, ValueError):
+    """An argument to a public call was not acceptable; nothing was written.
+
+    The message names the argument, says what was received and what is allowed::
+
+        >>> client.track("", "report_generated")
+        Traceback (most recent call last):
+        pqlsdk.errors.ValidationError: user_id must be a non-empty string (got '')
+    """
+
+
+class RuleError(ValidationError):
+    """A rules file, dict or object is malformed.
+
+    The message names the source (file), the rule and the key, and what is allowed::
+
+        pql_rules.toml: rule 'team_activation': all[0].at_lest: unknown key;
+        allowed: at_least, at_most, distinct, event, sum, where, within
+
+    ``Client(...)`` raises it before anything is stored, so no rule set is half-loaded.
+    ``problem``, ``source``, ``rule`` and ``key`` carry the parts for programs.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        source: str | None = None,
+        rule: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.problem, self.source, self.rule, self.key = problem, source, rule, key
+        where = []
+        if source:
+            where.append(source)
+        if rule:
+            where.append(f"rule {rule!r}")
+        if key:
+            where.append(key)
+        super().__init__(": ".join([*where, problem]))
+
+    def within(
+        self, *, source: str | None = None, rule: str | None = None, key: str | None = None
+    ) -> RuleError:
+        """The same problem, located inside ``key`` of ``rule`` in ``source``."""
+        inner = self.key or ""
+        if key and inner:
+            inner = f"{key}.{inner}"
+        elif key:
+            inner = key
+        return RuleError(
+            self.problem,
+            source=source or self.source,
+            rule=rule or self.rule,
+            key=inner or None,
+        )

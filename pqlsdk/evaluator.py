@@ -1,0 +1,104 @@
+"""Decide whether a condition holds for one subject at one moment: pure logic, no SQL.
+
+The facts (event counts, traits) come from a :class:`Facts` object, which the store
+implements for a subject as of a moment; tests can implement it with plain lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+
+from .rules import AllOf, AnyOf, Condition, EventCondition, Not, TraitCondition
+
+
+class Facts(Protocol):
+    """What the evaluator may ask about one subject as of one moment."""
+
+    def measure(self, condition: EventCondition, limit: int | None) -> float:
+        """Count (or distinct-count, or sum) the matching events; may stop at ``limit``."""
+
+    def trait(self, name: str) -> tuple[bool, Any]:
+        """``(present, value)`` of one trait."""
+
+
+@attrs.frozen
+class Measurement:
+    """One condition's measured value against its bound; groups carry their ``parts``.
+
+    ``value`` of a capped count is the bound it reached ("5 of at least 5"): the hot path
+    stops counting once a bound is decided.
+    """
+
+    label: str
+    value: Any
+    bound: str
+    met: bool
+    parts: tuple[Measurement, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (how evidence is stored)."""
+        out: dict[str, Any] = {"label": self.label, "value": self.value, "bound": self.bound,
+                               "met": self.met}
+        if self.parts:
+            out["parts"] = [p.to_dict() for p in self.parts]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """The inverse of :meth:`to_dict`."""
+        parts = tuple(cls.from_dict(p) for p in data.get("parts", ()))
+        return cls(data["label"], data["value"], data["bound"], data["met"], parts)
+
+    def lines(self, indent: str = "  ") -> list[str]:
+        """Human-readable lines, one per condition: ``"✗ report_generated in 14d: 3 of at
+        least 5"``."""
+        mark = "✓" if self.met else "✗"
+        if not self.parts:
+            joint = "of" if not self.label.startswith("trait ") else "— wanted"
+            return [f"{indent}{mark} {self.label}: {_show(self.value)} {joint} {self.bound}"]
+        head = [f"{indent}{mark} {self.label}:"]
+        return head + [line for p in self.parts for line in p.lines(indent + "  ")]
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(missing)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def holds(condition: Condition, facts: Facts) -> bool:
+    """Whether ``condition`` holds; checks cheap parts first and stops at the first decisive
+    one (the hot path)."""
+    if isinstance(condition, EventCondition):
+        return condition.met_by(facts.measure(condition, condition.limit))
+    if isinstance(condition, TraitCondition):
+        present, value = facts.trait(condition.trait)
+        return condition.check.matches(value, present)
+    if isinstance(condition, AllOf):
+        return all(holds(c, facts) for c in condition.by_cost)
+    if isinstance(condition, AnyOf):
+        return any(holds(c, facts) for c in condition.by_cost)
+    return not holds(condition.condition, facts)
+
+
+def measure(condition: Condition, facts: Facts, *, exact: bool = True) -> Measurement:
+    """Every part's measured value (exact counts unless ``exact=False``), for evidence and
+    explain."""
+    if isinstance(condition, EventCondition):
+        value = facts.measure(condition, None if exact else condition.limit)
+        return Measurement(condition.label(), value, condition.bound(), condition.met_by(value))
+    if isinstance(condition, TraitCondition):
+        present, value = facts.trait(condition.trait)
+        return Measurement(condition.label(), value if present else None, condition.bound(),
+                           condition.check.matches(value, present))
+    if isinstance(condition, Not):
+        inner = measure(condition.condition, facts, exact=exact)
+        return Measurement("not", None, "", not inner.met, (inner,))
+    parts = tuple(measure(c, facts, exact=exact) for c in condition.conditions)
+    if isinstance(condition, AllOf):
+        return Measurement("all of", None, "", all(p.met for p in parts), parts)
+    return Measurement("any of", None, "", any(p.met for p in parts), parts)

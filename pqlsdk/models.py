@@ -1,0 +1,69 @@
+"""The values pqlsdk hands back to the application: small, frozen, comparable."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from .evaluator import Measurement
+from .timestamps import from_micros, to_micros
+
+
+@attrs.frozen
+class Qualification:
+    """A subject met a rule; recorded once, with the evidence of that moment.
+
+    ``id`` is stable (derived from the rule and the subject) and is the Segment ``messageId``;
+    ``user_id`` is the user whose call completed the rule; ``qualified_at`` the timestamp of
+    the completing event (or of the ``evaluate(as_of=...)`` that found it).
+    """
+
+    id: str
+    rule: str
+    stage: str
+    subject_type: str
+    subject_id: str
+    user_id: str
+    account_id: str | None
+    qualified_at: datetime
+    evidence: Measurement
+
+    def to_row(self) -> dict[str, Any]:
+        """The store's row for this qualification."""
+        row = attrs.asdict(self, recurse=False)
+        row["qualified_at"] = to_micros(self.qualified_at)
+        row["evidence"] = json.dumps(self.evidence.to_dict())
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Qualification:
+        """The inverse of :meth:`to_row`."""
+        values = dict(row)
+        values["qualified_at"] = from_micros(row["qualified_at"])
+        values["evidence"] = Measurement.from_dict(json.loads(row["evidence"]))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``qualified_at`` as ISO-8601)."""
+        out = attrs.asdict(self, recurse=False)
+        out["qualified_at"] = self.qualified_at.isoformat()
+        out["evidence"] = self.evidence.to_dict()
+        return out
+
+
+@attrs.frozen
+class Status:
+    """Where a subject stands: its stage, its qualifications and its progress.
+
+    ``progress`` maps each rule not yet met to its measurement: every condition's measured
+    value against its bound.
+    """
+
+    subject_type: str
+    subject_id: str
+    stage: str
+    qualifications: tuple[Qualification, ...]
+    progress: dict[str, Measurement]

@@ -1,0 +1,130 @@
+"""Qualify subjects inside a write transaction: evaluate the rules, record each win once.
+
+Exactly-once comes from three things together: the check runs inside the same
+``BEGIN IMMEDIATE`` transaction as the event that may complete the rule, the
+qualification row is unique per (subject, rule), and the insert is ``ON CONFLICT DO
+NOTHING``, so a second process racing on the same subject records nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from .evaluator import holds, measure
+from .models import Qualification
+from .rules import EventCondition, Rule
+from .store import Transaction
+from .timestamps import to_micros
+
+_NAMESPACE = uuid.UUID("5b0c1c4e-7f7e-4a8e-9d55-2f1f6f1a9c3e")
+
+
+def qualification_id(rule: str, subject_type: str, subject_id: str) -> str:
+    """The stable id of a subject's qualification for a rule (also its Segment messageId)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{rule}\x1f{subject_type}\x1f{subject_id}"))
+
+
+class Subject(NamedTuple):
+    """A user or an account as evaluation needs it: its traits and the rules it has met."""
+
+    type: str
+    id: str
+    traits_json: str = "{}"
+    done: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_columns(cls, subject_type: str, subject_id: str, traits_json: str | None,
+                     done: str | None) -> Subject:
+        """Build from a snapshot's columns (rules met joined by ``\x1f``)."""
+        return cls(subject_type, subject_id, traits_json or "{}",
+                   frozenset(done.split("\x1f")) if done else frozenset())
+
+
+def load_subjects(
+    tx: Transaction, user_id: str, account_id: str | None, ts: int
+) -> tuple[Subject, Subject | None]:
+    """The user (created if new, moved to ``account_id`` if given) and its account."""
+    row = tx.user_snapshot(user_id)
+    if row is None:
+        tx.add_user(user_id, account_id, ts)
+        user = Subject("user", user_id)
+    else:
+        user = Subject.from_columns("user", user_id, row[1], row[3])
+        if account_id is None or account_id == row[0]:
+            account_id = row[0]
+            if account_id is None:
+                return user, None
+            return user, Subject.from_columns("account", account_id, row[2], row[4])
+        tx.move_user(user_id, account_id)
+    if account_id is None:
+        return user, None
+    tx.add_account(account_id, ts)
+    return user, load_subject(tx, "account", account_id)
+
+
+def load_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
+    """A known user or account (an unknown one has no traits and has met no rule)."""
+    row = tx.subject_snapshot(subject_type, subject_id)
+    if row is None:
+        return Subject(subject_type, subject_id)
+    return Subject.from_columns(subject_type, subject_id, row[0], row[1])
+
+
+class SubjectFacts:
+    """:class:`~pqlsdk.evaluator.Facts` for one subject as of one moment, read from the store."""
+
+    def __init__(self, tx: Transaction, subject: Subject, until: int) -> None:
+        self.tx, self.subject, self.until = tx, subject, until
+        self._traits: dict[str, Any] | None = None
+
+    def measure(self, condition: EventCondition, limit: int | None) -> float:
+        """Count, distinct-count or sum the subject's matching events."""
+        matches = condition.matches_properties if condition.where else None
+        return self.tx.measure(self.subject.type, self.subject.id, condition, self.until,
+                               limit, matches)
+
+    def trait(self, name: str) -> tuple[bool, Any]:
+        """``(present, value)``; a trait set to null counts as missing."""
+        if self._traits is None:
+            self._traits = json.loads(self.subject.traits_json)
+        value = self._traits.get(name)
+        return value is not None, value
+
+
+def qualify(
+    tx: Transaction,
+    rules: Iterable[Rule],
+    subject: Subject,
+    *,
+    user_id: str,
+    account_id: str | None,
+    at: datetime,
+) -> list[Qualification]:
+    """Record a qualification for each of ``rules`` the subject meets as of ``at`` and had not
+    met before; return the ones this call created."""
+    pending = [rule for rule in rules if rule.name not in subject.done]
+    if not pending:
+        return []
+    facts = SubjectFacts(tx, subject, to_micros(at))
+    created = []
+    for rule in pending:
+        if not holds(rule.condition, facts):
+            continue
+        qualification = Qualification(
+            id=qualification_id(rule.name, subject.type, subject.id),
+            rule=rule.name,
+            stage=rule.stage,
+            subject_type=subject.type,
+            subject_id=subject.id,
+            user_id=user_id,
+            account_id=account_id,
+            qualified_at=at,
+            evidence=measure(rule.condition, facts, exact=False),
+        )
+        if tx.insert_qualification(qualification.to_row()):
+            created.append(qualification)
+    return created

@@ -1,0 +1,668 @@
+"""PQL rules: one frozen model, built from TOML, a dict or Python builders.
+
+Three spellings of one rule::
+
+    # pql_rules.toml
+    [[rules]]
+    name = "team_activation"
+    [[rules.all]]
+    event = "report_generated"
+    at_least = 5
+    within = "14d"
+
+    {"rules": [{"name": "team_activation",
+                "all": [{"event": "report_generated", "at_least": 5, "within": "14d"}]}]}
+
+    pqlsdk.Rule("team_activation", pqlsdk.all_of(pqlsdk.event("report_generated", at_least=5,
+                                                               within="14d")))
+
+Every value is validated where it enters; a bad one raises :class:`RuleError` naming the
+source, the rule, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import attrs
+
+from .errors import RuleError
+from .stages import STAGES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SUBJECT_TYPES = ("user", "account")
+
+COMPARISON_OPERATORS = ("gt", "gte", "lt", "lte")
+EQUALITY_OPERATORS = ("equals", "not_equals")
+MEMBERSHIP_OPERATORS = ("in", "not_in")
+TEXT_OPERATORS = ("contains", "ends_with")
+PRESENCE_OPERATORS = ("exists",)
+#: Every operator a trait (or a ``where`` property) condition may use.
+OPERATORS = (
+    EQUALITY_OPERATORS
+    + MEMBERSHIP_OPERATORS
+    + COMPARISON_OPERATORS
+    + TEXT_OPERATORS
+    + PRESENCE_OPERATORS
+)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _allowed(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def parse_duration(value: str | timedelta, *, key: str = "within") -> timedelta:
+    """Turn ``"14d"`` (units s, m, h, d, w) or a positive ``timedelta`` into a ``timedelta``.
+
+    >>> parse_duration("2w")
+    datetime.timedelta(days=14)
+    """
+    if isinstance(value, timedelta):
+        if value <= timedelta(0):
+            raise RuleError(f"must be a positive duration (got {value!r})", key=key)
+        return value
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match or int(match.group(1)) == 0:
+        raise RuleError(
+            f"must be a duration like '30m', '14d' or '2w' (units s, m, h, d, w) (got {value!r})",
+            key=key,
+        )
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest ``"14d"``-style spelling of a duration."""
+    seconds = int(value.total_seconds())
+    for unit in "dhm":
+        if seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_operand(op: str, bound: Any) -> None:
+    if op in COMPARISON_OPERATORS and not (_is_number(bound) or isinstance(bound, str)):
+        raise RuleError(f"must be a number or a string (got {bound!r})", key=op)
+    if op in MEMBERSHIP_OPERATORS and not (isinstance(bound, list | tuple) and bound):
+        raise RuleError(f"must be a non-empty list of values (got {bound!r})", key=op)
+    if op == "exists" and not isinstance(bound, bool):
+        raise RuleError(f"must be true or false (got {bound!r})", key=op)
+    if op == "ends_with" and not isinstance(bound, str):
+        raise RuleError(f"must be a string (got {bound!r})", key=op)
+    if op in ("equals", "not_equals", "contains") and isinstance(bound, dict):
+        raise RuleError(f"must be a plain value, not a table (got {bound!r})", key=op)
+
+
+def _compare(op: str, value: Any, bound: Any) -> bool:
+    if (_is_number(value) and _is_number(bound)) or (
+        isinstance(value, str) and isinstance(bound, str)
+    ):
+        if op == "gt":
+            return value > bound
+        if op == "gte":
+            return value >= bound
+        if op == "lt":
+            return value < bound
+        return value <= bound
+    return False
+
+
+@attrs.frozen
+class Check:
+    """Operators applied to one value (a trait, a property, a score): all must hold.
+
+    A missing value satisfies only ``exists = false``; every other operator, ``not_equals``
+    and ``not_in`` included, is false on it (as in PostHog's property filters).
+
+    >>> Check.of({"gte": 50, "lt": 500}).matches(120)
+    True
+    """
+
+    ops: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, ops: Mapping[str, Any]) -> Check:
+        """Validate ``{"gte": 50}``-style operators (``in_`` is accepted for ``in``)."""
+        normalized = {("in" if k == "in_" else k): v for k, v in ops.items()}
+        if not normalized:
+            raise RuleError(f"needs at least one operator; allowed: {_allowed(OPERATORS)}")
+        for op, bound in normalized.items():
+            if op not in OPERATORS:
+                raise RuleError(f"unknown operator; allowed: {_allowed(OPERATORS)}", key=op)
+            _check_operand(op, bound)
+        return cls(tuple((op, tuple(b) if isinstance(b, list) else b)
+                         for op, b in normalized.items()))
+
+    def matches(self, value: Any, present: bool = True) -> bool:
+        """Whether ``value`` (``present`` False when it is missing) satisfies every operator."""
+        return all(_holds(op, bound, value, present) for op, bound in self.ops)
+
+    def describe(self) -> str:
+        """``"gte 50, lt 500"``."""
+        return ", ".join(f"{op.replace('_', ' ')} {_show(b)}" for op, b in self.ops)
+
+
+def _holds(op: str, bound: Any, value: Any, present: bool) -> bool:
+    if op == "exists":
+        return present is bound
+    if not present:
+        return False
+    if op == "equals":
+        return value == bound
+    if op == "not_equals":
+        return value != bound
+    if op == "in":
+        return value in bound
+    if op == "not_in":
+        return value not in bound
+    if op == "contains":
+        if isinstance(value, str):
+            return isinstance(bound, str) and bound in value
+        return isinstance(value, list) and bound in value
+    if op == "ends_with":
+        return isinstance(value, str) and value.endswith(bound)
+    return _compare(op, value, bound)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(
+        value, bool) else str(value)
+
+
+def _where(value: Mapping[str, Any] | None) -> tuple[tuple[str, Check], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise RuleError(f"must be a table of property = value (got {value!r})", key="where")
+    out = []
+    for prop, spec in value.items():
+        if not isinstance(prop, str) or not prop:
+            raise RuleError(f"property names must be non-empty strings (got {prop!r})",
+                            key="where")
+        try:
+            if isinstance(spec, Mapping):
+                check = Check.of(spec)
+            elif isinstance(spec, list | tuple):
+                check = Check.of({"in": list(spec)})
+            else:
+                check = Check.of({"equals": spec})
+        except RuleError as exc:
+            raise exc.within(key=f"where.{prop}") from None
+        out.append((prop, check))
+    return tuple(out)
+
+
+def _non_empty_str(key: str):
+    def validate(_inst: Any, _attr: Any, value: Any) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise RuleError(f"must be a non-empty string (got {value!r})", key=key)
+
+    return validate
+
+
+def _optional_str(key: str):
+    def validate(inst: Any, attr: Any, value: Any) -> None:
+        if value is not None:
+            _non_empty_str(key)(inst, attr, value)
+
+    return validate
+
+
+@attrs.frozen
+class EventCondition:
+    """Events of one name, counted (or their ``distinct`` values, or the ``sum`` of a property).
+
+    Met when ``at_least <= value <= at_most``. ``at_least`` defaults to 1, or to 0 when only
+    ``at_most`` is given ("at most 0 logins in 7d" means none). ``within`` bounds the window,
+    which ends at the evaluated moment and includes its start: ``[t - within, t]``.
+    """
+
+    event: str = attrs.field(validator=_non_empty_str("event"))
+    at_least: float = attrs.field()
+    at_most: float | None = attrs.field(default=None)
+    within: timedelta | None = None
+    where: tuple[tuple[str, Check], ...] = ()
+    distinct: str | None = attrs.field(default=None, validator=_optional_str("distinct"))
+    sum: str | None = attrs.field(default=None, validator=_optional_str("sum"))
+
+    @at_least.validator
+    def _check_at_least(self, _attr: Any, value: Any) -> None:
+        _check_bound("at_least", value, whole=self.sum is None)
+
+    @at_most.validator
+    def _check_at_most(self, _attr: Any, value: Any) -> None:
+        if value is not None:
+            _check_bound("at_most", value, whole=self.sum is None)
+            if value < self.at_least:
+                raise RuleError(
+                    f"must not be below at_least ({_show(self.at_least)}) (got {_show(value)})",
+                    key="at_most",
+                )
+
+    @sum.validator
+    def _check_sum(self, _attr: Any, value: Any) -> None:
+        if value is not None and self.distinct is not None:
+            raise RuleError("use either distinct or sum, not both", key="sum")
+
+    @property
+    def limit(self) -> int | None:
+        """How many matching rows decide this condition (``None``: every row, as for ``sum``)."""
+        if self.sum is not None:
+            return None
+        bound = self.at_most + 1 if self.at_most is not None else self.at_least
+        return max(1, math.ceil(bound))
+
+    def label(self) -> str:
+        """``"teammate_invited (distinct invitee_email) in 14d"``."""
+        text = self.event
+        if self.where:
+            text += " where " + ", ".join(f"{p} {c.describe()}" for p, c in self.where)
+        if self.distinct:
+            text += f" (distinct {self.distinct})"
+        if self.sum:
+            text += f" (sum of {self.sum})"
+        if self.within:
+            text += f" in {format_duration(self.within)}"
+        return text
+
+    def bound(self) -> str:
+        """``"at least 5"``, ``"at most 2"`` or ``"1 to 3"``."""
+        if self.at_most is None:
+            return f"at least {_show(self.at_least)}"
+        if self.at_least == 0:
+            return f"at most {_show(self.at_most)}"
+        return f"{_show(self.at_least)} to {_show(self.at_most)}"
+
+    def matches_properties(self, properties: Mapping[str, Any]) -> bool:
+        """Whether an event's properties pass ``where`` (a null property counts as missing)."""
+        for prop, check in self.where:
+            value = properties.get(prop)
+            if not check.matches(value, value is not None):
+                return False
+        return True
+
+    def met_by(self, value: float) -> bool:
+        """Whether a measured value satisfies the bounds."""
+        return value >= self.at_least and (self.at_most is None or value <= self.at_most)
+
+
+def _check_bound(key: str, value: Any, *, whole: bool) -> None:
+    ok = _is_number(value) and value >= 0 and (not whole or float(value).is_integer())
+    if not ok:
+        kind = "a whole number" if whole else "a number"
+        raise RuleError(f"must be {kind} >= 0 (got {value!r})", key=key)
+
+
+@attrs.frozen
+class TraitCondition:
+    """A user trait (an account trait in an account rule) tested with :class:`Check` operators."""
+
+    trait: str = attrs.field(validator=_non_empty_str("trait"))
+    check: Check
+
+    def label(self) -> str:
+        """``"trait plan"``."""
+        return f"trait {self.trait}"
+
+    def bound(self) -> str:
+        """``"in ['free', 'trial']"``."""
+        return self.check.describe()
+
+
+def _cost(condition: Condition) -> int:
+    """Rough price of checking a condition: traits are in memory, counts one indexed query,
+    property filters read rows."""
+    if isinstance(condition, TraitCondition):
+        return 0
+    if isinstance(condition, EventCondition):
+        return 1 if not (condition.where or condition.distinct or condition.sum) else 2
+    return 3
+
+
+def _cheapest_first(conditions: tuple[Condition, ...]) -> tuple[Condition, ...]:
+    return tuple(sorted(conditions, key=_cost))
+
+
+@attrs.frozen
+class AllOf:
+    """Every condition holds."""
+
+    conditions: tuple[Condition, ...]
+    #: The same conditions, cheapest first: the order the hot path checks them in.
+    by_cost: tuple[Condition, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @by_cost.default
+    def _by_cost(self) -> tuple[Condition, ...]:
+        return _cheapest_first(self.conditions)
+
+
+@attrs.frozen
+class AnyOf:
+    """At least one condition holds."""
+
+    conditions: tuple[Condition, ...]
+    #: The same conditions, cheapest first: the order the hot path checks them in.
+    by_cost: tuple[Condition, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @by_cost.default
+    def _by_cost(self) -> tuple[Condition, ...]:
+        return _cheapest_first(self.conditions)
+
+
+@attrs.frozen
+class Not:
+    """The condition does not hold."""
+
+    condition: Condition
+
+
+Condition = EventCondition | TraitCondition | AllOf | AnyOf | Not
+
+
+def _walk(condition: Condition) -> Iterable[Condition]:
+    yield condition
+    if isinstance(condition, AllOf | AnyOf):
+        for part in condition.conditions:
+            yield from _walk(part)
+    elif isinstance(condition, Not):
+        yield from _walk(condition.condition)
+
+
+def _check_condition(_inst: Any, _attr: Any, value: Any) -> None:
+    if not isinstance(value, EventCondition | TraitCondition | AllOf | AnyOf | Not):
+        raise RuleError(
+            "must be a condition made with pqlsdk.event, trait, all_of, any_of or not_ "
+            f"(got {value!r})",
+            key="condition",
+        )
+
+
+@attrs.frozen
+class Rule:
+    """A named PQL definition: when ``condition`` holds for a subject, it qualifies once.
+
+    >>> Rule("slack_connected", event("integration_connected", where={"provider": "slack"}))
+    """
+
+    name: str = attrs.field(validator=_non_empty_str("name"))
+    condition: Condition = attrs.field(validator=_check_condition)
+    subject: str = attrs.field(default="user", kw_only=True)
+    stage: str = attrs.field(default="pql", kw_only=True)
+    description: str = attrs.field(default="", kw_only=True)
+    #: Event names the rule reads: a ``track`` of any other event cannot change it.
+    events: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    #: Trait names the rule reads: an ``identify``/``group`` changing none of them cannot either.
+    traits: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    @subject.validator
+    def _check_subject(self, _attr: Any, value: Any) -> None:
+        if value not in SUBJECT_TYPES:
+            raise RuleError(f"must be one of {_allowed(SUBJECT_TYPES)} (got {value!r})",
+                            key="subject")
+
+    @stage.validator
+    def _check_stage(self, _attr: Any, value: Any) -> None:
+        if value not in STAGES:
+            raise RuleError(f"must be one of {', '.join(STAGES)} (got {value!r})", key="stage")
+
+    @events.default
+    def _events(self) -> frozenset[str]:
+        return frozenset(c.event for c in _walk(self.condition) if isinstance(c, EventCondition))
+
+    @traits.default
+    def _traits(self) -> frozenset[str]:
+        return frozenset(c.trait for c in _walk(self.condition) if isinstance(c, TraitCondition))
+
+
+# --- builders -------------------------------------------------------------------------------
+
+
+def event(
+    name: str,
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    within: str | timedelta | None = None,
+    where: Mapping[str, Any] | None = None,
+    distinct: str | None = None,
+    sum: str | None = None,
+) -> EventCondition:
+    """An event condition: ``event("report_generated", at_least=5, within="14d")``.
+
+    ``where={"provider": ["slack", "salesforce"]}`` filters on properties (a value, a list
+    meaning any of, or operators such as ``{"gte": 10}``); ``distinct="invitee_email"`` counts
+    distinct values; ``sum="emails_sent"`` adds a numeric property.
+    """
+    if at_least is None:
+        at_least = 0 if at_most is not None else 1
+    return EventCondition(
+        name,
+        at_least,
+        at_most,
+        parse_duration(within) if within is not None else None,
+        _where(where),
+        distinct,
+        sum,
+    )
+
+
+def trait(name: str, **operators: Any) -> TraitCondition:
+    """A trait condition: ``trait("plan", in_=["free", "trial"])``, ``trait("seats", gte=5)``.
+
+    Operators: equals, not_equals, in_ (``in``), not_in, gt, gte, lt, lte, exists, contains,
+    ends_with. Several operators must all hold.
+    """
+    return TraitCondition(name, Check.of(operators))
+
+
+def all_of(*conditions: Condition) -> AllOf:
+    """Every one of ``conditions`` holds."""
+    return AllOf(_conditions(conditions, "all"))
+
+
+def any_of(*conditions: Condition) -> AnyOf:
+    """At least one of ``conditions`` holds."""
+    return AnyOf(_conditions(conditions, "any"))
+
+
+def not_(condition: Condition) -> Not:
+    """``condition`` does not hold."""
+    _check_condition(None, None, condition)
+    return Not(condition)
+
+
+def _conditions(conditions: Iterable[Condition], key: str) -> tuple[Condition, ...]:
+    out = tuple(conditions)
+    if not out:
+        raise RuleError("needs at least one condition", key=key)
+    for index, condition in enumerate(out):
+        try:
+            _check_condition(None, None, condition)
+        except RuleError as exc:
+            raise RuleError(exc.problem, key=f"{key}[{index}]") from None
+    return out
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_RULE_KEYS = ("name", "description", "subject", "stage", "all", "any")
+_EVENT_KEYS = ("event", "at_least", "at_most", "within", "where", "distinct", "sum")
+_GROUP_KEYS = ("all", "any", "not")
+
+
+def _condition_from_dict(data: Any) -> Condition:
+    if not isinstance(data, Mapping):
+        raise RuleError(f"must be a table (got {data!r})")
+    groups = [k for k in _GROUP_KEYS if k in data]
+    if groups:
+        extra = set(data) - {groups[0]}
+        if len(groups) > 1 or extra:
+            raise RuleError(
+                f"a nested {groups[0]!r} must be alone in its table (also got "
+                f"{_allowed(extra | set(groups[1:]))})"
+            )
+        key = groups[0]
+        if key == "not":
+            try:
+                return not_(_condition_from_dict(data["not"]))
+            except RuleError as exc:
+                raise exc.within(key="not") from None
+        return (all_of if key == "all" else any_of)(*_conditions_from_list(data[key], key))
+    if "event" in data:
+        _refuse_unknown(data, _EVENT_KEYS)
+        return event(data["event"], **{k: v for k, v in data.items() if k != "event"})
+    if "trait" in data:
+        _refuse_unknown(data, ("trait", *OPERATORS))
+        return trait(data["trait"], **{k: v for k, v in data.items() if k != "trait"})
+    raise RuleError(
+        f"a condition needs one of: event, trait, all, any, not (got keys {_allowed(data)})"
+    )
+
+
+def _conditions_from_list(items: Any, key: str) -> list[Condition]:
+    if not isinstance(items, list | tuple) or not items:
+        raise RuleError(f"must be a non-empty list of conditions (got {items!r})", key=key)
+    out = []
+    for index, item in enumerate(items):
+        try:
+            out.append(_condition_from_dict(item))
+        except RuleError as exc:
+            raise exc.within(key=f"{key}[{index}]") from None
+    return out
+
+
+def _refuse_unknown(data: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise RuleError(f"unknown key; allowed: {_allowed(allowed)}", key=key)
+
+
+def rule_from_dict(data: Mapping[str, Any]) -> Rule:
+    """Build one :class:`Rule` from its TOML/dict shape."""
+    if not isinstance(data, Mapping):
+        raise RuleError(f"each rule must be a table (got {data!r})")
+    name = data.get("name")
+    try:
+        _non_empty_str("name")(None, None, name)
+        _refuse_unknown(data, _RULE_KEYS)
+        parts: list[Condition] = []
+        if "all" in data:
+            parts.extend(_conditions_from_list(data["all"], "all"))
+        if "any" in data:
+            parts.append(any_of(*_conditions_from_list(data["any"], "any")))
+        if not parts:
+            raise RuleError("a rule needs 'all' or 'any' conditions", key="all")
+        condition = parts[0] if len(parts) == 1 and "any" in data else all_of(*parts)
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise RuleError(f"must be a string (got {description!r})", key="description")
+        return Rule(
+            name,
+            condition,
+            subject=data.get("subject", "user"),
+            stage=data.get("stage", "pql"),
+            description=description,
+        )
+    except RuleError as exc:
+        raise exc.within(rule=name if isinstance(name, str) else None) from None
+
+
+@attrs.frozen
+class RuleSet:
+    """The validated rules of a Client, indexed by what can change them."""
+
+    rules: tuple[Rule, ...]
+    source: str = "rules"
+
+    def __attrs_post_init__(self) -> None:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if not isinstance(rule, Rule):
+                raise RuleError(f"each rule must be a pqlsdk.Rule (got {rule!r})",
+                                source=self.source)
+            if rule.name in seen:
+                raise RuleError("duplicate rule name; names must be unique",
+                                source=self.source, rule=rule.name, key="name")
+            seen.add(rule.name)
+
+    def by_name(self, name: str) -> Rule | None:
+        """The rule called ``name``, if any."""
+        return next((r for r in self.rules if r.name == name), None)
+
+    def reading_event(self, name: str) -> list[Rule]:
+        """Rules whose truth a ``track`` of ``name`` can change."""
+        return [r for r in self.rules if name in r.events]
+
+    def reading_traits(self, subject: str, names: Iterable[str]) -> list[Rule]:
+        """Rules of ``subject`` type that read any of the trait ``names``."""
+        names = set(names)
+        return [r for r in self.rules if r.subject == subject and r.traits & names]
+
+
+def load_rules(source: Any) -> RuleSet:
+    """Load rules from a TOML path, a dict in the file's shape, or a list of :class:`Rule`.
+
+    >>> load_rules("pql_rules.toml").rules[0].name
+    'team_activation'
+    """
+    if source is None:
+        return RuleSet(())
+    if isinstance(source, str | os.PathLike):
+        name = os.fspath(source)
+        try:
+            with open(name, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise RuleError("no such rules file", source=name) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RuleError(f"not valid TOML: {exc}", source=name) from None
+        return _ruleset_from_dict(data, name)
+    if isinstance(source, Mapping):
+        return _ruleset_from_dict(source, "rules")
+    if isinstance(source, list | tuple):
+        rules = [r if isinstance(r, Rule) else _located(rule_from_dict, r, "rules", i)
+                 for i, r in enumerate(source)]
+        return RuleSet(tuple(rules))
+    raise RuleError(
+        "rules must be a path to a TOML file, a dict in its shape, or a list of pqlsdk.Rule "
+        f"(got {type(source).__name__})"
+    )
+
+
+def _located(build: Any, data: Any, source: str, index: int) -> Rule:
+    try:
+        return build(data)
+    except RuleError as exc:
+        located = exc.within(source=source)
+        if located.rule is None:
+            located = exc.within(source=source, key=f"rules[{index}]")
+        raise located from None
+
+
+def _ruleset_from_dict(data: Mapping[str, Any], source: str) -> RuleSet:
+    for key in data:
+        if key not in ("rules",):
+            raise RuleError("unknown top-level key; allowed: rules", source=source, key=key)
+    items = data.get("rules", [])
+    if not isinstance(items, list):
+        raise RuleError("must be an array of tables ([[rules]])", source=source, key="rules")
+    rules = tuple(_located(rule_from_dict, item, source, i) for i, item in enumerate(items))
+    return RuleSet(rules, source)

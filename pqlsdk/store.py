@@ -1,0 +1,423 @@
+"""The SQLite store: schema, migrations and every SQL statement pqlsdk runs.
+
+One connection per Client, guarded by a lock; WAL, ``synchronous=NORMAL`` and a busy
+timeout; every write is one short ``BEGIN IMMEDIATE`` transaction (:meth:`Store.write`),
+so many processes can share one file without "database is locked" from a deferred
+read-then-write. Times are stored as integer microseconds since the Unix epoch (UTC).
+
+    >>> store = Store("pql.db")
+    >>> with store.write() as tx:
+    ...     tx.insert_event(None, "u1", None, "signup", 1_700_000_000_000_000, "{}")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import sqlite_utils
+
+from .errors import PqlError
+from .rules import EventCondition
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["events"].create(
+        {
+            "id": int,
+            "message_id": str,
+            "user_id": str,
+            "account_id": str,
+            "event": str,
+            "ts": int,
+            "properties": str,
+        },
+        pk="id",
+        not_null={"user_id", "event", "ts", "properties"},
+    )
+    # Threshold checks walk (subject, event, ts) and stop at the bound (LIMIT).
+    db.execute("CREATE INDEX events_user ON events(user_id, event, ts)")
+    db.execute(
+        "CREATE INDEX events_account ON events(account_id, event, ts) "
+        "WHERE account_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX events_message_id ON events(message_id) "
+        "WHERE message_id IS NOT NULL"
+    )
+    db["users"].create(
+        {"user_id": str, "account_id": str, "traits": str, "first_seen": int},
+        pk="user_id",
+        not_null={"traits", "first_seen"},
+    )
+    db["accounts"].create(
+        {"account_id": str, "traits": str, "first_seen": int},
+        pk="account_id",
+        not_null={"traits", "first_seen"},
+    )
+    db.execute(
+        """CREATE TABLE qualifications (
+            id TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            subject_type TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            account_id TEXT,
+            qualified_at INTEGER NOT NULL,
+            evidence TEXT NOT NULL,
+            UNIQUE (subject_type, subject_id, rule)
+        )"""
+    )
+    db.execute("CREATE INDEX qualifications_time ON qualifications(qualified_at)")
+
+
+#: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class SchemaTooNew(PqlError):
+    """The database was written by a newer pqlsdk than this one."""
+
+
+def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float
+            ) -> sqlite_utils.Database:
+    """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk."""
+    if isinstance(database, sqlite_utils.Database):
+        db = database
+        db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    else:
+        conn = sqlite3.connect(
+            os.fspath(database),
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+    if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
+        db.conn.execute("PRAGMA journal_mode = WAL")
+    db.conn.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply the migrations this file lacks, each in its own IMMEDIATE transaction."""
+    while True:
+        with _immediate(db.conn):
+            version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"the database has schema version {version}, newer than this pqlsdk "
+                    f"understands ({len(MIGRATIONS)}); upgrade pqlsdk to open it"
+                )
+            if version == len(MIGRATIONS):
+                return version
+            MIGRATIONS[version](db)
+            db.conn.execute(f"PRAGMA user_version = {version + 1}")
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class Store:
+    """pqlsdk's SQLite file. Use :meth:`write` for changes and :meth:`read` for queries."""
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str] | sqlite_utils.Database = "pql.db",
+        *,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.db = connect(database, busy_timeout)
+        self.lock = threading.RLock()
+        migrate(self.db)
+        self._tx = Transaction(self.db.conn)
+        self._write = _Write(self)
+
+    def write(self) -> _Write:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error::
+
+            with store.write() as tx:
+                tx.insert_event(...)
+        """
+        return self._write
+
+    @contextmanager
+    def read(self) -> Iterator[Transaction]:
+        """Queries outside a write transaction (each sees the latest commit)."""
+        with self.lock:
+            yield self._tx
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self.lock:
+            self.db.conn.close()
+
+
+class _Write:
+    """The context manager behind :meth:`Store.write` (a class: it is on every track's path)."""
+
+    __slots__ = ("conn", "lock", "tx")
+
+    def __init__(self, store: Store) -> None:
+        self.conn, self.lock, self.tx = store.db.conn, store.lock, store._tx
+
+    def __enter__(self) -> Transaction:
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.tx
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+            elif self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self.lock.release()
+
+
+def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+class Transaction:
+    """The statements pqlsdk runs, on one connection; obtained from :meth:`Store.write`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # -- events, users, accounts ----------------------------------------------------------
+
+    def insert_event(
+        self,
+        message_id: str | None,
+        user_id: str,
+        account_id: str | None,
+        event: str,
+        ts: int,
+        properties: str,
+    ) -> bool:
+        """Store one event; False when ``message_id`` was already stored (nothing changes)."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO events (message_id, user_id, account_id, event, ts, "
+            "properties) VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, user_id, account_id, event, ts, properties),
+        )
+        return cursor.rowcount == 1
+
+    def user_snapshot(self, user_id: str) -> tuple[str | None, str, str | None, str, str] | None:
+        """In one statement, what evaluating a user needs: ``(account_id, user traits JSON,
+        account traits JSON, rules the user met, rules the account met)``; the rule lists are
+        joined by ``\x1f``. ``None`` for an unknown user."""
+        return self.conn.execute(
+            "SELECT u.account_id, u.traits, a.traits, "
+            "(SELECT group_concat(rule, char(31)) FROM qualifications "
+            " WHERE subject_type = 'user' AND subject_id = u.user_id), "
+            "(SELECT group_concat(rule, char(31)) FROM qualifications "
+            " WHERE subject_type = 'account' AND subject_id = u.account_id) "
+            "FROM users u LEFT JOIN accounts a ON a.account_id = u.account_id "
+            "WHERE u.user_id = ?",
+            (user_id,),
+        ).fetchone()
+
+    def subject_snapshot(self, subject_type: str, subject_id: str) -> tuple[str, str] | None:
+        """``(traits JSON, rules met joined by \x1f)`` of one user or account, or ``None``."""
+        table, key = ("users", "user_id") if subject_type == "user" else ("accounts",
+                                                                          "account_id")
+        return self.conn.execute(
+            f"SELECT traits, (SELECT group_concat(rule, char(31)) FROM qualifications "
+            f"WHERE subject_type = ? AND subject_id = ?) FROM {table} WHERE {key} = ?",
+            (subject_type, subject_id, subject_id),
+        ).fetchone()
+
+    def add_user(self, user_id: str, account_id: str | None, ts: int) -> None:
+        """Record a user seen for the first time."""
+        self.conn.execute(
+            "INSERT INTO users (user_id, account_id, traits, first_seen) VALUES (?, ?, '{}', ?)",
+            (user_id, account_id, ts),
+        )
+
+    def move_user(self, user_id: str, account_id: str) -> None:
+        """Tie the user to ``account_id`` from now on."""
+        self.conn.execute(
+            "UPDATE users SET account_id = ? WHERE user_id = ?", (account_id, user_id)
+        )
+
+    def add_account(self, account_id: str, ts: int) -> None:
+        """Record an account, unless it is known already."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen) VALUES (?, '{}', ?)",
+            (account_id, ts),
+        )
+
+    def traits(self, subject_type: str, subject_id: str) -> dict[str, Any]:
+        """The stored traits of a user or an account (``{}`` when unknown)."""
+        sql = (
+            "SELECT traits FROM users WHERE user_id = ?"
+            if subject_type == "user"
+            else "SELECT traits FROM accounts WHERE account_id = ?"
+        )
+        row = self.conn.execute(sql, (subject_id,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def set_traits(self, subject_type: str, subject_id: str, traits_json: str) -> None:
+        """Replace the stored traits (a JSON object) of an existing user or account."""
+        sql = (
+            "UPDATE users SET traits = ? WHERE user_id = ?"
+            if subject_type == "user"
+            else "UPDATE accounts SET traits = ? WHERE account_id = ?"
+        )
+        self.conn.execute(sql, (traits_json, subject_id))
+
+    def exists(self, subject_type: str, subject_id: str) -> bool:
+        """Whether the user or account has been seen."""
+        sql = (
+            "SELECT 1 FROM users WHERE user_id = ?"
+            if subject_type == "user"
+            else "SELECT 1 FROM accounts WHERE account_id = ?"
+        )
+        return self.conn.execute(sql, (subject_id,)).fetchone() is not None
+
+    def account_of(self, user_id: str) -> str | None:
+        """The account the user belongs to now, if any."""
+        row = self.conn.execute(
+            "SELECT account_id FROM users WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def subjects(self) -> Iterator[tuple[str, str]]:
+        """Every known ``(subject_type, subject_id)``: users, then accounts."""
+        yield from self.conn.execute(
+            "SELECT 'user', user_id FROM users UNION ALL SELECT 'account', account_id "
+            "FROM accounts"
+        ).fetchall()
+
+    def latest_user(self, account_id: str, until: int) -> str | None:
+        """The account's user with the latest event up to ``until`` (or any member)."""
+        row = self.conn.execute(
+            "SELECT user_id FROM events WHERE account_id = ? AND ts <= ? "
+            "ORDER BY ts DESC LIMIT 1",
+            (account_id, until),
+        ).fetchone() or self.conn.execute(
+            "SELECT user_id FROM users WHERE account_id = ? LIMIT 1", (account_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    # -- qualifications -------------------------------------------------------------------
+
+    def insert_qualification(self, row: dict[str, Any]) -> bool:
+        """Record a qualification; False when the subject already had one for that rule."""
+        cursor = self.conn.execute(
+            "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
+            "account_id, qualified_at, evidence) VALUES (:id, :rule, :stage, :subject_type, "
+            ":subject_id, :user_id, :account_id, :qualified_at, :evidence) "
+            "ON CONFLICT DO NOTHING",
+            row,
+        )
+        return cursor.rowcount == 1
+
+    def qualifications(
+        self,
+        *,
+        since: int | None = None,
+        rule: str | None = None,
+        subject: tuple[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored qualifications in ``qualified_at`` order, optionally filtered."""
+        sql = "SELECT * FROM qualifications WHERE 1"
+        args: list[Any] = []
+        if since is not None:
+            sql += " AND qualified_at >= ?"
+            args.append(since)
+        if rule is not None:
+            sql += " AND rule = ?"
+            args.append(rule)
+        if subject is not None:
+            sql += " AND subject_type = ? AND subject_id = ?"
+            args.extend(subject)
+        cursor = self.conn.execute(sql + " ORDER BY qualified_at, rowid", args)
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def measure(
+        self,
+        subject_type: str,
+        subject_id: str,
+        condition: EventCondition,
+        until: int,
+        limit: int | None,
+        matches: Callable[[dict[str, Any]], bool] | None,
+    ) -> float:
+        """Count, distinct-count or sum the subject's matching events in ``[until - within,
+        until]``, stopping once ``limit`` is reached."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        sql = f"FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
+        args: list[Any] = [subject_id, condition.event, until]
+        if condition.within is not None:
+            sql += " AND ts >= ?"
+            args.append(until - condition.within // _MICROSECOND)
+        if matches is None and condition.distinct is None and condition.sum is None:
+            args.append(-1 if limit is None else limit)
+            return self.conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)", args
+            ).fetchone()[0]
+        return _fold(self.conn.execute(f"SELECT properties {sql}", args), condition, limit,
+                     matches)
+
+
+def _fold(
+    rows: sqlite3.Cursor,
+    condition: EventCondition,
+    limit: int | None,
+    matches: Callable[[dict[str, Any]], bool] | None,
+) -> float:
+    count = 0
+    total = 0.0
+    seen: set[str] = set()
+    for (text,) in rows:
+        props = json.loads(text)
+        if matches is not None and not matches(props):
+            continue
+        if condition.distinct is not None:
+            if props.get(condition.distinct) is None:
+                continue
+            seen.add(json.dumps(props[condition.distinct], sort_keys=True))
+            count = len(seen)
+        elif condition.sum is not None:
+            value = props.get(condition.sum)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total += value
+            continue
+        else:
+            count += 1
+        if limit is not None and count >= limit:
+            break
+    return total if condition.sum is not None else count
