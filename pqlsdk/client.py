@@ -5,20 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
+import uuid
+import weakref
 from collections.abc import Callable, Iterable
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlite_utils
 
 from .errors import PqlError, ValidationError
 from .evaluator import measure
-from .models import Qualification, Status
+from .models import Qualification, Status, json_default
+from .outbox import Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
 from .rules import Rule, RuleSet, load_rules
+from .sinks import event_message
 from .stages import FIRST_STAGE, rank
 from .store import Store, Transaction
 from .timestamps import coerce, now, to_micros
+from .worker import Worker
 
 log = logging.getLogger("pqlsdk")
 
@@ -30,12 +37,6 @@ EVALUATE_CHUNK = 500
 
 class UnknownSubject(PqlError, LookupError):
     """``status``/``explain`` asked about a user or account pqlsdk has never seen."""
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _require_id(name: str, value: Any) -> str:
@@ -58,7 +59,7 @@ def _json_text(name: str, value: Any) -> str:
             f"{name} must be a dict of JSON values (got {type(value).__name__}: {value!r})"
         )
     try:
-        return json.dumps(value, default=_json_default, allow_nan=False, sort_keys=True)
+        return json.dumps(value, default=json_default, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{name} must be a dict of JSON values: {exc}") from None
 
@@ -92,17 +93,26 @@ class Client:
         forward_events: bool = False,
         sync_mode: bool = False,
         *,
+        on_error: Callable[[Exception, Delivery], Any] | None = None,
+        max_retries: int = 10,
+        max_backoff: float = 300.0,
+        delivery_lease: float = 60.0,
+        poll_interval: float = 1.0,
         busy_timeout: float = 30.0,
     ) -> None:
         self.rules: RuleSet = load_rules(rules)
-        self._callbacks: list[Callback] = []
-        if callable(on_qualified):
-            self._callbacks.append(on_qualified)
-        elif on_qualified is not None:
-            for callback in on_qualified:
-                self.on_qualified(callback)
+        callbacks = [on_qualified] if callable(on_qualified) else list(on_qualified or [])
+        for callback in callbacks:
+            if not callable(callback):
+                raise ValidationError(f"on_qualified needs callables (got {callback!r})")
+        if segment is not None and not hasattr(segment, "write_key"):
+            raise ValidationError(
+                f"segment must be a segment.analytics.Client (got {type(segment).__name__})"
+            )
+        if not isinstance(max_retries, int) or max_retries < 1:
+            raise ValidationError(f"max_retries must be a whole number >= 1 (got {max_retries!r})")
         self.segment = segment
-        self.forward_events = forward_events
+        self.forward_events = forward_events and segment is not None
         self.sync_mode = sync_mode
         self._by_subject = {
             kind: [r for r in self.rules.rules if r.subject == kind] for kind in ("user", "account")
@@ -113,18 +123,30 @@ class Client:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self.store = Store(database, busy_timeout=busy_timeout)
+        self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
+                              max_retries=max_retries, max_backoff=max_backoff,
+                              lease=delivery_lease)
+        for callback in callbacks:
+            self._outbox.add_callback(callback)
+        self._worker = Worker(self._outbox, poll_interval)
+        self._closing = threading.Event()
+        self._closed = False
+        _forget_after_fork(self)
+        if not sync_mode and self._outbox.waiting()[0]:
+            self._worker.wake()  # deliver what an earlier run left pending
 
     # -- registration -----------------------------------------------------------------------
 
     def on_qualified(self, callback: Callback) -> Callback:
         """Register ``callback(qualification)``; usable as a decorator.
 
-        Callbacks run after the qualification is committed; one that raises is logged and
-        does not reach ``track()``'s caller.
+        Callbacks run after the qualification is committed, from the durable outbox: at
+        least once, retried with backoff when they raise, never raising into ``track()``.
+        A callback's ``module.qualname`` is its identity across restarts.
         """
         if not callable(callback):
             raise ValidationError(f"on_qualified needs a callable (got {callback!r})")
-        self._callbacks.append(callback)
+        self._outbox.add_callback(callback)
         return callback
 
     # -- recording --------------------------------------------------------------------------
@@ -163,7 +185,12 @@ class Client:
             if account is not None:
                 created += qualify(tx, account_rules, account, user_id=user_id,
                                    account_id=account_id, at=at)
-        self._deliver(created)
+            mirror = None
+            if self.forward_events:
+                mirror = event_message("track", user_id, _iso(at), message_id or _new_id(),
+                                       account_id, event=event, properties=properties or {})
+            queued = self._enqueue(tx, created, "track", user_id, mirror)
+        self._dispatch(queued)
         return created
 
     def identify(
@@ -183,9 +210,15 @@ class Client:
         with self.store.write() as tx:
             user, account = load_subjects(tx, user_id, account_id, to_micros(at))
             user, changed = _merge_traits(tx, user, traits)
+            account_id = account.id if account else None
             created = qualify(tx, self.rules.reading_traits("user", changed), user,
-                              user_id=user_id, account_id=account.id if account else None, at=at)
-        self._deliver(created)
+                              user_id=user_id, account_id=account_id, at=at)
+            mirror = None
+            if self.forward_events:
+                mirror = event_message("identify", user_id, _iso(at), _new_id(), account_id,
+                                       traits=traits)
+            queued = self._enqueue(tx, created, "identify", user_id, mirror)
+        self._dispatch(queued)
         return created
 
     def group(
@@ -207,7 +240,12 @@ class Client:
             account, changed = _merge_traits(tx, account, traits)
             created = qualify(tx, self.rules.reading_traits("account", changed), account,
                               user_id=user_id, account_id=account_id, at=at)
-        self._deliver(created)
+            mirror = None
+            if self.forward_events:
+                mirror = event_message("group", user_id, _iso(at), _new_id(), account_id,
+                                       groupId=account_id, traits=traits)
+            queued = self._enqueue(tx, created, "group", user_id, mirror)
+        self._dispatch(queued)
         return created
 
     def evaluate(self, *, as_of: datetime | str | None = None) -> list[Qualification]:
@@ -221,9 +259,12 @@ class Client:
         created: list[Qualification] = []
         for start in range(0, len(subjects), EVALUATE_CHUNK):
             with self.store.write() as tx:
+                found = []
                 for subject_type, subject_id in subjects[start:start + EVALUATE_CHUNK]:
-                    created += self._evaluate_subject(tx, subject_type, subject_id, at, until)
-        self._deliver(created)
+                    found += self._evaluate_subject(tx, subject_type, subject_id, at, until)
+                queued = self._enqueue(tx, found, "evaluate", "", None)
+            created += found
+            self._dispatch(queued)
         return created
 
     def _evaluate_subject(
@@ -312,29 +353,124 @@ class Client:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def _deliver(self, qualifications: list[Qualification]) -> None:
-        for qualification in qualifications:
-            for callback in self._callbacks:
-                try:
-                    callback(qualification)
-                except Exception:
-                    log.exception("pqlsdk: on_qualified callback %r failed for %s", callback,
-                                  qualification.id)
+    def _enqueue(self, tx: Transaction, created: list[Qualification], kind: str,
+                 user_id: str, mirror: dict[str, Any] | None) -> bool:
+        """Write the outbox rows for this call in its transaction; True if there were any."""
+        if not (created and self._outbox.sinks) and mirror is None:
+            return False
+        stamp = wall_micros()
+        rows = self._outbox.qualification_rows(created, stamp) if created else []
+        if mirror is not None:
+            rows.append(self._outbox.segment_row(kind, user_id, mirror, stamp))
+        if rows:
+            tx.enqueue(rows)
+        return bool(rows)
+
+    def _dispatch(self, queued: bool) -> None:
+        """After the commit: deliver now (``sync_mode``) or let the worker do it.
+
+        Sync mode has no background thread (as in Segment's client): a delivery that fails
+        stays in the outbox and is retried, once due, by the next call, ``flush`` or ``close``.
+        """
+        if not queued:
+            return
+        if not self.sync_mode:
+            self._worker.wake()
+            return
+        try:
+            while self._outbox.deliver_once():
+                pass
+        except Exception:
+            log.exception("pqlsdk: delivery failed; the outbox keeps the rows")
+
+    def deliveries(self, *, status: str | None = None) -> list[Delivery]:
+        """What is still in the outbox: ``status="pending"`` (waiting or retrying) or
+        ``"failed"`` (gave up, or refused for good by the destination); delivered rows are
+        removed."""
+        if status not in (None, "pending", "failed"):
+            raise ValidationError(f"status must be 'pending', 'failed' or None (got {status!r})")
+        with self.store.read() as tx:
+            return [Delivery.from_row(row) for row in tx.outbox_rows(status)]
+
+    def retry_failed(self) -> int:
+        """Make every failed delivery pending again (due now); return how many."""
+        with self.store.write() as tx:
+            revived = tx.retry_failed(wall_micros())
+        self._dispatch(bool(revived))
+        return revived
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything due is delivered; True when nothing is left pending."""
-        return True
+        """Deliver everything due, waiting up to ``timeout`` seconds; True when everything
+        was delivered, False when time ran out, rows wait for a retry or rows have failed
+        (see :meth:`deliveries`).
 
-    def close(self) -> None:
-        """Flush and close the database connection."""
-        self.flush()
+        With a ``timeout``, rows whose retry falls due before it are waited for; with
+        ``None``, flush delivers what is due now and returns without waiting out a backoff.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                if self._outbox.deliver_once():
+                    continue
+            except Exception:
+                log.exception("pqlsdk: delivery failed during flush")
+            pending, due, next_due, failed = self._outbox.waiting()
+            if not pending:
+                return not failed
+            if due:
+                pause = 0.05  # due rows leased by our worker or another process
+            elif deadline is not None and next_due is not None:
+                pause = (next_due - wall_micros()) / 1e6
+            else:
+                return False
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or pause > left:
+                    return False
+            self._closing.wait(max(0.0, min(pause, 0.05 if due else pause)))
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush for at most ``timeout`` seconds, stop the worker and close the database.
+        Returns whether everything was delivered; what was not stays in the outbox."""
+        if self._closed:
+            return True
+        deadline = time.monotonic() + timeout
+        delivered = self.flush(timeout)
+        self._closing.set()
+        self._worker.stop(max(0.0, deadline - time.monotonic()))
         self.store.close()
+        self._closed = True
+        return delivered
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds")
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _forget_after_fork(client: Client) -> None:
+    """In a child made by fork() (gunicorn, uwsgi): a new connection and a new worker."""
+    ref = weakref.ref(client)
+
+    def after_in_child() -> None:
+        child = ref()
+        if child is None or child._closed:
+            return
+        child.store.reopen_after_fork()
+        child._worker = Worker(child._outbox, child._worker.poll_interval)
+        child._closing = threading.Event()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=after_in_child)
 
 
 def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:

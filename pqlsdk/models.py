@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import attrs
 
 from .evaluator import Measurement
 from .timestamps import from_micros, to_micros
+
+
+def json_default(value: Any) -> str:
+    """``json.dumps(default=...)`` for what applications put in properties: datetimes."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 @attrs.frozen
@@ -52,6 +59,14 @@ class Qualification:
         out["qualified_at"] = self.qualified_at.isoformat()
         out["evidence"] = self.evidence.to_dict()
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Qualification:
+        """The inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["qualified_at"] = datetime.fromisoformat(data["qualified_at"])
+        values["evidence"] = Measurement.from_dict(data["evidence"])
+        return cls(**values)
 
 
 @attrs.frozen

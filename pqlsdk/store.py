@@ -78,11 +78,36 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX qualifications_time ON qualifications(qualified_at)")
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    """The durable outbox: one row per (message, destination), deleted once acknowledged."""
+    db.execute(
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            destination TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            user_id TEXT,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL,
+            lease_until INTEGER,
+            last_error TEXT,
+            created_at INTEGER NOT NULL
+        )"""
+    )
+    # No index: acknowledged rows are deleted, so a claim's scan in id order finds its rows
+    # at the head of a short table, and every track() that writes a row saves a page write.
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 _MICROSECOND = timedelta(microseconds=1)
+
+
+#: Connections inherited across fork(): kept alive so that they are never finalized.
+_INHERITED: list[sqlite_utils.Database] = []
 
 
 class SchemaTooNew(PqlError):
@@ -146,9 +171,31 @@ class Store:
         *,
         busy_timeout: float = 30.0,
     ) -> None:
+        self.busy_timeout = busy_timeout
         self.db = connect(database, busy_timeout)
         self.lock = threading.RLock()
         migrate(self.db)
+        self._tx = Transaction(self.db.conn)
+        self._write = _Write(self)
+
+    @property
+    def path(self) -> str | None:
+        """The database file, or None for an in-memory database."""
+        rows = self.db.conn.execute("PRAGMA database_list").fetchall()
+        return next((row[2] or None for row in rows if row[1] == "main"), None)
+
+    def reopen_after_fork(self) -> None:
+        """In a forked child: leave the parent's connection alone and open a new one.
+
+        A SQLite connection must not cross fork(); closing the inherited one could disturb
+        the parent's locks, so it is kept referenced and never used again. An in-memory
+        database is the child's own copy and is kept.
+        """
+        self.lock = threading.RLock()
+        path = self.path
+        if path is not None:
+            _INHERITED.append(self.db)
+            self.db = connect(path, self.busy_timeout)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
 
@@ -364,6 +411,87 @@ class Transaction:
             args.extend(subject)
         cursor = self.conn.execute(sql + " ORDER BY qualified_at, rowid", args)
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]]) -> None:
+        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once."""
+        self.conn.executemany(
+            "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
+            "created_at) VALUES (?, ?, ?, ?, ?5, ?5)",
+            rows,
+        )
+
+    def claim(self, destination: str, now: int, lease_until: int, limit: int
+              ) -> list[dict[str, Any]]:
+        """Lease the oldest pending rows of ``destination``, in order, stopping at the first
+        one that is not yet due or is leased by someone else (so delivery keeps its order)."""
+        head = self.conn.execute(
+            "SELECT id, next_attempt_at, lease_until FROM outbox "
+            "WHERE destination = ? AND status = 'pending' ORDER BY id LIMIT ?",
+            (destination, limit),
+        ).fetchall()
+        ids = []
+        for row_id, due, lease in head:
+            if due > now or (lease is not None and lease > now):
+                break
+            ids.append(row_id)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        self.conn.execute(
+            f"UPDATE outbox SET lease_until = ?, attempts = attempts + 1 WHERE id IN ({marks})",
+            (lease_until, *ids),
+        )
+        cursor = self.conn.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id",
+                                   ids)
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+
+    def acknowledge(self, ids: list[int]) -> None:
+        """The destination took these rows: they are done (and removed)."""
+        self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def reschedule(self, ids: list[int], next_attempt_at: int, error: str, failed: bool
+                   ) -> None:
+        """A delivery failed: try again at ``next_attempt_at``, or keep the rows as failed."""
+        self.conn.executemany(
+            "UPDATE outbox SET lease_until = NULL, next_attempt_at = ?, last_error = ?, "
+            "status = ? WHERE id = ?",
+            [(next_attempt_at, error, "failed" if failed else "pending", i) for i in ids],
+        )
+
+    def outbox_rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Rows still in the outbox (pending or failed), oldest first."""
+        sql, args = "SELECT * FROM outbox", ()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        cursor = self.conn.execute(sql + " ORDER BY id", args)
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+
+    def retry_failed(self, now: int) -> int:
+        """Make every failed row pending again, due now, with a fresh count of attempts."""
+        return self.conn.execute(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?, "
+            "lease_until = NULL WHERE status = 'failed'",
+            (now,),
+        ).rowcount
+
+    def waiting(self, destinations: list[str], now: int) -> tuple[int, int, int | None, int]:
+        """``(pending rows, of which due now, when the next one is due, failed rows)`` for
+        ``destinations``."""
+        if not destinations:
+            return 0, 0, None, 0
+        marks = ",".join("?" * len(destinations))
+        pending = "status = 'pending'"
+        row = self.conn.execute(
+            f"SELECT coalesce(sum({pending}), 0), "
+            f"coalesce(sum({pending} AND next_attempt_at <= ?), 0), "
+            f"min(CASE WHEN {pending} THEN next_attempt_at END), "
+            f"coalesce(sum(status = 'failed'), 0) "
+            f"FROM outbox WHERE destination IN ({marks})",
+            (now, *destinations),
+        ).fetchone()
+        return row[0], row[1], row[2], row[3]
 
     # -- measuring ------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ def test_callback_that_raises_is_logged_and_loses_nothing(make_client, caplog):
 
     client = make_client(REPORTS, on_qualified=[boom, calls.append], sync_mode=True)
     client.track("u1", "report_generated")
-    with caplog.at_level(logging.ERROR, logger="pqlsdk"):
+    with caplog.at_level(logging.WARNING, logger="pqlsdk"):
         [q] = client.track("u1", "report_generated")
     assert "CRM down" in caplog.text
     assert calls == [q]
@@ -243,3 +243,24 @@ def test_newer_schema_is_refused_with_a_clear_error(db_path):
         conn.execute("PRAGMA user_version = 999")
     with pytest.raises(pqlsdk.SchemaTooNew, match="schema version 999, newer than"):
         pqlsdk.Client(db_path)
+
+
+def test_a_file_from_an_older_release_is_migrated_forward(db_path):
+    import sqlite_utils
+
+    from pqlsdk import store
+
+    old = sqlite_utils.Database(db_path)
+    store.MIGRATIONS[0](old)  # what release 1 wrote: no outbox yet
+    old.execute("PRAGMA user_version = 1")
+    old["events"].insert({"user_id": "u1", "event": "report_generated", "ts": 1,
+                          "properties": "{}"})
+    old["users"].insert({"user_id": "u1", "traits": "{}", "first_seen": 1})
+    old.close()
+
+    client = pqlsdk.Client(db_path, rules=REPORTS, on_qualified=lambda q: None)
+    [q] = client.track("u1", "report_generated")
+    assert q.evidence.value == 2  # the old event still counts
+    client.close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)

@@ -1,0 +1,163 @@
+"""Destinations: the application's callbacks and Segment.
+
+A sink turns outbox rows into deliveries and reports, per row, whether the destination
+acknowledged it. Segment messages are built when the row is written (inside the
+transaction), so a retry sends the very same message, ``messageId`` included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from segment.analytics.request import APIError, post
+from segment.analytics.version import VERSION as SEGMENT_VERSION
+
+from .models import Qualification
+
+log = logging.getLogger("pqlsdk")
+
+#: The Segment event a qualification is forwarded as.
+QUALIFIED_EVENT = "Lead Qualified"
+#: How many messages go in one Segment batch (Segment's own ``upload_size`` default).
+SEGMENT_BATCH = 100
+#: Segment refuses batches over 500 KB; stay under it.
+SEGMENT_BATCH_BYTES = 450_000
+
+
+class Fatal(Exception):
+    """A destination refused a delivery for good (e.g. Segment answered 400): do not retry."""
+
+
+def callback_name(callback: Callable[..., Any]) -> str:
+    """The outbox destination of a callback: ``callback:module.qualname``.
+
+    The name is the callback's identity across restarts: rows written for it are delivered
+    by any Client (in any process) that registers a callback of the same name.
+    """
+    module = getattr(callback, "__module__", None) or "?"
+    name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
+    return f"callback:{module}.{name}"
+
+
+class CallbackSink:
+    """Calls one application callback with the :class:`Qualification` of each row."""
+
+    def __init__(self, callback: Callable[[Qualification], Any]) -> None:
+        self.callback = callback
+
+    def deliver(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
+        """Call the callback once per row; an exception fails only that row."""
+        results: list[Exception | None] = []
+        for row in rows:
+            try:
+                self.callback(Qualification.from_dict(json.loads(row["payload"])))
+                results.append(None)
+            except Exception as exc:  # the application's code: anything may happen
+                results.append(exc)
+        return results
+
+
+class SegmentSink:
+    """Posts rows' messages to Segment in batches with the application's Segment client's
+    own transport and settings (write key, host, gzip, timeout, proxies, OAuth).
+
+    pqlsdk does not hand messages to that client's in-memory queue: it drops messages when
+    full and reports failures only to its own ``on_error``. A batch counts as delivered when
+    Segment answers 2xx; a 4xx other than 429 is final (as in Segment's own consumer).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def deliver(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
+        """Send the rows' messages in batches; every row of a failed batch fails."""
+        results: list[Exception | None] = []
+        batch: list[dict[str, Any]] = []
+        batch_rows = 0
+        size = 0
+        for row in rows:
+            messages = json.loads(row["payload"])
+            row_size = len(row["payload"])
+            if batch and (size + row_size > SEGMENT_BATCH_BYTES or
+                          len(batch) + len(messages) > SEGMENT_BATCH):
+                results += [self._post(batch)] * batch_rows
+                batch, batch_rows, size = [], 0, 0
+            batch += messages
+            batch_rows += 1
+            size += row_size
+        if batch:
+            results += [self._post(batch)] * batch_rows
+        return results
+
+    def _post(self, batch: list[dict[str, Any]]) -> Exception | None:
+        if not getattr(self.client, "send", True):
+            return None  # the application turned sending off: Segment's own semantics
+        try:
+            post(
+                self.client.write_key,
+                self.client.host,
+                gzip=getattr(self.client, "gzip", False),
+                timeout=getattr(self.client, "timeout", 15),
+                proxies=getattr(self.client, "proxies", None),
+                oauth_manager=getattr(self.client, "oauth_manager", None),
+                batch=batch,
+            )
+        except APIError as exc:
+            if 400 <= exc.status < 500 and exc.status != 429:
+                return Fatal(str(exc))
+            return exc
+        except Exception as exc:  # connection refused, timeout, TLS: all worth a retry
+            return exc
+        return None
+
+
+def _message(kind: str, user_id: str, timestamp: str, message_id: str,
+             account_id: str | None, **fields: Any) -> dict[str, Any]:
+    context: dict[str, Any] = {"library": {"name": "analytics-python",
+                                           "version": SEGMENT_VERSION}}
+    if account_id is not None:
+        context["groupId"] = account_id
+    return {"type": kind, "userId": user_id, "timestamp": timestamp, "messageId": message_id,
+            "context": context, "integrations": {}, **fields}
+
+
+def qualification_messages(q: Qualification) -> list[dict[str, Any]]:
+    """What Segment receives for a qualification: ``track("Lead Qualified")`` with the
+    qualification id as ``messageId``, then ``identify`` with ``lifecycle_stage`` (and, for an
+    account, ``group`` with the same trait)."""
+    at = q.qualified_at.isoformat(timespec="milliseconds")
+    properties = {
+        "rule": q.rule,
+        "stage": q.stage,
+        "subject_type": q.subject_type,
+        "subject_id": q.subject_id,
+        "account_id": q.account_id,
+        "qualification_id": q.id,
+        "qualified_at": q.qualified_at.isoformat(),
+    }
+    messages = [
+        _message("track", q.user_id, at, q.id, q.account_id, event=QUALIFIED_EVENT,
+                 properties=properties),
+        _message("identify", q.user_id, at, derived_id(q.id, "identify"), q.account_id,
+                 traits={"lifecycle_stage": q.stage}),
+    ]
+    if q.subject_type == "account":
+        messages.append(_message("group", q.user_id, at, derived_id(q.id, "group"),
+                                 q.account_id, groupId=q.subject_id,
+                                 traits={"lifecycle_stage": q.stage}))
+    return messages
+
+
+def event_message(kind: str, user_id: str, timestamp: str, message_id: str,
+                  account_id: str | None, **fields: Any) -> dict[str, Any]:
+    """A mirrored ``track``/``identify``/``group`` call (``forward_events=True``)."""
+    return _message(kind, user_id, timestamp, message_id, account_id, **fields)
+
+
+def derived_id(base: str, purpose: str) -> str:
+    """A stable id for a second message about the same thing (``identify`` after ``track``)."""
+    return str(uuid.uuid5(uuid.UUID(base), purpose))
