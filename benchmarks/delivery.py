@@ -22,14 +22,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from segment.analytics import Client as SegmentClient  # noqa: E402
+from segment.analytics import Client as SegmentClient
 
-import pqlsdk  # noqa: E402
-from pqlsdk.outbox import wall_micros  # noqa: E402
-from pqlsdk.sinks import event_message  # noqa: E402
+import pqlsdk
+from pqlsdk.outbox import wall_micros
+from pqlsdk.sinks import event_message
 
 sys.path.insert(0, os.path.dirname(__file__))
-from track import NOW, RULES, populate  # noqa: E402
+from track import NOW, RULES, populate
 
 # the three typical rules, plus one that qualifies each user on its third report of the run,
 # so that the "on" side writes outbox rows for a good share of its calls

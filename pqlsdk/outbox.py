@@ -132,23 +132,25 @@ class Outbox:
     # -- delivering -------------------------------------------------------------------------
 
     def deliver_once(self) -> int:
-        """Deliver one claim of due rows per destination; return how many rows were tried."""
-        tried = 0
-        for destination, sink in list(self.sinks.items()):
-            now = wall_micros()
-            with self.store.write() as tx:
-                rows = tx.claim(destination, now, now + int(self.lease * 1e6), CLAIM_LIMIT)
-            if not rows:
-                continue
-            results = sink.deliver(rows)
-            self._settle(rows, results)
-            tried += len(rows)
-        return tried
+        """Claim due rows for every destination in one transaction, deliver them, settle
+        them in one more; return how many rows were tried."""
+        now = wall_micros()
+        lease_until = now + int(self.lease * 1e6)
+        with self.store.write() as tx:
+            claims = [(sink, rows) for name, sink in list(self.sinks.items())
+                      if (rows := tx.claim(name, now, lease_until, CLAIM_LIMIT))]
+        if not claims:
+            return 0
+        outcomes = [(rows, sink.deliver(rows)) for sink, rows in claims]
+        self._settle(outcomes)
+        return sum(len(rows) for _, rows in claims)
 
-    def _settle(self, rows: list[dict[str, Any]], results: list[Exception | None]) -> None:
-        done = [row["id"] for row, error in zip(rows, results, strict=True) if error is None]
-        failures = [(row, error) for row, error in zip(rows, results, strict=True)
-                    if error is not None]
+    def _settle(self, outcomes: list[tuple[list[dict[str, Any]], list[Exception | None]]]
+                ) -> None:
+        pairs = [pair for rows, results in outcomes
+                 for pair in zip(rows, results, strict=True)]
+        done = [row["id"] for row, error in pairs if error is None]
+        failures = [(row, error) for row, error in pairs if error is not None]
         now = wall_micros()
         with self.store.write() as tx:
             if done:

@@ -14,14 +14,18 @@ log = logging.getLogger("pqlsdk")
 class Worker:
     """Delivers due outbox rows until stopped; :meth:`wake` starts it and nudges it.
 
-    It polls every ``poll_interval`` seconds for rows that became due (backoff) or were
-    written by other processes, and runs as a daemon thread: interpreter exit never waits
-    for it, and whatever it had not delivered stays in the outbox for the next start.
+    Woken, it lingers ``linger`` seconds so that rows written meanwhile go out together
+    (Segment's client waits its ``upload_interval`` for the same reason). It polls every
+    ``poll_interval`` seconds for rows that became due (backoff) or were written by other
+    processes, and runs as a daemon thread: interpreter exit never waits for it, and
+    whatever it had not delivered stays in the outbox for the next start.
     """
 
-    def __init__(self, outbox: Outbox, poll_interval: float = 1.0) -> None:
+    def __init__(self, outbox: Outbox, poll_interval: float = 1.0, linger: float = 0.05
+                 ) -> None:
         self.outbox = outbox
         self.poll_interval = poll_interval
+        self.linger = linger
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,6 +56,7 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._stop.wait(self.linger)
             try:
                 tried = self.outbox.deliver_once()
             except sqlite3.ProgrammingError:
