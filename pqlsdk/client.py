@@ -17,12 +17,12 @@ import sqlite_utils
 
 from .errors import PqlError, ValidationError
 from .evaluator import measure
-from .models import Qualification, Status, json_default
+from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
 from .rules import Rule, RuleSet, load_rules
 from .sinks import event_message
-from .stages import FIRST_STAGE, rank
+from .stages import SIDE_STATES, STAGES
 from .store import Store, Transaction
 from .timestamps import coerce, now, to_micros
 from .worker import Worker
@@ -180,16 +180,17 @@ class Client:
             account_id = account.id if account else None
             if not tx.insert_event(message_id, user_id, account_id, event, ts, props):
                 return []
+            moves: list[tuple[StageChange, Qualification]] = []
             created = qualify(tx, user_rules, user, user_id=user_id, account_id=account_id,
-                              at=at)
+                              at=at, moves=moves)
             if account is not None:
                 created += qualify(tx, account_rules, account, user_id=user_id,
-                                   account_id=account_id, at=at)
+                                   account_id=account_id, at=at, moves=moves)
             mirror = None
             if self.forward_events:
                 mirror = event_message("track", user_id, _iso(at), message_id or _new_id(),
                                        account_id, event=event, properties=properties or {})
-            queued = self._enqueue(tx, created, "track", user_id, mirror)
+            queued = self._enqueue(tx, created, moves, "track", user_id, mirror)
         self._dispatch(queued)
         return created
 
@@ -211,13 +212,14 @@ class Client:
             user, account = load_subjects(tx, user_id, account_id, to_micros(at))
             user, changed = _merge_traits(tx, user, traits)
             account_id = account.id if account else None
-            created = qualify(tx, self.rules.reading_traits("user", changed), user,
-                              user_id=user_id, account_id=account_id, at=at)
+            moves = []
+            created = qualify(tx, self._rules_reading_traits("user", changed), user,
+                              user_id=user_id, account_id=account_id, at=at, moves=moves)
             mirror = None
             if self.forward_events:
                 mirror = event_message("identify", user_id, _iso(at), _new_id(), account_id,
                                        traits=traits)
-            queued = self._enqueue(tx, created, "identify", user_id, mirror)
+            queued = self._enqueue(tx, created, moves, "identify", user_id, mirror)
         self._dispatch(queued)
         return created
 
@@ -238,13 +240,14 @@ class Client:
         with self.store.write() as tx:
             _, account = load_subjects(tx, user_id, account_id, to_micros(at))
             account, changed = _merge_traits(tx, account, traits)
-            created = qualify(tx, self.rules.reading_traits("account", changed), account,
-                              user_id=user_id, account_id=account_id, at=at)
+            moves = []
+            created = qualify(tx, self._rules_reading_traits("account", changed), account,
+                              user_id=user_id, account_id=account_id, at=at, moves=moves)
             mirror = None
             if self.forward_events:
                 mirror = event_message("group", user_id, _iso(at), _new_id(), account_id,
                                        groupId=account_id, traits=traits)
-            queued = self._enqueue(tx, created, "group", user_id, mirror)
+            queued = self._enqueue(tx, created, moves, "group", user_id, mirror)
         self._dispatch(queued)
         return created
 
@@ -259,16 +262,19 @@ class Client:
         created: list[Qualification] = []
         for start in range(0, len(subjects), EVALUATE_CHUNK):
             with self.store.write() as tx:
-                found = []
+                found: list[Qualification] = []
+                moves: list[tuple[StageChange, Qualification]] = []
                 for subject_type, subject_id in subjects[start:start + EVALUATE_CHUNK]:
-                    found += self._evaluate_subject(tx, subject_type, subject_id, at, until)
-                queued = self._enqueue(tx, found, "evaluate", "", None)
+                    found += self._evaluate_subject(tx, subject_type, subject_id, at, until,
+                                                    moves)
+                queued = self._enqueue(tx, found, moves, "evaluate", "", None)
             created += found
             self._dispatch(queued)
         return created
 
     def _evaluate_subject(
-        self, tx: Transaction, subject_type: str, subject_id: str, at: datetime, until: int
+        self, tx: Transaction, subject_type: str, subject_id: str, at: datetime, until: int,
+        moves: list[tuple[StageChange, Qualification]],
     ) -> list[Qualification]:
         rules = self._by_subject[subject_type]
         if not rules:
@@ -280,7 +286,80 @@ class Client:
             if user_id is None:
                 return []
         return qualify(tx, rules, load_subject(tx, subject_type, subject_id), user_id=user_id,
-                       account_id=account_id, at=at)
+                       account_id=account_id, at=at, moves=moves)
+
+    def _rules_reading_traits(self, subject_type: str, names: set[str]) -> list[Rule]:
+        return self.rules.reading_traits(subject_type, names)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def set_stage(
+        self,
+        user_id: str | None = None,
+        *,
+        stage: str,
+        account_id: str | None = None,
+        reason: str | None = None,
+        timestamp: datetime | str | None = None,
+    ) -> StageChange | None:
+        """Move a user (or an account) to ``stage`` by hand, in any direction, with the sales
+        team's ``reason``; return the change, or None if it already was there.
+
+        ``unqualified`` (rejected for now) and ``disqualified`` (never a fit) start a new
+        round: the subject may qualify again for its rules, counting only what it does from
+        then on; while ``disqualified`` no rule qualifies it until a person moves it back.
+
+        >>> client.set_stage("ada", stage="unqualified", reason="no budget this quarter")
+        """
+        subject_type, subject_id = _subject(user_id, account_id)
+        if stage not in STAGES + SIDE_STATES:
+            raise ValidationError(
+                f"stage must be one of {', '.join(STAGES + SIDE_STATES)} (got {stage!r})")
+        if reason is not None and not isinstance(reason, str):
+            raise ValidationError(f"reason must be a string (got {reason!r})")
+        at = now() if timestamp is None else coerce(timestamp)
+        ts = to_micros(at)
+        with self.store.write() as tx:
+            if subject_type == "user":
+                subject = load_subjects(tx, subject_id, None, ts)[0]
+                member, account = subject_id, tx.account_of(subject_id)
+            else:
+                tx.add_account(subject_id, ts)
+                subject = load_subject(tx, "account", subject_id)
+                member, account = tx.latest_user(subject_id, ts), subject_id
+            if subject.stage == stage:
+                return None
+            tx.set_stage(subject_type, subject_id, stage,
+                         ts if stage in SIDE_STATES else None)
+            tx.add_stage_change(subject_type, subject_id, subject.stage, stage, ts, "manual",
+                                reason)
+            change = StageChange(subject_type, subject_id, subject.stage, stage, at, "manual",
+                                 reason)
+            rows = []
+            if member is not None:
+                rows = self._outbox.stage_rows([(change, member, account, _new_id())],
+                                               wall_micros())
+            if rows:
+                tx.enqueue(rows)
+        self._dispatch(bool(rows))
+        return change
+
+    def history(self, user_id: str | None = None, *, account_id: str | None = None
+                ) -> list[StageChange]:
+        """Every stage change of a user (or an account), oldest first: when it was first seen
+        (``first_seen``), each qualification's move (``rule:NAME``), each manual one."""
+        subject_type, subject_id = _subject(user_id, account_id)
+        with self.store.read() as tx:
+            return [StageChange.from_row(row) for row in tx.history(subject_type, subject_id)]
+
+    def forget(self, user_id: str) -> None:
+        """Erase a user for a privacy request, in one transaction: its events, traits,
+        qualifications, history and pending deliveries. Account counts no longer include
+        its events; an account's qualification that this user completed keeps no trace of
+        who (its ``user_id`` becomes ``"(forgotten)"``)."""
+        user_id = _require_id("user_id", user_id)
+        with self.store.write() as tx:
+            tx.forget_user(user_id)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -320,8 +399,8 @@ class Client:
             for rule in self._by_subject[subject_type]
             if rule.name not in met
         }
-        stage = max((q.stage for q in found), key=rank, default=FIRST_STAGE)
-        return Status(subject_type, subject_id, stage, found, progress)
+        subject = load_subject(tx, subject_type, subject_id)
+        return Status(subject_type, subject_id, subject.stage, found, progress)
 
     def explain(
         self,
@@ -353,13 +432,16 @@ class Client:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def _enqueue(self, tx: Transaction, created: list[Qualification], kind: str,
-                 user_id: str, mirror: dict[str, Any] | None) -> bool:
+    def _enqueue(self, tx: Transaction, created: list[Qualification],
+                 moves: list[tuple[StageChange, Qualification]], kind: str, user_id: str,
+                 mirror: dict[str, Any] | None) -> bool:
         """Write the outbox rows for this call in its transaction; True if there were any."""
         if not (created and self._outbox.sinks) and mirror is None:
             return False
         stamp = wall_micros()
         rows = self._outbox.qualification_rows(created, stamp) if created else []
+        rows += self._outbox.stage_rows(
+            [(change, q.user_id, q.account_id, q.id) for change, q in moves], stamp)
         if mirror is not None:
             rows.append(self._outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:

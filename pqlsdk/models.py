@@ -47,8 +47,8 @@ class Qualification:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Qualification:
-        """The inverse of :meth:`to_row`."""
-        values = dict(row)
+        """The inverse of :meth:`to_row` (store-only columns such as ``round`` are dropped)."""
+        values = {k: v for k, v in row.items() if k != "round"}
         values["qualified_at"] = from_micros(row["qualified_at"])
         values["evidence"] = Measurement.from_dict(json.loads(row["evidence"]))
         return cls(**values)
@@ -82,3 +82,26 @@ class Status:
     stage: str
     qualifications: tuple[Qualification, ...]
     progress: dict[str, Measurement]
+
+
+@attrs.frozen
+class StageChange:
+    """One move in a subject's lifecycle.
+
+    ``source`` is ``rule:NAME`` (a qualification moved it), ``manual`` (``set_stage``) or
+    ``first_seen`` (the subject became a ``lead`` when pqlsdk first saw it).
+    """
+
+    subject_type: str
+    subject_id: str
+    from_stage: str | None
+    to_stage: str
+    at: datetime
+    source: str
+    reason: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> StageChange:
+        """Build from a ``stage_changes`` row."""
+        return cls(row["subject_type"], row["subject_id"], row["from_stage"], row["to_stage"],
+                   from_micros(row["at"]), row["source"], row["reason"])

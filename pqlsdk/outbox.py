@@ -20,8 +20,15 @@ from typing import Any
 
 import attrs
 
-from .models import Qualification, json_default
-from .sinks import CallbackSink, Fatal, SegmentSink, callback_name, qualification_messages
+from .models import Qualification, StageChange, json_default
+from .sinks import (
+    CallbackSink,
+    Fatal,
+    SegmentSink,
+    callback_name,
+    qualification_messages,
+    stage_messages,
+)
 from .store import Store
 from .timestamps import from_micros
 
@@ -122,6 +129,15 @@ class Outbox:
                 rows.append((SEGMENT, "qualification", q.user_id,
                              json.dumps(qualification_messages(q)), now))
         return rows
+
+    def stage_rows(self, moves: list[tuple[StageChange, str, str | None, str]], now: int
+                   ) -> list[tuple[str, str, str | None, str, int]]:
+        """Segment rows for stage changes: ``(change, user_id, account_id, message id)``."""
+        if SEGMENT not in self.sinks:
+            return []
+        return [(SEGMENT, "stage", user_id,
+                 json.dumps(stage_messages(change, user_id, account_id, message_id)), now)
+                for change, user_id, account_id, message_id in moves]
 
     @staticmethod
     def segment_row(kind: str, user_id: str, message: dict[str, Any], now: int

@@ -15,32 +15,40 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from .evaluator import holds, measure
-from .models import Qualification
+from .models import Qualification, StageChange
 from .rules import EventCondition, Rule
+from .stages import FIRST_STAGE, rank
 from .store import Transaction
 from .timestamps import to_micros
 
 _NAMESPACE = uuid.UUID("5b0c1c4e-7f7e-4a8e-9d55-2f1f6f1a9c3e")
 
 
-def qualification_id(rule: str, subject_type: str, subject_id: str) -> str:
-    """The stable id of a subject's qualification for a rule (also its Segment messageId)."""
-    return str(uuid.uuid5(_NAMESPACE, f"{rule}\x1f{subject_type}\x1f{subject_id}"))
+def qualification_id(rule: str, subject_type: str, subject_id: str, round_: int = 0) -> str:
+    """The stable id of a subject's qualification for a rule in a round (also its Segment
+    messageId)."""
+    key = f"{rule}\x1f{subject_type}\x1f{subject_id}"
+    return str(uuid.uuid5(_NAMESPACE, key if round_ == 0 else f"{key}\x1f{round_}"))
 
 
 class Subject(NamedTuple):
-    """A user or an account as evaluation needs it: its traits and the rules it has met."""
+    """A user or an account as evaluation needs it: traits, stage, round, rules met."""
 
     type: str
     id: str
     traits_json: str = "{}"
+    stage: str = FIRST_STAGE
+    round: int = 0
+    #: When the current round began (events before it do not count), or None.
+    since: int | None = None
     done: frozenset[str] = frozenset()
 
     @classmethod
-    def from_columns(cls, subject_type: str, subject_id: str, traits_json: str | None,
-                     done: str | None) -> Subject:
-        """Build from a snapshot's columns (rules met joined by ``\x1f``)."""
-        return cls(subject_type, subject_id, traits_json or "{}",
+    def from_columns(cls, subject_type: str, subject_id: str, columns: tuple[Any, ...]
+                     ) -> Subject:
+        """Build from a snapshot's ``traits, stage, round, round start, rules met``."""
+        traits_json, stage, round_, since, done = columns
+        return cls(subject_type, subject_id, traits_json or "{}", stage, round_, since,
                    frozenset(done.split("\x1f")) if done else frozenset())
 
 
@@ -53,12 +61,11 @@ def load_subjects(
         tx.add_user(user_id, account_id, ts)
         user = Subject("user", user_id)
     else:
-        user = Subject.from_columns("user", user_id, row[1], row[3])
+        user = Subject.from_columns("user", user_id, row[1:6])
         if account_id is None or account_id == row[0]:
-            account_id = row[0]
-            if account_id is None:
+            if row[0] is None:
                 return user, None
-            return user, Subject.from_columns("account", account_id, row[2], row[4])
+            return user, Subject.from_columns("account", row[0], row[6:11])
         tx.move_user(user_id, account_id)
     if account_id is None:
         return user, None
@@ -71,7 +78,7 @@ def load_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject
     row = tx.subject_snapshot(subject_type, subject_id)
     if row is None:
         return Subject(subject_type, subject_id)
-    return Subject.from_columns(subject_type, subject_id, row[0], row[1])
+    return Subject.from_columns(subject_type, subject_id, row)
 
 
 class SubjectFacts:
@@ -85,7 +92,7 @@ class SubjectFacts:
         """Count, distinct-count or sum the subject's matching events."""
         matches = condition.matches_properties if condition.where else None
         return self.tx.measure(self.subject.type, self.subject.id, condition, self.until,
-                               limit, matches)
+                               limit, matches, self.subject.since)
 
     def trait(self, name: str) -> tuple[bool, Any]:
         """``(present, value)``; a trait set to null counts as missing."""
@@ -103,19 +110,28 @@ def qualify(
     user_id: str,
     account_id: str | None,
     at: datetime,
+    moves: list[tuple[StageChange, Qualification]] | None = None,
 ) -> list[Qualification]:
     """Record a qualification for each of ``rules`` the subject meets as of ``at`` and had not
-    met before; return the ones this call created."""
+    met this round; move the subject forward to each one's stage (appending the move and
+    the qualification that caused it to ``moves``); return the qualifications created.
+
+    A ``disqualified`` subject qualifies for nothing until a person moves it back.
+    """
+    if subject.stage == "disqualified":
+        return []
     pending = [rule for rule in rules if rule.name not in subject.done]
     if not pending:
         return []
-    facts = SubjectFacts(tx, subject, to_micros(at))
+    ts = to_micros(at)
+    facts = SubjectFacts(tx, subject, ts)
+    stage = subject.stage
     created = []
     for rule in pending:
         if not holds(rule.condition, facts):
             continue
         qualification = Qualification(
-            id=qualification_id(rule.name, subject.type, subject.id),
+            id=qualification_id(rule.name, subject.type, subject.id, subject.round),
             rule=rule.name,
             stage=rule.stage,
             subject_type=subject.type,
@@ -125,6 +141,21 @@ def qualify(
             qualified_at=at,
             evidence=measure(rule.condition, facts, exact=False),
         )
-        if tx.insert_qualification(qualification.to_row()):
-            created.append(qualification)
+        if not tx.insert_qualification({**qualification.to_row(), "round": subject.round}):
+            continue
+        created.append(qualification)
+        if moves_forward(stage, rule.stage):
+            tx.set_stage(subject.type, subject.id, rule.stage)
+            source = f"rule:{rule.name}"
+            tx.add_stage_change(subject.type, subject.id, stage, rule.stage, ts, source, None)
+            if moves is not None:
+                moves.append((StageChange(subject.type, subject.id, stage, rule.stage, at,
+                                          source), qualification))
+            stage = rule.stage
     return created
+
+
+def moves_forward(current: str, target: str) -> bool:
+    """Whether a qualification for ``target`` moves a subject at ``current``: forward only,
+    and from ``unqualified`` to any stage."""
+    return current == "unqualified" or rank(target) > rank(current)

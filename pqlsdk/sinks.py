@@ -16,7 +16,7 @@ from typing import Any
 from segment.analytics.request import APIError, post
 from segment.analytics.version import VERSION as SEGMENT_VERSION
 
-from .models import Qualification
+from .models import Qualification, StageChange
 
 log = logging.getLogger("pqlsdk")
 
@@ -127,9 +127,7 @@ def _message(kind: str, user_id: str, timestamp: str, message_id: str,
 
 def qualification_messages(q: Qualification) -> list[dict[str, Any]]:
     """What Segment receives for a qualification: ``track("Lead Qualified")`` with the
-    qualification id as ``messageId``, then ``identify`` with ``lifecycle_stage`` (and, for an
-    account, ``group`` with the same trait)."""
-    at = q.qualified_at.isoformat(timespec="milliseconds")
+    qualification id as ``messageId`` and ``qualified_at`` as its timestamp."""
     properties = {
         "rule": q.rule,
         "stage": q.stage,
@@ -139,16 +137,21 @@ def qualification_messages(q: Qualification) -> list[dict[str, Any]]:
         "qualification_id": q.id,
         "qualified_at": q.qualified_at.isoformat(),
     }
-    messages = [
-        _message("track", q.user_id, at, q.id, q.account_id, event=QUALIFIED_EVENT,
-                 properties=properties),
-        _message("identify", q.user_id, at, derived_id(q.id, "identify"), q.account_id,
-                 traits={"lifecycle_stage": q.stage}),
-    ]
-    if q.subject_type == "account":
-        messages.append(_message("group", q.user_id, at, derived_id(q.id, "group"),
-                                 q.account_id, groupId=q.subject_id,
-                                 traits={"lifecycle_stage": q.stage}))
+    return [_message("track", q.user_id, q.qualified_at.isoformat(timespec="milliseconds"),
+                     q.id, q.account_id, event=QUALIFIED_EVENT, properties=properties)]
+
+
+def stage_messages(change: StageChange, user_id: str, account_id: str | None,
+                   message_id: str) -> list[dict[str, Any]]:
+    """What Segment receives when a subject changes stage: ``identify(user_id,
+    {"lifecycle_stage": stage})``, and for an account also ``group`` with the same trait."""
+    at = change.at.isoformat(timespec="milliseconds")
+    traits = {"lifecycle_stage": change.to_stage}
+    messages = [_message("identify", user_id, at, derived_id(message_id, "identify"),
+                         account_id, traits=traits)]
+    if change.subject_type == "account":
+        messages.append(_message("group", user_id, at, derived_id(message_id, "group"),
+                                 account_id, groupId=change.subject_id, traits=traits))
     return messages
 
 

@@ -25,6 +25,7 @@ import sqlite_utils
 
 from .errors import PqlError
 from .rules import EventCondition
+from .stages import FIRST_STAGE, STAGES
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -99,8 +100,81 @@ def _v2(db: sqlite_utils.Database) -> None:
     # at the head of a short table, and every track() that writes a row saves a page write.
 
 
+def _v3(db: sqlite_utils.Database) -> None:
+    """The lifecycle: a stage per subject, its history, and rounds.
+
+    A manual move to ``unqualified`` or ``disqualified`` starts a new round: qualifications
+    are unique per (subject, rule, round), and a round's rules count only events from its
+    start, so a rejected lead qualifies again on what it does afterwards.
+    """
+    for table in ("users", "accounts"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN stage TEXT NOT NULL DEFAULT 'lead'")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN round INTEGER NOT NULL DEFAULT 0")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN round_since INTEGER")
+    db.execute("ALTER TABLE qualifications RENAME TO qualifications_v2")
+    db.execute(
+        """CREATE TABLE qualifications (
+            id TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            subject_type TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            account_id TEXT,
+            qualified_at INTEGER NOT NULL,
+            evidence TEXT NOT NULL,
+            round INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (subject_type, subject_id, round, rule)
+        )"""
+    )
+    db.execute("INSERT INTO qualifications SELECT *, 0 FROM qualifications_v2")
+    db.execute("DROP TABLE qualifications_v2")
+    db.execute("CREATE INDEX qualifications_time ON qualifications(qualified_at)")
+    db.execute(
+        """CREATE TABLE stage_changes (
+            id INTEGER PRIMARY KEY,
+            subject_type TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            from_stage TEXT,
+            to_stage TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            reason TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX stage_changes_subject ON stage_changes(subject_type, subject_id, "
+               "to_stage, at)")
+    # what release 2 knew: every subject entered 'lead' when first seen, and its
+    # qualifications moved it forward
+    for subject_type, table, key in (("user", "users", "user_id"),
+                                     ("account", "accounts", "account_id")):
+        db.execute(
+            f"INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
+            f"source) SELECT '{subject_type}', {key}, NULL, 'lead', first_seen, 'first_seen' "
+            f"FROM {table}"
+        )
+    rows = db.execute(
+        "SELECT subject_type, subject_id, rule, stage, qualified_at FROM qualifications "
+        "ORDER BY qualified_at, rowid"
+    ).fetchall()
+    current: dict[tuple[str, str], str] = {}
+    for subject_type, subject_id, rule, stage, at in rows:
+        before = current.get((subject_type, subject_id), FIRST_STAGE)
+        if STAGES.index(stage) > STAGES.index(before):
+            current[(subject_type, subject_id)] = stage
+            db.execute(
+                "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, "
+                "at, source) VALUES (?, ?, ?, ?, ?, ?)",
+                (subject_type, subject_id, before, stage, at, f"rule:{rule}"),
+            )
+    for (subject_type, subject_id), stage in current.items():
+        table, key = ("users", "user_id") if subject_type == "user" else ("accounts",
+                                                                          "account_id")
+        db.execute(f"UPDATE {table} SET stage = ? WHERE {key} = ?", (stage, subject_id))
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -254,6 +328,18 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
+_TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
+
+
+def _subject_columns(alias: str, subject_type: str, key: str) -> str:
+    return (
+        f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
+        f"(SELECT group_concat(rule, char(31)) FROM qualifications q "
+        f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
+        f"AND q.round = {alias}.round)"
+    )
+
+
 class Transaction:
     """The statements pqlsdk runs, on one connection; obtained from :meth:`Store.write`."""
 
@@ -279,37 +365,36 @@ class Transaction:
         )
         return cursor.rowcount == 1
 
-    def user_snapshot(self, user_id: str) -> tuple[str | None, str, str | None, str, str] | None:
-        """In one statement, what evaluating a user needs: ``(account_id, user traits JSON,
-        account traits JSON, rules the user met, rules the account met)``; the rule lists are
-        joined by ``\x1f``. ``None`` for an unknown user."""
+    def user_snapshot(self, user_id: str) -> tuple[Any, ...] | None:
+        """In one statement, what evaluating a user and its account needs: the user's
+        account id, then for the user and for its account ``traits JSON, stage, round,
+        round start, rules met this round`` (joined by ``\x1f``). ``None`` for an unknown
+        user."""
         return self.conn.execute(
-            "SELECT u.account_id, u.traits, a.traits, "
-            "(SELECT group_concat(rule, char(31)) FROM qualifications "
-            " WHERE subject_type = 'user' AND subject_id = u.user_id), "
-            "(SELECT group_concat(rule, char(31)) FROM qualifications "
-            " WHERE subject_type = 'account' AND subject_id = u.account_id) "
+            f"SELECT u.account_id, {_subject_columns('u', 'user', 'user_id')}, "
+            f"{_subject_columns('a', 'account', 'account_id')} "
             "FROM users u LEFT JOIN accounts a ON a.account_id = u.account_id "
             "WHERE u.user_id = ?",
             (user_id,),
         ).fetchone()
 
-    def subject_snapshot(self, subject_type: str, subject_id: str) -> tuple[str, str] | None:
-        """``(traits JSON, rules met joined by \x1f)`` of one user or account, or ``None``."""
-        table, key = ("users", "user_id") if subject_type == "user" else ("accounts",
-                                                                          "account_id")
+    def subject_snapshot(self, subject_type: str, subject_id: str) -> tuple[Any, ...] | None:
+        """``traits JSON, stage, round, round start, rules met this round`` of one user or
+        account, or ``None``."""
+        table, key = _TABLES[subject_type]
         return self.conn.execute(
-            f"SELECT traits, (SELECT group_concat(rule, char(31)) FROM qualifications "
-            f"WHERE subject_type = ? AND subject_id = ?) FROM {table} WHERE {key} = ?",
-            (subject_type, subject_id, subject_id),
+            f"SELECT {_subject_columns('s', subject_type, key)} FROM {table} s "
+            f"WHERE s.{key} = ?",
+            (subject_id,),
         ).fetchone()
 
     def add_user(self, user_id: str, account_id: str | None, ts: int) -> None:
-        """Record a user seen for the first time."""
+        """Record a user seen for the first time: a ``lead`` from ``ts``."""
         self.conn.execute(
             "INSERT INTO users (user_id, account_id, traits, first_seen) VALUES (?, ?, '{}', ?)",
             (user_id, account_id, ts),
         )
+        self.add_stage_change("user", user_id, None, FIRST_STAGE, ts, "first_seen", None)
 
     def move_user(self, user_id: str, account_id: str) -> None:
         """Tie the user to ``account_id`` from now on."""
@@ -318,11 +403,48 @@ class Transaction:
         )
 
     def add_account(self, account_id: str, ts: int) -> None:
-        """Record an account, unless it is known already."""
-        self.conn.execute(
+        """Record an account (a ``lead`` from ``ts``), unless it is known already."""
+        cursor = self.conn.execute(
             "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen) VALUES (?, '{}', ?)",
             (account_id, ts),
         )
+        if cursor.rowcount:
+            self.add_stage_change("account", account_id, None, FIRST_STAGE, ts, "first_seen",
+                                  None)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def add_stage_change(self, subject_type: str, subject_id: str, from_stage: str | None,
+                         to_stage: str, at: int, source: str, reason: str | None) -> None:
+        """Append to the subject's history (the subject's own stage is set separately)."""
+        self.conn.execute(
+            "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
+            "source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (subject_type, subject_id, from_stage, to_stage, at, source, reason),
+        )
+
+    def set_stage(self, subject_type: str, subject_id: str, stage: str,
+                  new_round_since: int | None = None) -> None:
+        """Set the subject's stage; with ``new_round_since``, also start a new round."""
+        table, key = _TABLES[subject_type]
+        if new_round_since is None:
+            self.conn.execute(f"UPDATE {table} SET stage = ? WHERE {key} = ?",
+                              (stage, subject_id))
+        else:
+            self.conn.execute(
+                f"UPDATE {table} SET stage = ?, round = round + 1, round_since = ? "
+                f"WHERE {key} = ?",
+                (stage, new_round_since, subject_id),
+            )
+
+    def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
+        """The subject's stage changes, oldest first."""
+        cursor = self.conn.execute(
+            "SELECT * FROM stage_changes WHERE subject_type = ? AND subject_id = ? "
+            "ORDER BY at, id",
+            (subject_type, subject_id),
+        )
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     def traits(self, subject_type: str, subject_id: str) -> dict[str, Any]:
         """The stored traits of a user or an account (``{}`` when unknown)."""
@@ -377,15 +499,27 @@ class Transaction:
         ).fetchone()
         return row[0] if row else None
 
+    def forget_user(self, user_id: str) -> None:
+        """Erase every row about a user (see ``Client.forget``)."""
+        for sql in (
+            "DELETE FROM events WHERE user_id = ?",
+            "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ?",
+            "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
+            "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
+            "DELETE FROM outbox WHERE user_id = ?",
+            "DELETE FROM users WHERE user_id = ?",
+        ):
+            self.conn.execute(sql, (user_id,))
+
     # -- qualifications -------------------------------------------------------------------
 
     def insert_qualification(self, row: dict[str, Any]) -> bool:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
             "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence) VALUES (:id, :rule, :stage, :subject_type, "
-            ":subject_id, :user_id, :account_id, :qualified_at, :evidence) "
-            "ON CONFLICT DO NOTHING",
+            "account_id, qualified_at, evidence, round) VALUES (:id, :rule, :stage, "
+            ":subject_type, :subject_id, :user_id, :account_id, :qualified_at, :evidence, "
+            ":round) ON CONFLICT DO NOTHING",
             row,
         )
         return cursor.rowcount == 1
@@ -503,15 +637,19 @@ class Transaction:
         until: int,
         limit: int | None,
         matches: Callable[[dict[str, Any]], bool] | None,
+        since: int | None = None,
     ) -> float:
         """Count, distinct-count or sum the subject's matching events in ``[until - within,
-        until]``, stopping once ``limit`` is reached."""
+        until]`` (and not before ``since``), stopping once ``limit`` is reached."""
         column = "user_id" if subject_type == "user" else "account_id"
         sql = f"FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
         args: list[Any] = [subject_id, condition.event, until]
         if condition.within is not None:
+            window_start = until - condition.within // _MICROSECOND
+            since = window_start if since is None else max(since, window_start)
+        if since is not None:
             sql += " AND ts >= ?"
-            args.append(until - condition.within // _MICROSECOND)
+            args.append(since)
         if matches is None and condition.distinct is None and condition.sum is None:
             args.append(-1 if limit is None else limit)
             return self.conn.execute(

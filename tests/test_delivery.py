@@ -104,9 +104,10 @@ def test_segment_down_then_back_loses_nothing_and_sends_once(
                              on_error=lambda exc, d: errors.append((exc, d)))
         [q] = qualify(client)
         assert segment_server.messages == []
-        [pending] = client.deliveries(status="pending")
-        assert (pending.destination, pending.attempts) == ("segment", 1)
-        assert "503" in pending.last_error
+        pending = client.deliveries(status="pending")
+        assert [(d.destination, d.kind, d.attempts) for d in pending] == [
+            ("segment", "qualification", 1), ("segment", "stage", 1)]
+        assert "503" in pending[0].last_error
         assert client.flush() is False  # not due yet: backing off
         for _ in range(3):
             frozen.tick(timedelta(minutes=10))
@@ -114,7 +115,7 @@ def test_segment_down_then_back_loses_nothing_and_sends_once(
     assert [m["messageId"] for m in segment_server.messages] == [
         q.id, segment_server.messages[1]["messageId"]]
     assert segment_server.requests == 4
-    assert [d.attempts for _, d in errors] == [1, 2, 3]
+    assert [d.attempts for _, d in errors] == [1, 1, 2, 2, 3, 3]  # two rows, one batch
     assert all(d.status == "pending" for _, d in errors)
     assert client.deliveries() == []
 
@@ -127,7 +128,7 @@ def test_backoff_grows_exponentially_with_jitter_up_to_max_backoff(make_client, 
         qualify(client)
         waits = []
         for _ in range(6):
-            [row] = client.deliveries()
+            row = client.deliveries()[0]
             now = datetime.now(timezone.utc)
             waits.append((row.next_attempt_at - now).total_seconds())
             frozen.tick(timedelta(seconds=waits[-1] + 0.001))
@@ -187,8 +188,9 @@ def test_segment_4xx_is_final_and_not_retried(make_client, segment_server, segme
         qualify(client)
         frozen.tick(timedelta(hours=1))
         client.flush()
-    [failed] = client.deliveries(status="failed")
-    assert failed.attempts == 1 and "Fatal" in failed.last_error
+    failed = client.deliveries(status="failed")
+    assert [d.kind for d in failed] == ["qualification", "stage"]  # one batch, refused
+    assert all(d.attempts == 1 and "Fatal" in d.last_error for d in failed)
     assert segment_server.requests == 1
 
 
@@ -235,15 +237,15 @@ def test_one_row_per_destination_in_the_events_transaction(make_client, db_path,
         client.track("ada", "report_generated")
         assert count_rows(db_path, "outbox") == 0  # nothing qualified, nothing queued
         qualify(client, user="bob")
-    destinations = sorted(d.destination for d in client.deliveries())
-    assert destinations == [
-        "callback:tests.test_delivery.test_one_row_per_destination_in_the_events_transaction"
-        ".<locals>.first",
-        "callback:tests.test_delivery.test_one_row_per_destination_in_the_events_transaction"
-        ".<locals>.second",
-        "segment",
+    rows = sorted((d.destination, d.kind) for d in client.deliveries())
+    prefix = "callback:tests.test_delivery.test_one_row_per_destination_in_the_events_transaction"
+    assert rows == [
+        (f"{prefix}.<locals>.first", "qualification"),
+        (f"{prefix}.<locals>.second", "qualification"),
+        ("segment", "qualification"),
+        ("segment", "stage"),  # the move to the rule's stage, as identify(lifecycle_stage)
     ]
-    assert count_rows(db_path, "outbox") == 3
+    assert count_rows(db_path, "outbox") == 4
 
 
 def test_restart_delivers_what_was_pending(make_client, db_path, segment_server):
@@ -253,7 +255,7 @@ def test_restart_delivers_what_was_pending(make_client, db_path, segment_server)
                         max_retries=1000)
     [q] = qualify(first)
     assert first.close(timeout=1) is False
-    assert count_rows(db_path, "outbox") == 1
+    assert count_rows(db_path, "outbox") == 2  # Lead Qualified, lifecycle stage
 
     segment_server.fail_next = 0
     up = SegmentClient(write_key="k", host=segment_server.url, sync_mode=True)
