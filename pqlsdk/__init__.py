@@ -8,8 +8,10 @@
 from .client import Client, UnknownSubject
 from .errors import PqlError, RuleError, ValidationError
 from .evaluator import Measurement
-from .models import Qualification, Status
-from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, trait
+from .models import Qualification, StageChange, Status
+from .outbox import Delivery
+from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
+from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
 from .store import SchemaTooNew
 
@@ -17,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "Delivery",
     "Measurement",
     "PqlError",
     "Qualification",
@@ -26,6 +29,10 @@ __all__ = [
     "SIDE_STATES",
     "STAGES",
     "SchemaTooNew",
+    "Score",
+    "ScoreLine",
+    "Scoring",
+    "StageChange",
     "Status",
     "UnknownSubject",
     "ValidationError",
@@ -35,5 +42,6 @@ __all__ = [
     "event",
     "load_rules",
     "not_",
+    "score",
     "trait",
 ]

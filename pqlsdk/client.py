@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
 from .rules import Rule, RuleSet, load_rules
+from .scoring import Score
 from .sinks import event_message
 from .stages import SIDE_STATES, STAGES
 from .store import Store, Transaction
@@ -99,8 +101,9 @@ class Client:
         delivery_lease: float = 60.0,
         poll_interval: float = 1.0,
         busy_timeout: float = 30.0,
+        scoring: dict[str, Any] | None = None,
     ) -> None:
-        self.rules: RuleSet = load_rules(rules)
+        self.rules: RuleSet = load_rules(rules, scoring)
         callbacks = [on_qualified] if callable(on_qualified) else list(on_qualified or [])
         for callback in callbacks:
             if not callable(callback):
@@ -119,9 +122,10 @@ class Client:
         }
         self._by_event: dict[str, tuple[list[Rule], list[Rule]]] = {}
         for rule in self.rules.rules:
-            for name in rule.events:
+            for name in self.rules.events_of(rule):
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
+        self._qualify = functools.partial(qualify, scoring=self.rules.scoring)
         self.store = Store(database, busy_timeout=busy_timeout)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
@@ -181,11 +185,11 @@ class Client:
             if not tx.insert_event(message_id, user_id, account_id, event, ts, props):
                 return []
             moves: list[tuple[StageChange, Qualification]] = []
-            created = qualify(tx, user_rules, user, user_id=user_id, account_id=account_id,
-                              at=at, moves=moves)
+            created = self._qualify(tx, user_rules, user, user_id=user_id,
+                                    account_id=account_id, at=at, moves=moves)
             if account is not None:
-                created += qualify(tx, account_rules, account, user_id=user_id,
-                                   account_id=account_id, at=at, moves=moves)
+                created += self._qualify(tx, account_rules, account, user_id=user_id,
+                                         account_id=account_id, at=at, moves=moves)
             mirror = None
             if self.forward_events:
                 mirror = event_message("track", user_id, _iso(at), message_id or _new_id(),
@@ -213,8 +217,8 @@ class Client:
             user, changed = _merge_traits(tx, user, traits)
             account_id = account.id if account else None
             moves = []
-            created = qualify(tx, self._rules_reading_traits("user", changed), user,
-                              user_id=user_id, account_id=account_id, at=at, moves=moves)
+            created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
+                                    user_id=user_id, account_id=account_id, at=at, moves=moves)
             mirror = None
             if self.forward_events:
                 mirror = event_message("identify", user_id, _iso(at), _new_id(), account_id,
@@ -241,8 +245,9 @@ class Client:
             _, account = load_subjects(tx, user_id, account_id, to_micros(at))
             account, changed = _merge_traits(tx, account, traits)
             moves = []
-            created = qualify(tx, self._rules_reading_traits("account", changed), account,
-                              user_id=user_id, account_id=account_id, at=at, moves=moves)
+            created = self._qualify(tx, self.rules.reading_traits("account", changed),
+                                    account, user_id=user_id, account_id=account_id, at=at,
+                                    moves=moves)
             mirror = None
             if self.forward_events:
                 mirror = event_message("group", user_id, _iso(at), _new_id(), account_id,
@@ -285,11 +290,29 @@ class Client:
             user_id, account_id = tx.latest_user(subject_id, until), subject_id
             if user_id is None:
                 return []
-        return qualify(tx, rules, load_subject(tx, subject_type, subject_id), user_id=user_id,
-                       account_id=account_id, at=at, moves=moves)
+        return self._qualify(tx, rules, load_subject(tx, subject_type, subject_id),
+                             user_id=user_id, account_id=account_id, at=at, moves=moves)
 
-    def _rules_reading_traits(self, subject_type: str, names: set[str]) -> list[Rule]:
-        return self.rules.reading_traits(subject_type, names)
+    def score(
+        self,
+        user_id: str | None = None,
+        *,
+        account_id: str | None = None,
+        as_of: datetime | str | None = None,
+    ) -> Score:
+        """The fit + behaviour score of a user (or an account) as of ``as_of`` (default now),
+        with each line's points.
+
+        >>> client.score("ada").total
+        45.0
+        """
+        subject_type, subject_id = _subject(user_id, account_id)
+        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        with self.store.read() as tx:
+            if not tx.exists(subject_type, subject_id):
+                raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
+            subject = load_subject(tx, subject_type, subject_id)._replace(since=None)
+            return SubjectFacts(tx, subject, until, self.rules.scoring).scores()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -393,7 +416,8 @@ class Client:
         found = tuple(Qualification.from_row(r)
                       for r in tx.qualifications(subject=(subject_type, subject_id)))
         met = {q.rule for q in found}
-        facts = SubjectFacts(tx, load_subject(tx, subject_type, subject_id), until)
+        facts = SubjectFacts(tx, load_subject(tx, subject_type, subject_id), until,
+                             self.rules.scoring)
         progress = {
             rule.name: measure(rule.condition, facts)
             for rule in self._by_subject[subject_type]

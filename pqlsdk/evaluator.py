@@ -10,7 +10,15 @@ from typing import Any, Protocol
 
 import attrs
 
-from .rules import AllOf, AnyOf, Condition, EventCondition, Not, TraitCondition
+from .rules import (
+    AllOf,
+    AnyOf,
+    Condition,
+    EventCondition,
+    Not,
+    ScoreCondition,
+    TraitCondition,
+)
 
 
 class Facts(Protocol):
@@ -21,6 +29,9 @@ class Facts(Protocol):
 
     def trait(self, name: str) -> tuple[bool, Any]:
         """``(present, value)`` of one trait."""
+
+    def score(self, kind: str) -> float:
+        """The subject's ``fit``, ``behavior`` or ``total`` score."""
 
 
 @attrs.frozen
@@ -56,7 +67,7 @@ class Measurement:
         least 5"``."""
         mark = "✓" if self.met else "✗"
         if not self.parts:
-            joint = "of" if not self.label.startswith("trait ") else "— wanted"
+            joint = "of" if not self.label.startswith(("trait ", "score ")) else "— wanted"
             return [f"{indent}{mark} {self.label}: {_show(self.value)} {joint} {self.bound}"]
         head = [f"{indent}{mark} {self.label}:"]
         return head + [line for p in self.parts for line in p.lines(indent + "  ")]
@@ -78,6 +89,8 @@ def holds(condition: Condition, facts: Facts) -> bool:
     if isinstance(condition, TraitCondition):
         present, value = facts.trait(condition.trait)
         return condition.check.matches(value, present)
+    if isinstance(condition, ScoreCondition):
+        return condition.check.matches(facts.score(condition.score))
     if isinstance(condition, AllOf):
         return all(holds(c, facts) for c in condition.by_cost)
     if isinstance(condition, AnyOf):
@@ -95,6 +108,10 @@ def measure(condition: Condition, facts: Facts, *, exact: bool = True) -> Measur
         present, value = facts.trait(condition.trait)
         return Measurement(condition.label(), value if present else None, condition.bound(),
                            condition.check.matches(value, present))
+    if isinstance(condition, ScoreCondition):
+        value = facts.score(condition.score)
+        return Measurement(condition.label(), value, condition.bound(),
+                           condition.check.matches(value))
     if isinstance(condition, Not):
         inner = measure(condition.condition, facts, exact=exact)
         return Measurement("not", None, "", not inner.met, (inner,))

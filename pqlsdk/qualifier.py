@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from .evaluator import holds, measure
 from .models import Qualification, StageChange
 from .rules import EventCondition, Rule
+from .scoring import Score, Scoring, compute
 from .stages import FIRST_STAGE, rank
 from .store import Transaction
 from .timestamps import to_micros
@@ -84,9 +85,11 @@ def load_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject
 class SubjectFacts:
     """:class:`~pqlsdk.evaluator.Facts` for one subject as of one moment, read from the store."""
 
-    def __init__(self, tx: Transaction, subject: Subject, until: int) -> None:
-        self.tx, self.subject, self.until = tx, subject, until
+    def __init__(self, tx: Transaction, subject: Subject, until: int,
+                 scoring: Scoring | None = None) -> None:
+        self.tx, self.subject, self.until, self.scoring = tx, subject, until, scoring
         self._traits: dict[str, Any] | None = None
+        self._score: Score | None = None
 
     def measure(self, condition: EventCondition, limit: int | None) -> float:
         """Count, distinct-count or sum the subject's matching events."""
@@ -101,6 +104,24 @@ class SubjectFacts:
         value = self._traits.get(name)
         return value is not None, value
 
+    def event_rows(self, event: str, since: int | None, limit: int | None
+                   ) -> Iterator[tuple[int, str]]:
+        """``(ts, properties JSON)`` of the subject's events, newest first."""
+        if self.subject.since is not None:
+            since = self.subject.since if since is None else max(since, self.subject.since)
+        return self.tx.event_rows(self.subject.type, self.subject.id, event, self.until, since,
+                                  limit)
+
+    def score(self, kind: str) -> float:
+        """The subject's ``fit``, ``behavior`` or ``total`` score (computed once)."""
+        return self.scores().get(kind)
+
+    def scores(self) -> Score:
+        """The subject's whole :class:`~pqlsdk.scoring.Score` as of ``until``."""
+        if self._score is None:
+            self._score = compute(self.scoring or Scoring(), self)
+        return self._score
+
 
 def qualify(
     tx: Transaction,
@@ -111,6 +132,7 @@ def qualify(
     account_id: str | None,
     at: datetime,
     moves: list[tuple[StageChange, Qualification]] | None = None,
+    scoring: Scoring | None = None,
 ) -> list[Qualification]:
     """Record a qualification for each of ``rules`` the subject meets as of ``at`` and had not
     met this round; move the subject forward to each one's stage (appending the move and
@@ -124,7 +146,7 @@ def qualify(
     if not pending:
         return []
     ts = to_micros(at)
-    facts = SubjectFacts(tx, subject, ts)
+    facts = SubjectFacts(tx, subject, ts, scoring)
     stage = subject.stage
     created = []
     for rule in pending:

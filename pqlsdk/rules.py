@@ -327,11 +327,51 @@ class TraitCondition:
         return self.check.describe()
 
 
+SCORE_KINDS = ("fit", "behavior", "total")
+#: The operators a score condition may use.
+SCORE_OPERATORS = (*COMPARISON_OPERATORS, *EQUALITY_OPERATORS)
+
+
+@attrs.frozen
+class ScoreCondition:
+    """The subject's ``fit``, ``behavior`` or ``total`` score, compared with operators.
+
+    ``{ score = "total", gte = 60 }`` is how a score threshold makes an MQL.
+    """
+
+    score: str = attrs.field()
+    check: Check = attrs.field()
+
+    @score.validator
+    def _check_score(self, _attr: Any, value: Any) -> None:
+        if value not in SCORE_KINDS:
+            raise RuleError(f"must be one of {', '.join(SCORE_KINDS)} (got {value!r})",
+                            key="score")
+
+    @check.validator
+    def _check_ops(self, _attr: Any, value: Check) -> None:
+        for op, bound in value.ops:
+            if op not in SCORE_OPERATORS:
+                raise RuleError(f"a score takes {_allowed(SCORE_OPERATORS)}", key=op)
+            if not _is_number(bound):
+                raise RuleError(f"must be a number (got {bound!r})", key=op)
+
+    def label(self) -> str:
+        """``"score total"``."""
+        return f"score {self.score}"
+
+    def bound(self) -> str:
+        """``"gte 60"``."""
+        return self.check.describe()
+
+
 def _cost(condition: Condition) -> int:
     """Rough price of checking a condition: traits are in memory, counts one indexed query,
     property filters read rows."""
     if isinstance(condition, TraitCondition):
         return 0
+    if isinstance(condition, ScoreCondition):
+        return 4
     if isinstance(condition, EventCondition):
         return 1 if not (condition.where or condition.distinct or condition.sum) else 2
     return 3
@@ -374,7 +414,8 @@ class Not:
     condition: Condition
 
 
-Condition = EventCondition | TraitCondition | AllOf | AnyOf | Not
+Condition = EventCondition | TraitCondition | ScoreCondition | AllOf | AnyOf | Not
+_CONDITION_TYPES = (EventCondition, TraitCondition, ScoreCondition, AllOf, AnyOf, Not)
 
 
 def _walk(condition: Condition) -> Iterable[Condition]:
@@ -387,9 +428,9 @@ def _walk(condition: Condition) -> Iterable[Condition]:
 
 
 def _check_condition(_inst: Any, _attr: Any, value: Any) -> None:
-    if not isinstance(value, EventCondition | TraitCondition | AllOf | AnyOf | Not):
+    if not isinstance(value, _CONDITION_TYPES):
         raise RuleError(
-            "must be a condition made with pqlsdk.event, trait, all_of, any_of or not_ "
+            "must be a condition made with pqlsdk.event, trait, score, all_of, any_of or not_ "
             f"(got {value!r})",
             key="condition",
         )
@@ -427,9 +468,16 @@ class Rule:
     def _events(self) -> frozenset[str]:
         return frozenset(c.event for c in _walk(self.condition) if isinstance(c, EventCondition))
 
+    #: Score kinds (fit, behavior, total) the rule reads.
+    scores: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
     @traits.default
     def _traits(self) -> frozenset[str]:
         return frozenset(c.trait for c in _walk(self.condition) if isinstance(c, TraitCondition))
+
+    @scores.default
+    def _scores(self) -> frozenset[str]:
+        return frozenset(c.score for c in _walk(self.condition) if isinstance(c, ScoreCondition))
 
 
 # --- builders -------------------------------------------------------------------------------
@@ -471,6 +519,12 @@ def trait(name: str, **operators: Any) -> TraitCondition:
     ends_with. Several operators must all hold.
     """
     return TraitCondition(name, Check.of(operators))
+
+
+def score(kind: str, **operators: Any) -> ScoreCondition:
+    """A score condition: ``score("total", gte=60)`` (kinds fit, behavior, total; operators
+    gt, gte, lt, lte, equals, not_equals). Needs a ``[scoring]`` section in the rule set."""
+    return ScoreCondition(kind, Check.of(operators))
 
 
 def all_of(*conditions: Condition) -> AllOf:
@@ -532,8 +586,12 @@ def _condition_from_dict(data: Any) -> Condition:
     if "trait" in data:
         _refuse_unknown(data, ("trait", *OPERATORS))
         return trait(data["trait"], **{k: v for k, v in data.items() if k != "trait"})
+    if "score" in data:
+        _refuse_unknown(data, ("score", *SCORE_OPERATORS))
+        return score(data["score"], **{k: v for k, v in data.items() if k != "score"})
     raise RuleError(
-        f"a condition needs one of: event, trait, all, any, not (got keys {_allowed(data)})"
+        "a condition needs one of: event, trait, score, all, any, not "
+        f"(got keys {_allowed(data)})"
     )
 
 
@@ -587,10 +645,12 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
 
 @attrs.frozen
 class RuleSet:
-    """The validated rules of a Client, indexed by what can change them."""
+    """The validated rules of a Client (and its scoring model), indexed by what can change
+    them."""
 
     rules: tuple[Rule, ...]
     source: str = "rules"
+    scoring: Any = None  # pqlsdk.scoring.Scoring
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()
@@ -601,30 +661,42 @@ class RuleSet:
             if rule.name in seen:
                 raise RuleError("duplicate rule name; names must be unique",
                                 source=self.source, rule=rule.name, key="name")
+            if rule.scores and self.scoring is None:
+                raise RuleError("a score condition needs a [scoring] section",
+                                source=self.source, rule=rule.name, key="score")
             seen.add(rule.name)
 
     def by_name(self, name: str) -> Rule | None:
         """The rule called ``name``, if any."""
         return next((r for r in self.rules if r.name == name), None)
 
-    def reading_event(self, name: str) -> list[Rule]:
-        """Rules whose truth a ``track`` of ``name`` can change."""
-        return [r for r in self.rules if name in r.events]
+    def events_of(self, rule: Rule) -> frozenset[str]:
+        """Events whose ``track`` can change the rule (its own, and its scores' events)."""
+        if rule.scores & {"behavior", "total"}:
+            return rule.events | self.scoring.events
+        return rule.events
+
+    def traits_of(self, rule: Rule) -> frozenset[str]:
+        """Traits whose change can change the rule (its own, and its fit score's)."""
+        if rule.scores & {"fit", "total"}:
+            return rule.traits | self.scoring.traits
+        return rule.traits
 
     def reading_traits(self, subject: str, names: Iterable[str]) -> list[Rule]:
         """Rules of ``subject`` type that read any of the trait ``names``."""
         names = set(names)
-        return [r for r in self.rules if r.subject == subject and r.traits & names]
+        return [r for r in self.rules if r.subject == subject and self.traits_of(r) & names]
 
 
-def load_rules(source: Any) -> RuleSet:
-    """Load rules from a TOML path, a dict in the file's shape, or a list of :class:`Rule`.
+def load_rules(source: Any, scoring: Any = None) -> RuleSet:
+    """Load rules from a TOML path, a dict in the file's shape, or a list of :class:`Rule`
+    (with ``scoring``, a :class:`~pqlsdk.scoring.Scoring` or a dict like ``[scoring]``).
 
     >>> load_rules("pql_rules.toml").rules[0].name
     'team_activation'
     """
     if source is None:
-        return RuleSet(())
+        return RuleSet((), scoring=_scoring(scoring, "rules"))
     if isinstance(source, str | os.PathLike):
         name = os.fspath(source)
         try:
@@ -640,7 +712,7 @@ def load_rules(source: Any) -> RuleSet:
     if isinstance(source, list | tuple):
         rules = [r if isinstance(r, Rule) else _located(rule_from_dict, r, "rules", i)
                  for i, r in enumerate(source)]
-        return RuleSet(tuple(rules))
+        return RuleSet(tuple(rules), scoring=_scoring(scoring, "rules"))
     raise RuleError(
         "rules must be a path to a TOML file, a dict in its shape, or a list of pqlsdk.Rule "
         f"(got {type(source).__name__})"
@@ -659,10 +731,22 @@ def _located(build: Any, data: Any, source: str, index: int) -> Rule:
 
 def _ruleset_from_dict(data: Mapping[str, Any], source: str) -> RuleSet:
     for key in data:
-        if key not in ("rules",):
-            raise RuleError("unknown top-level key; allowed: rules", source=source, key=key)
+        if key not in ("rules", "scoring"):
+            raise RuleError("unknown top-level key; allowed: rules, scoring", source=source,
+                            key=key)
     items = data.get("rules", [])
     if not isinstance(items, list):
         raise RuleError("must be an array of tables ([[rules]])", source=source, key="rules")
     rules = tuple(_located(rule_from_dict, item, source, i) for i, item in enumerate(items))
-    return RuleSet(rules, source)
+    return RuleSet(rules, source, _scoring(data.get("scoring"), source))
+
+
+def _scoring(data: Any, source: str) -> Any:
+    from .scoring import Scoring, scoring_from_dict
+
+    if data is None or isinstance(data, Scoring):
+        return data
+    try:
+        return scoring_from_dict(data)
+    except RuleError as exc:
+        raise exc.within(source=source) from None

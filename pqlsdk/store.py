@@ -627,6 +627,19 @@ class Transaction:
         ).fetchone()
         return row[0], row[1], row[2], row[3]
 
+    def event_rows(self, subject_type: str, subject_id: str, event: str, until: int,
+                   since: int | None, limit: int | None) -> Iterator[tuple[int, str]]:
+        """``(ts, properties)`` of the subject's ``event`` events in ``[since, until]``, newest
+        first, at most ``limit``."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        sql = f"SELECT ts, properties FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
+        args: list[Any] = [subject_id, event, until]
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        args.append(-1 if limit is None else limit)
+        return iter(self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall())
+
     # -- measuring ------------------------------------------------------------------------
 
     def measure(
