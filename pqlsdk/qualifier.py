@@ -112,15 +112,24 @@ class SubjectFacts:
         return self.tx.event_rows(self.subject.type, self.subject.id, event, self.until, since,
                                   limit)
 
+    def weighted_counts(self, lines: list[tuple[str, int | None, int | None, int | None]]
+                        ) -> list[float]:
+        """Decayed counts of the subject's events per scoring line, in one statement."""
+        if self.subject.since is not None:
+            lines = [(event, self.subject.since if since is None else max(since,
+                                                                           self.subject.since),
+                      half_life, limit) for event, since, half_life, limit in lines]
+        return self.tx.weighted_counts(self.subject.type, self.subject.id, self.until, lines)
+
     def score(self, kind: str) -> float:
         """The subject's ``fit``, ``behavior`` or ``total`` score (computed once)."""
-        return self.scores().get(kind)
+        if self._score is None:
+            self._score = compute(self.scoring or Scoring(), self, lines=False)
+        return self._score.get(kind)
 
     def scores(self) -> Score:
-        """The subject's whole :class:`~pqlsdk.scoring.Score` as of ``until``."""
-        if self._score is None:
-            self._score = compute(self.scoring or Scoring(), self)
-        return self._score
+        """The subject's whole :class:`~pqlsdk.scoring.Score`, each line's points included."""
+        return compute(self.scoring or Scoring(), self)
 
 
 def qualify(

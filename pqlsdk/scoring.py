@@ -19,6 +19,8 @@ events gives the same scores.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Protocol
@@ -139,37 +141,72 @@ class ScoreFacts(Protocol):
                    ) -> Iterator[tuple[int, str]]:
         """``(ts, properties JSON)`` of the subject's events, newest first, up to ``until``."""
 
+    def weighted_counts(self, lines: list[tuple[str, int | None, int | None, int | None]]
+                        ) -> list[float]:
+        """Per ``(event, since, half_life, limit)``: the decayed count of matching events."""
 
-def compute(scoring: Scoring, facts: ScoreFacts) -> Score:
-    """The subject's score as of ``facts.until``."""
-    import json
 
-    lines = []
-    half_life = scoring.half_life // timedelta(microseconds=1) if scoring.half_life else None
-    for line in scoring.behavior:
-        since = None if line.within is None else facts.until - line.within // timedelta(
-            microseconds=1)
-        cap = None if line.max is None else abs(line.max)
-        limit = None
-        if cap is not None and half_life is None and not line.where and line.points:
-            limit = int(-(-cap // abs(line.points)))  # enough events to reach the cap
-        total = 0.0
-        for ts, text in facts.event_rows(line.event, since, limit):
-            if line.where and not line.matches_properties(json.loads(text)):
-                continue
-            weight = 1.0 if half_life is None else 0.5 ** ((facts.until - ts) / half_life)
-            total += line.points * weight
-            if cap is not None and abs(total) >= cap:
-                total = cap if total > 0 else -cap
-                break
-        lines.append(ScoreLine("behavior", line.label(), round(total, 6)))
-    for fit in scoring.fit:
-        present, value = facts.trait(fit.condition.trait)
-        points = fit.points if fit.condition.check.matches(value, present) else 0.0
-        lines.append(ScoreLine("fit", fit.label(), points))
-    fit_total = sum(line.points for line in lines if line.kind == "fit")
-    behavior_total = round(sum(line.points for line in lines if line.kind == "behavior"), 6)
-    return Score(fit_total, behavior_total, round(fit_total + behavior_total, 6), tuple(lines))
+def compute(scoring: Scoring, facts: ScoreFacts, *, lines: bool = True) -> Score:
+    """The subject's score as of ``facts.until`` (``lines=False``: totals only, as the hot
+    path needs).
+
+    Lines without ``where`` are counted in one SQL statement (a line with ``max`` and no
+    decay reads only as many events as reach its cap); lines with ``where`` read their
+    events' properties newest first and stop at the cap.
+    """
+    half_life = scoring.half_life // _MICRO if scoring.half_life else None
+    queries = [
+        (line.event, _since(line, facts.until), half_life,
+         math.ceil(line.max / abs(line.points))
+         if line.max is not None and half_life is None and line.points else None)
+        for line in scoring.behavior if not line.where
+    ]
+    counts = iter(facts.weighted_counts(queries) if queries else ())
+    behavior = [
+        _capped(line, line.points * next(counts)) if not line.where
+        else _filtered_points(line, facts, half_life)
+        for line in scoring.behavior
+    ]
+    fit = []
+    for line in scoring.fit:
+        present, value = facts.trait(line.condition.trait)
+        fit.append(line.points if line.condition.check.matches(value, present) else 0)
+    behavior_total = round(sum(behavior), 6)
+    fit_total = sum(fit)
+    detail: tuple[ScoreLine, ...] = ()
+    if lines:
+        detail = tuple(
+            [ScoreLine("behavior", line.label(), round(points, 6))
+             for line, points in zip(scoring.behavior, behavior, strict=True)]
+            + [ScoreLine("fit", line.label(), points)
+               for line, points in zip(scoring.fit, fit, strict=True)]
+        )
+    return Score(fit_total, behavior_total, round(fit_total + behavior_total, 6), detail)
+
+
+_MICRO = timedelta(microseconds=1)
+
+
+def _since(line: BehaviorLine, until: int) -> int | None:
+    return None if line.within is None else until - line.within // timedelta(microseconds=1)
+
+
+def _capped(line: BehaviorLine, total: float) -> float:
+    if line.max is None or abs(total) < line.max:
+        return total
+    return line.max if total > 0 else -line.max
+
+
+def _filtered_points(line: BehaviorLine, facts: ScoreFacts, half_life: int | None) -> float:
+    total = 0.0
+    for ts, text in facts.event_rows(line.event, _since(line, facts.until), None):
+        if not line.matches_properties(json.loads(text)):
+            continue
+        weight = 1.0 if half_life is None else 0.5 ** ((facts.until - ts) / half_life)
+        total += line.points * weight
+        if line.max is not None and abs(total) >= line.max:
+            break
+    return _capped(line, total)
 
 
 # --- loading --------------------------------------------------------------------------------

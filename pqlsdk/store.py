@@ -13,6 +13,7 @@ read-then-write. Times are stored as integer microseconds since the Unix epoch (
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -202,6 +203,10 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
             check_same_thread=False,
         )
         db = sqlite_utils.Database(conn, execute_plugins=False)
+    try:
+        db.conn.execute("SELECT power(2, 1)")
+    except sqlite3.OperationalError:  # SQLite built without its math functions
+        db.conn.create_function("power", 2, math.pow, deterministic=True)
     if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
         db.conn.execute("PRAGMA journal_mode = WAL")
     db.conn.execute("PRAGMA synchronous = NORMAL")
@@ -639,6 +644,26 @@ class Transaction:
             args.append(since)
         args.append(-1 if limit is None else limit)
         return iter(self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall())
+
+    def weighted_counts(self, subject_type: str, subject_id: str, until: int,
+                        lines: list[tuple[str, int | None, int | None, int | None]]
+                        ) -> list[float]:
+        """For each ``(event, since, half_life, limit)``: how many of the subject's events of
+        that name fall in ``[since, until]`` (the newest ``limit`` at most), each weighted
+        ``0.5 ** (age / half_life)`` when a half-life is given. One statement for all."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        parts, args = [], []
+        for event, since, half_life, limit in lines:
+            weight = "1" if half_life is None else "power(0.5, (? - ts) * 1.0 / ?)"
+            inner = f"SELECT ts FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
+            inner_args: list[Any] = [subject_id, event, until]
+            if since is not None:
+                inner += " AND ts >= ?"
+                inner_args.append(since)
+            parts.append(f"(SELECT total({weight}) FROM ({inner} ORDER BY ts DESC LIMIT ?))")
+            args += ([] if half_life is None else [until, half_life]) + inner_args
+            args.append(-1 if limit is None else limit)
+        return list(self.conn.execute("SELECT " + ", ".join(parts), args).fetchone())
 
     # -- measuring ------------------------------------------------------------------------
 
