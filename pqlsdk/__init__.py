@@ -10,6 +10,7 @@ from .errors import PqlError, RuleError, ValidationError
 from .evaluator import Measurement
 from .models import Qualification, StageChange, Status
 from .outbox import Delivery
+from .reports import Funnel, FunnelStage, RuleOutcome
 from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
 from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
@@ -20,11 +21,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "Delivery",
+    "Funnel",
+    "FunnelStage",
     "Measurement",
     "PqlError",
     "Qualification",
     "Rule",
     "RuleError",
+    "RuleOutcome",
     "RuleSet",
     "SIDE_STATES",
     "STAGES",

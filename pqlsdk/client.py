@@ -16,11 +16,13 @@ from typing import Any
 
 import sqlite_utils
 
+from . import reports
 from .errors import PqlError, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
+from .reports import Funnel, RuleOutcome
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import event_message
@@ -383,6 +385,40 @@ class Client:
         user_id = _require_id("user_id", user_id)
         with self.store.write() as tx:
             tx.forget_user(user_id)
+
+    # -- reports --------------------------------------------------------------------------
+
+    def funnel(
+        self,
+        *,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        by: str | None = None,
+        subject: str = "user",
+    ) -> Funnel:
+        """Per stage: how many subjects entered it (between ``since`` and ``until``), how
+        many went on to a later stage, the conversion rate and the median time in stage;
+        ``by="lead_source"`` splits it by a trait. ``subject="account"`` for accounts.
+
+        >>> client.funnel(by="lead_source").stage("mql").conversion
+        0.25
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        if by is not None and (not isinstance(by, str) or not by):
+            raise ValidationError(f"by must be a trait name (got {by!r})")
+        lower = None if since is None else to_micros(coerce(since, "since"))
+        upper = None if until is None else to_micros(coerce(until, "until"))
+        with self.store.read() as tx:
+            return reports.funnel(tx, subject, lower, upper, by)
+
+    def rule_report(self, *, since: datetime | str | None = None) -> list[RuleOutcome]:
+        """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,
+        ``opportunity`` and ``customer``, how many sales moved to ``unqualified`` or
+        ``disqualified``, and their most common reasons."""
+        lower = None if since is None else to_micros(coerce(since, "since"))
+        with self.store.read() as tx:
+            return reports.rule_report(tx, [r.name for r in self.rules.rules], lower)
 
     # -- reading ----------------------------------------------------------------------------
 

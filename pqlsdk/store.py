@@ -665,6 +665,47 @@ class Transaction:
             args.append(-1 if limit is None else limit)
         return list(self.conn.execute("SELECT " + ", ".join(parts), args).fetchone())
 
+    # -- reports --------------------------------------------------------------------------
+
+    def first_entries(self, subject_type: str, until: int | None, by: str | None
+                      ) -> Iterator[tuple[Any, ...]]:
+        """Per subject: ``(group, first entry into each ordered stage...)`` (``None`` where
+        never entered), from its history up to ``until``; ``group`` is the ``by`` trait."""
+        table, key = _TABLES[subject_type]
+        firsts = ", ".join(f"min(CASE WHEN to_stage = '{stage}' THEN at END)"
+                           for stage in STAGES)
+        where = "subject_type = ?" + ("" if until is None else " AND at <= ?")
+        args: list[Any] = [subject_type] + ([] if until is None else [until])
+        pivot = (f"SELECT subject_id, {firsts} FROM stage_changes WHERE {where} "
+                 f"GROUP BY subject_id")
+        if by is None:
+            return self.conn.execute(f"SELECT NULL, p.* FROM ({pivot}) p", args)
+        return self.conn.execute(
+            f"SELECT json_extract(s.traits, ?), p.* FROM ({pivot}) p "
+            f"LEFT JOIN {table} s ON s.{key} = p.subject_id",
+            [f'$."{by}"', *args],
+        )
+
+    def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
+        """Each qualification (since ``since``) with every later move of its subject to sql,
+        opportunity, customer, unqualified or disqualified that the rule itself did not
+        cause: ``(rule, subject_type, subject_id, to_stage, reason)``."""
+        return self.conn.execute(
+            "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason "
+            "FROM qualifications q LEFT JOIN stage_changes sc "
+            "ON sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id "
+            "AND sc.at >= q.qualified_at AND sc.source != 'rule:' || q.rule "
+            "AND sc.to_stage IN ('sql', 'opportunity', 'customer', 'unqualified', "
+            "'disqualified') "
+            "WHERE q.qualified_at >= ? ORDER BY q.rule",
+            (since if since is not None else -(2**62),),
+        ).fetchall()
+
+    def all_subjects(self, subject_type: str) -> list[str]:
+        """Every user (or account) id."""
+        table, key = _TABLES[subject_type]
+        return [row[0] for row in self.conn.execute(f"SELECT {key} FROM {table}")]
+
     # -- measuring ------------------------------------------------------------------------
 
     def measure(
