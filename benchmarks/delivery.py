@@ -28,7 +28,6 @@ import pqlsdk
 from pqlsdk.outbox import wall_micros
 from pqlsdk.sinks import event_message
 
-sys.path.insert(0, os.path.dirname(__file__))
 from track import NOW, RULES, populate
 
 # the three typical rules, plus one that qualifies each user on its third report of the run,

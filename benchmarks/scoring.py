@@ -18,9 +18,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(__file__))
 
 import pqlsdk
+
 from track import NOW, RULES, populate
 
 SCORING = {

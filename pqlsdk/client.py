@@ -354,10 +354,8 @@ class Client:
                 member, account = tx.latest_user(subject_id, ts), subject_id
             if subject.stage == stage:
                 return None
-            tx.set_stage(subject_type, subject_id, stage,
-                         ts if stage in SIDE_STATES else None)
-            tx.add_stage_change(subject_type, subject_id, subject.stage, stage, ts, "manual",
-                                reason)
+            tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "manual",
+                            reason)
             change = StageChange(subject_type, subject_id, subject.stage, stage, at, "manual",
                                  reason)
             rows = []

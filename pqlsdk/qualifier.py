@@ -176,9 +176,8 @@ def qualify(
             continue
         created.append(qualification)
         if moves_forward(stage, rule.stage):
-            tx.set_stage(subject.type, subject.id, rule.stage)
             source = f"rule:{rule.name}"
-            tx.add_stage_change(subject.type, subject.id, stage, rule.stage, ts, source, None)
+            tx.change_stage(subject.type, subject.id, stage, rule.stage, ts, source, None)
             if moves is not None:
                 moves.append((StageChange(subject.type, subject.id, stage, rule.stage, at,
                                           source), qualification))

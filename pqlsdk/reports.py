@@ -7,6 +7,7 @@ sales goes on to work (or rejects, and why).
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -82,43 +83,29 @@ class RuleOutcome:
 def funnel(tx: Transaction, subject_type: str, since: int | None, until: int | None,
            by: str | None) -> Funnel:
     """Build a :class:`Funnel` from the subjects' stage histories."""
-    entered: dict[Any, list[int]] = defaultdict(lambda: [0] * len(STAGES))
-    moved: dict[Any, list[int]] = defaultdict(lambda: [0] * len(STAGES))
-    waits: dict[Any, list[list[int]]] = defaultdict(lambda: [[] for _ in STAGES])
-    last = len(STAGES) - 1
-    for row in tx.first_entries(subject_type, until, by):
-        group, firsts = row[0], row[2:]
-        keys = (None,) if by is None else (None, _segment(group))
-        for k, at in enumerate(firsts):
-            if at is None or (since is not None and at < since):
-                continue
-            later = [t for t in firsts[k + 1:] if t is not None and t >= at] if k < last else ()
-            for key in keys:
-                entered[key][k] += 1
-                if later:
-                    moved[key][k] += 1
-                    waits[key][k].append(min(later) - at)
-    overall = _stages(entered[None], moved[None], waits[None])
-    segments = {key: _stages(entered[key], moved[key], waits[key])
-                for key in sorted(k for k in entered if k is not None)}
-    return Funnel(subject_type, by, overall, segments)
+    groups: dict[Any, list[tuple[int, int, list[int]]]] = {}
+    for row in tx.funnel_rows(subject_type, since, until, by):
+        groups[row[0]] = [(row[1 + 3 * k], row[2 + 3 * k], json.loads(row[3 + 3 * k]))
+                          for k in range(len(STAGES))]
+    overall = [
+        (sum(g[k][0] for g in groups.values()), sum(g[k][1] for g in groups.values()),
+         [wait for g in groups.values() for wait in g[k][2]])
+        for k in range(len(STAGES))
+    ]
+    segments = {} if by is None else {
+        _segment(value): _stages(parts) for value, parts in groups.items()}
+    return Funnel(subject_type, by, _stages(overall), dict(sorted(segments.items())))
 
 
 def _segment(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
-def _stages(entered: list[int], moved: list[int], waits: list[list[int]]
-            ) -> tuple[FunnelStage, ...]:
+def _stages(parts: list[tuple[int, int, list[int]]]) -> tuple[FunnelStage, ...]:
     return tuple(
-        FunnelStage(
-            stage,
-            entered[k],
-            moved[k],
-            moved[k] / entered[k] if entered[k] else None,
-            statistics.median(waits[k]) * MICROSECOND if waits[k] else None,
-        )
-        for k, stage in enumerate(STAGES)
+        FunnelStage(stage, entered, moved, moved / entered if entered else None,
+                    statistics.median(waits) * MICROSECOND if waits else None)
+        for stage, (entered, moved, waits) in zip(STAGES, parts, strict=True)
     )
 
 

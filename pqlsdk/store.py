@@ -28,6 +28,10 @@ from .errors import PqlError
 from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
 
+_TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
+#: Larger than any timestamp: stands for "never" inside min().
+_NEVER = 2**62
+
 
 def _v1(db: sqlite_utils.Database) -> None:
     db["events"].create(
@@ -112,6 +116,9 @@ def _v3(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE {table} ADD COLUMN stage TEXT NOT NULL DEFAULT 'lead'")
         db.execute(f"ALTER TABLE {table} ADD COLUMN round INTEGER NOT NULL DEFAULT 0")
         db.execute(f"ALTER TABLE {table} ADD COLUMN round_since INTEGER")
+        # when the subject first entered each ordered stage: the funnel reads these
+        for stage in STAGES:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN first_{stage} INTEGER")
     db.execute("ALTER TABLE qualifications RENAME TO qualifications_v2")
     db.execute(
         """CREATE TABLE qualifications (
@@ -169,9 +176,15 @@ def _v3(db: sqlite_utils.Database) -> None:
                 (subject_type, subject_id, before, stage, at, f"rule:{rule}"),
             )
     for (subject_type, subject_id), stage in current.items():
-        table, key = ("users", "user_id") if subject_type == "user" else ("accounts",
-                                                                          "account_id")
+        table, key = _TABLES[subject_type]
         db.execute(f"UPDATE {table} SET stage = ? WHERE {key} = ?", (stage, subject_id))
+    for subject_type, (table, key) in _TABLES.items():
+        for stage in STAGES:
+            db.execute(
+                f"UPDATE {table} SET first_{stage} = (SELECT min(at) FROM stage_changes "
+                f"WHERE subject_type = '{subject_type}' AND subject_id = {table}.{key} "
+                f"AND to_stage = '{stage}')"
+            )
 
 
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
@@ -333,8 +346,6 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
-_TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
-
 
 def _subject_columns(alias: str, subject_type: str, key: str) -> str:
     return (
@@ -396,7 +407,8 @@ class Transaction:
     def add_user(self, user_id: str, account_id: str | None, ts: int) -> None:
         """Record a user seen for the first time: a ``lead`` from ``ts``."""
         self.conn.execute(
-            "INSERT INTO users (user_id, account_id, traits, first_seen) VALUES (?, ?, '{}', ?)",
+            "INSERT INTO users (user_id, account_id, traits, first_seen, first_lead) "
+            "VALUES (?, ?, '{}', ?, ?3)",
             (user_id, account_id, ts),
         )
         self.add_stage_change("user", user_id, None, FIRST_STAGE, ts, "first_seen", None)
@@ -410,7 +422,8 @@ class Transaction:
     def add_account(self, account_id: str, ts: int) -> None:
         """Record an account (a ``lead`` from ``ts``), unless it is known already."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen) VALUES (?, '{}', ?)",
+            "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen, first_lead) "
+            "VALUES (?, '{}', ?, ?2)",
             (account_id, ts),
         )
         if cursor.rowcount:
@@ -421,26 +434,27 @@ class Transaction:
 
     def add_stage_change(self, subject_type: str, subject_id: str, from_stage: str | None,
                          to_stage: str, at: int, source: str, reason: str | None) -> None:
-        """Append to the subject's history (the subject's own stage is set separately)."""
+        """Append to the subject's history (:meth:`change_stage` also moves the subject)."""
         self.conn.execute(
             "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
             "source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (subject_type, subject_id, from_stage, to_stage, at, source, reason),
         )
 
-    def set_stage(self, subject_type: str, subject_id: str, stage: str,
-                  new_round_since: int | None = None) -> None:
-        """Set the subject's stage; with ``new_round_since``, also start a new round."""
+    def change_stage(self, subject_type: str, subject_id: str, from_stage: str,
+                     to_stage: str, at: int, source: str, reason: str | None) -> None:
+        """Move a subject: its stage, its first entry into an ordered stage (what the funnel
+        reads), a new round on a move to a side state, and its history row."""
         table, key = _TABLES[subject_type]
-        if new_round_since is None:
-            self.conn.execute(f"UPDATE {table} SET stage = ? WHERE {key} = ?",
-                              (stage, subject_id))
+        if to_stage in STAGES:
+            column = f"first_{to_stage}"
+            sql = f"UPDATE {table} SET stage = :to, {column} = coalesce({column}, :at)"
         else:
-            self.conn.execute(
-                f"UPDATE {table} SET stage = ?, round = round + 1, round_since = ? "
-                f"WHERE {key} = ?",
-                (stage, new_round_since, subject_id),
-            )
+            sql = f"UPDATE {table} SET stage = :to, round = round + 1, round_since = :at"
+        self.conn.execute(f"{sql} WHERE {key} = :id",
+                          {"to": to_stage, "at": at, "id": subject_id})
+        self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
+                              reason)
 
     def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's stage changes, oldest first."""
@@ -667,24 +681,44 @@ class Transaction:
 
     # -- reports --------------------------------------------------------------------------
 
-    def first_entries(self, subject_type: str, until: int | None, by: str | None
-                      ) -> Iterator[tuple[Any, ...]]:
-        """Per subject: ``(group, first entry into each ordered stage...)`` (``None`` where
-        never entered), from its history up to ``until``; ``group`` is the ``by`` trait."""
-        table, key = _TABLES[subject_type]
-        firsts = ", ".join(f"min(CASE WHEN to_stage = '{stage}' THEN at END)"
-                           for stage in STAGES)
-        where = "subject_type = ?" + ("" if until is None else " AND at <= ?")
-        args: list[Any] = [subject_type] + ([] if until is None else [until])
-        pivot = (f"SELECT subject_id, {firsts} FROM stage_changes WHERE {where} "
-                 f"GROUP BY subject_id")
-        if by is None:
-            return self.conn.execute(f"SELECT NULL, p.* FROM ({pivot}) p", args)
-        return self.conn.execute(
-            f"SELECT json_extract(s.traits, ?), p.* FROM ({pivot}) p "
-            f"LEFT JOIN {table} s ON s.{key} = p.subject_id",
-            [f'$."{by}"', *args],
+    def funnel_rows(self, subject_type: str, since: int | None, until: int | None,
+                    by: str | None) -> list[tuple[Any, ...]]:
+        """Per group (the ``by`` trait's value, or one group): for each ordered stage,
+        ``entered, moved_on, JSON array of the movers' times in stage``.
+
+        A subject entered a stage at its first move into it (in ``[since, until]``), and
+        moved on if it later entered any later stage. It reads each subject's first entry
+        per stage (kept on its row by :meth:`change_stage`), in one pass, all in SQL.
+        """
+        table, _ = _TABLES[subject_type]
+        count = len(STAGES)
+        firsts = ", ".join(
+            f"first_{stage} AS s{k}" if until is None
+            else f"CASE WHEN first_{stage} <= :until THEN first_{stage} END AS s{k}"
+            for k, stage in enumerate(STAGES))
+        group = "NULL" if by is None else "json_extract(traits, :path)"
+        nexts = []
+        for k in range(count - 1):
+            later = ", ".join(f"coalesce(CASE WHEN s{j} >= s{k} THEN s{j} END, {_NEVER})"
+                              for j in range(k + 1, count))
+            nexts.append(f"nullif(min({later}, {_NEVER}), {_NEVER}) AS n{k}")
+        nexts.append(f"NULL AS n{count - 1}")
+        entered = "s{k} IS NOT NULL" + ("" if since is None else " AND s{k} >= :since")
+        columns = []
+        for k in range(count):
+            cond = entered.format(k=k)
+            columns += [
+                f"count(CASE WHEN {cond} THEN 1 END)",
+                f"count(CASE WHEN {cond} AND n{k} IS NOT NULL THEN 1 END)",
+                f"json_group_array(n{k} - s{k}) FILTER (WHERE {cond} AND n{k} IS NOT NULL)",
+            ]
+        sql = (
+            f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
+            f"q AS (SELECT p.*, {', '.join(nexts)} FROM p) "
+            f"SELECT grp, {', '.join(columns)} FROM q GROUP BY grp"
         )
+        return self.conn.execute(sql, {"until": until, "since": since,
+                                       "path": f'$."{by}"'}).fetchall()
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,

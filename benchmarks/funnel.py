@@ -1,0 +1,101 @@
+"""funnel() over many stage changes against a bare GROUP BY scan of the same table.
+
+    python benchmarks/funnel.py            # 100,000 and 1,000,000 stage changes
+    python benchmarks/funnel.py --quick    # 20,000 and 100,000
+
+Both are timed in the same run on the same file; the ratio should stay flat as the table
+grows tenfold (linear growth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import pqlsdk
+from pqlsdk.stages import STAGES
+from pqlsdk.timestamps import to_micros
+
+from track import NOW
+
+
+def populate(path: str, changes: int) -> None:
+    """Subjects walking up the funnel (about 3 changes each), some rejected on the way;
+    each subject row carries its first entry per stage, as pqlsdk keeps it."""
+    pqlsdk.Client(path).close()
+    rng = random.Random(9)
+    start = to_micros(NOW) - 180 * 86_400_000_000
+    rows, users, n = [], [], 0
+    while len(rows) < changes:
+        user, at = f"u{n}", start + rng.randrange(90 * 86_400_000_000)
+        firsts = [None] * len(STAGES)
+        firsts[1] = at
+        users.append([user, f'{{"lead_source": "{rng.choice(["ads", "organic", "event"])}"}}',
+                      at, firsts])
+        stage, level = None, 1
+        rows.append(("user", user, None, "lead", at, "first_seen", None))
+        while rng.random() < 0.6 and level < len(STAGES) - 1:
+            level += rng.choice((1, 1, 2))
+            level = min(level, len(STAGES) - 1)
+            at += rng.randrange(1, 20 * 86_400_000_000)
+            stage, prev = STAGES[level], stage or "lead"
+            firsts[level] = firsts[level] or at
+            rows.append(("user", user, prev, stage, at, "manual", None))
+        if rng.random() < 0.1:
+            rows.append(("user", user, stage, "unqualified", at + 1, "manual", "no budget"))
+        n += 1
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    columns = ", ".join(f"first_{stage}" for stage in STAGES)
+    conn.executemany(
+        f"INSERT INTO users (user_id, traits, first_seen, {columns}) "
+        f"VALUES (?, ?, ?, {', '.join('?' * len(STAGES))})",
+        [(u, traits, at, *firsts) for u, traits, at, firsts in users])
+    conn.executemany("INSERT INTO stage_changes (subject_type, subject_id, from_stage, "
+                     "to_stage, at, source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def best_of(fn, runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sizes = (20_000, 100_000) if args.quick else (100_000, 1_000_000)
+    folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
+    print(f"{'stage changes':>14}{'GROUP BY scan':>15}{'funnel()':>11}{'ratio':>8}"
+          f"{'funnel(by=)':>13}{'ratio':>8}")
+    for size in sizes:
+        path = os.path.join(folder, f"funnel-{size}.db")
+        populate(path, size)
+        client = pqlsdk.Client(path)
+        conn = sqlite3.connect(path)
+        bare = best_of(lambda conn=conn: conn.execute(
+            "SELECT subject_id, count(*) FROM stage_changes WHERE subject_type = 'user' "
+            "GROUP BY subject_id").fetchall())
+        plain = best_of(client.funnel)
+        split = best_of(lambda client=client: client.funnel(by="lead_source"))
+        print(f"{size:>14,}{bare:>14.3f}s{plain:>10.3f}s{plain / bare:>7.2f}x"
+              f"{split:>12.3f}s{split / bare:>7.2f}x")
+        conn.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
