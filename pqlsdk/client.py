@@ -12,7 +12,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -37,6 +37,19 @@ Callback = Callable[[Qualification], Any]
 
 #: How many subjects one transaction of :meth:`Client.evaluate` checks.
 EVALUATE_CHUNK = 500
+
+
+class Call(NamedTuple):
+    """A validated ``track``/``identify``/``group`` call, ready to be applied."""
+
+    kind: str
+    user_id: str
+    at: datetime
+    account_id: str | None
+    event: str = ""
+    data: dict[str, Any] = {}  # noqa: RUF012 - never mutated: properties or traits
+    data_json: str = "{}"
+    message_id: str | None = None
 
 
 class UnknownSubject(PqlError, LookupError):
@@ -173,32 +186,9 @@ class Client:
         ``message_id`` twice is stored and counted once (the second call returns ``[]``).
         The event counts for ``account_id`` (or the user's current account, if any).
         """
-        user_id = _require_id("user_id", user_id)
-        event = _require_id("event", event)
-        props = _json_text("properties", properties)
-        account_id = _optional_id("account_id", account_id)
-        message_id = _optional_id("message_id", message_id)
-        at = now() if timestamp is None else coerce(timestamp)
-        ts = to_micros(at)
-        user_rules, account_rules = self._by_event.get(event, ((), ()))
-        with self.store.write() as tx:
-            user, account = load_subjects(tx, user_id, account_id, ts)
-            account_id = account.id if account else None
-            if not tx.insert_event(message_id, user_id, account_id, event, ts, props):
-                return []
-            moves: list[tuple[StageChange, Qualification]] = []
-            created = self._qualify(tx, user_rules, user, user_id=user_id,
-                                    account_id=account_id, at=at, moves=moves)
-            if account is not None:
-                created += self._qualify(tx, account_rules, account, user_id=user_id,
-                                         account_id=account_id, at=at, moves=moves)
-            mirror = None
-            if self.forward_events:
-                mirror = event_message("track", user_id, _iso(at), message_id or _new_id(),
-                                       account_id, event=event, properties=properties or {})
-            queued = self._enqueue(tx, created, moves, "track", user_id, mirror)
-        self._dispatch(queued)
-        return created
+        return self._record(self.prepare_track(user_id, event, properties,
+                                               account_id=account_id, timestamp=timestamp,
+                                               message_id=message_id))
 
     def identify(
         self,
@@ -210,24 +200,8 @@ class Client:
     ) -> list[Qualification]:
         """Merge ``traits`` into the user's traits (a null value removes one) and re-check the
         user rules that read a changed trait. ``account_id`` ties the user to an account."""
-        user_id = _require_id("user_id", user_id)
-        traits = json.loads(_json_text("traits", traits))
-        account_id = _optional_id("account_id", account_id)
-        at = now() if timestamp is None else coerce(timestamp)
-        with self.store.write() as tx:
-            user, account = load_subjects(tx, user_id, account_id, to_micros(at))
-            user, changed = _merge_traits(tx, user, traits)
-            account_id = account.id if account else None
-            moves = []
-            created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
-                                    user_id=user_id, account_id=account_id, at=at, moves=moves)
-            mirror = None
-            if self.forward_events:
-                mirror = event_message("identify", user_id, _iso(at), _new_id(), account_id,
-                                       traits=traits)
-            queued = self._enqueue(tx, created, moves, "identify", user_id, mirror)
-        self._dispatch(queued)
-        return created
+        return self._record(self.prepare_identify(user_id, traits, account_id=account_id,
+                                                  timestamp=timestamp))
 
     def group(
         self,
@@ -239,24 +213,85 @@ class Client:
     ) -> list[Qualification]:
         """Tie ``user_id`` to ``account_id`` from now on, merge the account's ``traits`` and
         re-check the account rules that read a changed trait."""
-        user_id = _require_id("user_id", user_id)
-        account_id = _require_id("account_id", account_id)
-        traits = json.loads(_json_text("traits", traits))
+        return self._record(self.prepare_group(user_id, account_id, traits,
+                                               timestamp=timestamp))
+
+    # The three calls, split into validation (prepare_*) and work inside a transaction
+    # (apply), so that an import can apply many validated calls per transaction.
+
+    def prepare_track(self, user_id: Any, event: Any, properties: Any = None, *,
+                      account_id: Any = None, timestamp: Any = None, message_id: Any = None
+                      ) -> Call:
+        """Validate a ``track`` call (raising :class:`ValidationError`) without recording it."""
         at = now() if timestamp is None else coerce(timestamp)
+        text = _json_text("properties", properties)
+        return Call("track", _require_id("user_id", user_id), at,
+                    _optional_id("account_id", account_id),
+                    event=_require_id("event", event),
+                    data=json.loads(text) if properties else {}, data_json=text,
+                    message_id=_optional_id("message_id", message_id))
+
+    def prepare_identify(self, user_id: Any, traits: Any = None, *, account_id: Any = None,
+                         timestamp: Any = None) -> Call:
+        """Validate an ``identify`` call without recording it."""
+        at = now() if timestamp is None else coerce(timestamp)
+        return Call("identify", _require_id("user_id", user_id), at,
+                    _optional_id("account_id", account_id),
+                    data=json.loads(_json_text("traits", traits)))
+
+    def prepare_group(self, user_id: Any, account_id: Any, traits: Any = None, *,
+                      timestamp: Any = None) -> Call:
+        """Validate a ``group`` call without recording it."""
+        at = now() if timestamp is None else coerce(timestamp)
+        return Call("group", _require_id("user_id", user_id), at,
+                    _require_id("account_id", account_id),
+                    data=json.loads(_json_text("traits", traits)))
+
+    def _record(self, call: Call) -> list[Qualification]:
         with self.store.write() as tx:
-            _, account = load_subjects(tx, user_id, account_id, to_micros(at))
-            account, changed = _merge_traits(tx, account, traits)
-            moves = []
-            created = self._qualify(tx, self.rules.reading_traits("account", changed),
-                                    account, user_id=user_id, account_id=account_id, at=at,
-                                    moves=moves)
-            mirror = None
-            if self.forward_events:
-                mirror = event_message("group", user_id, _iso(at), _new_id(), account_id,
-                                       groupId=account_id, traits=traits)
-            queued = self._enqueue(tx, created, moves, "group", user_id, mirror)
+            created, queued = self.apply(tx, call)
         self._dispatch(queued)
         return created
+
+    def apply(self, tx: Transaction, call: Call) -> tuple[list[Qualification], bool]:
+        """Record a prepared call inside ``tx``: ``(qualifications created, whether outbox
+        rows were written)``. Deliver with :meth:`deliver_pending` after the commit."""
+        ts = to_micros(call.at)
+        user, account = load_subjects(tx, call.user_id, call.account_id, ts)
+        account_id = account.id if account else None
+        moves: list[tuple[StageChange, Qualification]] = []
+        qualify = functools.partial(self._qualify, tx, user_id=call.user_id, at=call.at,
+                                    moves=moves)
+        mirror: dict[str, Any] = {}
+        if call.kind == "track":
+            if not tx.insert_event(call.message_id, call.user_id, account_id, call.event, ts,
+                                   call.data_json):
+                return [], False
+            user_rules, account_rules = self._by_event.get(call.event, ((), ()))
+            created = qualify(user_rules, user, account_id=account_id)
+            if account is not None:
+                created += qualify(account_rules, account, account_id=account_id)
+            mirror = {"event": call.event, "properties": call.data}
+        elif call.kind == "identify":
+            user, changed = _merge_traits(tx, user, call.data)
+            created = qualify(self.rules.reading_traits("user", changed), user,
+                              account_id=account_id)
+            mirror = {"traits": call.data}
+        else:
+            account, changed = _merge_traits(tx, account, call.data)
+            created = qualify(self.rules.reading_traits("account", changed), account,
+                              account_id=account_id)
+            mirror = {"groupId": account_id, "traits": call.data}
+        message = None
+        if self.forward_events:
+            message = event_message(call.kind, call.user_id, _iso(call.at),
+                                    call.message_id or _new_id(), account_id, **mirror)
+        return created, self._enqueue(tx, created, moves, call.kind, call.user_id, message)
+
+    def deliver_pending(self) -> None:
+        """After an :meth:`apply` that wrote outbox rows: deliver (``sync_mode``) or wake the
+        worker."""
+        self._dispatch(True)
 
     def evaluate(self, *, as_of: datetime | str | None = None) -> list[Qualification]:
         """Re-check every subject against every rule it has not met, as of ``as_of``
