@@ -253,9 +253,11 @@ class Client:
         self._dispatch(queued)
         return created
 
-    def apply(self, tx: Transaction, call: Call) -> tuple[list[Qualification], bool]:
+    def apply(self, tx: Transaction, call: Call, *, deliver: bool = True
+              ) -> tuple[list[Qualification], bool]:
         """Record a prepared call inside ``tx``: ``(qualifications created, whether outbox
-        rows were written)``. Deliver with :meth:`deliver_pending` after the commit."""
+        rows were written)``. Deliver with :meth:`deliver_pending` after the commit;
+        ``deliver=False`` writes no outbox rows (a backfill)."""
         ts = to_micros(call.at)
         user, account = load_subjects(tx, call.user_id, call.account_id, ts)
         account_id = account.id if account else None
@@ -282,6 +284,8 @@ class Client:
             created = qualify(self.rules.reading_traits("account", changed), account,
                               account_id=account_id)
             mirror = {"groupId": account_id, "traits": call.data}
+        if not deliver:
+            return created, False
         message = None
         if self.forward_events:
             message = event_message(call.kind, call.user_id, _iso(call.at),
@@ -350,6 +354,19 @@ class Client:
                 raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
             subject = load_subject(tx, subject_type, subject_id)._replace(since=None)
             return SubjectFacts(tx, subject, until, self.rules.scoring).scores()
+
+    def scores(self, *, subject: str = "user", as_of: datetime | str | None = None
+               ) -> list[float]:
+        """Every user's (or account's) total score as of ``as_of``: a distribution."""
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        with self.store.read() as tx:
+            return [
+                SubjectFacts(tx, load_subject(tx, subject, subject_id)._replace(since=None),
+                             until, self.rules.scoring).score("total")
+                for subject_id in tx.all_subjects(subject)
+            ]
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -187,8 +187,19 @@ def _v3(db: sqlite_utils.Database) -> None:
             )
 
 
+def _v4(db: sqlite_utils.Database) -> None:
+    """Import: messages staged for replay in time order, and the ids of those replayed
+    (tracks are known by their events' message ids)."""
+    db.execute(
+        "CREATE TABLE import_staging (message_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, "
+        "line_no INTEGER NOT NULL, line TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX import_staging_order ON import_staging(ts, line_no)")
+    db.execute("CREATE TABLE import_done (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -678,6 +689,43 @@ class Transaction:
             args += ([] if half_life is None else [until, half_life]) + inner_args
             args.append(-1 if limit is None else limit)
         return list(self.conn.execute("SELECT " + ", ".join(parts), args).fetchone())
+
+    # -- import ---------------------------------------------------------------------------
+
+    def stage_messages(self, rows: list[tuple[str, int, int, str]]) -> int:
+        """Stage ``(message id, ts, line number, line)`` for replay, unless already staged or
+        imported; return how many were new."""
+        before = self.conn.total_changes
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO import_staging (message_id, ts, line_no, line) "
+            "SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM import_done "
+            "WHERE message_id = ?1) AND NOT EXISTS (SELECT 1 FROM events "
+            "WHERE message_id = ?1)",
+            rows,
+        )
+        return self.conn.total_changes - before
+
+    def staged_count(self) -> int:
+        """Messages waiting for replay."""
+        return self.conn.execute("SELECT count(*) FROM import_staging").fetchone()[0]
+
+    def staged_batch(self, limit: int) -> list[tuple[str, str]]:
+        """The next ``(message id, line)`` to replay, in time order."""
+        return self.conn.execute(
+            "SELECT message_id, line FROM import_staging ORDER BY ts, line_no LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def finish_staged(self, message_ids: list[str]) -> None:
+        """Replayed: unstage them and remember them (tracks are remembered by their
+        events)."""
+        self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
+                              [(m,) for m in message_ids])
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO import_done (message_id) SELECT ?1 WHERE NOT EXISTS "
+            "(SELECT 1 FROM events WHERE message_id = ?1)",
+            [(m,) for m in message_ids],
+        )
 
     # -- reports --------------------------------------------------------------------------
 
