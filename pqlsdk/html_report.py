@@ -39,7 +39,10 @@ def render(funnel: Funnel, outcomes: Sequence[RuleOutcome], scores: Sequence[flo
         _rules_table(outcomes),
     ]
     if scores is not None:
-        parts += ["<h2>Scores</h2>", _histogram(scores)]
+        parts += ["<h2>Scores</h2>",
+                  f'<p class="meta">Total score of each {funnel.subject_type}, '
+                  f"in ten equal buckets (count above each bar, lower bound below).</p>",
+                  _histogram(scores)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
