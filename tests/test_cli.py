@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -112,7 +113,7 @@ def test_import_then_status_qualifications_funnel_and_rules_report(files):
 
 
 def test_import_from_stdin_and_bad_lines_exit_2(files):
-    good = open(files["events"]).read()
+    good = Path(files["events"]).read_text()
     result = run("import", "-", "--db", files["db"], "--rules", files["rules"],
                  input=good + "{broken\n")
     assert result.exit_code == 2
@@ -125,7 +126,7 @@ def test_import_from_stdin_and_bad_lines_exit_2(files):
 
 def test_strict_import_stops_at_the_first_bad_line(files, tmp_path):
     source = tmp_path / "bad.jsonl"
-    source.write_text("{}\n" + open(files["events"]).read())
+    source.write_text("{}\n" + Path(files["events"]).read_text())
     result = run("import", str(source), "--db", files["db"], "--rules", files["rules"],
                  "--strict")
     assert result.exit_code == 2
