@@ -28,7 +28,7 @@ import pqlsdk
 from pqlsdk.outbox import wall_micros
 from pqlsdk.sinks import event_message
 
-from track import NOW, RULES, populate
+from track import NOW, RULES, populate, show
 
 # the three typical rules, plus one that qualifies each user on its third report of the run,
 # so that the "on" side writes outbox rows for a good share of its calls
@@ -60,14 +60,10 @@ def per_call(fn, calls: int) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--calls", type=int, default=300)
-    args = parser.parse_args()
-    events = 20_000 if args.quick else 100_000
-    drain = 2_000 if args.quick else 10_000
+def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, str]]:
+    """The figures, as ``(what, figure)`` rows."""
+    events = 20_000 if quick else 100_000
+    drain = 2_000 if quick else 10_000
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -93,11 +89,11 @@ def main() -> None:
         return lambda: client.track(rng.choice(users), "report_generated", timestamp=NOW)
 
     ratios: dict[str, list[float]] = {"on": [], "mirror": []}
-    for _ in range(args.rounds):
-        off = per_call(caller(clients["off"]), args.calls)
-        on = per_call(caller(clients["on"]), args.calls)
-        mirror = per_call(caller(clients["mirror"]), args.calls)
-        off = (off + per_call(caller(clients["off"]), args.calls)) / 2
+    for _ in range(rounds):
+        off = per_call(caller(clients["off"]), calls)
+        on = per_call(caller(clients["on"]), calls)
+        mirror = per_call(caller(clients["mirror"]), calls)
+        off = (off + per_call(caller(clients["off"]), calls)) / 2
         ratios["on"].append(on / off)
         ratios["mirror"].append(mirror / off)
     qualified = len(clients["on"].qualifications())
@@ -126,16 +122,24 @@ def main() -> None:
     server.shutdown()
     assert Recorder.received == drain, (Recorder.received, drain)
 
-    calls = args.rounds * args.calls
-    print(f"{events:,} events stored; {qualified:,} of {calls:,} calls qualified someone "
-          f"(each writes a callback row and a Segment row)")
-    print(f"track(), delivery on (callback + Segment, async)   "
-          f"{statistics.median(ratios['on']):5.2f}x delivery off")
-    print(f"track(), forward_events=True (a row per call)       "
-          f"{statistics.median(ratios['mirror']):5.2f}x delivery off")
-    print(f"worker drains {drain:,} rows to a local Segment        "
-          f"{drain / elapsed:8,.0f} rows/s")
+    total = rounds * calls
+    return [
+        (f"track(), delivery on vs off ({qualified:,} of {total:,} calls qualify: "
+         "a callback row + Segment rows each)", f"{statistics.median(ratios['on']):.2f}x"),
+        ("track(), forward_events=True vs delivery off (a row per call)",
+         f"{statistics.median(ratios['mirror']):.2f}x"),
+        (f"worker drains {drain:,} outbox rows to a local Segment",
+         f"{drain / elapsed:,.0f} rows/s"),
+    ]
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    show(measure(args.quick, args.rounds, args.calls))
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
 
-from track import NOW, RULES, populate
+from track import NOW, RULES, populate, show
 
 SCORING = {
     "half_life": "30d",
@@ -42,13 +42,9 @@ def per_call(fn, calls: int) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--calls", type=int, default=300)
-    args = parser.parse_args()
-    events = 20_000 if args.quick else 200_000
+def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, str]]:
+    """The figures, as ``(what, figure)`` rows."""
+    events = 20_000 if quick else 200_000
     folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
     configs = {
         "plain": RULES,
@@ -66,21 +62,30 @@ def main() -> None:
         return lambda: client.track(rng.choice(users), "report_generated", timestamp=NOW)
 
     ratios: dict[str, list[float]] = {"scoring": [], "score_rule": []}
-    for _ in range(args.rounds):
-        plain = per_call(caller(clients["plain"]), args.calls)
+    for _ in range(rounds):
+        plain = per_call(caller(clients["plain"]), calls)
         for name in ratios:
-            ratios[name].append(per_call(caller(clients[name]), args.calls))
-        plain = (plain + per_call(caller(clients["plain"]), args.calls)) / 2
+            ratios[name].append(per_call(caller(clients[name]), calls))
+        plain = (plain + per_call(caller(clients["plain"]), calls)) / 2
         for name in ratios:
             ratios[name][-1] /= plain
     for client in clients.values():
         client.close()
-    print(f"{events:,} events stored, light users with ~100 events each")
-    print(f"track(), scoring configured, no rule reads it  "
-          f"{statistics.median(ratios['scoring']):5.2f}x without scoring")
-    print(f"track(), plus a score-threshold MQL rule         "
-          f"{statistics.median(ratios['score_rule']):5.2f}x without scoring")
+    return [
+        ("track(), scoring configured, same rules, vs no scoring",
+         f"{statistics.median(ratios['scoring']):.2f}x"),
+        ("track(), plus a score-threshold MQL rule, vs no scoring",
+         f"{statistics.median(ratios['score_rule']):.2f}x"),
+    ]
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    show(measure(args.quick, args.rounds, args.calls))
 
 if __name__ == "__main__":
     main()

@@ -89,14 +89,10 @@ def per_call(fn, calls: int) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100,000 events instead of 1M")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=300, help="calls per side per round")
-    args = parser.parse_args()
-    events = 100_000 if args.quick else 1_000_000
-    heavy = 100_000 if not args.quick else 20_000
+def measure(quick: bool, rounds: int = 15, calls: int = 300) -> list[tuple[str, str]]:
+    """The figures, as ``(what, figure)`` rows."""
+    events = 100_000 if quick else 1_000_000
+    heavy = 100_000 if not quick else 20_000
 
     folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
     path = os.path.join(folder, "pql.db")
@@ -104,8 +100,7 @@ def main() -> None:
     users = populate(path, events, heavy)
     base_path = os.path.join(folder, "baseline.db")
     shutil.copy(path, base_path)
-    print(f"{events:,} events stored ({len(users):,} light users, heavy user {heavy:,}) "
-          f"in {time.perf_counter() - setup:.1f}s")
+    setup = time.perf_counter() - setup
 
     base = sqlite3.connect(base_path, isolation_level=None)
     base.execute("PRAGMA journal_mode = WAL")
@@ -130,12 +125,12 @@ def main() -> None:
         client.track("heavy", "report_generated", timestamp=ts)
 
     light_ratios, heavy_ratios, floor_ratios, base_times = [], [], [], []
-    for _ in range(args.rounds):
-        b = per_call(bare, args.calls)
-        t_light = per_call(light, args.calls)
-        t_heavy = per_call(heavy_user, args.calls)
-        t_floor = per_call(unread, args.calls)
-        b = (b + per_call(bare, args.calls)) / 2
+    for _ in range(rounds):
+        b = per_call(bare, calls)
+        t_light = per_call(light, calls)
+        t_heavy = per_call(heavy_user, calls)
+        t_floor = per_call(unread, calls)
+        b = (b + per_call(bare, calls)) / 2
         base_times.append(b)
         light_ratios.append(t_light / b)
         heavy_ratios.append(t_heavy / b)
@@ -145,11 +140,30 @@ def main() -> None:
     shutil.rmtree(folder)
 
     light_r, heavy_r = statistics.median(light_ratios), statistics.median(heavy_ratios)
-    print(f"bare sqlite3 INSERT (baseline)   {statistics.median(base_times) * 1e6:8.1f} us/call")
-    print(f"track(), event no rule reads     {statistics.median(floor_ratios):8.2f}x baseline")
-    print(f"track(), light user, 3 rules     {light_r:8.2f}x baseline")
-    print(f"track(), heavy user ({heavy:,} ev)  {heavy_r:8.2f}x baseline"
-          f"   ({heavy_r / light_r:.2f}x light)")
+    return [
+        (f"bare sqlite3 INSERT into {events:,} events (baseline; setup {setup:.0f}s)",
+         f"{statistics.median(base_times) * 1e6:.1f} us/call"),
+        ("track(), an event no rule reads", f"{statistics.median(floor_ratios):.2f}x"),
+        ("track(), light user, three rules", f"{light_r:.2f}x"),
+        (f"track(), heavy user ({heavy:,} events of that kind)",
+         f"{heavy_r:.2f}x ({heavy_r / light_r:.2f}x light)"),
+    ]
+
+
+def show(rows: list[tuple[str, str]]) -> None:
+    """Print ``(what, figure)`` rows as a table."""
+    width = max(len(what) for what, _ in rows)
+    for what, figure in rows:
+        print(f"{what:<{width}}  {figure}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 events instead of 1M")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=300, help="calls per side per round")
+    args = parser.parse_args()
+    show(measure(args.quick, args.rounds, args.calls))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@
 1. **Stage.** Every line is parsed and validated as it streams in (bounded memory) and
    staged into an ``import_staging`` table of the same SQLite file, keyed by its
    ``messageId`` (or, without one, a hash of the line), in batched transactions.
-2. **Replay.** Staged messages are applied in ``(timestamp, line)`` order, many per
-   transaction, through the same code as ``track``/``identify``/``group``, so the
-   qualifications, their ``qualified_at`` and the stages equal those of a live run of the
-   same messages in time order. Each batch removes its staged rows and records their ids
-   in ``import_done`` in the same transaction: killed at any point, a re-run resumes where
-   it stopped, and re-importing a file adds nothing.
+2. **Replay.** Staged messages (validated, stored as columns) are applied in
+   ``(timestamp, line)`` order, many per transaction, through the same code as
+   ``track``/``identify``/``group``, so the qualifications, their ``qualified_at`` and the
+   stages equal those of a live run of the same messages in time order. Each batch
+   removes its staged rows and records their ids in ``import_done`` in the same
+   transaction: killed at any point, a re-run resumes where it stopped, and re-importing a
+   file adds nothing.
 
 A bad line stops nothing that was good: it is reported with its line number and reason
 (``strict=True`` stops at the first one instead).
@@ -29,7 +30,7 @@ import attrs
 
 from .client import Call, Client
 from .errors import PqlError, ValidationError
-from .timestamps import coerce, to_micros
+from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction, staging and replay alike.
 BATCH = 2_000
@@ -133,7 +134,7 @@ def import_jsonl(
     """
     read, errors, skipped = 0, [], {}
     store = client.store
-    pending: list[tuple[str, int, int, str]] = []
+    pending: list[tuple[Any, ...]] = []
     staged = valid = 0
     for number, line in _lines(source):
         read += 1
@@ -148,7 +149,10 @@ def import_jsonl(
             skipped[parsed] = skipped.get(parsed, 0) + 1
             continue
         valid += 1
-        pending.append((parsed[0], parsed[1], number, line))
+        message_id, ts, call = parsed
+        pending.append((message_id, ts, number, call.kind, call.user_id, call.account_id,
+                        call.event or None, call.data_json if call.kind == "track"
+                        else json.dumps(call.data)))
         if len(pending) >= BATCH:
             staged += _stage(store, pending)
     if pending:
@@ -157,7 +161,7 @@ def import_jsonl(
     return ImportResult(read, applied, valid - staged, skipped, tuple(errors), qualified)
 
 
-def _stage(store: Any, pending: list[tuple[str, int, int, str]]) -> int:
+def _stage(store: Any, pending: list[tuple[Any, ...]]) -> int:
     with store.write() as tx:
         added = tx.stage_messages(pending)
     pending.clear()
@@ -171,16 +175,20 @@ def _replay(client: Client, deliver: bool,
         total = tx.staged_count()
     batches = range(0, total, BATCH)
     applied = qualified = 0
+    mirrored = deliver and client.forward_events
     for _ in progress(batches, total) if progress else batches:
         queued = False
         with store.write() as tx:
             rows = tx.staged_batch(BATCH)
-            for _message_id, line in rows:
-                created, wrote = client.apply(tx, parse_message(line, client)[2],
-                                              deliver=deliver)
+            for message_id, ts, kind, user_id, account_id, event, data in rows:
+                parsed = json.loads(data) if kind != "track" or mirrored else {}
+                call = Call(kind, user_id, from_micros(ts), account_id, event or "", parsed,
+                            data, message_id if kind == "track" else None)
+                created, wrote = client.apply(tx, call, deliver=deliver)
                 queued |= wrote
                 qualified += len(created)
-            tx.finish_staged([message_id for message_id, _ in rows])
+            tx.finish_staged([row[0] for row in rows],
+                             [row[0] for row in rows if row[2] != "track"])
         applied += len(rows)
         if queued:
             client.deliver_pending()

@@ -192,7 +192,8 @@ def _v4(db: sqlite_utils.Database) -> None:
     (tracks are known by their events' message ids)."""
     db.execute(
         "CREATE TABLE import_staging (message_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, "
-        "line_no INTEGER NOT NULL, line TEXT NOT NULL)"
+        "line_no INTEGER NOT NULL, kind TEXT NOT NULL, user_id TEXT NOT NULL, "
+        "account_id TEXT, event TEXT, data TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX import_staging_order ON import_staging(ts, line_no)")
     db.execute("CREATE TABLE import_done (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
@@ -692,15 +693,16 @@ class Transaction:
 
     # -- import ---------------------------------------------------------------------------
 
-    def stage_messages(self, rows: list[tuple[str, int, int, str]]) -> int:
-        """Stage ``(message id, ts, line number, line)`` for replay, unless already staged or
-        imported; return how many were new."""
+    def stage_messages(self, rows: list[tuple[Any, ...]]) -> int:
+        """Stage validated messages ``(message id, ts, line number, kind, user id, account
+        id, event, data JSON)`` for replay, unless already staged or imported; return how
+        many were new."""
         before = self.conn.total_changes
         self.conn.executemany(
-            "INSERT OR IGNORE INTO import_staging (message_id, ts, line_no, line) "
-            "SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM import_done "
-            "WHERE message_id = ?1) AND NOT EXISTS (SELECT 1 FROM events "
-            "WHERE message_id = ?1)",
+            "INSERT OR IGNORE INTO import_staging (message_id, ts, line_no, kind, user_id, "
+            "account_id, event, data) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+            "WHERE NOT EXISTS (SELECT 1 FROM import_done WHERE message_id = ?1) "
+            "AND NOT EXISTS (SELECT 1 FROM events WHERE message_id = ?1)",
             rows,
         )
         return self.conn.total_changes - before
@@ -709,23 +711,21 @@ class Transaction:
         """Messages waiting for replay."""
         return self.conn.execute("SELECT count(*) FROM import_staging").fetchone()[0]
 
-    def staged_batch(self, limit: int) -> list[tuple[str, str]]:
-        """The next ``(message id, line)`` to replay, in time order."""
+    def staged_batch(self, limit: int) -> list[tuple[Any, ...]]:
+        """The next staged messages to replay, in time order (columns as staged)."""
         return self.conn.execute(
-            "SELECT message_id, line FROM import_staging ORDER BY ts, line_no LIMIT ?",
+            "SELECT message_id, ts, kind, user_id, account_id, event, data "
+            "FROM import_staging ORDER BY ts, line_no LIMIT ?",
             (limit,),
         ).fetchall()
 
-    def finish_staged(self, message_ids: list[str]) -> None:
-        """Replayed: unstage them and remember them (tracks are remembered by their
-        events)."""
+    def finish_staged(self, message_ids: list[str], remember: list[str]) -> None:
+        """Replayed: unstage ``message_ids``; remember the ids of ``remember`` (identify and
+        group: a track is remembered by its event's message id)."""
         self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
                               [(m,) for m in message_ids])
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO import_done (message_id) SELECT ?1 WHERE NOT EXISTS "
-            "(SELECT 1 FROM events WHERE message_id = ?1)",
-            [(m,) for m in message_ids],
-        )
+        self.conn.executemany("INSERT OR IGNORE INTO import_done (message_id) VALUES (?)",
+                              [(m,) for m in remember])
 
     # -- reports --------------------------------------------------------------------------
 

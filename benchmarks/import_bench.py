@@ -1,0 +1,100 @@
+"""History import against a bare executemany of the same rows, in one run.
+
+    python benchmarks/import_bench.py [--quick]     # 1,000,000 (quick: 100,000) events
+
+The import parses Segment-spec JSONL, stages it, replays it in time order through the
+three typical rules in batched transactions; the baseline inserts the same rows with one
+``executemany`` in one transaction into the same schema. The figure is import rate /
+baseline rate (target: at least 0.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from datetime import timedelta
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import pqlsdk
+from pqlsdk.importer import import_jsonl
+from pqlsdk.timestamps import to_micros
+
+from track import NOW, RULES, show
+
+KINDS = ["report_generated", "dashboard_viewed", "teammate_invited", "integration_connected"]
+
+
+def history(path: str, count: int) -> list[tuple]:
+    """Write ``count`` track messages to ``path``; return the same rows for the baseline."""
+    rng = random.Random(4)
+    users = max(10, count // 100)
+    start = NOW - timedelta(days=90)
+    rows = []
+    with open(path, "w") as handle:
+        for n in range(count):
+            user = f"user-{rng.randrange(users)}"
+            account = f"acct-{int(user[5:]) // 5}"
+            event = rng.choice(KINDS)
+            at = start + timedelta(seconds=rng.randrange(90 * 86400))
+            properties = {}
+            if event == "teammate_invited":
+                properties = {"invitee_email": f"p{rng.randrange(9)}@x.io"}
+            elif event == "integration_connected":
+                properties = {"provider": rng.choice(["salesforce", "hubspot", "zapier"])}
+            handle.write(json.dumps({
+                "type": "track", "userId": user, "event": event, "properties": properties,
+                "timestamp": at.isoformat(), "messageId": f"m{n}",
+                "context": {"groupId": account}}) + "\n")
+            rows.append((f"m{n}", user, account, event, to_micros(at),
+                         json.dumps(properties, sort_keys=True)))
+    return rows
+
+
+def measure(quick: bool) -> list[tuple[str, str]]:
+    """The figures, as ``(what, figure)`` rows."""
+    count = 100_000 if quick else 1_000_000
+    folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
+    source = os.path.join(folder, "history.jsonl")
+    rows = history(source, count)
+
+    bare_path = os.path.join(folder, "bare.db")
+    pqlsdk.Client(bare_path).close()
+    conn = sqlite3.connect(bare_path, isolation_level=None)
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO events (message_id, user_id, account_id, event, ts, "
+                     "properties) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+    bare = time.perf_counter() - started
+    conn.close()
+
+    client = pqlsdk.Client(os.path.join(folder, "import.db"), rules=RULES)
+    started = time.perf_counter()
+    result = import_jsonl(client, source)
+    took = time.perf_counter() - started
+    client.close()
+    assert result.applied == count, result
+    return [
+        (f"bare executemany of {count:,} events, one transaction (baseline)",
+         f"{count / bare:,.0f} rows/s"),
+        (f"import of the same {count:,} events as JSONL, three rules "
+         f"({result.qualifications:,} qualifications)",
+         f"{count / took:,.0f} msg/s = {bare / took:.2f}x the baseline rate"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    show(measure(parser.parse_args().quick))
+
+
+if __name__ == "__main__":
+    main()
