@@ -46,11 +46,12 @@ NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
 KINDS = ["report_generated", "dashboard_viewed", "export", "comment_added"]
 
 
-def populate(path: str, events: int, heavy: int) -> list[str]:
-    """A database of ``events`` events over light users plus one heavy user; returns users."""
+def populate(path: str, events: int, heavy: int, per_user: int = 100) -> list[str]:
+    """A database of ``events`` events over light users (``per_user`` events each) plus one
+    heavy user; returns the light users."""
     client = pqlsdk.Client(path, rules=RULES)
     client.close()
-    users = [f"user-{n}" for n in range((events - heavy) // 100)]
+    users = [f"user-{n}" for n in range((events - heavy) // per_user)]
     start = pqlsdk.timestamps.to_micros(NOW - timedelta(days=90))
     span = 90 * 86400 * 1_000_000
     rng = random.Random(7)
@@ -67,7 +68,7 @@ def populate(path: str, events: int, heavy: int) -> list[str]:
     )
     rows = (
         (u, f"acct-{i // 5}", rng.choice(KINDS), start + rng.randrange(span), "{}")
-        for i, u in enumerate(users) for _ in range(100)
+        for i, u in enumerate(users) for _ in range(per_user)
     )
     conn.executemany("INSERT INTO events (user_id, account_id, event, ts, properties) "
                      "VALUES (?, ?, ?, ?, ?)", rows)

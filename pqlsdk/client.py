@@ -262,34 +262,36 @@ class Client:
         user, account = load_subjects(tx, call.user_id, call.account_id, ts)
         account_id = account.id if account else None
         moves: list[tuple[StageChange, Qualification]] = []
-        qualify = functools.partial(self._qualify, tx, user_id=call.user_id, at=call.at,
-                                    moves=moves)
-        mirror: dict[str, Any] = {}
         if call.kind == "track":
             if not tx.insert_event(call.message_id, call.user_id, account_id, call.event, ts,
                                    call.data_json):
                 return [], False
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
-            created = qualify(user_rules, user, account_id=account_id)
-            if account is not None:
-                created += qualify(account_rules, account, account_id=account_id)
-            mirror = {"event": call.event, "properties": call.data}
+            created = self._qualify(tx, user_rules, user, user_id=call.user_id,
+                                    account_id=account_id, at=call.at, moves=moves)
+            if account is not None and account_rules:
+                created += self._qualify(tx, account_rules, account, user_id=call.user_id,
+                                         account_id=account_id, at=call.at, moves=moves)
         elif call.kind == "identify":
             user, changed = _merge_traits(tx, user, call.data)
-            created = qualify(self.rules.reading_traits("user", changed), user,
-                              account_id=account_id)
-            mirror = {"traits": call.data}
+            created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
+                                    user_id=call.user_id, account_id=account_id, at=call.at,
+                                    moves=moves)
         else:
             account, changed = _merge_traits(tx, account, call.data)
-            created = qualify(self.rules.reading_traits("account", changed), account,
-                              account_id=account_id)
-            mirror = {"groupId": account_id, "traits": call.data}
-        if not deliver:
+            created = self._qualify(tx, self.rules.reading_traits("account", changed),
+                                    account, user_id=call.user_id, account_id=account_id,
+                                    at=call.at, moves=moves)
+        if not deliver or not (created or self.forward_events):
             return created, False
         message = None
         if self.forward_events:
+            fields: dict[str, Any] = (
+                {"event": call.event, "properties": call.data} if call.kind == "track"
+                else {"traits": call.data} if call.kind == "identify"
+                else {"groupId": account_id, "traits": call.data})
             message = event_message(call.kind, call.user_id, _iso(call.at),
-                                    call.message_id or _new_id(), account_id, **mirror)
+                                    call.message_id or _new_id(), account_id, **fields)
         return created, self._enqueue(tx, created, moves, call.kind, call.user_id, message)
 
     def deliver_pending(self) -> None:

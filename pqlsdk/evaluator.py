@@ -92,9 +92,15 @@ def holds(condition: Condition, facts: Facts) -> bool:
     if isinstance(condition, ScoreCondition):
         return condition.check.matches(facts.score(condition.score))
     if isinstance(condition, AllOf):
-        return all(holds(c, facts) for c in condition.by_cost)
+        for part in condition.by_cost:
+            if not holds(part, facts):
+                return False
+        return True
     if isinstance(condition, AnyOf):
-        return any(holds(c, facts) for c in condition.by_cost)
+        for part in condition.by_cost:
+            if holds(part, facts):
+                return True
+        return False
     return not holds(condition.condition, facts)
 
 
