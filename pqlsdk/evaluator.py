@@ -92,15 +92,9 @@ def holds(condition: Condition, facts: Facts) -> bool:
     if isinstance(condition, ScoreCondition):
         return condition.check.matches(facts.score(condition.score))
     if isinstance(condition, AllOf):
-        for part in condition.by_cost:
-            if not holds(part, facts):
-                return False
-        return True
+        return all(holds(part, facts) for part in condition.by_cost)
     if isinstance(condition, AnyOf):
-        for part in condition.by_cost:
-            if holds(part, facts):
-                return True
-        return False
+        return any(holds(part, facts) for part in condition.by_cost)
     return not holds(condition.condition, facts)
 
 

@@ -155,3 +155,27 @@ def test_forget_leaves_no_row_of_the_user(make_client, db_path, segment_server):
     assert q.user_id == "(forgotten)"
     with pytest.raises(pqlsdk.UnknownSubject):
         client.status("ursula")
+
+
+def test_a_release_1_file_gets_stages_and_history_from_its_qualifications(db_path):
+    import sqlite_utils
+
+    from pqlsdk import store
+
+    old = sqlite_utils.Database(db_path)
+    store.MIGRATIONS[0](old)  # release 1: no outbox, no lifecycle
+    old.execute("PRAGMA user_version = 1")
+    old["users"].insert({"user_id": "ada", "traits": "{}", "first_seen": 1_000_000})
+    old["qualifications"].insert({
+        "id": "q1", "rule": "team", "stage": "pql", "subject_type": "user",
+        "subject_id": "ada", "user_id": "ada", "account_id": None,
+        "qualified_at": 5_000_000, "evidence": '{"label": "x", "value": 1, "bound": "",'
+                                              ' "met": true}'})
+    old.close()
+
+    client = pqlsdk.Client(db_path, rules=RULES)
+    assert client.status("ada").stage == "pql"
+    assert stages(client, user_id="ada") == [(None, "lead", "first_seen"),
+                                             ("lead", "pql", "rule:team")]
+    assert client.funnel().stage("lead").moved_on == 1
+    assert client.track("ada", "teammate_invited") == []  # no second qualification
