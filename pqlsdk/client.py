@@ -551,9 +551,10 @@ class Client:
         if not (created and self._outbox.sinks) and mirror is None:
             return False
         stamp = wall_micros()
-        rows = self._outbox.qualification_rows(created, stamp) if created else []
-        rows += self._outbox.stage_rows(
-            [(change, q.user_id, q.account_id, q.id) for change, q in moves], stamp)
+        rows = []
+        if created:
+            moved = {q.id: change for change, q in moves}
+            rows = self._outbox.qualification_rows(created, moved, stamp)
         if mirror is not None:
             rows.append(self._outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:

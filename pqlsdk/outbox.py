@@ -117,17 +117,22 @@ class Outbox:
 
     # -- writing (inside the caller's transaction) ------------------------------------------
 
-    def qualification_rows(self, qualifications: list[Qualification], now: int
+    def qualification_rows(self, qualifications: list[Qualification],
+                           moves: dict[str, StageChange], now: int
                            ) -> list[tuple[str, str, str | None, str, int]]:
-        """Outbox rows for new qualifications: one per callback, one for Segment."""
+        """Outbox rows for new qualifications: one per callback, and one for Segment with
+        "Lead Qualified" and, if the qualification moved its subject (``moves`` by
+        qualification id), the lifecycle stage, so that they travel together."""
         rows = []
         for q in qualifications:
             payload = json.dumps(q.to_dict())
             rows += [(name, "qualification", q.user_id, payload, now)
                      for name in self.callback_destinations]
             if SEGMENT in self.sinks:
-                rows.append((SEGMENT, "qualification", q.user_id,
-                             json.dumps(qualification_messages(q)), now))
+                messages = qualification_messages(q)
+                if q.id in moves:
+                    messages += stage_messages(moves[q.id], q.user_id, q.account_id, q.id)
+                rows.append((SEGMENT, "qualification", q.user_id, json.dumps(messages), now))
         return rows
 
     def stage_rows(self, moves: list[tuple[StageChange, str, str | None, str]], now: int

@@ -104,10 +104,11 @@ def test_segment_down_then_back_loses_nothing_and_sends_once(
                              on_error=lambda exc, d: errors.append((exc, d)))
         [q] = qualify(client)
         assert segment_server.messages == []
-        pending = client.deliveries(status="pending")
-        assert [(d.destination, d.kind, d.attempts) for d in pending] == [
-            ("segment", "qualification", 1), ("segment", "stage", 1)]
-        assert "503" in pending[0].last_error
+        [pending] = client.deliveries(status="pending")
+        assert (pending.destination, pending.kind, pending.attempts) == (
+            "segment", "qualification", 1)
+        assert "503" in pending.last_error
+        assert [m["type"] for m in pending.payload] == ["track", "identify"]
         assert client.flush() is False  # not due yet: backing off
         for _ in range(3):
             frozen.tick(timedelta(minutes=10))
@@ -115,7 +116,7 @@ def test_segment_down_then_back_loses_nothing_and_sends_once(
     assert [m["messageId"] for m in segment_server.messages] == [
         q.id, segment_server.messages[1]["messageId"]]
     assert segment_server.requests == 4
-    assert [d.attempts for _, d in errors] == [1, 1, 2, 2, 3, 3]  # two rows, one batch
+    assert [d.attempts for _, d in errors] == [1, 2, 3]
     assert all(d.status == "pending" for _, d in errors)
     assert client.deliveries() == []
 
@@ -188,9 +189,8 @@ def test_segment_4xx_is_final_and_not_retried(make_client, segment_server, segme
         qualify(client)
         frozen.tick(timedelta(hours=1))
         client.flush()
-    failed = client.deliveries(status="failed")
-    assert [d.kind for d in failed] == ["qualification", "stage"]  # one batch, refused
-    assert all(d.attempts == 1 and "Fatal" in d.last_error for d in failed)
+    [failed] = client.deliveries(status="failed")
+    assert failed.attempts == 1 and "Fatal" in failed.last_error
     assert segment_server.requests == 1
 
 
@@ -242,10 +242,9 @@ def test_one_row_per_destination_in_the_events_transaction(make_client, db_path,
     assert rows == [
         (f"{prefix}.<locals>.first", "qualification"),
         (f"{prefix}.<locals>.second", "qualification"),
-        ("segment", "qualification"),
-        ("segment", "stage"),  # the move to the rule's stage, as identify(lifecycle_stage)
+        ("segment", "qualification"),  # Lead Qualified + the lifecycle stage it moved to
     ]
-    assert count_rows(db_path, "outbox") == 4
+    assert count_rows(db_path, "outbox") == 3
 
 
 def test_restart_delivers_what_was_pending(make_client, db_path, segment_server):
@@ -255,7 +254,7 @@ def test_restart_delivers_what_was_pending(make_client, db_path, segment_server)
                         max_retries=1000)
     [q] = qualify(first)
     assert first.close(timeout=1) is False
-    assert count_rows(db_path, "outbox") == 2  # Lead Qualified, lifecycle stage
+    assert count_rows(db_path, "outbox") == 1
 
     segment_server.fail_next = 0
     up = SegmentClient(write_key="k", host=segment_server.url, sync_mode=True)

@@ -43,7 +43,7 @@ def test_process_killed_mid_delivery_loses_nothing(db_path, segment_server):
         child.stdout.close()
     segment_server.release()
     assert segment_server.messages == []
-    assert count_rows(db_path, "outbox") == 2  # leased by the dead process, not lost
+    assert count_rows(db_path, "outbox") == 1  # leased by the dead process, not lost
 
     segment = SegmentClient(write_key="k", host=segment_server.url, sync_mode=True)
     client = pqlsdk.Client(db_path, rules=RULES, segment=segment)
