@@ -8,7 +8,6 @@ call's latency; the figures are total events/s and p50/p99 latency, four process
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import random
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
 
-from track import NOW, RULES, populate, show
+from track import NOW, RULES, cli, populate
 
 
 def worker(path: str, calls: int, seed: int, users: list[str], start, out) -> None:
@@ -80,11 +79,5 @@ def measure(quick: bool) -> list[tuple[str, str]]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    show(measure(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    cli(measure, __doc__)

@@ -9,7 +9,6 @@ HTTP server on 127.0.0.1 that answers like Segment's /v1/batch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -28,7 +27,7 @@ import pqlsdk
 from pqlsdk.outbox import wall_micros
 from pqlsdk.sinks import event_message
 
-from track import NOW, RULES, populate, show
+from track import NOW, RULES, cli, per_call, populate
 
 # the three typical rules, plus one that qualifies each user on its third report of the run,
 # so that the "on" side writes outbox rows for a good share of its calls
@@ -51,13 +50,6 @@ class Recorder(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
-
-
-def per_call(fn, calls: int) -> float:
-    started = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - started) / calls
 
 
 def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, str]]:
@@ -125,7 +117,7 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     total = rounds * calls
     return [
         (f"track(), delivery on vs off ({qualified:,} of {total:,} calls qualify: "
-         "a callback row + Segment rows each)", f"{statistics.median(ratios['on']):.2f}x"),
+         "a callback row and a Segment row each)", f"{statistics.median(ratios['on']):.2f}x"),
         ("track(), forward_events=True vs delivery off (a row per call)",
          f"{statistics.median(ratios['mirror']):.2f}x"),
         (f"worker drains {drain:,} outbox rows to a local Segment",
@@ -133,13 +125,5 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--calls", type=int, default=300)
-    args = parser.parse_args()
-    show(measure(args.quick, args.rounds, args.calls))
-
 if __name__ == "__main__":
-    main()
+    cli(measure, __doc__, rounds=11)

@@ -8,7 +8,6 @@ baseline runs one indexed count per subject with plain sqlite3, in the same run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import sys
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pqlsdk
 from pqlsdk.timestamps import to_micros
 
-from track import NOW, RULES, populate, show
+from track import NOW, RULES, cli, populate
 
 QUIET = {"name": "gone_quiet", "all": [
     {"event": "report_generated", "at_least": 3},
@@ -58,11 +57,5 @@ def measure(quick: bool) -> list[tuple[str, str]]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    show(measure(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    cli(measure, __doc__)

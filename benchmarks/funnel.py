@@ -9,7 +9,6 @@ grows tenfold (linear growth).
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sqlite3
@@ -23,7 +22,7 @@ import pqlsdk
 from pqlsdk.stages import STAGES
 from pqlsdk.timestamps import to_micros
 
-from track import NOW, show
+from track import NOW, cli
 
 
 def populate(path: str, changes: int) -> None:
@@ -98,10 +97,5 @@ def measure(quick: bool) -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    show(measure(parser.parse_args().quick))
-
 if __name__ == "__main__":
-    main()
+    cli(measure, __doc__)

@@ -10,7 +10,6 @@ baseline rate (target: at least 0.25).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -26,7 +25,7 @@ import pqlsdk
 from pqlsdk.importer import import_jsonl
 from pqlsdk.timestamps import to_micros
 
-from track import NOW, RULES, show
+from track import NOW, RULES, cli
 
 KINDS = ["report_generated", "dashboard_viewed", "teammate_invited", "integration_connected"]
 
@@ -90,11 +89,5 @@ def measure(quick: bool) -> list[tuple[str, str]]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    show(measure(parser.parse_args().quick))
-
-
 if __name__ == "__main__":
-    main()
+    cli(measure, __doc__)

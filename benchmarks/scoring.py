@@ -9,19 +9,17 @@ scoring configured (nothing reads it on the hot path), and a score-threshold MQL
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
 
-from track import NOW, RULES, populate, show
+from track import NOW, RULES, cli, per_call, populate
 
 SCORING = {
     "half_life": "30d",
@@ -33,13 +31,6 @@ SCORING = {
             {"trait": "email", "ends_with": "@gmail.com", "points": -10}],
 }
 SCORE_RULE = {"name": "score_mql", "stage": "mql", "all": [{"score": "total", "gte": 1000}]}
-
-
-def per_call(fn, calls: int) -> float:
-    started = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - started) / calls
 
 
 def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, str]]:
@@ -79,13 +70,5 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--calls", type=int, default=300)
-    args = parser.parse_args()
-    show(measure(args.quick, args.rounds, args.calls))
-
 if __name__ == "__main__":
-    main()
+    cli(measure, __doc__, rounds=11)

@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -158,14 +159,20 @@ def show(rows: list[tuple[str, str]]) -> None:
         print(f"{what:<{width}}  {figure}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100,000 events instead of 1M")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=300, help="calls per side per round")
+def cli(measure: Callable[..., list[tuple[str, str]]], doc: str | None,
+        rounds: int | None = None) -> None:
+    """The command line every benchmark script shares: ``--quick``, and ``--rounds`` and
+    ``--calls`` for those that alternate rounds of calls."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds)
+        parser.add_argument("--calls", type=int, default=300, help="calls per side per round")
     args = parser.parse_args()
-    show(measure(args.quick, args.rounds, args.calls))
-
+    if rounds is None:
+        show(measure(args.quick))
+    else:
+        show(measure(args.quick, args.rounds, args.calls))
 
 if __name__ == "__main__":
-    main()
+    cli(measure, __doc__, rounds=15)

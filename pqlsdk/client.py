@@ -350,7 +350,7 @@ class Client:
         45.0
         """
         subject_type, subject_id = _subject(user_id, account_id)
-        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        until = _micros(as_of, "as_of")
         with self.store.read() as tx:
             if not tx.exists(subject_type, subject_id):
                 raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
@@ -362,7 +362,7 @@ class Client:
         """Every user's (or account's) total score as of ``as_of``: a distribution."""
         if subject not in ("user", "account"):
             raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
-        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        until = _micros(as_of, "as_of")
         with self.store.read() as tx:
             return [
                 SubjectFacts(tx, load_subject(tx, subject, subject_id)._replace(since=None),
@@ -459,8 +459,8 @@ class Client:
             raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
         if by is not None and (not isinstance(by, str) or not by):
             raise ValidationError(f"by must be a trait name (got {by!r})")
-        lower = None if since is None else to_micros(coerce(since, "since"))
-        upper = None if until is None else to_micros(coerce(until, "until"))
+        lower = _bound(since, "since")
+        upper = _bound(until, "until")
         with self.store.read() as tx:
             return reports.funnel(tx, subject, lower, upper, by)
 
@@ -468,7 +468,7 @@ class Client:
         """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,
         ``opportunity`` and ``customer``, how many sales moved to ``unqualified`` or
         ``disqualified``, and their most common reasons."""
-        lower = None if since is None else to_micros(coerce(since, "since"))
+        lower = _bound(since, "since")
         with self.store.read() as tx:
             return reports.rule_report(tx, [r.name for r in self.rules.rules], lower)
 
@@ -478,7 +478,7 @@ class Client:
         self, *, since: datetime | str | None = None, rule: str | None = None
     ) -> list[Qualification]:
         """Recorded qualifications in time order, optionally since a moment or for one rule."""
-        since_us = None if since is None else to_micros(coerce(since, "since"))
+        since_us = _bound(since, "since")
         with self.store.read() as tx:
             rows = tx.qualifications(since=since_us, rule=rule)
         return [Qualification.from_row(row) for row in rows]
@@ -493,7 +493,7 @@ class Client:
         """Where a user (or, with ``account_id=``, an account) stands; progress is measured
         as of ``as_of`` (default now)."""
         subject_type, subject_id = _subject(user_id, account_id)
-        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        until = _micros(as_of, "as_of")
         with self.store.read() as tx:
             return self._status(tx, subject_type, subject_id, until)
 
@@ -533,7 +533,7 @@ class Client:
         ``as_of`` (default now).
         """
         subject_type, subject_id = _subject(user_id, account_id)
-        until = to_micros(now() if as_of is None else coerce(as_of, "as_of"))
+        until = _micros(as_of, "as_of")
         with self.store.read() as tx:
             statuses = [self._status(tx, subject_type, subject_id, until)]
             if subject_type == "user":
@@ -642,6 +642,16 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _micros(value: datetime | str | None, name: str) -> int:
+    """A moment argument as microseconds; None means now."""
+    return to_micros(now() if value is None else coerce(value, name))
+
+
+def _bound(value: datetime | str | None, name: str) -> int | None:
+    """An optional bound (``since``, ``until``) as microseconds, or None."""
+    return None if value is None else to_micros(coerce(value, name))
 
 
 def _iso(at: datetime) -> str:

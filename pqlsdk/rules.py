@@ -210,6 +210,24 @@ def _where(value: Mapping[str, Any] | None) -> tuple[tuple[str, Check], ...]:
     return tuple(out)
 
 
+def where_matches(where: tuple[tuple[str, Check], ...], properties: Mapping[str, Any]
+                  ) -> bool:
+    """Whether ``properties`` pass every ``(property, Check)`` of a ``where`` filter; a null
+    property counts as missing."""
+    for prop, check in where:
+        value = properties.get(prop)
+        if not check.matches(value, value is not None):
+            return False
+    return True
+
+
+def describe_where(where: tuple[tuple[str, Check], ...]) -> str:
+    """``" where provider in ['slack']"``, or ``""`` for no filter."""
+    if not where:
+        return ""
+    return " where " + ", ".join(f"{prop} {check.describe()}" for prop, check in where)
+
+
 def _non_empty_str(key: str):
     def validate(_inst: Any, _attr: Any, value: Any) -> None:
         if not isinstance(value, str) or not value.strip():
@@ -272,9 +290,7 @@ class EventCondition:
 
     def label(self) -> str:
         """``"teammate_invited (distinct invitee_email) in 14d"``."""
-        text = self.event
-        if self.where:
-            text += " where " + ", ".join(f"{p} {c.describe()}" for p, c in self.where)
+        text = self.event + describe_where(self.where)
         if self.distinct:
             text += f" (distinct {self.distinct})"
         if self.sum:
@@ -293,11 +309,7 @@ class EventCondition:
 
     def matches_properties(self, properties: Mapping[str, Any]) -> bool:
         """Whether an event's properties pass ``where`` (a null property counts as missing)."""
-        for prop, check in self.where:
-            value = properties.get(prop)
-            if not check.matches(value, value is not None):
-                return False
-        return True
+        return where_matches(self.where, properties)
 
     def met_by(self, value: float) -> bool:
         """Whether a measured value satisfies the bounds."""

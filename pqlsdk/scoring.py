@@ -35,9 +35,11 @@ from .rules import (
     _is_number,
     _refuse_unknown,
     _where,
+    describe_where,
     format_duration,
     parse_duration,
     trait,
+    where_matches,
 )
 
 
@@ -59,20 +61,14 @@ class BehaviorLine:
 
     def label(self) -> str:
         """``"report_generated: 5 each (max 25)"``."""
-        text = f"{self.event}: {self.points:g} each"
-        if self.where:
-            text += " where " + ", ".join(f"{p} {c.describe()}" for p, c in self.where)
+        text = f"{self.event}: {self.points:g} each{describe_where(self.where)}"
         if self.within:
             text += f" in {format_duration(self.within)}"
         return text + (f" (max {self.max:g})" if self.max is not None else "")
 
     def matches_properties(self, properties: Mapping[str, Any]) -> bool:
         """Whether an event's properties pass ``where``."""
-        for prop, check in self.where:
-            value = properties.get(prop)
-            if not check.matches(value, value is not None):
-                return False
-        return True
+        return where_matches(self.where, properties)
 
 
 @attrs.frozen

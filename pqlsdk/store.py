@@ -204,6 +204,9 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 
 
 _MICROSECOND = timedelta(microseconds=1)
+#: Page cache per connection (SQLite's default is 2 MiB): the indexes a track() walks and
+#: grows stay in memory on a database of millions of events.
+CACHE_KIB = 64 * 1024
 
 
 #: Connections inherited across fork(): kept alive so that they are never finalized.
@@ -235,6 +238,7 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
     if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
         db.conn.execute("PRAGMA journal_mode = WAL")
     db.conn.execute("PRAGMA synchronous = NORMAL")
+    db.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     return db
 
 
@@ -476,16 +480,6 @@ class Transaction:
             (subject_type, subject_id),
         )
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
-
-    def traits(self, subject_type: str, subject_id: str) -> dict[str, Any]:
-        """The stored traits of a user or an account (``{}`` when unknown)."""
-        sql = (
-            "SELECT traits FROM users WHERE user_id = ?"
-            if subject_type == "user"
-            else "SELECT traits FROM accounts WHERE account_id = ?"
-        )
-        row = self.conn.execute(sql, (subject_id,)).fetchone()
-        return json.loads(row[0]) if row else {}
 
     def set_traits(self, subject_type: str, subject_id: str, traits_json: str) -> None:
         """Replace the stored traits (a JSON object) of an existing user or account."""
