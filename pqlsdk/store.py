@@ -204,9 +204,6 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 
 
 _MICROSECOND = timedelta(microseconds=1)
-#: Page cache per connection (SQLite's default is 2 MiB): the indexes a track() walks and
-#: grows stay in memory on a database of millions of events.
-CACHE_KIB = 64 * 1024
 
 
 #: Connections inherited across fork(): kept alive so that they are never finalized.
@@ -238,7 +235,6 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
     if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
         db.conn.execute("PRAGMA journal_mode = WAL")
     db.conn.execute("PRAGMA synchronous = NORMAL")
-    db.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     return db
 
 
