@@ -368,6 +368,17 @@ def _subject_columns(alias: str, subject_type: str, key: str) -> str:
     )
 
 
+_USER_SNAPSHOT = (
+    f"SELECT u.account_id, {_subject_columns('u', 'user', 'user_id')}, "
+    f"{_subject_columns('a', 'account', 'account_id')} "
+    "FROM users u LEFT JOIN accounts a ON a.account_id = u.account_id WHERE u.user_id = ?"
+)
+_SUBJECT_SNAPSHOT = {
+    kind: f"SELECT {_subject_columns('s', kind, key)} FROM {table} s WHERE s.{key} = ?"
+    for kind, (table, key) in _TABLES.items()
+}
+
+
 class Transaction:
     """The statements pqlsdk runs, on one connection; obtained from :meth:`Store.write`."""
 
@@ -398,23 +409,12 @@ class Transaction:
         account id, then for the user and for its account ``traits JSON, stage, round,
         round start, rules met this round`` (joined by ``\x1f``). ``None`` for an unknown
         user."""
-        return self.conn.execute(
-            f"SELECT u.account_id, {_subject_columns('u', 'user', 'user_id')}, "
-            f"{_subject_columns('a', 'account', 'account_id')} "
-            "FROM users u LEFT JOIN accounts a ON a.account_id = u.account_id "
-            "WHERE u.user_id = ?",
-            (user_id,),
-        ).fetchone()
+        return self.conn.execute(_USER_SNAPSHOT, (user_id,)).fetchone()
 
     def subject_snapshot(self, subject_type: str, subject_id: str) -> tuple[Any, ...] | None:
         """``traits JSON, stage, round, round start, rules met this round`` of one user or
         account, or ``None``."""
-        table, key = _TABLES[subject_type]
-        return self.conn.execute(
-            f"SELECT {_subject_columns('s', subject_type, key)} FROM {table} s "
-            f"WHERE s.{key} = ?",
-            (subject_id,),
-        ).fetchone()
+        return self.conn.execute(_SUBJECT_SNAPSHOT[subject_type], (subject_id,)).fetchone()
 
     def add_user(self, user_id: str, account_id: str | None, ts: int) -> None:
         """Record a user seen for the first time: a ``lead`` from ``ts``."""
