@@ -5,8 +5,8 @@
     >>> client.track("u1", "report_generated")
 """
 
-from .client import Client, UnknownSubject
-from .errors import PqlError, RuleError, ValidationError
+from .client import Client
+from .errors import PqlError, RuleError, UnknownSubject, ValidationError
 from .evaluator import Measurement
 from .models import Qualification, StageChange, Status
 from .outbox import Delivery

@@ -18,8 +18,8 @@ from typing import Any
 import click
 
 from . import __version__, html_report
-from .client import Client, UnknownSubject
-from .errors import PqlError, ValidationError
+from .client import Client
+from .errors import PqlError, UnknownSubject, ValidationError
 from .importer import ImportStopped, import_jsonl
 from .reports import format_funnel, format_rule_report
 from .rules import RuleSet, load_rules

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import sqlite_utils
 
 from . import reports
-from .errors import PqlError, ValidationError
+from .errors import UnknownSubject, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
@@ -50,10 +50,6 @@ class Call(NamedTuple):
     data: dict[str, Any] = {}  # noqa: RUF012 - never mutated: properties or traits
     data_json: str = "{}"
     message_id: str | None = None
-
-
-class UnknownSubject(PqlError, LookupError):
-    """``status``/``explain`` asked about a user or account pqlsdk has never seen."""
 
 
 def _require_id(name: str, value: Any) -> str:
@@ -97,8 +93,16 @@ class Client:
     :param on_qualified: a callable (or a list) called with each new :class:`Qualification`.
     :param segment: a ``segment.analytics.Client`` to forward qualifications to.
     :param forward_events: also mirror every track/identify/group to Segment.
-    :param sync_mode: deliver to callbacks (and Segment) before ``track()`` returns.
+    :param sync_mode: deliver to callbacks (and Segment) before ``track()`` returns, in the
+        calling thread; no background thread is started.
+    :param on_error: ``on_error(exc, delivery)`` for each failed delivery attempt.
+    :param max_retries: attempts before a delivery is kept as ``failed``.
+    :param max_backoff: the longest wait between attempts, in seconds.
+    :param delivery_lease: seconds a delivery is claimed for; a row claimed by a process
+        that died is taken over when its lease ends.
+    :param poll_interval: seconds between the worker's looks for due rows.
     :param busy_timeout: seconds to wait for another process's write lock.
+    :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
     """
 
     def __init__(
@@ -130,7 +134,7 @@ class Client:
         if not isinstance(max_retries, int) or max_retries < 1:
             raise ValidationError(f"max_retries must be a whole number >= 1 (got {max_retries!r})")
         self.segment = segment
-        self.forward_events = forward_events and segment is not None
+        self.forward_events = forward_events and segment is not None  # nothing to mirror to
         self.sync_mode = sync_mode
         self._by_subject = {
             kind: [r for r in self.rules.rules if r.subject == kind] for kind in ("user", "account")
@@ -166,6 +170,8 @@ class Client:
         if not callable(callback):
             raise ValidationError(f"on_qualified needs a callable (got {callback!r})")
         self._outbox.add_callback(callback)
+        if not self.sync_mode and self._outbox.waiting()[0]:
+            self._worker.wake()  # rows an earlier run left for a callback of this name
         return callback
 
     # -- recording --------------------------------------------------------------------------

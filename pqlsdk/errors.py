@@ -18,6 +18,11 @@ class ValidationError(PqlError, ValueError):
     """
 
 
+class UnknownSubject(PqlError, LookupError):
+    """``status``, ``explain`` or ``score`` asked about a user or account pqlsdk has never
+    seen."""
+
+
 class RuleError(ValidationError):
     """A rules file, dict or object is malformed.
 

@@ -287,3 +287,25 @@ def test_bad_delivery_options_are_refused(db_path):
         pqlsdk.Client(db_path, segment="write-key")
     with pytest.raises(pqlsdk.ValidationError, match="max_retries must be"):
         pqlsdk.Client(db_path, max_retries=0)
+
+
+CRM = {"down": True, "received": [], "arrived": threading.Event()}
+
+
+def crm_hook(q):
+    if CRM["down"]:
+        raise ConnectionError("CRM down")
+    CRM["received"].append(q.id)
+    CRM["arrived"].set()
+
+
+def test_a_callback_registered_after_a_restart_gets_what_was_left_for_it(make_client):
+    first = make_client(REPORTS, on_qualified=crm_hook, sync_mode=True, max_backoff=0.01)
+    [q] = qualify(first)
+    assert first.close(timeout=0) is False
+    CRM["down"] = False
+    second = make_client(REPORTS)
+    assert second.deliveries()[0].destination == "callback:tests.test_delivery.crm_hook"
+    second.on_qualified(crm_hook)  # the decorator form, after the Client was made
+    assert CRM["arrived"].wait(10), "the worker did not deliver the pending row"
+    assert CRM["received"] == [q.id]
