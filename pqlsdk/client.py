@@ -40,14 +40,15 @@ EVALUATE_CHUNK = 500
 
 
 class Call(NamedTuple):
-    """A validated ``track``/``identify``/``group`` call, ready to be applied."""
+    """A validated ``track``/``identify``/``group`` call, ready to be applied: a track's
+    properties as ``data_json``, traits as ``data``."""
 
     kind: str
     user_id: str
     at: datetime
     account_id: str | None
     event: str = ""
-    data: dict[str, Any] = {}  # noqa: RUF012 - never mutated: properties or traits
+    data: dict[str, Any] = {}  # noqa: RUF012 - never mutated
     data_json: str = "{}"
     message_id: str | None = None
 
@@ -233,8 +234,7 @@ class Client:
         text = _json_text("properties", properties)
         return Call("track", _require_id("user_id", user_id), at,
                     _optional_id("account_id", account_id),
-                    event=_require_id("event", event),
-                    data=json.loads(text) if properties else {}, data_json=text,
+                    event=_require_id("event", event), data_json=text,
                     message_id=_optional_id("message_id", message_id))
 
     def prepare_identify(self, user_id: Any, traits: Any = None, *, account_id: Any = None,
@@ -293,7 +293,8 @@ class Client:
         message = None
         if self.forward_events:
             fields: dict[str, Any] = (
-                {"event": call.event, "properties": call.data} if call.kind == "track"
+                {"event": call.event, "properties": json.loads(call.data_json)}
+                if call.kind == "track"
                 else {"traits": call.data} if call.kind == "identify"
                 else {"groupId": account_id, "traits": call.data})
             message = event_message(call.kind, call.user_id, _iso(call.at),

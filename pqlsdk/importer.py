@@ -175,14 +175,13 @@ def _replay(client: Client, deliver: bool,
         total = tx.staged_count()
     batches = range(0, total, BATCH)
     applied = qualified = 0
-    mirrored = deliver and client.forward_events
     for _ in progress(batches, total) if progress else batches:
         queued = False
         with store.write() as tx:
             rows = tx.staged_batch(BATCH)
             for message_id, ts, kind, user_id, account_id, event, data in rows:
-                parsed = json.loads(data) if kind != "track" or mirrored else {}
-                call = Call(kind, user_id, from_micros(ts), account_id, event or "", parsed,
+                traits = json.loads(data) if kind != "track" else {}
+                call = Call(kind, user_id, from_micros(ts), account_id, event or "", traits,
                             data, message_id if kind == "track" else None)
                 created, wrote = client.apply(tx, call, deliver=deliver)
                 queued |= wrote
