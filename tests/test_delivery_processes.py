@@ -111,3 +111,32 @@ def test_a_forked_child_delivers_its_own_rows(db_path, segment_server):
     client.close()
     users = [m["userId"] for m in segment_server.messages if m["type"] == "track"]
     assert users == ["parent", "child"]
+
+
+def test_interpreter_exit_does_not_wait_for_a_hanging_delivery(db_path, segment_server):
+    segment_server.hold = True
+    script = textwrap.dedent(f"""
+        import pqlsdk
+        from segment.analytics import Client as SegmentClient
+        segment = SegmentClient(write_key="k", host={segment_server.url!r}, sync_mode=True,
+                                timeout=60)
+        client = pqlsdk.Client({db_path!r}, rules={RULES!r}, segment=segment)
+        client.track("ada", "report_generated")
+        client.track("ada", "report_generated")
+        print("qualified", flush=True)
+        input()  # returns once the test has seen the delivery arrive
+    """)  # no close(): the delivery is mid-request when the interpreter exits
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "qualified"
+        assert segment_server.arrived.wait(30)
+        child.stdin.write("exit\n")
+        child.stdin.flush()
+        assert child.wait(timeout=20) == 0
+    finally:
+        child.kill()
+        child.stdout.close()
+        child.stdin.close()
+    segment_server.release()
+    assert count_rows(db_path, "outbox") == 1  # still there for the next start
