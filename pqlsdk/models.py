@@ -60,14 +60,6 @@ class Qualification:
         out["evidence"] = self.evidence.to_dict()
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Qualification:
-        """The inverse of :meth:`to_dict`."""
-        values = dict(data)
-        values["qualified_at"] = datetime.fromisoformat(data["qualified_at"])
-        values["evidence"] = Measurement.from_dict(data["evidence"])
-        return cls(**values)
-
 
 @attrs.frozen
 class Status:

@@ -41,6 +41,24 @@ CLAIM_LIMIT = 100
 FIRST_BACKOFF = 1.0
 
 
+def _item(sink: CallbackSink | SegmentSink, row: dict[str, Any],
+          found: dict[str, Qualification]) -> Any:
+    """What a sink delivers for a row: a Qualification for a callback, Segment messages for
+    Segment; None when a qualification is gone (erased by ``forget``): nothing to send."""
+    payload = json.loads(row["payload"])
+    if row["kind"] != "qualification":
+        return payload  # Segment messages, built when the row was written
+    q = found.get(payload["qualification_id"])
+    if q is None or isinstance(sink, CallbackSink):
+        return q
+    messages = qualification_messages(q)
+    if payload["moved_to"]:
+        change = StageChange(q.subject_type, q.subject_id, None, payload["moved_to"],
+                             q.qualified_at, f"rule:{q.rule}")
+        messages += stage_messages(change, q.user_id, q.account_id, q.id)
+    return messages
+
+
 def wall_micros() -> int:
     """Wall-clock microseconds (leases and backoff span processes, so not monotonic)."""
     return int(time.time() * 1_000_000)
@@ -120,19 +138,19 @@ class Outbox:
     def qualification_rows(self, qualifications: list[Qualification],
                            moves: dict[str, StageChange], now: int
                            ) -> list[tuple[str, str, str | None, str, int]]:
-        """Outbox rows for new qualifications: one per callback, and one for Segment with
-        "Lead Qualified" and, if the qualification moved its subject (``moves`` by
-        qualification id), the lifecycle stage, so that they travel together."""
+        """Outbox rows for new qualifications: one per callback and one for Segment.
+
+        A row names the qualification (and the stage it moved its subject to, from
+        ``moves`` by qualification id); what is sent is built from the stored
+        qualification when it is delivered, which keeps ``track()`` light. Segment gets
+        "Lead Qualified" and the lifecycle stage in one row, so they travel together.
+        """
         rows = []
         for q in qualifications:
-            payload = json.dumps(q.to_dict())
-            rows += [(name, "qualification", q.user_id, payload, now)
-                     for name in self.callback_destinations]
-            if SEGMENT in self.sinks:
-                messages = qualification_messages(q)
-                if q.id in moves:
-                    messages += stage_messages(moves[q.id], q.user_id, q.account_id, q.id)
-                rows.append((SEGMENT, "qualification", q.user_id, json.dumps(messages), now))
+            moved = moves.get(q.id)
+            payload = json.dumps({"qualification_id": q.id,
+                                  "moved_to": moved.to_stage if moved else None})
+            rows += [(name, "qualification", q.user_id, payload, now) for name in self.sinks]
         return rows
 
     def stage_rows(self, moves: list[tuple[StageChange, str, str | None, str]], now: int
@@ -160,9 +178,14 @@ class Outbox:
         with self.store.write() as tx:
             claims = [(sink, rows) for name, sink in list(self.sinks.items())
                       if (rows := tx.claim(name, now, lease_until, CLAIM_LIMIT))]
-        if not claims:
-            return 0
-        outcomes = [(rows, sink.deliver(rows)) for sink, rows in claims]
+            if not claims:
+                return 0
+            named = {json.loads(row["payload"])["qualification_id"]
+                     for _, rows in claims for row in rows if row["kind"] == "qualification"}
+            found = {row["id"]: Qualification.from_row(row)
+                     for row in tx.qualifications_by_id(named)} if named else {}
+        outcomes = [(rows, sink.deliver([_item(sink, row, found) for row in rows]))
+                    for sink, rows in claims]
         self._settle(outcomes)
         return sum(len(rows) for _, rows in claims)
 

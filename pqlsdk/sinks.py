@@ -49,12 +49,13 @@ class CallbackSink:
     def __init__(self, callback: Callable[[Qualification], Any]) -> None:
         self.callback = callback
 
-    def deliver(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
-        """Call the callback once per row; an exception fails only that row."""
+    def deliver(self, items: list[Qualification | None]) -> list[Exception | None]:
+        """Call the callback once per qualification; an exception fails only that one."""
         results: list[Exception | None] = []
-        for row in rows:
+        for qualification in items:
             try:
-                self.callback(Qualification.from_dict(json.loads(row["payload"])))
+                if qualification is not None:
+                    self.callback(qualification)
                 results.append(None)
             except Exception as exc:  # the application's code: anything may happen
                 results.append(exc)
@@ -73,15 +74,15 @@ class SegmentSink:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def deliver(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
-        """Send the rows' messages in batches; every row of a failed batch fails."""
+    def deliver(self, items: list[list[dict[str, Any]] | None]) -> list[Exception | None]:
+        """Send each item's messages, in batches; every item of a failed batch fails."""
         results: list[Exception | None] = []
         batch: list[dict[str, Any]] = []
         batch_rows = 0
         size = 0
-        for row in rows:
-            messages = json.loads(row["payload"])
-            row_size = len(row["payload"])
+        for messages in items:
+            messages = messages or []
+            row_size = len(json.dumps(messages))
             if batch and (size + row_size > SEGMENT_BATCH_BYTES or
                           len(batch) + len(messages) > SEGMENT_BATCH):
                 results += [self._post(batch)] * batch_rows

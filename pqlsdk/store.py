@@ -545,6 +545,13 @@ class Transaction:
         )
         return cursor.rowcount == 1
 
+    def qualifications_by_id(self, ids: set[str]) -> list[dict[str, Any]]:
+        """The stored qualifications with these ids (those still there)."""
+        marks = ",".join("?" * len(ids))
+        cursor = self.conn.execute(f"SELECT * FROM qualifications WHERE id IN ({marks})",
+                                   list(ids))
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+
     def qualifications(
         self,
         *,
