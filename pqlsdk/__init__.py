@@ -14,7 +14,7 @@ from .reports import Funnel, FunnelStage, RuleOutcome
 from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
 from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
-from .store import SchemaTooNew
+from .store import SchemaTooNew, StoreClosed
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "Scoring",
     "StageChange",
     "Status",
+    "StoreClosed",
     "UnknownSubject",
     "ValidationError",
     "__version__",

@@ -214,10 +214,23 @@ class SchemaTooNew(PqlError):
     """The database was written by a newer pqlsdk than this one."""
 
 
+class StoreClosed(PqlError):
+    """The Client (and its connection) was closed."""
+
+
 def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float
             ) -> sqlite_utils.Database:
-    """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk."""
+    """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk.
+
+    For a ``sqlite_utils.Database`` on a file, pqlsdk opens its own connection to that file:
+    the delivery thread needs one it may use, and the application's stays its own. An
+    in-memory ``Database`` can only be shared, so its connection is used as it is.
+    """
     if isinstance(database, sqlite_utils.Database):
+        files = [row[2] for row in database.conn.execute("PRAGMA database_list")
+                 if row[1] == "main" and row[2]]
+        if files:
+            return connect(files[0], busy_timeout)
         db = database
         db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     else:
@@ -276,6 +289,7 @@ class Store:
         busy_timeout: float = 30.0,
     ) -> None:
         self.busy_timeout = busy_timeout
+        self.closed = False
         self.db = connect(database, busy_timeout)
         self.lock = threading.RLock()
         migrate(self.db)
@@ -309,17 +323,22 @@ class Store:
             with store.write() as tx:
                 tx.insert_event(...)
         """
+        if self.closed:
+            raise StoreClosed("this pqlsdk Client is closed; make a new one")
         return self._write
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
         """Queries outside a write transaction (each sees the latest commit)."""
+        if self.closed:
+            raise StoreClosed("this pqlsdk Client is closed; make a new one")
         with self.lock:
             yield self._tx
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection; later calls raise :class:`StoreClosed`."""
         with self.lock:
+            self.closed = True
             self.db.conn.close()
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 
 from .outbox import Outbox
+from .store import StoreClosed
 
 log = logging.getLogger("pqlsdk")
 
@@ -59,7 +60,7 @@ class Worker:
             self._stop.wait(self.linger)
             try:
                 tried = self.outbox.deliver_once()
-            except sqlite3.ProgrammingError:
+            except (StoreClosed, sqlite3.ProgrammingError):
                 return  # the Client was closed under us
             except Exception:
                 log.exception("pqlsdk: delivery worker error")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -216,11 +217,15 @@ def test_status_of_an_unknown_subject_raises(make_client):
         client.status("ghost")
 
 
-def test_context_manager_closes(db_path):
+def test_context_manager_closes_and_a_closed_client_says_so(db_path):
     with pqlsdk.Client(db_path, rules=REPORTS) as client:
         client.track("u1", "report_generated")
     with pytest.raises(sqlite3.ProgrammingError):
         client.store.db.conn.execute("SELECT 1")
+    with pytest.raises(pqlsdk.StoreClosed, match="this pqlsdk Client is closed"):
+        client.track("u1", "report_generated")
+    with pytest.raises(pqlsdk.StoreClosed):
+        client.status("u1")
 
 
 def test_memory_database_and_sqlite_utils_database_work(make_client, tmp_path):
@@ -229,10 +234,12 @@ def test_memory_database_and_sqlite_utils_database_work(make_client, tmp_path):
     memory = make_client(REPORTS, database=":memory:")
     memory.track("u1", "report_generated")
     assert memory.track("u1", "report_generated") != []
-    db = sqlite_utils.Database(str(tmp_path / "mine.db"))
-    client = make_client(REPORTS, database=db)
+    db = sqlite_utils.Database(str(tmp_path / "mine.db"))  # check_same_thread=True
+    delivered = threading.Event()
+    client = make_client(REPORTS, database=db, on_qualified=lambda q: delivered.set())
     client.track("u1", "report_generated")
     client.track("u1", "report_generated")
+    assert delivered.wait(10), "the delivery thread could not use the database"
     assert db["qualifications"].count == 1
     assert db.journal_mode == "wal"
 
