@@ -64,3 +64,26 @@ def test_processes_opening_a_fresh_file_together_migrate_it_once(tmp_path):
         process.join(timeout=60)
         assert process.exitcode == 0
     assert count_rows(path, "events") == 3 * EVENTS_EACH
+
+
+def test_threads_sharing_one_client_lose_nothing(db_path):
+    import threading
+
+    client = pqlsdk.Client(db_path, rules=RULES)
+    fired = []
+    client.on_qualified(fired.append)
+
+    def work(n: int) -> None:
+        for i in range(EVENTS_EACH):
+            client.track(USERS[i % len(USERS)], "report_generated", account_id="acme",
+                         message_id=f"t{n}-{i}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(PROCESSES)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert client.flush(timeout=30) is True
+    client.close()
+    assert count_rows(db_path, "events") == PROCESSES * EVENTS_EACH
+    assert sorted(q.subject_id for q in fired) == ["acme", *USERS]
