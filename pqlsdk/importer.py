@@ -132,6 +132,12 @@ def import_jsonl(
     them: a backfill does not call the application's callbacks nor Segment.
     ``progress(batches, total)`` may wrap the replay loop (the CLI passes a progress bar).
     """
+    with client.store.bulk():
+        return _import(client, source, strict, deliver, progress)
+
+
+def _import(client: Client, source: str | IO[str], strict: bool, deliver: bool,
+            progress: Callable[[Iterable[Any], int], Iterable[Any]] | None) -> ImportResult:
     read, errors, skipped = 0, [], {}
     store = client.store
     pending: list[tuple[Any, ...]] = []

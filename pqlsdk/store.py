@@ -335,6 +335,25 @@ class Store:
         with self.lock:
             yield self._tx
 
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """For a long run of big transactions (an import): a 64 MiB page cache and a WAL
+        checkpoint every 20,000 pages instead of 1,000; the previous settings come back
+        after. (Not for track(): there the larger cache measured slower.)"""
+        conn = self.db.conn
+        with self.lock:
+            cache = conn.execute("PRAGMA cache_size").fetchone()[0]
+            checkpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            conn.execute("PRAGMA cache_size = -65536")
+            conn.execute("PRAGMA wal_autocheckpoint = 20000")
+        try:
+            yield
+        finally:
+            with self.lock:
+                if not self.closed:
+                    conn.execute(f"PRAGMA cache_size = {int(cache)}")
+                    conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
+
     def close(self) -> None:
         """Close the connection; later calls raise :class:`StoreClosed`."""
         with self.lock:

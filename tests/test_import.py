@@ -161,3 +161,15 @@ def test_anonymous_id_stands_in_for_a_missing_user_id(tmp_path):
     import_jsonl(client, source)
     assert client.status("anon-1").stage == "lead"
     client.close()
+
+
+def test_import_restores_the_connections_settings(tmp_path):
+    source = write_jsonl(tmp_path / "h.jsonl", HISTORY[:100])
+    client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
+    conn = client.store.db.conn
+    before = [conn.execute(f"PRAGMA {p}").fetchone()[0]
+              for p in ("cache_size", "wal_autocheckpoint")]
+    import_jsonl(client, source)
+    assert [conn.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("cache_size", "wal_autocheckpoint")] == before
+    client.close()
