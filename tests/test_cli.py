@@ -164,3 +164,10 @@ def test_python_dash_m_pqlsdk_runs_as_a_real_process(files, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pqlsdk", "check", "/nonexistent.toml"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such rules file" in bad.stderr
+
+
+def test_the_progress_bar_passes_every_batch_through(capsys):
+    from pqlsdk.cli import _progress
+
+    assert list(_progress(range(0, 6000, 2000), 6000)) == [0, 2000, 4000]
+    assert "replaying" in capsys.readouterr().err
