@@ -678,10 +678,6 @@ class RuleSet:
                                 source=self.source, rule=rule.name, key="score")
             seen.add(rule.name)
 
-    def by_name(self, name: str) -> Rule | None:
-        """The rule called ``name``, if any."""
-        return next((r for r in self.rules if r.name == name), None)
-
     def events_of(self, rule: Rule) -> frozenset[str]:
         """Events whose ``track`` can change the rule (its own, and its scores' events)."""
         if rule.scores & {"behavior", "total"}:
