@@ -171,3 +171,21 @@ def test_the_progress_bar_passes_every_batch_through(capsys):
 
     assert list(_progress(range(0, 6000, 2000), 6000)) == [0, 2000, 4000]
     assert "replaying" in capsys.readouterr().err
+
+
+def test_imported_qualifications_reach_segment_only_with_deliver(files, segment_server, tmp_path):
+    quiet = run("import", files["events"], "--db", files["db"], "--rules", files["rules"],
+                "--segment-write-key", "k", "--segment-host", segment_server.url)
+    assert quiet.exit_code == 0 and segment_server.messages == []
+    assert run("import", files["events"], "--db", str(tmp_path / "other.db"), "--rules",
+               files["rules"], "--deliver").exit_code == 2  # no write key
+
+    delivered = run("import", files["events"], "--db", str(tmp_path / "sent.db"), "--rules",
+                    files["rules"], "--deliver", "--segment-write-key", "k",
+                    "--segment-host", segment_server.url)
+    assert delivered.exit_code == 0, delivered.output
+    track, identify = segment_server.messages
+    assert (track["event"], track["userId"], track["properties"]["rule"]) == (
+        "Lead Qualified", "ada", "reports")
+    assert track["timestamp"] == "2026-11-02T10:00:00.000+00:00"
+    assert identify["traits"] == {"lifecycle_stage": "mql"}
