@@ -291,14 +291,14 @@ class Store:
         self.busy_timeout = busy_timeout
         self.closed = False
         self.db = connect(database, busy_timeout)
+        #: The database file, or None for an in-memory database.
+        self.path = self._file()
         self.lock = threading.RLock()
         migrate(self.db)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
 
-    @property
-    def path(self) -> str | None:
-        """The database file, or None for an in-memory database."""
+    def _file(self) -> str | None:
         rows = self.db.conn.execute("PRAGMA database_list").fetchall()
         return next((row[2] or None for row in rows if row[1] == "main"), None)
 
@@ -310,10 +310,9 @@ class Store:
         database is the child's own copy and is kept.
         """
         self.lock = threading.RLock()
-        path = self.path
-        if path is not None:
+        if self.path is not None:  # known from before the fork: the old connection is not used
             _INHERITED.append(self.db)
-            self.db = connect(path, self.busy_timeout)
+            self.db = connect(self.path, self.busy_timeout)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
 
