@@ -25,7 +25,7 @@ from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, quali
 from .reports import Funnel, RuleOutcome
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
-from .sinks import event_message
+from .sinks import event_message, reset_http_session
 from .stages import SIDE_STATES, STAGES
 from .store import Store, Transaction
 from .timestamps import coerce, now, to_micros
@@ -670,7 +670,8 @@ def _new_id() -> str:
 
 
 def _forget_after_fork(client: Client) -> None:
-    """In a child made by fork() (gunicorn, uwsgi): a new connection and a new worker."""
+    """In a child made by fork() (gunicorn, uwsgi): a new connection, a new worker, and new
+    HTTP connections to Segment."""
     ref = weakref.ref(client)
 
     def after_in_child() -> None:
@@ -680,6 +681,8 @@ def _forget_after_fork(client: Client) -> None:
         child.store.reopen_after_fork()
         child._worker = Worker(child._outbox, child._worker.poll_interval)
         child._closing = threading.Event()
+        if child.segment is not None:
+            reset_http_session()
 
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=after_in_child)

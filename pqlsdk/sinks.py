@@ -116,6 +116,20 @@ class SegmentSink:
         return None
 
 
+def reset_http_session() -> None:
+    """Give this process its own pool of HTTP connections to Segment.
+
+    ``segment.analytics.request.post`` sends through one module-level ``requests`` session;
+    a child made by fork() inherits its open keep-alive sockets, and two processes talking
+    over one socket garble each other's requests. The child gets a fresh session.
+    """
+    from requests import sessions
+    from segment.analytics import request as segment_request
+
+    if hasattr(segment_request, "_session"):
+        segment_request._session = sessions.Session()
+
+
 def _message(kind: str, user_id: str, timestamp: str, message_id: str,
              account_id: str | None, **fields: Any) -> dict[str, Any]:
     context: dict[str, Any] = {"library": {"name": "analytics-python",

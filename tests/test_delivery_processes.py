@@ -94,13 +94,17 @@ def test_a_forked_child_delivers_its_own_rows(db_path, segment_server):
     client.track("parent", "report_generated")
     assert client.flush(timeout=10) is True  # the parent's worker thread is running
 
-    parent_connection = client.store.db.conn
+    from segment.analytics import request as segment_request
+
+    parent_connection, parent_session = client.store.db.conn, segment_request._session
     pid = os.fork()
     if pid == 0:  # the child: the parent's thread did not survive fork()
         code = 1
         try:
             if client.store.db.conn is parent_connection:
                 os._exit(3)  # a SQLite connection must not cross fork()
+            if segment_request._session is parent_session:
+                os._exit(4)  # nor may pooled keep-alive sockets
             client.track("child", "report_generated")
             client.track("child", "report_generated")
             code = 0 if client.close(timeout=10) else 2
