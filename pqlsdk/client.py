@@ -284,6 +284,7 @@ class Client:
                                     user_id=call.user_id, account_id=account_id, at=call.at,
                                     moves=moves)
         else:
+            assert account is not None  # a group call always names its account
             account, changed = _merge_traits(tx, account, call.data)
             created = self._qualify(tx, self.rules.reading_traits("account", changed),
                                     account, user_id=call.user_id, account_id=account_id,
@@ -334,6 +335,8 @@ class Client:
         rules = self._by_subject[subject_type]
         if not rules:
             return []
+        user_id: str | None
+        account_id: str | None
         if subject_type == "user":
             user_id, account_id = subject_id, tx.account_of(subject_id)
         else:
@@ -408,7 +411,8 @@ class Client:
         with self.store.write() as tx:
             if subject_type == "user":
                 subject = load_subjects(tx, subject_id, None, ts)[0]
-                member, account = subject_id, tx.account_of(subject_id)
+                member: str | None = subject_id
+                account = tx.account_of(subject_id)
             else:
                 tx.add_account(subject_id, ts)
                 subject = load_subject(tx, "account", subject_id)

@@ -81,7 +81,9 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
     if stamp is None:
         raise ValidationError("timestamp is required to replay in time order")
     at = coerce(stamp, "timestamp")
-    context = message.get("context") if isinstance(message.get("context"), dict) else {}
+    context = message.get("context")
+    if not isinstance(context, dict):
+        context = {}
     if kind == "track":
         call = client.prepare_track(user_id, message.get("event"), message.get("properties"),
                                     account_id=context.get("groupId"), timestamp=at,
@@ -138,7 +140,9 @@ def import_jsonl(
 
 def _import(client: Client, source: str | IO[str], strict: bool, deliver: bool,
             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None) -> ImportResult:
-    read, errors, skipped = 0, [], {}
+    read = 0
+    errors: list[tuple[int, str]] = []
+    skipped: dict[str, int] = {}
     store = client.store
     pending: list[tuple[Any, ...]] = []
     staged = valid = 0

@@ -145,7 +145,7 @@ class Outbox:
         qualification when it is delivered, which keeps ``track()`` light. Segment gets
         "Lead Qualified" and the lifecycle stage in one row, so they travel together.
         """
-        rows = []
+        rows: list[tuple[str, str, str | None, str, int]] = []
         for q in qualifications:
             moved = moves.get(q.id)
             payload = json.dumps({"qualification_id": q.id,

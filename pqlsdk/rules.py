@@ -645,7 +645,7 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
         if not isinstance(description, str):
             raise RuleError(f"must be a string (got {description!r})", key="description")
         return Rule(
-            name,
+            str(name),
             condition,
             subject=data.get("subject", "user"),
             stage=data.get("stage", "pql"),

@@ -34,7 +34,7 @@ _NEVER = 2**62
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["events"].create(
+    db.table("events").create(
         {
             "id": int,
             "message_id": str,
@@ -57,12 +57,12 @@ def _v1(db: sqlite_utils.Database) -> None:
         "CREATE UNIQUE INDEX events_message_id ON events(message_id) "
         "WHERE message_id IS NOT NULL"
     )
-    db["users"].create(
+    db.table("users").create(
         {"user_id": str, "account_id": str, "traits": str, "first_seen": int},
         pk="user_id",
         not_null={"traits", "first_seen"},
     )
-    db["accounts"].create(
+    db.table("accounts").create(
         {"account_id": str, "traits": str, "first_seen": int},
         pk="account_id",
         not_null={"traits", "first_seen"},
@@ -663,9 +663,9 @@ class Transaction:
 
     def outbox_rows(self, status: str | None = None) -> list[dict[str, Any]]:
         """Rows still in the outbox (pending or failed), oldest first."""
-        sql, args = "SELECT * FROM outbox", ()
+        sql, args = "SELECT * FROM outbox", []
         if status is not None:
-            sql, args = sql + " WHERE status = ?", (status,)
+            sql, args = sql + " WHERE status = ?", [status]
         cursor = self.conn.execute(sql + " ORDER BY id", args)
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
