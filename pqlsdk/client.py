@@ -362,9 +362,7 @@ class Client:
         subject_type, subject_id = _subject(user_id, account_id)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
-            if not tx.exists(subject_type, subject_id):
-                raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
-            subject = load_subject(tx, subject_type, subject_id)._replace(since=None)
+            subject = _known_subject(tx, subject_type, subject_id)._replace(since=None)
             return SubjectFacts(tx, subject, until, self.rules.scoring).scores()
 
     def scores(self, *, subject: str = "user", as_of: datetime | str | None = None
@@ -510,19 +508,15 @@ class Client:
 
     def _status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
                 ) -> Status:
-        if not tx.exists(subject_type, subject_id):
-            raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
+        subject = _known_subject(tx, subject_type, subject_id)
         found = tuple(Qualification.from_row(r)
                       for r in tx.qualifications(subject=(subject_type, subject_id)))
-        met = {q.rule for q in found}
-        facts = SubjectFacts(tx, load_subject(tx, subject_type, subject_id), until,
-                             self.rules.scoring)
-        progress = {
+        facts = SubjectFacts(tx, subject, until, self.rules.scoring)
+        progress = {  # the rules it may still meet this round
             rule.name: measure(rule.condition, facts)
             for rule in self._by_subject[subject_type]
-            if rule.name not in met
+            if rule.name not in subject.done
         }
-        subject = load_subject(tx, subject_type, subject_id)
         return Status(subject_type, subject_id, subject.stage, found, progress)
 
     def explain(
@@ -690,6 +684,13 @@ def _forget_after_fork(client: Client) -> None:
 
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=after_in_child)
+
+
+def _known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
+    row = tx.subject_snapshot(subject_type, subject_id)
+    if row is None:
+        raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
+    return Subject.from_columns(subject_type, subject_id, row)
 
 
 def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:

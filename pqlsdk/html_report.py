@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 
-from .reports import Funnel, RuleOutcome, _duration
+from .reports import Funnel, RuleOutcome, format_timespan
 
 BAR = "#2f6fdf"
 SCORE_BAR = "#18a36b"
@@ -71,7 +71,7 @@ def _funnel_table(funnel: Funnel) -> str:
     body = "".join(
         f"<tr><td>{s.stage}</td><td>{s.entered}</td><td>{s.moved_on}</td>"
         f"<td>{'-' if s.conversion is None else f'{s.conversion:.1%}'}</td>"
-        f"<td>{_duration(s.median_time)}</td></tr>"
+        f"<td>{format_timespan(s.median_time)}</td></tr>"
         for s in funnel.stages
     )
     return f'<table id="conversions">{head}{body}</table>'

@@ -119,7 +119,6 @@ class Outbox:
         self.max_backoff = max_backoff
         self.lease = lease
         self.sinks: dict[str, CallbackSink | SegmentSink] = {}
-        self.callback_destinations: list[str] = []
         if segment is not None:
             self.sinks[SEGMENT] = SegmentSink(segment)
 
@@ -131,7 +130,6 @@ class Outbox:
             n += 1
             name = f"{base}#{n}"
         self.sinks[name] = CallbackSink(callback)
-        self.callback_destinations.append(name)
 
     # -- writing (inside the caller's transaction) ------------------------------------------
 

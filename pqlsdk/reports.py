@@ -148,7 +148,7 @@ def format_funnel(result: Funnel) -> str:
         for s in stages:
             rate = "-" if s.conversion is None else f"{s.conversion:.1%}"
             lines.append(f"{s.stage:<13}{s.entered:>9}{s.moved_on:>10}{rate:>12}"
-                         f"{_duration(s.median_time):>14}")
+                         f"{format_timespan(s.median_time):>14}")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -166,7 +166,8 @@ def format_rule_report(outcomes: list[RuleOutcome]) -> str:
     return "\n".join(lines)
 
 
-def _duration(value: timedelta | None) -> str:
+def format_timespan(value: timedelta | None) -> str:
+    """``"1.5d"``, ``"3.0h"`` or ``"-"``: a time in stage for a table."""
     if value is None:
         return "-"
     hours = value.total_seconds() / 3600

@@ -525,15 +525,6 @@ class Transaction:
         )
         self.conn.execute(sql, (traits_json, subject_id))
 
-    def exists(self, subject_type: str, subject_id: str) -> bool:
-        """Whether the user or account has been seen."""
-        sql = (
-            "SELECT 1 FROM users WHERE user_id = ?"
-            if subject_type == "user"
-            else "SELECT 1 FROM accounts WHERE account_id = ?"
-        )
-        return self.conn.execute(sql, (subject_id,)).fetchone() is not None
-
     def account_of(self, user_id: str) -> str | None:
         """The account the user belongs to now, if any."""
         row = self.conn.execute(

@@ -74,6 +74,9 @@ def test_unqualified_subject_qualifies_again_on_what_it_does_afterwards(make_cli
     client.set_stage("ada", stage="unqualified", reason="no budget", timestamp=at(10))
     # the old reports do not count again; two new ones do
     assert client.track("ada", "report_generated", timestamp=at(11)) == []
+    # status shows the rule as open again, counting only this round's event
+    progress = client.status("ada", as_of=at(11)).progress["engaged"]
+    assert (progress.value, progress.met) == (1, False)
     [second] = client.track("ada", "report_generated", timestamp=at(12))
     assert second.rule == first.rule and second.id != first.id
     assert client.status("ada").stage == "mql"
