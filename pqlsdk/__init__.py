@@ -6,7 +6,7 @@
 """
 
 from .client import Client
-from .errors import PqlError, RuleError, UnknownSubject, ValidationError
+from .errors import DeliveryNameWarning, PqlError, RuleError, UnknownSubject, ValidationError
 from .evaluator import Measurement
 from .models import Qualification, StageChange, Status
 from .outbox import Delivery
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "Delivery",
+    "DeliveryNameWarning",
     "Funnel",
     "FunnelStage",
     "Measurement",

@@ -68,3 +68,8 @@ class RuleError(ValidationError):
             rule=rule or self.rule,
             key=inner or None,
         )
+
+
+class DeliveryNameWarning(UserWarning):
+    """A callback registered without a ``name`` has no stable identity across restarts (a
+    lambda, a closure, or a second callable of the same qualname)."""
