@@ -475,6 +475,8 @@ class _Write:
                 raise StoreClosed("this pqlsdk Client is closed; make a new one")
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
+            if self.store.closed:  # close() did not wait for this thread: it closes
+                _close(self.db)
             self.lock.release()
             raise
         return self.tx
