@@ -899,13 +899,14 @@ class Transaction:
     # -- reports --------------------------------------------------------------------------
 
     def funnel_rows(self, subject_type: str, since: int | None, until: int | None,
-                    by: str | None) -> list[tuple[Any, ...]]:
-        """Per group (the ``by`` trait's value, or one group): for each ordered stage,
-        ``entered, moved_on, JSON array of the movers' times in stage``.
+                    by: str | None) -> list[tuple[Any, list[tuple[int, int, float | None]]]]:
+        """Per group (the ``by`` trait's value, or one group ``None``): for each ordered
+        stage, ``(entered, moved_on, median microseconds in stage of those who moved on)``.
 
         A subject entered a stage at its first move into it (in ``[since, until]``), and
         moved on if it later entered any later stage. It reads each subject's first entry
-        per stage (kept on its row by :meth:`change_stage`), in one pass, all in SQL.
+        per stage (kept on its row by :meth:`change_stage`). Everything, medians included,
+        is computed in SQL: the interpreter is free for other threads meanwhile.
         """
         table, _ = _TABLES[subject_type]
         count = len(STAGES)
@@ -927,15 +928,23 @@ class Transaction:
             columns += [
                 f"count(CASE WHEN {cond} THEN 1 END)",
                 f"count(CASE WHEN {cond} AND n{k} IS NOT NULL THEN 1 END)",
-                f"json_group_array(n{k} - s{k}) FILTER (WHERE {cond} AND n{k} IS NOT NULL)",
             ]
-        sql = (
-            f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
-            f"q AS (SELECT p.*, {', '.join(nexts)} FROM p) "
-            f"SELECT grp, {', '.join(columns)} FROM q GROUP BY grp"
-        )
-        return self.conn.execute(sql, {"until": until, "since": since,
-                                       "path": f'$."{by}"'}).fetchall()
+        cte = (f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
+               f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p)")
+        args = {"until": until, "since": since, "path": f'$."{by}"'}
+        counts = self.conn.execute(
+            f"{cte} SELECT grp, {', '.join(columns)} FROM q GROUP BY grp", args).fetchall()
+        waits = " UNION ALL ".join(
+            f"SELECT grp, {k} AS k, n{k} - s{k} AS d FROM q "
+            f"WHERE {entered.format(k=k)} AND n{k} IS NOT NULL" for k in range(count - 1))
+        medians = self.conn.execute(
+            f"{cte}, w AS ({waits}), r AS (SELECT grp, k, d, row_number() OVER "
+            f"(PARTITION BY grp, k ORDER BY d) AS rn, count(*) OVER (PARTITION BY grp, k) "
+            f"AS c FROM w) SELECT grp, k, avg(d) FROM r WHERE rn IN ((c + 1) / 2, (c + 2) / 2) "
+            f"GROUP BY grp, k", args).fetchall()
+        middle = {(grp, k): value for grp, k, value in medians}
+        return [(row[0], [(row[1 + 2 * k], row[2 + 2 * k], middle.get((row[0], k)))
+                          for k in range(count)]) for row in counts]
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
