@@ -22,6 +22,7 @@ import evaluate
 import funnel
 import import_bench
 import scoring
+import sustained
 
 import track
 
@@ -33,6 +34,7 @@ SUITE = [
     ("four processes", concurrency.measure),
     ("evaluate", evaluate.measure),
     ("funnel", funnel.measure),
+    ("sustained", sustained.measure),
 ]
 
 

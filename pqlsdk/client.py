@@ -36,6 +36,8 @@ log = logging.getLogger("pqlsdk")
 
 Callback = Callable[[Qualification], Any]
 
+#: ``flush(timeout=...)`` reads the outbox's state at most this often (seconds).
+FLUSH_LOOK = 0.025
 #: How many subjects one transaction of :meth:`Client.evaluate` checks.
 EVALUATE_CHUNK = 500
 
@@ -685,6 +687,7 @@ class Client:
         deadline = time.monotonic() + max(0.0, timeout)
         self._worker.wake()
         while True:
+            looked = time.monotonic()
             try:
                 pending, due, next_due, failed = self._outbox.waiting()
             except Exception:
@@ -707,6 +710,10 @@ class Client:
                 self._outbox.progress.wait(min(pause, left))
             if not due:
                 self._worker.wake()
+            # look again at most every FLUSH_LOOK seconds: each look reads the whole outbox
+            rest = min(FLUSH_LOOK - (time.monotonic() - looked), deadline - time.monotonic())
+            if rest > 0:
+                self._closing.wait(rest)
 
     def _flush_here(self) -> bool:
         """``flush()``: passes in this thread until one claims nothing; then, while this

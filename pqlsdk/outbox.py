@@ -62,6 +62,8 @@ class PassResult(NamedTuple):
 
     claimed: int
     delivered: int
+    #: Whether the claim took as many rows as it could (more are probably waiting).
+    full: bool = False
 
 
 def _decode(row: dict[str, Any]) -> Any:
@@ -293,9 +295,9 @@ class Outbox:
         token = uuid.uuid4().hex
         self.renewer.hold(token)
         try:
+            size = self._claim_size(destination)
             with self.store.write() as tx:
-                rows = tx.claim(destination, now, now + int(self.lease * 1e6),
-                                self._claim_size(destination), token)
+                rows = tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
             if not rows:
                 return PassResult(0, 0)
             started = time.monotonic()
@@ -307,7 +309,7 @@ class Outbox:
         with self.progress:
             self.settled += 1
             self.progress.notify_all()
-        return PassResult(len(rows), delivered)
+        return PassResult(len(rows), delivered, len(rows) == size)
 
     def _claim_size(self, destination: str) -> int:
         per_row = self._per_row.get(destination)

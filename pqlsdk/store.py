@@ -725,10 +725,11 @@ class Transaction:
         delivery keeps its order). One ``UPDATE ... RETURNING``; rows come back by id."""
         cursor = self.conn.execute(
             "UPDATE outbox SET lease_until = :lease, attempts = attempts + 1, claim = :token "
-            "WHERE id IN (SELECT id FROM outbox WHERE destination = :dest "
-            "AND status = 'pending' AND id < (SELECT coalesce(min(id), :never) FROM outbox "
-            "WHERE destination = :dest AND status = 'pending' "
-            "AND (next_attempt_at > :now OR lease_until > :now)) ORDER BY id LIMIT :limit) "
+            "WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, lease_until FROM outbox "
+            "WHERE destination = :dest AND status = 'pending' ORDER BY id LIMIT :limit) "
+            "WHERE id < (SELECT coalesce(min(id), :never) FROM (SELECT id, next_attempt_at, "
+            "lease_until FROM outbox WHERE destination = :dest AND status = 'pending' "
+            "ORDER BY id LIMIT :limit) WHERE next_attempt_at > :now OR lease_until > :now)) "
             "RETURNING *",
             {"lease": lease_until, "token": token, "dest": destination, "now": now,
              "never": _NEVER, "limit": limit},

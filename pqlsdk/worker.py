@@ -19,9 +19,10 @@ log = logging.getLogger("pqlsdk")
 class Lane:
     """Delivers one destination's due rows until stopped, on its own daemon thread.
 
-    A woken lane that was idle lingers ``linger`` seconds first, so that rows written
+    A woken lane that was idle lingers ``linger`` seconds first, and so does one whose last
+    claim emptied its queue (it took fewer rows than it could), so that rows written
     meanwhile go out together (Segment's client waits its ``upload_interval`` for the same
-    reason); while it finds rows it claims again at once. Idle, it polls every
+    reason); while a backlog lasts (full claims) it claims again at once. Idle, it polls every
     ``poll_interval`` seconds for rows that became due (backoff) or were written by other
     processes, with a read before it takes the write lock. Only a closed store stops it:
     any other error is logged and the lane goes on.
@@ -80,6 +81,8 @@ class Lane:
                 self._stop.wait(min(1.0, self.poll_interval))  # do not spin on a fault
             if result.claimed:
                 idle = False
+                if not result.full and self.linger:
+                    self._stop.wait(self.linger)
                 continue
             idle = True
             if self._wake.wait(self.poll_interval) and self.linger:
