@@ -36,6 +36,9 @@ log = logging.getLogger("pqlsdk")
 
 Callback = Callable[[Qualification], Any]
 
+#: Of ``close(timeout)``, at most this many seconds (a quarter at most) are left for the
+#: delivery threads to settle what they have in flight once flushing stops.
+CLOSE_GRACE = 0.5
 #: ``flush(timeout=...)`` reads the outbox's state at most this often (seconds).
 FLUSH_LOOK = 0.025
 #: How many subjects one transaction of :meth:`Client.evaluate` checks.
@@ -746,7 +749,9 @@ class Client:
         if self._closed:
             return True
         deadline = time.monotonic() + timeout
-        delivered = self.flush(timeout)
+        # keep a little of the time for the lanes to settle what they have in flight, so
+        # that it is not left leased until the lease runs out
+        delivered = self.flush(timeout - min(timeout * 0.25, CLOSE_GRACE))
         self._closing.set()
         self._worker.stop(max(0.0, deadline - time.monotonic()))
         self.store.close(max(0.0, deadline - time.monotonic()))
