@@ -930,22 +930,27 @@ class Transaction:
                 f"count(CASE WHEN {cond} THEN 1 END)",
                 f"count(CASE WHEN {cond} AND n{k} IS NOT NULL THEN 1 END)",
             ]
-        cte = (f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
-               f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p)")
-        args = {"until": until, "since": since, "path": f'$."{by}"'}
-        counts = self.conn.execute(
-            f"{cte} SELECT grp, {', '.join(columns)} FROM q GROUP BY grp", args).fetchall()
         waits = " UNION ALL ".join(
             f"SELECT grp, {k} AS k, n{k} - s{k} AS d FROM q "
             f"WHERE {entered.format(k=k)} AND n{k} IS NOT NULL" for k in range(count - 1))
-        medians = self.conn.execute(
-            f"{cte}, w AS ({waits}), r AS (SELECT grp, k, d, row_number() OVER "
-            f"(PARTITION BY grp, k ORDER BY d) AS rn, count(*) OVER (PARTITION BY grp, k) "
-            f"AS c FROM w) SELECT grp, k, avg(d) FROM r WHERE rn IN ((c + 1) / 2, (c + 2) / 2) "
-            f"GROUP BY grp, k", args).fetchall()
-        middle = {(grp, k): value for grp, k, value in medians}
-        return [(row[0], [(row[1 + 2 * k], row[2 + 2 * k], middle.get((row[0], k)))
-                          for k in range(count)]) for row in counts]
+        rows = self.conn.execute(
+            f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
+            f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p), "
+            f"w AS ({waits}), "
+            f"r AS (SELECT grp, k, d, row_number() OVER (PARTITION BY grp, k ORDER BY d) AS rn, "
+            f"count(*) OVER (PARTITION BY grp, k) AS c FROM w), "
+            f"m AS (SELECT grp, k, avg(d) AS median FROM r "
+            f"WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
+            f"n AS (SELECT grp, {', '.join(columns)} FROM q GROUP BY grp) "
+            f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp) "
+            f"FROM n",
+            {"until": until, "since": since, "path": f'$."{by}"'}).fetchall()
+        result = []
+        for row in rows:
+            middle = json.loads(row[-1] or "{}")  # at most one median per stage: tiny
+            result.append((row[0], [(row[1 + 2 * k], row[2 + 2 * k], middle.get(str(k)))
+                                    for k in range(count)]))
+        return result
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
