@@ -6,7 +6,18 @@
 """
 
 from .client import Client
-from .errors import PqlError, RuleError, UnknownSubject, ValidationError
+from .errors import (
+    PqlError,
+    RuleError,
+    SchemaTooNew,
+    StoreBusy,
+    StoreClosed,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    UnknownSubject,
+    ValidationError,
+)
 from .evaluator import Measurement
 from .models import Qualification, StageChange, Status
 from .outbox import Delivery
@@ -14,7 +25,6 @@ from .reports import Funnel, FunnelStage, RuleOutcome
 from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
 from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
-from .store import SchemaTooNew, StoreClosed
 
 __version__ = "0.1.0"
 
@@ -38,7 +48,11 @@ __all__ = [
     "Scoring",
     "StageChange",
     "Status",
+    "StoreBusy",
     "StoreClosed",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
     "UnknownSubject",
     "ValidationError",
     "__version__",

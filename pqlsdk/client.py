@@ -27,7 +27,7 @@ from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import event_message, reset_http_session
 from .stages import SIDE_STATES, STAGES
-from .store import Store, Transaction
+from .store import SYNCHRONOUS, Store, Transaction
 from .timestamps import coerce, now, to_micros
 from .worker import Worker
 
@@ -102,7 +102,11 @@ class Client:
     :param delivery_lease: seconds a delivery is claimed for; a row claimed by a process
         that died is taken over when its lease ends.
     :param poll_interval: seconds between the worker's looks for due rows.
-    :param busy_timeout: seconds to wait for another process's write lock.
+    :param busy_timeout: seconds to wait for another process's write lock before raising
+        :class:`~pqlsdk.StoreBusy`.
+    :param synchronous: ``"normal"`` (the default: a process crash loses nothing acknowledged,
+        a power loss may lose the last transactions) or ``"full"`` (a power loss loses
+        nothing acknowledged either; each write waits for the disk). See the README.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
     """
 
@@ -122,8 +126,14 @@ class Client:
         poll_interval: float = 1.0,
         busy_timeout: float = 30.0,
         scoring: dict[str, Any] | None = None,
+        synchronous: str = "normal",
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring)
+        if synchronous not in SYNCHRONOUS:
+            raise ValidationError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS)} (got {synchronous!r})")
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            raise ValidationError(f"busy_timeout must be seconds >= 0 (got {busy_timeout!r})")
         callbacks = [on_qualified] if callable(on_qualified) else list(on_qualified or [])
         for callback in callbacks:
             if not callable(callback):
@@ -146,7 +156,7 @@ class Client:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self._qualify = functools.partial(qualify, scoring=self.rules.scoring)
-        self.store = Store(database, busy_timeout=busy_timeout)
+        self.store = Store(database, busy_timeout=busy_timeout, synchronous=synchronous)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
                               lease=delivery_lease)

@@ -24,8 +24,9 @@ from typing import Any
 
 import sqlite_utils
 
-from .errors import PqlError
+from .errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
 from .rules import EventCondition
+from .filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
 from .stages import FIRST_STAGE, STAGES
 
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -210,30 +211,35 @@ _MICROSECOND = timedelta(microseconds=1)
 _INHERITED: list[sqlite_utils.Database] = []
 
 
-class SchemaTooNew(PqlError):
-    """The database was written by a newer pqlsdk than this one."""
+#: ``Client(synchronous=...)``: what a commit waits for (see the README's durability contract).
+SYNCHRONOUS = ("normal", "full")
 
 
-class StoreClosed(PqlError):
-    """The Client (and its connection) was closed."""
-
-
-def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float
-            ) -> sqlite_utils.Database:
+def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float,
+            synchronous: str = "normal") -> sqlite_utils.Database:
     """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk.
 
     For a ``sqlite_utils.Database`` on a file, pqlsdk opens its own connection to that file:
     the delivery thread needs one it may use, and the application's stays its own. An
     in-memory ``Database`` can only be shared, so its connection is used as it is.
+
+    A file that is there must start with SQLite's header and not be truncated
+    (:func:`~pqlsdk.filecheck.check_header`). The connection has ``secure_delete`` on (a
+    deleted row is overwritten, so ``forget()`` leaves no byte of the user in the file) and
+    ``cell_size_check`` on (SQLite checks each b-tree page it reads, so a damaged page is
+    reported rather than miscounted).
     """
+    require_sqlite()
     if isinstance(database, sqlite_utils.Database):
         files = [row[2] for row in database.conn.execute("PRAGMA database_list")
                  if row[1] == "main" and row[2]]
         if files:
-            return connect(files[0], busy_timeout)
+            return connect(files[0], busy_timeout, synchronous)
         db = database
         db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     else:
+        if os.fspath(database) != ":memory:":
+            check_header(os.fspath(database))
         conn = sqlite3.connect(
             os.fspath(database),
             timeout=busy_timeout,
@@ -245,14 +251,27 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
         db.conn.execute("SELECT power(2, 1)")
     except sqlite3.OperationalError:  # SQLite built without its math functions
         db.conn.create_function("power", 2, math.pow, deterministic=True)
+    db.conn.execute("PRAGMA secure_delete = ON")
+    db.conn.execute("PRAGMA cell_size_check = ON")
     if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
         db.conn.execute("PRAGMA journal_mode = WAL")
-    db.conn.execute("PRAGMA synchronous = NORMAL")
+    db.conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     return db
 
 
 def migrate(db: sqlite_utils.Database) -> int:
-    """Apply the migrations this file lacks, each in its own IMMEDIATE transaction."""
+    """Apply the migrations this file lacks, each in its own IMMEDIATE transaction.
+
+    A file that is current is only read (no write lock is taken), so opening it never waits
+    for another process's writes."""
+    version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"the database has schema version {version}, newer than this pqlsdk "
+            f"understands ({len(MIGRATIONS)}); upgrade pqlsdk to open it"
+        )
+    if version == len(MIGRATIONS):
+        return version
     while True:
         with _immediate(db.conn):
             version = db.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -287,16 +306,37 @@ class Store:
         database: str | os.PathLike[str] | sqlite_utils.Database = "pql.db",
         *,
         busy_timeout: float = 30.0,
+        synchronous: str = "normal",
     ) -> None:
         self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
         self.closed = False
-        self.db = connect(database, busy_timeout)
+        #: Set once the file was found damaged: every later write raises it again.
+        self.corrupt: StoreCorrupt | None = None
         #: The database file, or None for an in-memory database.
-        self.path = self._file()
+        self.path: str | None = None
+        if not isinstance(database, sqlite_utils.Database) and database != ":memory:":
+            self.path = os.path.abspath(os.fspath(database))
+        try:
+            self.db = connect(database, busy_timeout, synchronous)
+            self.path = self._file()
+            probe(self.db.conn)
+            migrate(self.db)
+        except sqlite3.Error as exc:
+            if hasattr(self, "db"):
+                self.db.conn.close()
+            raise self.translate(exc) from exc
         self.lock = threading.RLock()
-        migrate(self.db)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
+
+    def translate(self, exc: sqlite3.Error) -> StoreError:
+        """The pqlsdk error for a ``sqlite3`` error on this file (the one place they are
+        mapped; see :func:`pqlsdk.filecheck.translate`). A damaged file stops all writes."""
+        error = translate(exc, self.path, self.busy_timeout)
+        if isinstance(error, StoreCorrupt):
+            self.corrupt = error
+        return error
 
     def _file(self) -> str | None:
         rows = self.db.conn.execute("PRAGMA database_list").fetchall()
@@ -312,7 +352,7 @@ class Store:
         self.lock = threading.RLock()
         if self.path is not None:  # known from before the fork: the old connection is not used
             _INHERITED.append(self.db)
-            self.db = connect(self.path, self.busy_timeout)
+            self.db = connect(self.path, self.busy_timeout, self.synchronous)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
 
@@ -324,6 +364,8 @@ class Store:
         """
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
+        if self.corrupt is not None:
+            raise self.corrupt
         return self._write
 
     @contextmanager
@@ -332,7 +374,35 @@ class Store:
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
         with self.lock:
-            yield self._tx
+            try:
+                yield self._tx
+            except sqlite3.Error as exc:
+                if not _store_error(exc):
+                    raise
+                raise self.translate(exc) from exc
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file and truncate it to zero bytes (after :meth:`forget
+        <pqlsdk.Client.forget>`: older copies of erased rows live in the WAL until then).
+        Raises :class:`~pqlsdk.StoreBusy` if a reader kept it from completing."""
+        if self.path is None:
+            return
+        with self.lock:
+            try:
+                busy, _, _ = self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise self.translate(exc) from exc
+        if busy:
+            raise StoreBusy("another connection kept the WAL from being checkpointed; erased "
+                            "rows may remain in the -wal file until the next checkpoint: "
+                            "retry when it has finished", path=self.path)
+
+    def usage(self, now: int) -> FileUsage | None:
+        """The file's size and growth as of ``now`` (µs), or None in memory."""
+        if self.path is None:
+            return None
+        with self.read():
+            return usage(self.db.conn, self.path, now)
 
     @contextmanager
     def bulk(self) -> Iterator[None]:
@@ -365,32 +435,45 @@ class Store:
 class _Write:
     """The context manager behind :meth:`Store.write` (a class: it is on every track's path)."""
 
-    __slots__ = ("conn", "lock", "tx")
+    __slots__ = ("conn", "lock", "store", "tx")
 
     def __init__(self, store: Store) -> None:
-        self.conn, self.lock, self.tx = store.db.conn, store.lock, store._tx
+        self.conn, self.lock, self.tx, self.store = store.db.conn, store.lock, store._tx, store
 
     def __enter__(self) -> Transaction:
         self.lock.acquire()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
+        except BaseException as exc:
             self.lock.release()
+            if _store_error(exc):
+                raise self.store.translate(exc) from exc  # type: ignore[arg-type]
             raise
         return self.tx
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
-            if exc_type is None:
+            if exc is None:
                 try:
                     self.conn.execute("COMMIT")
-                except BaseException:
-                    self.conn.execute("ROLLBACK")
-                    raise
-            elif self.conn.in_transaction:
+                except BaseException as failed:
+                    exc = failed
+            # A failed COMMIT (disk full, I/O error) may have rolled back already: only roll
+            # back what is still open, so the real error is the one raised.
+            if exc is not None and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
         finally:
             self.lock.release()
+        if exc is not None and _store_error(exc):
+            raise self.store.translate(exc) from exc  # type: ignore[arg-type]
+        if exc_type is None and exc is not None:
+            raise exc
+
+
+def _store_error(exc: BaseException) -> bool:
+    """A ``sqlite3`` error about the file (not a programming error or a constraint)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError)
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
