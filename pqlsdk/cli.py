@@ -19,8 +19,9 @@ import click
 
 from . import __version__, html_report
 from .client import Client
+from .filecheck import diagnose
 from .errors import PqlError, UnknownSubject, ValidationError
-from .importer import ImportStopped, import_jsonl
+from .importer import ImportStopped, import_jsonl, open_source
 from .reports import format_funnel, format_rule_report
 from .rules import RuleSet, load_rules
 from .timestamps import coerce
@@ -47,8 +48,19 @@ def _guard(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-db_option = click.option("--db", default="pql.db", show_default=True, envvar="PQLSDK_DB",
-                         help="The SQLite file (env PQLSDK_DB).")
+_db = click.option("--db", "--database", "db", default="pql.db", show_default=True,
+                  envvar="PQLSDK_DB", help="The SQLite file (env PQLSDK_DB).")
+_busy = click.option("--busy-timeout", type=click.FloatRange(min=0), default=30.0,
+                     show_default=True, envvar="PQLSDK_BUSY_TIMEOUT",
+                     help="Seconds to wait for another process's write lock before giving "
+                          "up (env PQLSDK_BUSY_TIMEOUT).")
+
+
+def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--db`` and ``--busy-timeout``: every command that opens the database takes both."""
+    return _db(_busy(command))
+
+
 rules_option = click.option("--rules", type=click.Path(dir_okay=False), envvar="PQLSDK_RULES",
                             help="The rules TOML file (env PQLSDK_RULES).")
 json_option = click.option("--json", "as_json", is_flag=True,
@@ -63,6 +75,11 @@ def _open(db: str, rules: str | None, *, must_exist: bool = True, **options: Any
     if must_exist and db != ":memory:" and not os.path.exists(db):
         raise BadInput(f"no database at {db} (pass --db, or import some history first)")
     return Client(db, rules=rules, **options)
+
+
+def _must_exist(db: str) -> None:
+    if db != ":memory:" and not os.path.exists(db):
+        raise BadInput(f"no database at {db} (pass --db, or import some history first)")
 
 
 def _print_json(data: Any) -> None:
@@ -80,6 +97,7 @@ def main() -> None:
         pqlsdk import events.jsonl --db pql.db --rules pql_rules.toml
         pqlsdk status ada --db pql.db --rules pql_rules.toml
         pqlsdk funnel --db pql.db --by lead_source
+        pqlsdk doctor --db pql.db
     """
 
 
@@ -131,19 +149,22 @@ def _rule_summary(ruleset: RuleSet, rule: Any) -> dict[str, Any]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 @_guard
-def import_(file: str, db: str, rules: str | None, strict: bool, deliver: bool,
+def import_(file: str, db: str, busy_timeout: float, rules: str | None, strict: bool,
+            deliver: bool,
             segment_write_key: str | None, segment_host: str | None, quiet: bool,
             as_json: bool) -> None:
-    """Import Segment-spec track, identify and group messages from JSONL.
+    """Import Segment-spec track, identify and group messages from JSONL, plain or gzipped.
 
     Messages may come in any order: they are replayed in timestamp order, so the
     qualifications and stages are those live traffic would have produced. Re-importing
     adds nothing (by messageId); an interrupted import resumes when run again. Bad lines
-    are reported with their numbers and the rest is imported (exit code 2 at the end).
+    are reported with their numbers and the rest is imported (exit code 2 at the end),
+    whatever they hold. A gzipped file (Segment's archives) is read as it is.
 
     \b
     Example:
         pqlsdk import export.jsonl --db pql.db --rules pql_rules.toml
+        pqlsdk import 2026-11-01.json.gz --db pql.db --rules pql_rules.toml
         zcat export.jsonl.gz | pqlsdk import - --db pql.db --rules pql_rules.toml
     """
     segment = None
@@ -154,15 +175,17 @@ def import_(file: str, db: str, rules: str | None, strict: bool, deliver: bool,
 
         segment = SegmentClient(write_key=segment_write_key, host=segment_host,
                                 sync_mode=True)
-    client = _open(db, rules, must_exist=False, segment=segment, sync_mode=True)
-    try:
-        show = not quiet and sys.stderr.isatty()
-        result = import_jsonl(client, file, strict=strict, deliver=deliver,
-                              progress=_progress if show else None)
-        if deliver:
-            client.flush(timeout=60)
-    finally:
-        client.close()
+    with open_source(file) as source:  # a missing file: exit 2 before any database is made
+        client = _open(db, rules, must_exist=False, segment=segment, sync_mode=True,
+                       busy_timeout=busy_timeout)
+        try:
+            show = not quiet and sys.stderr.isatty()
+            result = import_jsonl(client, source, strict=strict, deliver=deliver,
+                                  progress=_progress if show else None)
+            if deliver:
+                client.flush(timeout=60)
+        finally:
+            client.close()
     if as_json:
         _print_json(result.to_dict())
     else:
@@ -199,7 +222,8 @@ def _progress(batches: Iterable[Any], total: int) -> Iterable[Any]:
 @rules_option
 @json_option
 @_guard
-def status(user: str | None, account: str | None, db: str, rules: str | None,
+def status(user: str | None, account: str | None, db: str, busy_timeout: float,
+           rules: str | None,
            as_json: bool) -> None:
     """A user's (or an account's) stage, score, qualifications and progress per rule.
 
@@ -210,7 +234,7 @@ def status(user: str | None, account: str | None, db: str, rules: str | None,
     """
     if (user is None) == (account is None):
         raise BadInput("give a USER or --account ACCOUNT")
-    with _open(db, rules) as client:
+    with _open(db, rules, busy_timeout=busy_timeout) as client:
         subject = {"user_id": user} if user else {"account_id": account}
         state = client.status(**subject)
         score = client.score(**subject) if client.rules.scoring is not None else None
@@ -237,14 +261,15 @@ def status(user: str | None, account: str | None, db: str, rules: str | None,
 @click.option("--rule", help="Only this rule's.")
 @json_option
 @_guard
-def qualifications(db: str, since: str | None, rule: str | None, as_json: bool) -> None:
+def qualifications(db: str, busy_timeout: float, since: str | None, rule: str | None,
+                   as_json: bool) -> None:
     """List recorded qualifications, oldest first.
 
     \b
     Example:
         pqlsdk qualifications --db pql.db --since 2026-11-01 --rule team_activation
     """
-    with _open(db, None) as client:
+    with _open(db, None, busy_timeout=busy_timeout) as client:
         found = client.qualifications(since=_when(since, "since"), rule=rule)
     if as_json:
         _print_json([q.to_dict() for q in found])
@@ -264,7 +289,8 @@ def qualifications(db: str, since: str | None, rule: str | None, as_json: bool) 
               show_default=True)
 @json_option
 @_guard
-def funnel(db: str, since: str | None, until: str | None, by: str | None, subject: str,
+def funnel(db: str, busy_timeout: float, since: str | None, until: str | None,
+           by: str | None, subject: str,
            as_json: bool) -> None:
     """Stage-to-stage conversion: entered, moved on, conversion rate, median time in stage.
 
@@ -272,7 +298,7 @@ def funnel(db: str, since: str | None, until: str | None, by: str | None, subjec
     Example:
         pqlsdk funnel --db pql.db --by lead_source --since 2026-10-01
     """
-    with _open(db, None) as client:
+    with _open(db, None, busy_timeout=busy_timeout) as client:
         result = client.funnel(since=_when(since, "since"), until=_when(until, "until"),
                                by=by, subject=subject)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_funnel(result))
@@ -284,7 +310,8 @@ def funnel(db: str, since: str | None, until: str | None, by: str | None, subjec
 @click.option("--since", help="Only qualifications at or after this ISO-8601 time.")
 @json_option
 @_guard
-def rules_report(db: str, rules: str | None, since: str | None, as_json: bool) -> None:
+def rules_report(db: str, busy_timeout: float, rules: str | None, since: str | None,
+                 as_json: bool) -> None:
     """Per rule: leads qualified, how many reached sql/opportunity/customer, how many sales
     rejected, and why.
 
@@ -292,7 +319,7 @@ def rules_report(db: str, rules: str | None, since: str | None, as_json: bool) -
     Example:
         pqlsdk rules-report --db pql.db --rules pql_rules.toml
     """
-    with _open(db, rules) as client:
+    with _open(db, rules, busy_timeout=busy_timeout) as client:
         outcomes = client.rule_report(since=_when(since, "since"))
     if as_json:
         _print_json([o.to_dict() for o in outcomes])
@@ -308,7 +335,8 @@ def rules_report(db: str, rules: str | None, since: str | None, as_json: bool) -
 @click.option("--subject", type=click.Choice(["user", "account"]), default="user",
               show_default=True)
 @_guard
-def report(db: str, rules: str | None, html_path: str, subject: str) -> None:
+def report(db: str, busy_timeout: float, rules: str | None, html_path: str,
+           subject: str) -> None:
     """Write one self-contained HTML page: the funnel chart, conversions, rule outcomes and
     the distribution of scores.
 
@@ -316,7 +344,7 @@ def report(db: str, rules: str | None, html_path: str, subject: str) -> None:
     Example:
         pqlsdk report --db pql.db --rules pql_rules.toml --html report.html
     """
-    with _open(db, rules) as client:
+    with _open(db, rules, busy_timeout=busy_timeout) as client:
         page = html_report.render(
             client.funnel(subject=subject),
             client.rule_report(),
@@ -326,3 +354,64 @@ def report(db: str, rules: str | None, html_path: str, subject: str) -> None:
     with open(html_path, "w", encoding="utf-8") as handle:
         handle.write(page)
     click.echo(f"wrote {html_path}")
+
+
+@main.command()
+@click.argument("user")
+@db_option
+@_guard
+def forget(user: str, db: str, busy_timeout: float) -> None:
+    """Erase a user for a privacy request: events, traits, qualifications, history, pending
+    deliveries, staged imports; no byte of the user is left in the file or its WAL, and no
+    later import brings the user back.
+
+    \b
+    Example:
+        pqlsdk export ada --db pql.db > ada.json    # what the user may ask to see
+        pqlsdk forget ada --db pql.db
+    """
+    with _open(db, None, busy_timeout=busy_timeout) as client:
+        client.forget(user)
+    click.echo(f"forgot {user}")
+
+
+@main.command()
+@click.argument("user")
+@db_option
+@_guard
+def export(user: str, db: str, busy_timeout: float) -> None:
+    """Print, as JSON, everything pqlsdk keeps about a user (an access request): traits,
+    events, stages, qualifications, staged imports and pending deliveries.
+
+    \b
+    Example:
+        pqlsdk export ada --db pql.db > ada.json
+    """
+    with _open(db, None, busy_timeout=busy_timeout) as client:
+        _print_json(client.export(user))
+
+
+@main.command()
+@db_option
+@json_option
+@_guard
+def doctor(db: str, busy_timeout: float, as_json: bool) -> None:
+    """Check the whole file (SQLite's full integrity check, which reads every page) and
+    report its size and growth.
+
+    Exit code 0 when the file is sound, 1 when it is damaged (with what SQLite found and
+    how to recover), 2 when there is no file. Read-only: safe on a file in use.
+
+    \b
+    Example:
+        pqlsdk doctor --db pql.db
+        sqlite3 pql.db ".recover" | sqlite3 recovered.db && pqlsdk doctor --db recovered.db
+    """
+    _must_exist(db)
+    report = diagnose(db, busy_timeout)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        click.echo(report.text())
+    if report.problems:
+        sys.exit(1)

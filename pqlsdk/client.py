@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
-from . import reports
+from . import privacy, reports
 from .errors import UnknownSubject, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status, json_default
@@ -450,12 +450,27 @@ class Client:
 
     def forget(self, user_id: str) -> None:
         """Erase a user for a privacy request, in one transaction: its events, traits,
-        qualifications, history and pending deliveries. Account counts no longer include
-        its events; an account's qualification that this user completed keeps no trace of
-        who (its ``user_id`` becomes ``"(forgotten)"``)."""
-        user_id = _require_id("user_id", user_id)
-        with self.store.write() as tx:
-            tx.forget_user(user_id)
+        qualifications, history, pending deliveries, staged imports and import bookkeeping.
+        Account counts no longer include its events; an account's qualification that this
+        user completed keeps no trace of who (its ``user_id`` becomes ``"(forgotten)"``).
+
+        No byte of the user is left in the file, its WAL or its free pages: deleted rows
+        are overwritten (``secure_delete``) and the WAL is checkpointed and truncated. Its
+        message ids are remembered only as keyed hashes, so re-importing the same file (or
+        resuming a stopped import) does not bring the user back. Raises
+        :class:`~pqlsdk.StoreBusy` if another connection kept the WAL from being truncated
+        (the rows are erased; retry to clear the WAL).
+        """
+        privacy.forget(self.store, _require_id("user_id", user_id))
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything pqlsdk keeps about a user, JSON-ready, for an access request: traits,
+        events, stages (history), qualifications, staged imports and pending deliveries.
+
+        >>> client.export("ada")["traits"]
+        {'plan': 'trial'}
+        """
+        return privacy.export(self.store, _require_id("user_id", user_id))
 
     # -- reports --------------------------------------------------------------------------
 

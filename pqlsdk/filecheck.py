@@ -175,3 +175,59 @@ def usage(conn: sqlite3.Connection, path: str, now: int) -> FileUsage:
     per_event = (size - free) / events if events else 0.0
     return FileUsage(path, size, wal_bytes, free, events, oldest, week,
                      round(per_event * week / 7, 1))
+
+
+@attrs.frozen
+class Diagnosis:
+    """What ``pqlsdk doctor`` found: ``problems`` (empty when the file is sound), the
+    schema version, and the file's :class:`FileUsage` (None when it could not be read)."""
+
+    path: str
+    problems: tuple[str, ...]
+    schema_version: int | None
+    usage: FileUsage | None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {"path": self.path, "ok": not self.problems, "problems": list(self.problems),
+                "schema_version": self.schema_version,
+                "usage": None if self.usage is None else self.usage.to_dict()}
+
+    def text(self) -> str:
+        """For people."""
+        lines = [f"{self.path}: " + ("ok" if not self.problems else "DAMAGED")]
+        lines += [f"  {problem}" for problem in self.problems]
+        if self.problems:
+            lines.append("  " + RECOVER.format(path=self.path))
+        if self.schema_version is not None:
+            lines.append(f"schema version: {self.schema_version}")
+        if self.usage is not None:
+            u = self.usage
+            lines.append(f"size: {u.bytes:,} bytes (WAL {u.wal_bytes:,}, free pages "
+                         f"{u.free_bytes:,})")
+            lines.append(f"events: {u.events:,}; last 7 days: {u.events_last_week:,}; "
+                         f"growth: about {u.growth_per_day:,.0f} bytes a day")
+        return "\n".join(lines)
+
+
+def diagnose(path: str, busy_timeout: float = 30.0) -> Diagnosis:
+    """The full check of the file at ``path``, read-only (``pqlsdk doctor``)."""
+    from .timestamps import now, to_micros
+
+    try:
+        check_header(path)
+    except StoreCorrupt as exc:
+        return Diagnosis(path, (str(exc),), None, None)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout)
+    try:
+        problems = tuple(integrity_check(conn))
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        found = None if problems else usage(conn, path, to_micros(now()))
+    except sqlite3.DatabaseError as exc:
+        error = translate(exc, path, busy_timeout)
+        if not isinstance(error, StoreCorrupt):
+            raise error from exc
+        return Diagnosis(path, (str(exc),), None, None)
+    finally:
+        conn.close()
+    return Diagnosis(path, problems, version, found)

@@ -12,6 +12,8 @@ read-then-write. Times are stored as integer microseconds since the Unix epoch (
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -200,8 +202,23 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE import_done (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
 
 
+def _forgotten_message_ids(db: sqlite_utils.Database) -> None:
+    """Forget means forgotten: a random key of this database, the keyed hashes of the
+    message ids of forgotten users (so that no import brings them back, and no id is kept
+    in the clear), and whose each remembered import id was (so forget can find them)."""
+    db.execute("CREATE TABLE pqlsdk_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID")
+    db.execute("INSERT INTO pqlsdk_meta (key, value) VALUES ('forget_key', randomblob(32))")
+    db.execute("CREATE TABLE forgotten (hash BLOB PRIMARY KEY) WITHOUT ROWID")
+    db.execute("ALTER TABLE import_done ADD COLUMN user_id TEXT")
+    db.execute("CREATE INDEX import_done_user ON import_done(user_id) "
+               "WHERE user_id IS NOT NULL")
+    db.execute("CREATE INDEX import_staging_user ON import_staging(user_id)")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2, _v3, _v4, _forgotten_message_ids,
+]
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -506,6 +523,16 @@ class Transaction:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._forget_key: bytes | None = None
+
+    def forgotten_hash(self, message_id: str) -> bytes:
+        """The keyed hash by which a forgotten message id is remembered (HMAC-SHA-256 with
+        this database's random key, 16 bytes): the id itself is not kept."""
+        if self._forget_key is None:
+            self._forget_key = self.conn.execute(
+                "SELECT value FROM pqlsdk_meta WHERE key = 'forget_key'").fetchone()[0]
+        return hmac.new(self._forget_key, message_id.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()[:16]
 
     # -- events, users, accounts ----------------------------------------------------------
 
@@ -633,9 +660,19 @@ class Transaction:
         ).fetchone()
         return row[0] if row else None
 
-    def forget_user(self, user_id: str) -> None:
-        """Erase every row about a user (see ``Client.forget``)."""
+    def forget_user(self, user_id: str) -> int:
+        """Erase every row about a user (see ``Client.forget``), staged imports and import
+        bookkeeping included, and remember the keyed hashes of its message ids so that no
+        import brings them back; return how many message ids were remembered."""
+        ids = [row[0] for row in self.conn.execute(
+            "SELECT message_id FROM events WHERE user_id = ?1 AND message_id IS NOT NULL "
+            "UNION SELECT message_id FROM import_staging WHERE user_id = ?1 "
+            "UNION SELECT message_id FROM import_done WHERE user_id = ?1", (user_id,))]
+        self.conn.executemany("INSERT OR IGNORE INTO forgotten (hash) VALUES (?)",
+                              [(self.forgotten_hash(m),) for m in ids])
         for sql in (
+            "DELETE FROM import_staging WHERE user_id = ?",
+            "DELETE FROM import_done WHERE user_id = ?",
             "DELETE FROM events WHERE user_id = ?",
             "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ?",
             "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
@@ -644,6 +681,7 @@ class Transaction:
             "DELETE FROM users WHERE user_id = ?",
         ):
             self.conn.execute(sql, (user_id,))
+        return len(ids)
 
     # -- qualifications -------------------------------------------------------------------
 
@@ -805,8 +843,14 @@ class Transaction:
 
     def stage_messages(self, rows: list[tuple[Any, ...]]) -> int:
         """Stage validated messages ``(message id, ts, line number, kind, user id, account
-        id, event, data JSON)`` for replay, unless already staged or imported; return how
-        many were new."""
+        id, event, data JSON)`` for replay, unless already staged or imported or of a
+        forgotten user; return how many were new."""
+        if rows and self.conn.execute("SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
+            hashes = {self.forgotten_hash(row[0]): row for row in rows}
+            marks = ",".join("?" * len(hashes))
+            gone = {h for (h,) in self.conn.execute(
+                f"SELECT hash FROM forgotten WHERE hash IN ({marks})", list(hashes))}
+            rows = [row for h, row in hashes.items() if h not in gone]
         before = self.conn.total_changes
         self.conn.executemany(
             "INSERT OR IGNORE INTO import_staging (message_id, ts, line_no, kind, user_id, "
@@ -822,20 +866,22 @@ class Transaction:
         return self.conn.execute("SELECT count(*) FROM import_staging").fetchone()[0]
 
     def staged_batch(self, limit: int) -> list[tuple[Any, ...]]:
-        """The next staged messages to replay, in time order (columns as staged)."""
+        """The next staged messages to replay, in time order (columns as staged, the line
+        number last)."""
         return self.conn.execute(
-            "SELECT message_id, ts, kind, user_id, account_id, event, data "
+            "SELECT message_id, ts, kind, user_id, account_id, event, data, line_no "
             "FROM import_staging ORDER BY ts, line_no LIMIT ?",
             (limit,),
         ).fetchall()
 
-    def finish_staged(self, message_ids: list[str], remember: list[str]) -> None:
-        """Replayed: unstage ``message_ids``; remember the ids of ``remember`` (identify and
-        group: a track is remembered by its event's message id)."""
+    def finish_staged(self, message_ids: list[str], remember: list[tuple[str, str]]) -> None:
+        """Replayed: unstage ``message_ids``; remember the ``(message id, user id)`` of
+        ``remember`` (identify and group: a track is remembered by its event's message
+        id)."""
         self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
                               [(m,) for m in message_ids])
-        self.conn.executemany("INSERT OR IGNORE INTO import_done (message_id) VALUES (?)",
-                              [(m,) for m in remember])
+        self.conn.executemany("INSERT OR IGNORE INTO import_done (message_id, user_id) "
+                              "VALUES (?, ?)", remember)
 
     # -- reports --------------------------------------------------------------------------
 
