@@ -19,8 +19,8 @@ import click
 
 from . import __version__, html_report
 from .client import Client
-from .filecheck import diagnose
 from .errors import PqlError, UnknownSubject, ValidationError
+from .filecheck import diagnose
 from .importer import ImportStopped, import_jsonl, open_source
 from .reports import format_funnel, format_rule_report
 from .rules import RuleSet, load_rules

@@ -80,7 +80,7 @@ class Source:
     line by line. Made by :func:`open_source`; a context manager that closes what it
     opened."""
 
-    def __init__(self, name: str, handle: IO[bytes] | IO[str], owned: bool) -> None:
+    def __init__(self, name: str, handle: Any, owned: bool) -> None:
         self.name, self.handle, self.owned = name, handle, owned
         #: ``(line number, reason)`` when the stream itself broke (a damaged gzip).
         self.broken: tuple[int, str] | None = None
@@ -89,7 +89,7 @@ class Source:
         """``(line number, raw line)`` of every non-blank line; a damaged or truncated gzip
         stream ends the lines and is recorded in :attr:`broken`."""
         number = 0
-        iterator = iter(self.handle)
+        iterator: Iterator[bytes | str] = iter(self.handle)
         while True:
             try:
                 line = next(iterator)
@@ -126,10 +126,10 @@ def open_source(source: str | os.PathLike[str] | IO[bytes] | IO[str] | Source) -
     if isinstance(source, Source):
         return source
     if isinstance(source, io.TextIOBase) and not hasattr(source, "buffer"):
-        return Source(getattr(source, "name", "<text>"), source, owned=False)  # StringIO
+        return Source(str(getattr(source, "name", "<text>")), source, owned=False)  # StringIO
     owned = False
     if source == "-":
-        raw: IO[bytes] = sys.stdin.buffer
+        raw: Any = sys.stdin.buffer
         name = "<stdin>"
     elif isinstance(source, str | os.PathLike):
         name = os.fspath(source)
@@ -145,9 +145,9 @@ def open_source(source: str | os.PathLike[str] | IO[bytes] | IO[str] | Source) -
     else:
         raw = getattr(source, "buffer", source)  # a text file: read its bytes
         name = getattr(source, "name", "<file>")
-    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
     try:
-        head = buffered.peek(2)[:2]  # type: ignore[attr-defined]
+        head = buffered.peek(2)[:2]
     except OSError as exc:
         if owned:
             raw.close()

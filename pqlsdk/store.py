@@ -27,8 +27,8 @@ from typing import Any
 import sqlite_utils
 
 from .errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
-from .rules import EventCondition
 from .filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
+from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
 
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -664,6 +664,7 @@ class Transaction:
         """Erase every row about a user (see ``Client.forget``), staged imports and import
         bookkeeping included, and remember the keyed hashes of its message ids so that no
         import brings them back; return how many message ids were remembered."""
+        self.conn.execute("PRAGMA secure_delete = ON")  # whatever changed it since
         ids = [row[0] for row in self.conn.execute(
             "SELECT message_id FROM events WHERE user_id = ?1 AND message_id IS NOT NULL "
             "UNION SELECT message_id FROM import_staging WHERE user_id = ?1 "

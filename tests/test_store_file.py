@@ -196,7 +196,7 @@ def test_an_old_sqlite_is_refused_before_any_file_is_made(tmp_path, monkeypatch)
     with pytest.raises(pqlsdk.StoreError, match=r"needs SQLite 99\.0\.0 or newer"):
         pqlsdk.Client(str(path), rules=RULES)
     assert not path.exists()
-    with pytest.raises(pqlsdk.StoreError, match="UPDATE|3.35"):
+    with pytest.raises(pqlsdk.StoreError, match=r"needs SQLite 3\.35\.0"):
         monkeypatch.undo()
         filecheck.require_sqlite((3, 34, 1))
 
