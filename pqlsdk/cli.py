@@ -24,7 +24,7 @@ from .filecheck import diagnose
 from .importer import ImportStopped, import_jsonl, open_source
 from .reports import format_funnel, format_rule_report
 from .rules import RuleSet, load_rules
-from .timestamps import coerce
+from .timestamps import coerce, to_micros
 
 
 class BadInput(click.ClickException):
@@ -415,3 +415,43 @@ def doctor(db: str, busy_timeout: float, as_json: bool) -> None:
         click.echo(report.text())
     if report.problems:
         sys.exit(1)
+
+
+@main.command()
+@db_option
+@rules_option
+@click.option("--retention", required=True,
+              help="Keep events this recent, e.g. 400d (units s, m, h, d, w).")
+@click.option("--as-of", help="Prune as of this ISO-8601 time instead of now.")
+@json_option
+@_guard
+def prune(db: str, busy_timeout: float, rules: str | None, retention: str,
+          as_of: str | None, as_json: bool) -> None:
+    """Fold events older than the retention into per-subject rollups and remove them, so
+    that the file stops growing; counts, distinct values, sums and scores without a window
+    stay exact. With --rules, rollups keep only the properties the rules read (smaller);
+    without, they keep every property.
+
+    \b
+    Example:
+        pqlsdk prune --db pql.db --rules pql_rules.toml --retention 400d
+    Exit code 2 if a rule's window is longer than the retention.
+    """
+    with _open(db, rules, busy_timeout=busy_timeout, retention=retention,
+               sync_mode=True) as client:
+        before = client.store.usage(_now())
+        removed = client.prune(as_of=_when(as_of, "as_of"))
+        after = client.store.usage(_now())
+    if as_json:
+        _print_json({"removed": removed,
+                     "bytes": None if after is None else after.bytes,
+                     "free_bytes": None if after is None else after.free_bytes})
+        return
+    click.echo(f"removed {removed:,} event(s) older than {retention}")
+    if before is not None and after is not None:
+        click.echo(f"file: {after.bytes:,} bytes, of which {after.free_bytes:,} free "
+                   f"(reused before the file grows; was {before.free_bytes:,})")
+
+
+def _now() -> int:
+    return to_micros(datetime.now(timezone.utc))

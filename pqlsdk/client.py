@@ -11,7 +11,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlite_utils
@@ -23,6 +23,7 @@ from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
+from .retention import Pruner, Retention, check_windows, parse_retention, projection
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import event_message, reset_http_session
@@ -107,6 +108,11 @@ class Client:
     :param synchronous: ``"normal"`` (the default: a process crash loses nothing acknowledged,
         a power loss may lose the last transactions) or ``"full"`` (a power loss loses
         nothing acknowledged either; each write waits for the disk). See the README.
+    :param retention: how long events are kept, e.g. ``"400d"`` (``None``, the default,
+        keeps every event). Older events are folded into per-subject rollups and removed
+        in the background (not in ``sync_mode``) and by :meth:`prune`; counts, distinct
+        values, sums and scores without a window stay exact. A rule whose window is longer
+        is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
     """
 
@@ -127,8 +133,15 @@ class Client:
         busy_timeout: float = 30.0,
         scoring: dict[str, Any] | None = None,
         synchronous: str = "normal",
+        retention: str | timedelta | None = None,
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring)
+        keep = parse_retention(retention)
+        self._retention: Retention | None = None
+        if keep is not None:
+            check_windows(self.rules, keep)
+            # with no rules given (a CLI prune), rollups keep every property
+            self._retention = Retention(keep, None if rules is None else projection(self.rules))
         if synchronous not in SYNCHRONOUS:
             raise ValidationError(
                 f"synchronous must be one of {', '.join(SYNCHRONOUS)} (got {synchronous!r})")
@@ -165,6 +178,10 @@ class Client:
         self._worker = Worker(self._outbox, poll_interval)
         self._closing = threading.Event()
         self._closed = False
+        self._pruner: Pruner | None = None
+        if self._retention is not None and not sync_mode:
+            self._pruner = Pruner(self._retention, self.store, _now_micros)
+            self._pruner.start()
         _forget_after_fork(self)
         if not sync_mode and self._outbox.waiting()[0]:
             self._worker.wake()  # deliver what an earlier run left pending
@@ -463,6 +480,15 @@ class Client:
         """
         privacy.forget(self.store, _require_id("user_id", user_id))
 
+    def prune(self, *, as_of: datetime | str | None = None) -> int:
+        """Fold and remove every event older than the retention as of ``as_of`` (default
+        now); return how many were removed (0 without ``retention=``). The background
+        pruner does the same a small batch at a time."""
+        until = _micros(as_of, "as_of")
+        if self._retention is None:
+            return 0
+        return self._retention.prune(self.store, until)
+
     def export(self, user_id: str) -> dict[str, Any]:
         """Everything pqlsdk keeps about a user, JSON-ready, for an access request: traits,
         events, stages (history), qualifications, staged imports and pending deliveries.
@@ -662,6 +688,8 @@ class Client:
         deadline = time.monotonic() + timeout
         delivered = self.flush(timeout)
         self._closing.set()
+        if self._pruner is not None:
+            self._pruner.stop(max(0.0, deadline - time.monotonic()))
         self._worker.stop(max(0.0, deadline - time.monotonic()))
         self.store.close()
         self._closed = True
@@ -677,6 +705,10 @@ class Client:
 def _micros(value: datetime | str | None, name: str) -> int:
     """A moment argument as microseconds; None means now."""
     return to_micros(now() if value is None else coerce(value, name))
+
+
+def _now_micros() -> int:
+    return to_micros(now())
 
 
 def _bound(value: datetime | str | None, name: str) -> int | None:
@@ -704,6 +736,9 @@ def _forget_after_fork(client: Client) -> None:
         child.store.reopen_after_fork()
         child._worker = Worker(child._outbox, child._worker.poll_interval)
         child._closing = threading.Event()
+        if child._pruner is not None:
+            child._pruner = Pruner(child._pruner.retention, child.store, _now_micros)
+            child._pruner.start()
         if child.segment is not None:
             reset_http_session()
 

@@ -31,7 +31,8 @@ def _iso(value: int | None) -> str | None:
 
 def export(store: Store, user_id: str) -> dict[str, Any]:
     """Everything pqlsdk keeps about ``user_id``, JSON-ready: ``user_id``, ``account_id``,
-    ``first_seen``, ``stage``, ``traits``, ``events`` (oldest first), ``stages`` (its
+    ``first_seen``, ``stage``, ``traits``, ``events`` (oldest first), ``pruned_events``
+    (what retention folded: per event and kept properties, a count), ``stages`` (its
     history), ``qualifications`` (its own, and the account ones its events completed),
     ``staged`` (messages of an unfinished import) and ``pending_deliveries``. Raises
     :class:`~pqlsdk.UnknownSubject` for a user pqlsdk does not know."""
@@ -64,6 +65,12 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
             {"destination": row["destination"], "kind": row["kind"],
              "status": row["status"], "payload": json.loads(row["payload"])}
             for row in db["outbox"].rows_where("user_id = ?", [user_id], order_by="id")]
+        pruned = [
+            {"event": row["event"], "account_id": row["account_id"],
+             "properties": json.loads(row["properties"]), "count": row["n"],
+             "first": _iso(row["first_ts"]), "last": _iso(row["last_ts"])}
+            for row in db["event_rollups"].rows_where("user_id = ?", [user_id],
+                                                       order_by="event, first_ts")]
     user = users[0] if users else None
     return {
         "user_id": user_id,
@@ -72,6 +79,7 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
         "stage": user["stage"] if user else None,
         "traits": json.loads(user["traits"]) if user else {},
         "events": events,
+        "pruned_events": pruned,
         "stages": stages,
         "qualifications": qualifications,
         "staged": [{"kind": row["kind"], "timestamp": _iso(row["ts"]),

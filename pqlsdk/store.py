@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -215,9 +216,23 @@ def _forgotten_message_ids(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX import_staging_user ON import_staging(user_id)")
 
 
+def _event_rollups(db: sqlite_utils.Database) -> None:
+    """Retention: events older than it are folded into per-subject rollups (how many
+    events of a name with the same kept properties, and their first and last time), so that
+    counts, distinct values and sums without a window stay exact after a prune."""
+    db.execute(
+        "CREATE TABLE event_rollups (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
+        "account_id TEXT, event TEXT NOT NULL, properties TEXT NOT NULL, "
+        "n INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX event_rollups_user ON event_rollups(user_id, event)")
+    db.execute("CREATE INDEX event_rollups_account ON event_rollups(account_id, event) "
+               "WHERE account_id IS NOT NULL")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _forgotten_message_ids,
+    _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups,
 ]
 
 
@@ -675,6 +690,7 @@ class Transaction:
             "DELETE FROM import_staging WHERE user_id = ?",
             "DELETE FROM import_done WHERE user_id = ?",
             "DELETE FROM events WHERE user_id = ?",
+            "DELETE FROM event_rollups WHERE user_id = ?",
             "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ?",
             "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
             "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
@@ -818,7 +834,16 @@ class Transaction:
             sql += " AND ts >= ?"
             args.append(since)
         args.append(-1 if limit is None else limit)
-        return iter(self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall())
+        live = self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall()
+        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        pruned = self.conn.execute(f"SELECT last_ts, properties, n {rolled} "
+                                   "ORDER BY last_ts DESC", rolled_args).fetchall()
+        if not pruned:
+            return iter(live)
+        # a pruned event stands at its rollup's last time (see README: retention)
+        rows = itertools.chain(live, ((ts, text) for ts, text, n in pruned
+                                      for _ in range(n)))
+        return itertools.islice(rows, limit) if limit is not None else rows
 
     def weighted_counts(self, subject_type: str, subject_id: str, until: int,
                         lines: list[tuple[str, int | None, int | None, int | None]]
@@ -835,10 +860,52 @@ class Transaction:
             if since is not None:
                 inner += " AND ts >= ?"
                 inner_args.append(since)
-            parts.append(f"(SELECT total({weight}) FROM ({inner} ORDER BY ts DESC LIMIT ?))")
+            rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+            rolled_weight = ("n" if half_life is None
+                             else "n * power(0.5, (? - last_ts) * 1.0 / ?)")
+            parts.append(f"((SELECT total({weight}) FROM ({inner} ORDER BY ts DESC LIMIT ?)) "
+                         f"+ (SELECT total({rolled_weight}) {rolled}))")
             args += ([] if half_life is None else [until, half_life]) + inner_args
             args.append(-1 if limit is None else limit)
+            args += ([] if half_life is None else [until, half_life]) + rolled_args
         return list(self.conn.execute("SELECT " + ", ".join(parts), args).fetchone())
+
+    # -- retention ------------------------------------------------------------------------
+
+    def events_to_prune(self, after_id: int, chunk: int, cutoff: int
+                        ) -> tuple[int | None, list[tuple[Any, ...]]]:
+        """Scan the next ``chunk`` events by id after ``after_id``: ``(the last id scanned,
+        or None at the end; those older than cutoff as (id, user id, account id, event, ts,
+        properties JSON))``. A sweep by id reads a bounded slice per call, with no index on
+        time (which every track() would pay for)."""
+        last = self.conn.execute(
+            "SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+            (after_id, chunk)).fetchone()[0]
+        if last is None:
+            return None, []
+        rows = self.conn.execute(
+            "SELECT id, user_id, account_id, event, ts, properties FROM events "
+            "WHERE id > ? AND id <= ? AND ts < ? ORDER BY id", (after_id, last, cutoff)
+        ).fetchall()
+        return last, rows
+
+    def rollups_of(self, user_id: str, event: str) -> list[tuple[Any, ...]]:
+        """``(id, account id, properties JSON, n, first ts, last ts)`` of the user's rollups
+        of ``event``."""
+        return self.conn.execute(
+            "SELECT id, account_id, properties, n, first_ts, last_ts FROM event_rollups "
+            "WHERE user_id = ? AND event = ?", (user_id, event)).fetchall()
+
+    def fold_events(self, event_ids: list[int], updates: list[tuple[int, int, int, int]],
+                    inserts: list[tuple[Any, ...]]) -> None:
+        """Delete the pruned events; ``updates``: ``(n, first ts, last ts, rollup id)``;
+        ``inserts``: ``(user id, account id, event, properties, n, first ts, last ts)``."""
+        self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
+                              "WHERE id = ?", updates)
+        self.conn.executemany(
+            "INSERT INTO event_rollups (user_id, account_id, event, properties, n, first_ts, "
+            "last_ts) VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
+        self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in event_ids])
 
     # -- import ---------------------------------------------------------------------------
 
@@ -968,25 +1035,42 @@ class Transaction:
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
+        rolled, rolled_args = _rollups_where(column, subject_id, condition.event, until, since)
         if matches is None and condition.distinct is None and condition.sum is None:
             args.append(-1 if limit is None else limit)
-            return self.conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)", args
+            count = self.conn.execute(
+                f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
+                f"(SELECT coalesce(sum(n), 0) {rolled})", args + rolled_args
             ).fetchone()[0]
-        return _fold(self.conn.execute(f"SELECT properties {sql}", args), condition, limit,
-                     matches)
+            return count if limit is None else min(count, limit)
+        live = ((text, 1) for (text,) in self.conn.execute(f"SELECT properties {sql}", args))
+        pruned = self.conn.execute(f"SELECT properties, n {rolled}", rolled_args)
+        return _fold(itertools.chain(live, pruned), condition, limit, matches)
+
+
+def _rollups_where(column: str, subject_id: str, event: str, until: int, since: int | None
+                   ) -> tuple[str, list[Any]]:
+    """``FROM ... WHERE ...`` of a subject's rollups of ``event`` that reach into
+    ``[since, until]`` (a rollup straddling ``since`` counts whole), and its arguments."""
+    sql = f"FROM event_rollups WHERE {column} = ? AND event = ? AND first_ts <= ?"
+    args: list[Any] = [subject_id, event, until]
+    if since is not None:
+        sql += " AND last_ts >= ?"
+        args.append(since)
+    return sql, args
 
 
 def _fold(
-    rows: sqlite3.Cursor,
+    rows: Iterable[tuple[str, int]],
     condition: EventCondition,
     limit: int | None,
     matches: Callable[[dict[str, Any]], bool] | None,
 ) -> float:
+    """Count, distinct-count or sum ``(properties JSON, how many events)`` rows."""
     count = 0
     total = 0.0
     seen: set[str] = set()
-    for (text,) in rows:
+    for text, n in rows:
         props = json.loads(text)
         if matches is not None and not matches(props):
             continue
@@ -998,10 +1082,10 @@ def _fold(
         elif condition.sum is not None:
             value = props.get(condition.sum)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                total += value
+                total += value * n
             continue
         else:
-            count += 1
+            count += n
         if limit is not None and count >= limit:
             break
     return total if condition.sum is not None else count
