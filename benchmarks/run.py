@@ -18,6 +18,7 @@ import time
 
 import concurrency
 import delivery
+import embedded_file
 import evaluate
 import funnel
 import import_bench
@@ -33,6 +34,7 @@ SUITE = [
     ("four processes", concurrency.measure),
     ("evaluate", evaluate.measure),
     ("funnel", funnel.measure),
+    ("embedded file", lambda quick: embedded_file.measure(quick, rounds=5 if quick else 11)),
 ]
 
 

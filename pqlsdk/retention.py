@@ -25,6 +25,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -40,7 +41,9 @@ log = logging.getLogger("pqlsdk")
 
 _MICRO = timedelta(microseconds=1)
 #: Events scanned per transaction by the background pruner (small: track() waits on it).
-CHUNK = 500
+CHUNK = 200
+#: The share of the time the background pruner may work (it waits the rest).
+DUTY = 0.04
 #: Events scanned per transaction by an explicit prune().
 BULK_CHUNK = 5_000
 
@@ -141,9 +144,10 @@ class Retention:
                     group[1] = min(group[1], ts)
                     group[2] = max(group[2], ts)
             existing: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
-            for user_id, event in {(k[0], k[2]) for k in groups}:
-                for rollup_id, account_id, properties, n, first, latest in tx.rollups_of(
-                        user_id, event):
+            pairs = {(k[0], k[2]) for k in groups}
+            for (rollup_id, user_id, account_id, event, properties, n, first,
+                 latest) in tx.rollups_of({user for user, _ in pairs}):
+                if (user_id, event) in pairs:
                     existing[(user_id, account_id, event, properties)] = (rollup_id, n, first,
                                                                           latest)
             updates, inserts = [], []
@@ -171,8 +175,9 @@ class Retention:
 
 class Pruner:
     """Prunes in the background at a low rate: one small transaction (``CHUNK`` events
-    scanned) every ``pause`` seconds while a sweep is under way, then waits ``rest``
-    seconds before the next sweep. track() waits at most for one small batch."""
+    scanned), then a wait of at least ``pause`` seconds and long enough that pruning takes
+    at most ``DUTY`` of the time (4%), while a sweep is under way; then ``rest`` seconds
+    before the next sweep. track() waits at most for one small batch."""
 
     def __init__(self, retention: Retention, store: Store, clock: Any, *,
                  pause: float = 0.05, rest: float = 60.0) -> None:
@@ -206,6 +211,7 @@ class Pruner:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            began = time.perf_counter()
             try:
                 self.run_once()
             except (StoreClosed, sqlite3.ProgrammingError):
@@ -218,4 +224,6 @@ class Pruner:
                 log.exception("pqlsdk: pruning error")
                 self._stop.wait(self.rest)
                 continue
-            self._stop.wait(self.rest if self.after == 0 else self.pause)
+            spent = time.perf_counter() - began
+            self._stop.wait(self.rest if self.after == 0
+                            else max(self.pause, spent * (1 / DUTY - 1)))

@@ -889,12 +889,13 @@ class Transaction:
         ).fetchall()
         return last, rows
 
-    def rollups_of(self, user_id: str, event: str) -> list[tuple[Any, ...]]:
-        """``(id, account id, properties JSON, n, first ts, last ts)`` of the user's rollups
-        of ``event``."""
+    def rollups_of(self, user_ids: set[str]) -> list[tuple[Any, ...]]:
+        """``(id, user id, account id, event, properties JSON, n, first ts, last ts)`` of
+        these users' rollups."""
+        marks = ",".join("?" * len(user_ids))
         return self.conn.execute(
-            "SELECT id, account_id, properties, n, first_ts, last_ts FROM event_rollups "
-            "WHERE user_id = ? AND event = ?", (user_id, event)).fetchall()
+            "SELECT id, user_id, account_id, event, properties, n, first_ts, last_ts "
+            f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
 
     def fold_events(self, event_ids: list[int], updates: list[tuple[int, int, int, int]],
                     inserts: list[tuple[Any, ...]]) -> None:
