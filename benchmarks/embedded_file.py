@@ -54,9 +54,9 @@ def grow(path: str, target_bytes: int) -> int:
     while os.path.getsize(path) + os.path.getsize(path + "-wal") < target_bytes:
         rows = [(f"user-{rng.randrange(20_000)}", f"acct-{rng.randrange(4_000)}",
                  rng.choice(KINDS), start + rng.randrange(span),
-                 '{"page": "/reports/%d", "plan": "trial", "browser": "firefox", '
-                 '"referrer": "https://example.com/%d", "session": "%032x"}'
-                 % (rng.randrange(1000), rng.randrange(1000), rng.getrandbits(128)))
+                 f'{{"page": "/reports/{rng.randrange(1000)}", "plan": "trial", '
+                 f'"browser": "firefox", "referrer": "https://example.com/'
+                 f'{rng.randrange(1000)}", "session": "{rng.getrandbits(128):032x}"}}')
                 for _ in range(50_000)]
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO events (user_id, account_id, event, ts, properties) "
@@ -116,8 +116,9 @@ def open_check(quick: bool) -> list[tuple[str, str]]:
         conn = sqlite3.connect(path)
         began = time.perf_counter()
         problems = filecheck.integrity_check(conn)
+        verdict = "ok" if not problems else "DAMAGED"
         rows.append(("pqlsdk doctor's full integrity_check (once)",
-                     f"{time.perf_counter() - began:.1f} s ({'ok' if not problems else 'DAMAGED'})"))
+                     f"{time.perf_counter() - began:.1f} s ({verdict})"))
         conn.close()
     return rows
 
@@ -137,9 +138,9 @@ def _populate_with_old(path: str, events: int) -> list[str]:
          for i, u in enumerate(users)])
     conn.executemany("INSERT INTO events (user_id, account_id, event, ts, properties) "
                      "VALUES (?, ?, ?, ?, ?)",
-                     ((u, f"acct-{users.index(u) // 5}", rng.choice(KINDS),
-                       now - rng.randrange(800 * day), '{"n": %d}' % n)
-                      for n, u in ((n, rng.choice(users)) for n in range(events))))
+                     ((users[i], f"acct-{i // 5}", rng.choice(KINDS),
+                       now - rng.randrange(800 * day), f'{{"n": {n}}}')
+                      for n, i in ((n, rng.randrange(len(users))) for n in range(events))))
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
