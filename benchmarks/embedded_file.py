@@ -12,7 +12,9 @@ of synchronous="full", each against a baseline measured in the same run.
 - **track() while pruning**: ``Client(retention="400d")`` whose pruner runs all the time
   (a new sweep right after each, not the default 60 s rest) on a file where half the
   events are older than the retention, against the same Client without retention on a copy
-  of the same file; rounds alternate and the figure is the median ratio.
+  of the same file; rounds alternate (in a rotating order) and the figure is the median
+  ratio. The pruner works at most ``retention.DUTY`` of the time, so few old events go in
+  the few seconds measured: ``client.prune()`` or ``pqlsdk prune`` clear a backlog.
 - **synchronous**: ``track()`` with ``synchronous="full"`` against the default ``"normal"``,
   on copies of one file, alternating rounds; the median ratio.
 """
@@ -148,12 +150,21 @@ def _populate_with_old(path: str, events: int) -> list[str]:
 
 
 def alternate(sides: dict[str, object], rounds: int, calls: int) -> dict[str, list[float]]:
-    """Per side, the per-call time of each round; sides alternate within a round."""
+    """Per side, the per-call time of each round; sides alternate within a round, in an
+    order that rotates from round to round (so that no side always comes last)."""
     times: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(rounds):
-        for name, fn in sides.items():
-            times[name].append(per_call(fn, calls))  # type: ignore[arg-type]
+    names = list(sides)
+    for round_no in range(rounds):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(per_call(sides[name], calls))  # type: ignore[arg-type]
     return times
+
+
+def _old_events(path: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT count(*) FROM events WHERE ts < ?",
+                            (to_micros(NOW - timedelta(days=400)),)).fetchone()[0]
 
 
 def pruning(quick: bool, rounds: int, calls: int) -> list[tuple[str, str]]:
@@ -166,6 +177,7 @@ def pruning(quick: bool, rounds: int, calls: int) -> list[tuple[str, str]]:
     base_path = os.path.join(folder, "base.db")
     shutil.copy(plain_path, pruned_path)
     shutil.copy(plain_path, base_path)
+    old = _old_events(pruned_path)
     plain = pqlsdk.Client(plain_path, rules=RULES)
     kept = pqlsdk.Client(pruned_path, rules=RULES, retention="400d")
     assert kept._pruner is not None
@@ -188,11 +200,9 @@ def pruning(quick: bool, rounds: int, calls: int) -> list[tuple[str, str]]:
 
     times = alternate({"bare": bare, "without": without, "with": with_retention}, rounds,
                       calls)
-    left = sqlite3.connect(pruned_path).execute(
-        "SELECT count(*) FROM events WHERE ts < ?",
-        (to_micros(NOW - timedelta(days=400)),)).fetchone()[0]
     plain.close()
     kept.close()
+    pruned = old - _old_events(pruned_path)
     base.close()
     shutil.rmtree(folder)
     ratio = statistics.median(w / o for w, o in zip(times["with"], times["without"],
@@ -204,8 +214,8 @@ def pruning(quick: bool, rounds: int, calls: int) -> list[tuple[str, str]]:
          f"{statistics.median(times['bare']) * 1e6:.1f} us/call"),
         ("track() without retention", f"{without_x:.2f}x"),
         ("track() with retention=400d while pruning runs, vs without",
-         f"{ratio:.2f}x (goal <= 1.1x; {events // 2 - left:,} of ~{events // 2:,} old "
-         f"events pruned meanwhile)"),
+         f"{ratio:.2f}x (goal <= 1.1x; {pruned:,} of {old:,} old events pruned "
+         f"meanwhile)"),
     ]
 
 

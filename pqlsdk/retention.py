@@ -41,9 +41,9 @@ log = logging.getLogger("pqlsdk")
 
 _MICRO = timedelta(microseconds=1)
 #: Events scanned per transaction by the background pruner (small: track() waits on it).
-CHUNK = 200
+CHUNK = 100
 #: The share of the time the background pruner may work (it waits the rest).
-DUTY = 0.04
+DUTY = 0.02
 #: Events scanned per transaction by an explicit prune().
 BULK_CHUNK = 5_000
 

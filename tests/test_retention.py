@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import pqlsdk
 from pqlsdk import all_of, event
 from pqlsdk.cli import main
+from pqlsdk import retention
 from pqlsdk.retention import Pruner
 
 from .conftest import count_rows
@@ -166,9 +167,10 @@ def test_the_background_pruner_works_in_small_batches(make_client, db_path):
     client.track("ada", "report_generated", timestamp=RECENT)
     pruner = Pruner(client._retention, client.store,
                     lambda: pqlsdk.timestamps.to_micros(NOW))
-    removed = [pruner.run_once() for _ in range(8)]
-    assert removed[:6] == [200] * 6  # CHUNK events scanned per transaction
-    assert removed[6:] == [0, 0] and pruner.after == 0  # a sweep is over: the next starts again
+    batches = 1200 // retention.CHUNK
+    removed = [pruner.run_once() for _ in range(batches + 2)]
+    assert removed[:batches] == [retention.CHUNK] * batches  # CHUNK scanned per transaction
+    assert removed[batches:] == [0, 0] and pruner.after == 0  # a sweep is over: next starts
     assert count_rows(db_path, "events") == 1 + 1200 - sum(removed)
     assert client.score("user-3", as_of=NOW).behavior == 2 * 171  # n % 7 == 3 below 1200
 
