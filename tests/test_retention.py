@@ -10,9 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import pqlsdk
-from pqlsdk import all_of, event
+from pqlsdk import all_of, event, retention
 from pqlsdk.cli import main
-from pqlsdk import retention
 from pqlsdk.retention import Pruner
 
 from .conftest import count_rows
