@@ -2,7 +2,7 @@
 of synchronous="full", each against a baseline measured in the same run.
 
     python benchmarks/embedded_file.py            # the open check on a 1 GB file
-    python benchmarks/embedded_file.py --quick    # a 64 MB file, for CI
+    python benchmarks/embedded_file.py --quick    # a 32 MB file, for CI
 
 - **open check**: ``check_header`` + connect + ``probe`` (what ``Client(...)`` adds to an
   open) on a file of the given size, median of 15 opens, against a bare
@@ -72,7 +72,7 @@ def grow(path: str, target_bytes: int) -> int:
 
 def open_check(quick: bool) -> list[tuple[str, str]]:
     """The check at open on a large file."""
-    size = (64 if quick else 1024) * 1024 * 1024
+    size = (32 if quick else 1024) * 1024 * 1024
     folder = os.environ.get("PQLSDK_BENCH_DIR") or tempfile.gettempdir()
     path = os.path.join(folder, f"pqlsdk-bench-{size >> 20}mb.db")
     made = ""
