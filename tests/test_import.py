@@ -316,3 +316,14 @@ def test_a_missing_or_unreadable_file_is_refused_before_any_database_is_made(tmp
     assert {"missing": "no such file", "directory": "is a directory",
             "not gzip": "not gzip"}[kind] in done.stderr
     assert not db.exists()
+
+
+def test_gzip_on_stdin_is_read_too(tmp_path):
+    import gzip
+
+    data = gzip.compress(b"".join(line + b"\n" for line in history_lines(HISTORY[:50])))
+    db = str(tmp_path / "pql.db")
+    done = subprocess.run([sys.executable, "-m", "pqlsdk", "import", "-", "--db", db,
+                           "--json"], input=data, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["applied"] == 50
