@@ -21,7 +21,7 @@ from .errors import UnknownSubject, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
-from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
+from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
@@ -484,12 +484,14 @@ class Client:
     # -- reading ----------------------------------------------------------------------------
 
     def qualifications(
-        self, *, since: datetime | str | None = None, rule: str | None = None
+        self, *, since: datetime | str | None = None, rule: str | None = None,
+        shadow: bool | None = False,
     ) -> list[Qualification]:
-        """Recorded qualifications in time order, optionally since a moment or for one rule."""
+        """Recorded qualifications in time order, optionally since a moment or for one rule.
+        Live ones by default; ``shadow=True`` lists the shadow rules' instead, ``None`` both."""
         since_us = _bound(since, "since")
         with self.store.read() as tx:
-            rows = tx.qualifications(since=since_us, rule=rule)
+            rows = tx.qualifications(since=since_us, rule=rule, shadow=shadow)
         return [Qualification.from_row(row) for row in rows]
 
     def status(
@@ -509,13 +511,13 @@ class Client:
     def _status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
                 ) -> Status:
         subject = _known_subject(tx, subject_type, subject_id)
-        found = tuple(Qualification.from_row(r)
-                      for r in tx.qualifications(subject=(subject_type, subject_id)))
+        found = tuple(Qualification.from_row(r) for r in
+                      tx.qualifications(subject=(subject_type, subject_id), shadow=False))
         facts = SubjectFacts(tx, subject, until, self.rules.scoring)
         progress = {  # the rules it may still meet this round
             rule.name: measure(rule.condition, facts)
             for rule in self._by_subject[subject_type]
-            if rule.name not in subject.done
+            if done_key(rule) not in subject.done
         }
         return Status(subject_type, subject_id, subject.stage, found, progress)
 

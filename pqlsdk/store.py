@@ -29,6 +29,8 @@ from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
 
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
+#: How a shadow rule's name is marked among the rules a subject met (see ``Subject.done``).
+SHADOW_MARK = "\x1e"
 #: Larger than any timestamp: stands for "never" inside min().
 _NEVER = 2**62
 
@@ -199,8 +201,42 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE import_done (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
 
 
+def _shadow_and_rule_versions(db: sqlite_utils.Database) -> None:
+    """Shadow rules and rule versions: each qualification records the fingerprint of the
+    rule definition that fired it (``rule_version``; NULL for those recorded before) and
+    whether it was a shadow rule's. A shadow qualification fires in its own space, so
+    ``shadow`` joins the unique key: promoting the rule later qualifies the subject once
+    more, live. (The unique key changes, so the table is rebuilt; a release that predates
+    this one keeps writing to it: the new columns have defaults.)"""
+    db.execute("ALTER TABLE qualifications RENAME TO qualifications_v4")
+    db.execute(
+        """CREATE TABLE qualifications (
+            id TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            subject_type TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            account_id TEXT,
+            qualified_at INTEGER NOT NULL,
+            evidence TEXT NOT NULL,
+            round INTEGER NOT NULL DEFAULT 0,
+            rule_version TEXT,
+            shadow INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (subject_type, subject_id, round, rule, shadow)
+        )"""
+    )
+    db.execute("INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, "
+               "user_id, account_id, qualified_at, evidence, round) SELECT id, rule, stage, "
+               "subject_type, subject_id, user_id, account_id, qualified_at, evidence, round "
+               "FROM qualifications_v4")
+    db.execute("DROP TABLE qualifications_v4")
+    db.execute("CREATE INDEX qualifications_time ON qualifications(qualified_at)")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2, _v3, _v4, _shadow_and_rule_versions]
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -399,9 +435,11 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _subject_columns(alias: str, subject_type: str, key: str) -> str:
+    # rules met this round; a shadow rule's as SHADOW_MARK + name (its own space)
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
-        f"(SELECT group_concat(rule, char(31)) FROM qualifications q "
+        f"(SELECT group_concat(CASE WHEN q.shadow THEN char(30) || rule ELSE rule END, "
+        f"char(31)) FROM qualifications q "
         f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
@@ -568,9 +606,9 @@ class Transaction:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
             "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence, round) VALUES (:id, :rule, :stage, "
-            ":subject_type, :subject_id, :user_id, :account_id, :qualified_at, :evidence, "
-            ":round) ON CONFLICT DO NOTHING",
+            "account_id, qualified_at, evidence, round, rule_version, shadow) VALUES (:id, "
+            ":rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
+            ":qualified_at, :evidence, :round, :rule_version, :shadow) ON CONFLICT DO NOTHING",
             row,
         )
         return cursor.rowcount == 1
@@ -588,10 +626,15 @@ class Transaction:
         since: int | None = None,
         rule: str | None = None,
         subject: tuple[str, str] | None = None,
+        shadow: bool | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored qualifications in ``qualified_at`` order, optionally filtered."""
+        """Stored qualifications in ``qualified_at`` order, optionally filtered (``shadow``:
+        only shadow ones, only live ones, or both with None)."""
         sql = "SELECT * FROM qualifications WHERE 1"
         args: list[Any] = []
+        if shadow is not None:
+            sql += " AND shadow = ?"
+            args.append(int(shadow))
         if since is not None:
             sql += " AND qualified_at >= ?"
             args.append(since)
