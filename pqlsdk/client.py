@@ -476,10 +476,12 @@ class Client:
     def rule_report(self, *, since: datetime | str | None = None) -> list[RuleOutcome]:
         """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,
         ``opportunity`` and ``customer``, how many sales moved to ``unqualified`` or
-        ``disqualified``, and their most common reasons."""
+        ``disqualified``, and their most common reasons. Shadow rules have rows of their
+        own; each row is split by rule version."""
         lower = _bound(since, "since")
         with self.store.read() as tx:
-            return reports.rule_report(tx, [r.name for r in self.rules.rules], lower)
+            return reports.rule_report(tx, [(r.name, r.shadow) for r in self.rules.rules],
+                                       lower)
 
     # -- reading ----------------------------------------------------------------------------
 

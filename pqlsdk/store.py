@@ -841,9 +841,11 @@ class Transaction:
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
         opportunity, customer, unqualified or disqualified that the rule itself did not
-        cause: ``(rule, subject_type, subject_id, to_stage, reason)``."""
+        cause: ``(rule, subject_type, subject_id, to_stage, reason, shadow, rule_version,
+        qualified_at)``."""
         return self.conn.execute(
-            "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason "
+            "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason, q.shadow, "
+            "q.rule_version, q.qualified_at "
             "FROM qualifications q LEFT JOIN stage_changes sc "
             "ON sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id "
             "AND sc.at >= q.qualified_at AND sc.source != 'rule:' || q.rule "
