@@ -5,6 +5,7 @@
     >>> client.track("u1", "report_generated")
 """
 
+from .backtest import Backtest, RuleBacktest
 from .client import Client
 from .errors import PqlError, RuleError, UnknownSubject, ValidationError
 from .evaluator import Measurement
@@ -19,6 +20,7 @@ from .store import SchemaTooNew, StoreClosed
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backtest",
     "Client",
     "Delivery",
     "Funnel",
@@ -27,6 +29,7 @@ __all__ = [
     "PqlError",
     "Qualification",
     "Rule",
+    "RuleBacktest",
     "RuleError",
     "RuleOutcome",
     "RuleSet",

@@ -432,13 +432,17 @@ Condition = EventCondition | TraitCondition | ScoreCondition | AllOf | AnyOf | N
 _CONDITION_TYPES = (EventCondition, TraitCondition, ScoreCondition, AllOf, AnyOf, Not)
 
 
-def _walk(condition: Condition) -> Iterable[Condition]:
+def walk(condition: Condition) -> Iterable[Condition]:
+    """The condition and every condition inside it, depth first."""
     yield condition
     if isinstance(condition, AllOf | AnyOf):
         for part in condition.conditions:
-            yield from _walk(part)
+            yield from walk(part)
     elif isinstance(condition, Not):
-        yield from _walk(condition.condition)
+        yield from walk(condition.condition)
+
+
+_walk = walk
 
 
 def _check_condition(_inst: Any, _attr: Any, value: Any) -> None:

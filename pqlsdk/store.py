@@ -25,6 +25,7 @@ from typing import Any
 import sqlite_utils
 
 from .errors import PqlError
+from .evaluator import fold
 from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
 
@@ -860,6 +861,54 @@ class Transaction:
         table, key = _TABLES[subject_type]
         return [row[0] for row in self.conn.execute(f"SELECT {key} FROM {table}")]
 
+    # -- backtests (read only) ------------------------------------------------------------
+
+    def replay_subjects(self, subject_type: str, until: int) -> list[tuple[str, int, int]]:
+        """``(subject id, first event ts, last event ts)`` of every subject with events up
+        to ``until``."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        return self.conn.execute(
+            f"SELECT {column}, min(ts), max(ts) FROM events WHERE ts <= ? "
+            f"AND {column} IS NOT NULL GROUP BY {column}", (until,)).fetchall()
+
+    def replay_events(self, subject_type: str, events: list[str] | None,
+                      with_properties: list[str], until: int
+                      ) -> Iterator[tuple[str, str, int, str | None]]:
+        """``(subject id, event, ts, properties or None)`` of the named events (None: all)
+        up to ``until``, in ``(subject, ts, id)`` order (the order replay = live needs); the
+        properties only of the events in ``with_properties``. Streams."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        props = ",".join("?" * len(with_properties))
+        text = f"CASE WHEN event IN ({props}) THEN properties END" if props else "NULL"
+        where = "" if events is None else f"event IN ({','.join('?' * len(events))}) AND "
+        cursor = self.conn.execute(
+            f"SELECT {column}, event, ts, {text} FROM events WHERE {where}"
+            f"ts <= ? AND {column} IS NOT NULL ORDER BY {column}, ts, id",
+            (*with_properties, *(events or ()), until))
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
+
+    def first_reached(self, subject_type: str, stages: list[str], until: int
+                      ) -> dict[str, int]:
+        """When each subject first entered any of ``stages`` (up to ``until``)."""
+        marks = ",".join("?" * len(stages))
+        return dict(self.conn.execute(
+            f"SELECT subject_id, min(at) FROM stage_changes WHERE subject_type = ? "
+            f"AND to_stage IN ({marks}) AND at <= ? GROUP BY subject_id",
+            (subject_type, *stages, until)).fetchall())
+
+    def first_event(self, subject_type: str, event: str, until: int) -> dict[str, int]:
+        """When each subject first did ``event`` (up to ``until``)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        return dict(self.conn.execute(
+            f"SELECT {column}, min(ts) FROM events WHERE event = ? AND ts <= ? "
+            f"AND {column} IS NOT NULL GROUP BY {column}", (event, until)).fetchall())
+
+    def all_traits(self, subject_type: str) -> dict[str, str]:
+        """Every user's (or account's) traits JSON, by id."""
+        table, key = _TABLES[subject_type]
+        return dict(self.conn.execute(f"SELECT {key}, traits FROM {table}").fetchall())
+
     # -- measuring ------------------------------------------------------------------------
 
     def measure(
@@ -898,25 +947,4 @@ def _fold(
     limit: int | None,
     matches: Callable[[dict[str, Any]], bool] | None,
 ) -> float:
-    count = 0
-    total = 0.0
-    seen: set[str] = set()
-    for (text,) in rows:
-        props = json.loads(text)
-        if matches is not None and not matches(props):
-            continue
-        if condition.distinct is not None:
-            if props.get(condition.distinct) is None:
-                continue
-            seen.add(json.dumps(props[condition.distinct], sort_keys=True))
-            count = len(seen)
-        elif condition.sum is not None:
-            value = props.get(condition.sum)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total += value
-            continue
-        else:
-            count += 1
-        if limit is not None and count >= limit:
-            break
-    return total if condition.sum is not None else count
+    return fold((json.loads(text) for (text,) in rows), condition, limit, matches)
