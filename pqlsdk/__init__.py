@@ -16,6 +16,7 @@ from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score
 from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
 from .store import SchemaTooNew, StoreClosed
+from .suggest import Suggestion
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "StageChange",
     "Status",
     "StoreClosed",
+    "Suggestion",
     "UnknownSubject",
     "ValidationError",
     "__version__",

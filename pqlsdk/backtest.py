@@ -398,6 +398,39 @@ def conversions(tx: Transaction, subject_type: str, outcome: Outcome, until: int
     return tx.first_event(subject_type, str(outcome.event), until)
 
 
+#: What became of a qualification at ``q`` (see :func:`classify`).
+OUTSIDE, LATE, CONVERTED, PENDING, FAILED = range(5)
+
+
+def classify(q: int, c: int | None, frame: Frame) -> int:
+    """A qualification at ``q`` of a subject that converted at ``c`` (or never): OUTSIDE
+    the period, LATE (the outcome came first), CONVERTED within the horizon, PENDING
+    (horizon not over at ``until``) or FAILED."""
+    if frame.since is not None and q < frame.since:
+        return OUTSIDE
+    if c is not None and c <= q:
+        return LATE
+    if c is not None and c - q <= frame.horizon:
+        return CONVERTED
+    if q + frame.horizon > frame.until:
+        return PENDING
+    return FAILED
+
+
+def population(tx: Transaction, subject_type: str, frame: Frame,
+               converted_at: dict[str, int]) -> set[str]:
+    """The subjects a backtest counts: those with events in the period, unless they had
+    converted before it."""
+    since = frame.since
+    out = set()
+    for subject_id, _first, last in tx.replay_subjects(subject_type, frame.until):
+        c = converted_at.get(subject_id)
+        if since is not None and (last < since or (c is not None and c < since)):
+            continue
+        out.add(subject_id)
+    return out
+
+
 class _Tally:
     """Per rule: counts as the subjects go by."""
 
@@ -419,43 +452,42 @@ def score_replay(
     """Replay ``rules`` and score them: ``(results, subjects, converters, pending subject
     ids, per rule the qualification time of each subject it qualified in the period)``."""
     converted_at = conversions(tx, subject_type, frame.outcome, frame.until)
-    since = frame.since
-    population: set[str] = set()
-    for subject_id, _first, last in tx.replay_subjects(subject_type, frame.until):
-        c = converted_at.get(subject_id)
-        if since is not None and (last < since or (c is not None and c < since)):
-            continue
-        population.add(subject_id)
-    converters = sum(1 for s in population if s in converted_at)
+    subjects = population(tx, subject_type, frame, converted_at)
+    converters = sum(1 for s in subjects if s in converted_at)
     tallies = [_Tally() for _ in rules]
     qualified_at: list[dict[str, int]] = [{} for _ in rules]
     pending: set[str] = set()
     for subject_id, found in replay(tx, rules, scoring, subject_type, frame.until):
-        if subject_id not in population:
+        if subject_id not in subjects:
             continue
         c = converted_at.get(subject_id)
         for k, q in enumerate(found):
-            if q is None or (since is not None and q < since):
+            if q is None:
+                continue
+            verdict = classify(q, c, frame)
+            if verdict == OUTSIDE:
                 continue
             qualified_at[k][subject_id] = q
             tally = tallies[k]
-            if c is not None and c <= q:
+            lead = 0 if c is None else c - q
+            if verdict == LATE:
                 tally.late += 1
-                tally.leads.append(c - q)
-            elif c is not None and c - q <= frame.horizon:
+                tally.leads.append(lead)
+            elif verdict == CONVERTED:
                 tally.qualified += 1
                 tally.converted += 1
-                tally.lead.append(c - q)
-                tally.leads.append(c - q)
-            elif q + frame.horizon > frame.until:
+                tally.lead.append(lead)
+                tally.leads.append(lead)
+            elif verdict == PENDING:
                 tally.pending += 1
                 pending.add(subject_id)
             else:
                 tally.qualified += 1
-    base_rate = converters / len(population) if population else None
+    population_size = len(subjects)
+    base_rate = converters / population_size if population_size else None
     results = [_result(rule, tally, converters, base_rate) for rule, tally in
                zip(rules, tallies, strict=True)]
-    return results, len(population), converters, pending, qualified_at
+    return results, population_size, converters, pending, qualified_at
 
 
 def _result(rule: Rule, tally: _Tally, converters: int, base_rate: float | None

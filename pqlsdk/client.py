@@ -18,6 +18,7 @@ import sqlite_utils
 
 from . import backtest as backtests
 from . import reports
+from . import suggest as suggestions
 from .errors import UnknownSubject, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status, json_default
@@ -29,6 +30,7 @@ from .scoring import Score
 from .sinks import event_message, reset_http_session
 from .stages import SIDE_STATES, STAGES
 from .store import Store, Transaction
+from .suggest import Suggestion
 from .timestamps import coerce, now, to_micros
 from .worker import Worker
 
@@ -516,6 +518,34 @@ class Client:
         current = self.rules if against == "current" else None
         with self.store.read() as tx:
             return backtests.backtest(tx, ruleset, frame, subject, current)
+
+    def suggest(
+        self,
+        *,
+        outcome: str | dict[str, str] = "customer",
+        horizon: str | timedelta = "30d",
+        min_support: int = 20,
+        top: int = 10,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        subject: str = "user",
+    ) -> list[Suggestion]:
+        """Candidate rules found in the stored events (at least N of an event within a
+        window, an event with a property value, N distinct values of a property), each
+        qualifying at least ``min_support`` subjects, best lift first, measured as
+        :meth:`backtest` measures a rule; each with its TOML, ready to paste. Read only.
+
+        >>> print(client.suggest(top=1)[0].toml)
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        for name, value in (("min_support", min_support), ("top", top)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValidationError(f"{name} must be a whole number >= 1 (got {value!r})")
+        frame = backtests.frame(outcome, horizon, _bound(since, "since"),
+                                _micros(until, "until"))
+        with self.store.read() as tx:
+            return suggestions.suggest(tx, frame, subject, min_support=min_support, top=top)
 
     def _ruleset(self, rules: Any) -> RuleSet:
         if rules is None:

@@ -888,6 +888,20 @@ class Transaction:
         while rows := cursor.fetchmany(10_000):
             yield from rows
 
+    def property_firsts(self, subject_type: str, until: int
+                        ) -> Iterator[tuple[str, str, Any, str, int]]:
+        """``(event, property, value, subject id, first ts)``: when each subject first did
+        each event with each text or whole-number top-level property value (up to
+        ``until``), aggregated in SQL. Streams."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        cursor = self.conn.execute(
+            f"SELECT e.event, j.key, j.atom, e.{column}, min(e.ts) FROM events e, "
+            f"json_each(e.properties) j WHERE e.ts <= ? AND e.{column} IS NOT NULL "
+            f"AND j.type IN ('text', 'integer') AND e.properties != '{{}}' "
+            f"GROUP BY e.event, j.key, j.atom, e.{column}", (until,))
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
+
     def first_reached(self, subject_type: str, stages: list[str], until: int
                       ) -> dict[str, int]:
         """When each subject first entered any of ``stages`` (up to ``until``)."""

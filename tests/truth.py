@@ -19,26 +19,27 @@ P_OTHER = 0.05
 WINDOW = timedelta(days=7)
 
 
-def generate(users: int = 160, seed: int = 7) -> dict:
+def generate(users: int = 300, seed: int = 7) -> dict:
     """Per user: report times, other event times, and the conversion time (or None)."""
     rng = random.Random(seed)
     out = {}
     for n in range(users):
         user = f"u{n:03d}"
         start = T0 + timedelta(days=rng.randrange(0, 60), hours=rng.randrange(24))
-        heavy = rng.random() < 0.4
+        per_week = rng.uniform(0.3, 8)  # how much this user reports
         reports = []
         at = start
-        for _ in range(rng.randrange(8, 16) if heavy else rng.randrange(1, 7)):
-            gap = rng.uniform(0.2, 1.5) if heavy else rng.uniform(3, 12)
-            at += timedelta(days=gap)
+        for _ in range(rng.randrange(2, 14)):
+            at += timedelta(days=rng.expovariate(per_week / 7))
+            if at > T0 + timedelta(days=100):
+                break
             reports.append(at.replace(microsecond=0))
         pages = [(start + timedelta(days=rng.uniform(0, 40))).replace(microsecond=0)
                  for _ in range(rng.randrange(1, 5))]
         fired = first_burst(reports)
         converted = None
         if fired is not None and rng.random() < P_DRIVEN:
-            converted = fired + timedelta(days=rng.uniform(1, 20))
+            converted = fired + timedelta(days=rng.uniform(0.5, 4))
         elif fired is None and rng.random() < P_OTHER:
             converted = start + timedelta(days=rng.uniform(1, 60))
         if converted is not None:
