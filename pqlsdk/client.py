@@ -433,6 +433,36 @@ class Client:
         self._dispatch(bool(rows))
         return change
 
+    def apply_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> bool:
+        """Record an imported stage change (``call.kind == "stage"``: ``event`` holds the
+        stage, ``data`` the reason; a user's when ``user_id`` is set, else the account's)
+        inside ``tx``, creating the subject if it is new; history source ``import``.
+        Returns whether outbox rows were written (never with ``deliver=False``)."""
+        ts = to_micros(call.at)
+        stage, reason = call.event, call.data.get("reason")
+        if call.user_id:
+            subject_type, subject_id = "user", call.user_id
+            subject = load_subjects(tx, subject_id, None, ts)[0]
+            member: str | None = subject_id
+            account = tx.account_of(subject_id)
+        else:
+            assert call.account_id is not None  # the importer checked it
+            subject_type, subject_id = "account", call.account_id
+            tx.add_account(subject_id, ts)
+            subject = load_subject(tx, "account", subject_id)
+            member, account = tx.latest_user(subject_id, ts), subject_id
+        if subject.stage == stage:
+            return False
+        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason)
+        if not deliver or member is None:
+            return False
+        change = StageChange(subject_type, subject_id, subject.stage, stage, call.at,
+                             "import", reason)
+        rows = self._outbox.stage_rows([(change, member, account, _new_id())], wall_micros())
+        if rows:
+            tx.enqueue(rows)
+        return bool(rows)
+
     def history(self, user_id: str | None = None, *, account_id: str | None = None
                 ) -> list[StageChange]:
         """Every stage change of a user (or an account), oldest first: when it was first seen

@@ -228,3 +228,62 @@ def format_timespan(value: timedelta | None) -> str:
     hours = value.total_seconds() / 3600
     return f"{hours / 24:.1f}d" if hours >= 24 else f"{hours:.1f}h"
 
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def format_backtest(result: Any) -> str:
+    """A plain-text table of a :class:`~pqlsdk.Backtest` for people."""
+    outcome = result.outcome if isinstance(result.outcome, str) else (
+        f"event {result.outcome['event']}")
+    hours = result.horizon.total_seconds() / 3600
+    horizon = f"{hours / 24:g}d" if hours >= 24 else f"{hours:g}h"
+    lines = [f"outcome: {outcome} within {horizon} · {result.subjects} "
+             f"{result.subject_type}s, {result.converters} converted (base rate "
+             f"{_pct(result.base_rate)}) · {result.pending} still inside the horizon"]
+    groups = [("rules", result.rules)]
+    if result.baseline:
+        groups = [("given rules", result.rules), ("current rules", result.baseline)]
+    for title, rules in groups:
+        if len(groups) > 1:
+            lines += ["", title]
+        lines.append(f"{'rule':<26}{'version':<14}{'qualified':>9}{'converted':>10}"
+                     f"  {'precision (95% interval)':<26}{'recall':>7}{'lift':>7}"
+                     f"{'lead time':>11}{'missed':>8}")
+        for r in rules:
+            name = r.rule + (" (shadow)" if r.shadow else "")
+            interval = "-" if r.precision is None else (
+                f"{r.precision:.1%} ({r.precision_low:.1%}-{r.precision_high:.1%})")
+            lift = "-" if r.lift is None else f"{r.lift:.2f}x"
+            lines.append(f"{name:<26}{r.version:<14}{r.qualified:>9}{r.converted:>10}"
+                         f"  {interval:<26}{_pct(r.recall):>7}{lift:>7}"
+                         f"{format_timespan(r.median_lead_time):>11}{r.missed:>8}")
+            if r.leaky:
+                lines.append(f"  ! {r.late} qualified only at or after converting: this rule "
+                             "describes the outcome, it does not predict it")
+            elif r.pending:
+                lines.append(f"  {r.pending} qualified still inside the horizon (not counted)")
+    if result.baseline:
+        for title, pairs in (("added", result.added), ("dropped", result.dropped)):
+            converted = sum(1 for _, c in pairs if c)
+            lines += ["", f"{title}: {len(pairs)} ({converted} converted)"]
+            lines += [f"  {s}{'  converted' if c else ''}" for s, c in pairs[:50]]
+            if len(pairs) > 50:
+                lines.append(f"  ... and {len(pairs) - 50} more (--json lists all)")
+    return "\n".join(lines)
+
+
+def format_suggestions(found: list[Any]) -> str:
+    """Suggestions for people: figures, then each rule's TOML."""
+    if not found:
+        return "no candidate rule qualifies enough subjects (try a lower --min-support)"
+    lines = []
+    for n, s in enumerate(found, start=1):
+        lift = "-" if s.lift is None else f"{s.lift:.2f}x"
+        lines += [f"# {n}. lift {lift}: {s.converted} of {s.qualified} converted "
+                  f"(precision {s.precision:.1%}, {s.precision_low:.1%}-"
+                  f"{s.precision_high:.1%}), recall {_pct(s.recall)}",
+                  s.toml]
+    return "\n".join(lines).rstrip()
