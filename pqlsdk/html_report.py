@@ -8,7 +8,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from .reports import Funnel, RuleOutcome, format_timespan
+from .reports import Funnel, RuleOutcome, format_lead_time, format_timespan
 
 BAR = "#2f6fdf"
 SCORE_BAR = "#18a36b"
@@ -130,7 +130,7 @@ def _backtest_table(rules: Sequence[Any]) -> str:
         f"<td>{r.converted}</td><td>{_pct(r.precision)}</td>"
         f"<td>{_interval(r)}</td><td>{_pct(r.recall)}</td>"
         f"<td>{'-' if r.lift is None else f'{r.lift:.2f}x'}</td>"
-        f"<td>{format_timespan(r.median_lead_time)}</td><td>{r.missed}</td>"
+        f"<td>{format_lead_time(r.median_lead_time)}</td><td>{r.missed}</td>"
         f"<td>{r.pending}</td><td>{r.late}</td></tr>"
         for r in rules)
     return f'<table id="backtest">{head}{body}</table>'

@@ -249,7 +249,7 @@ def format_backtest(result: Any) -> str:
     for title, rules in groups:
         if len(groups) > 1:
             lines += ["", title]
-        lines.append(f"{'rule':<26}{'version':<14}{'qualified':>9}{'converted':>10}"
+        lines.append(f"{'rule':<30}{'version':<14}{'qualified':>9}{'converted':>10}"
                      f"  {'precision (95% interval)':<26}{'recall':>7}{'lift':>7}"
                      f"{'lead time':>11}{'missed':>8}")
         for r in rules:
@@ -257,9 +257,9 @@ def format_backtest(result: Any) -> str:
             interval = "-" if r.precision is None else (
                 f"{r.precision:.1%} ({r.precision_low:.1%}-{r.precision_high:.1%})")
             lift = "-" if r.lift is None else f"{r.lift:.2f}x"
-            lines.append(f"{name:<26}{r.version:<14}{r.qualified:>9}{r.converted:>10}"
+            lines.append(f"{name:<30}{r.version:<14}{r.qualified:>9}{r.converted:>10}"
                          f"  {interval:<26}{_pct(r.recall):>7}{lift:>7}"
-                         f"{format_timespan(r.median_lead_time):>11}{r.missed:>8}")
+                         f"{format_lead_time(r.median_lead_time):>11}{r.missed:>8}")
             if r.leaky:
                 lines.append(f"  ! {r.late} qualified only at or after converting: this rule "
                              "describes the outcome, it does not predict it")
@@ -273,6 +273,14 @@ def format_backtest(result: Any) -> str:
             if len(pairs) > 50:
                 lines.append(f"  ... and {len(pairs) - 50} more (--json lists all)")
     return "\n".join(lines)
+
+
+def format_lead_time(value: timedelta | None) -> str:
+    """Like :func:`format_timespan`, signed: a negative lead time (the outcome came first)
+    reads ``"-7.9d"``."""
+    if value is None or value >= timedelta(0):
+        return format_timespan(value)
+    return "-" + format_timespan(-value)
 
 
 def format_suggestions(found: list[Any]) -> str:
