@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import time
 
+import backtest_bench
 import concurrency
 import delivery
 import evaluate
@@ -33,6 +34,8 @@ SUITE = [
     ("four processes", concurrency.measure),
     ("evaluate", evaluate.measure),
     ("funnel", funnel.measure),
+    ("backtest", lambda quick: backtest_bench.measure(quick, rounds=3 if quick else 11,
+                                                      calls=150 if quick else 300)),
 ]
 
 

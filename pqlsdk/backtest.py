@@ -38,12 +38,24 @@ import attrs
 
 from .errors import ValidationError
 from .evaluator import fold, holds
-from .rules import EventCondition, Rule, RuleSet, format_duration, parse_duration, walk
+from .rules import (
+    AllOf,
+    Condition,
+    EventCondition,
+    Rule,
+    RuleSet,
+    TraitCondition,
+    format_duration,
+    parse_duration,
+    walk,
+)
 from .scoring import Score, Scoring, compute
 from .stages import STAGES, rank
 from .store import Transaction
 from .timestamps import MICROSECOND, from_micros
 
+#: Marks, during a replay, a rule that cannot qualify the subject (a trait fails).
+NEVER = -(2**63)
 #: The z of a two-sided 95% interval.
 Z95 = 1.959963984540054
 
@@ -348,6 +360,7 @@ def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
         needs_traits |= bool(reads.traits_of(rule))
     if not triggers and not eventless:
         return
+    never_candidates = [k for k, rule in enumerate(rules) if rule.traits]
     traits = tx.all_traits(subject_type) if needs_traits else {}
     rows = tx.replay_events(subject_type, None if eventless else sorted(triggers),
                             sorted(_reads_properties(rules, scoring)), until)
@@ -358,10 +371,14 @@ def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
     for subject_id, event, ts, properties in rows:
         if subject_id != current:
             if current is not None:
-                yield current, found
+                yield current, _found(found)
             current, position = subject_id, 0
             facts = ReplayFacts(traits.get(subject_id, "{}"), scoring)
             found = [None] * len(rules)
+            if needs_traits:  # a rule whose traits fail can never hold: traits stay put
+                for k in never_candidates:
+                    if _fails_on_traits(rules[k].condition, facts):
+                        found[k] = NEVER
             if eventless:
                 facts.add(position, event, ts, properties)
                 facts.at(ts, position)
@@ -376,7 +393,17 @@ def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
             _check(rules, check, found, facts, ts)
         position += 1
     if current is not None:
-        yield current, found
+        yield current, _found(found)
+
+
+def _fails_on_traits(condition: Condition, facts: ReplayFacts) -> bool:
+    """Whether a trait that ``condition`` requires (alone, or as a part of ``all``) fails:
+    then it fails at every event of the replay, whose traits do not change."""
+    if isinstance(condition, TraitCondition):
+        return not holds(condition, facts)
+    if isinstance(condition, AllOf):
+        return any(_fails_on_traits(part, facts) for part in condition.conditions)
+    return False
 
 
 def _check(rules: Sequence[Rule], check: Sequence[int], found: list[int | None],
@@ -384,6 +411,10 @@ def _check(rules: Sequence[Rule], check: Sequence[int], found: list[int | None],
     for k in check:
         if found[k] is None and holds(rules[k].condition, facts):
             found[k] = ts
+
+
+def _found(found: list[int | None]) -> list[int | None]:
+    return [None if q == NEVER else q for q in found]
 
 
 # --- scoring the replay -----------------------------------------------------------------
@@ -422,12 +453,9 @@ def population(tx: Transaction, subject_type: str, frame: Frame,
     """The subjects a backtest counts: those with events in the period, unless they had
     converted before it."""
     since = frame.since
-    out = set()
-    for subject_id, _first, last in tx.replay_subjects(subject_type, frame.until):
-        c = converted_at.get(subject_id)
-        if since is not None and (last < since or (c is not None and c < since)):
-            continue
-        out.add(subject_id)
+    out = set(tx.replay_subjects(subject_type, since, frame.until))
+    if since is not None:
+        out -= {s for s, c in converted_at.items() if c < since}
     return out
 
 

@@ -863,13 +863,15 @@ class Transaction:
 
     # -- backtests (read only) ------------------------------------------------------------
 
-    def replay_subjects(self, subject_type: str, until: int) -> list[tuple[str, int, int]]:
-        """``(subject id, first event ts, last event ts)`` of every subject with events up
-        to ``until``."""
+    def replay_subjects(self, subject_type: str, since: int | None, until: int) -> list[str]:
+        """Every user (or account) with an event in ``[since, until]`` (one index probe
+        each)."""
+        table, key = _TABLES[subject_type]
         column = "user_id" if subject_type == "user" else "account_id"
-        return self.conn.execute(
-            f"SELECT {column}, min(ts), max(ts) FROM events WHERE ts <= ? "
-            f"AND {column} IS NOT NULL GROUP BY {column}", (until,)).fetchall()
+        return [row[0] for row in self.conn.execute(
+            f"SELECT s.{key} FROM {table} s WHERE EXISTS (SELECT 1 FROM events e "
+            f"WHERE e.{column} = s.{key} AND e.ts <= :until AND e.ts >= :since)",
+            {"since": -(2**62) if since is None else since, "until": until})]
 
     def replay_events(self, subject_type: str, events: list[str] | None,
                       with_properties: list[str], until: int
