@@ -20,8 +20,11 @@ period); ``base_rate = converters / subjects`` (every subject with events in the
 ``lift = precision / base_rate``.
 
 Only the events before a qualification count toward it, so no leakage comes from events
-after the outcome. Traits are today's (their history is not stored): a rule on a trait that
-changes at conversion (``plan = "paid"``) can look better than it was.
+after the outcome. Replay checks rules at events: a rule that only time can complete
+(``at_most``, ``not``), which live traffic finds at an ``evaluate()``, is found at the
+subject's next event that the rule reads. Traits are today's (their history is not
+stored): a rule on a trait that changes at conversion (``plan = "paid"``) can look better
+than it was.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .errors import ValidationError
+from .errors import RuleError, ValidationError
 from .evaluator import fold, holds
 from .rules import (
     AllOf,
@@ -187,8 +190,11 @@ class Backtest:
     dropped: tuple[tuple[str, bool], ...] = ()
 
     def rule(self, name: str) -> RuleBacktest:
-        """The result of the rule of this name."""
-        return next(r for r in self.rules if r.rule == name)
+        """The result of the given rule of this name (``KeyError`` if none)."""
+        for result in self.rules:
+            if result.rule == name:
+                return result
+        raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -591,6 +597,6 @@ def frame(outcome: Any, horizon: str | timedelta, since: int | None, until: int)
     """Validate a backtest's outcome and horizon."""
     try:
         span = parse_duration(horizon, key="horizon")
-    except Exception as exc:
-        raise ValidationError(f"horizon: {exc}") from None
+    except RuleError as exc:
+        raise ValidationError(f"horizon: {exc.problem}") from None
     return Frame(Outcome.of(outcome), span // MICROSECOND, since, until)

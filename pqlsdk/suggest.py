@@ -106,7 +106,7 @@ def _tally(counts: _Counts, maxima: dict[int, int], firsts: Iterable[int], c: in
         maxima[n] = maxima.get(n, 0) + 1
 
 
-def _candidates(counts: _Counts, maxima: dict[int, int]) -> list[int]:
+def _candidates(maxima: dict[int, int]) -> list[int]:
     """The smallest N of each distinct set ``{s: max_s >= N}``."""
     out, previous = [], 0
     for value in sorted(maxima):
@@ -161,7 +161,7 @@ def suggest(tx: Transaction, frame: Frame, subject_type: str, *, min_support: in
             precision / base_rate if base_rate else None, low, high))
 
     for (name, window), tally in counts.items():
-        for n in _candidates(tally, maxima[(name, window)]):
+        for n in _candidates(maxima[(name, window)]):
             within = None if window is None else window * MICROSECOND
             label = f"{name}_{n}" + ("" if within is None else f"_in_{format_duration(within)}")
             rule = Rule(_slug(label), all_of(event(name, at_least=n, within=within)),
@@ -204,7 +204,7 @@ def _property_candidates(tx: Transaction, frame: Frame, subject_type: str,
         counts, maxima = _Counts(), dict[int, int]()
         for subject_id, stamps in per_subject.items():
             _tally(counts, maxima, sorted(stamps), converted_at.get(subject_id), frame)
-        for n in _candidates(counts, maxima):
+        for n in _candidates(maxima):
             if n < 2:
                 continue  # "1 distinct value" is "did the event with the property"
             rule = Rule(_slug(f"{name}_{n}_distinct_{prop}"),

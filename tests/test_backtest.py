@@ -190,3 +190,42 @@ def test_bad_arguments_are_refused(make_client):
         client.backtest(horizon="soon")
     with pytest.raises(pqlsdk.ValidationError):
         client.backtest(against="yesterday")
+
+
+def test_replay_finds_the_moments_live_traffic_qualified(make_client):
+    """Replay = live: on a history recorded through track() (several rule forms, an account
+    rule, subjects moving between accounts), the replay's first qualification of each
+    subject for each rule is the live one, to the microsecond."""
+    from pqlsdk.backtest import replay
+    from pqlsdk.timestamps import from_micros
+
+    from .history import apply_live, messages
+
+    rules = {"rules": [
+        {"name": "reports_weekly", "stage": "mql",
+         "all": [{"event": "report_generated", "at_least": 4, "within": "7d"}]},
+        {"name": "invites", "all": [
+            {"event": "teammate_invited", "distinct": "email", "at_least": 2},
+            {"event": "integration_connected", "where": {"provider": ["slack", "salesforce"]}},
+        ]},
+        {"name": "quiet", "any": [
+            {"event": "page_viewed", "at_least": 3, "within": "1d"},
+            {"not": {"event": "report_generated", "at_least": 1}},
+        ]},
+        {"name": "busy_account", "subject": "account", "stage": "sql",
+         "all": [{"event": "report_generated", "at_least": 12, "within": "14d"}]},
+    ]}
+    client = make_client(rules)
+    apply_live(client, messages(3000, seed=4))
+    live = {(q.rule, q.subject_type, q.subject_id): q.qualified_at
+            for q in client.qualifications()}
+    assert len(live) > 40
+    replayed = {}
+    with client.store.read() as tx:
+        for subject_type in ("user", "account"):
+            chosen = [r for r in client.rules.rules if r.subject == subject_type]
+            for subject_id, found in replay(tx, chosen, None, subject_type, 2**62):
+                for rule, q in zip(chosen, found, strict=True):
+                    if q is not None:
+                        replayed[(rule.name, subject_type, subject_id)] = from_micros(q)
+    assert replayed == live
