@@ -212,7 +212,8 @@ def _rules_table(outcomes: Sequence[RuleOutcome]) -> str:
             "<th>customer</th><th>unqualified</th><th>disqualified</th>"
             "<th>top reasons</th></tr>")
     body = "".join(
-        f"<tr><td>{escape(o.rule)}</td><td>{o.qualified}</td><td>{o.reached['sql']}</td>"
+        f"<tr><td>{escape(o.rule)}{' (shadow)' if o.shadow else ''}</td>"
+        f"<td>{o.qualified}</td><td>{o.reached['sql']}</td>"
         f"<td>{o.reached['opportunity']}</td><td>{o.reached['customer']}</td>"
         f"<td>{o.rejected['unqualified']}</td><td>{o.rejected['disqualified']}</td>"
         f"<td>{escape('; '.join(f'{r} ({n})' for r, n in o.top_reasons))}</td></tr>"
