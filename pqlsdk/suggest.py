@@ -19,14 +19,15 @@ ranked by lift, then by how many converters they caught.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import attrs
 
-from .backtest import CONVERTED, FAILED, LATE, Frame, classify, conversions, population, wilson
+from .backtest import Frame, conversions, population, wilson
 from .rules import Rule, all_of, event, format_duration, rule_to_toml
 from .store import Transaction
 from .timestamps import MICROSECOND
@@ -63,47 +64,63 @@ class Suggestion:
 
 
 class _Counts:
-    """Per threshold N: qualified (known outcome) and converted subjects."""
+    """Per threshold N: qualified subjects (outcome known) and converted ones, kept as
+    difference maps (a subject adds 1 over a range of N at once)."""
 
     __slots__ = ("converted", "qualified")
 
     def __init__(self) -> None:
-        self.qualified: dict[int, int] = defaultdict(int)
-        self.converted: dict[int, int] = defaultdict(int)
+        self.qualified: dict[int, int] = {}
+        self.converted: dict[int, int] = {}
 
-    def add(self, n: int, verdict: int) -> None:
-        if verdict == CONVERTED:
-            self.qualified[n] += 1
-            self.converted[n] += 1
-        elif verdict == FAILED:
-            self.qualified[n] += 1
+    @staticmethod
+    def _span(target: dict[int, int], lo: int, hi: int) -> None:
+        """Add 1 for N in ``lo + 1 .. hi`` (indexes ``lo .. hi - 1`` of the first-times)."""
+        if lo < hi:
+            target[lo + 1] = target.get(lo + 1, 0) + 1
+            target[hi + 1] = target.get(hi + 1, 0) - 1
+
+    def at(self, n: int) -> tuple[int, int]:
+        """``(qualified, converted)`` at threshold ``n``."""
+        return (sum(v for k, v in self.qualified.items() if k <= n),
+                sum(v for k, v in self.converted.items() if k <= n))
 
 
-def _thresholds(times: Sequence[int], window: int | None) -> list[int]:
+def _thresholds(times: Sequence[int], window: int | None) -> Sequence[int]:
     """``out[N-1]``: when the count of ``times`` (sorted) within ``window`` ending at an
     event (both ends included) first reached N."""
     if window is None:
-        return list(times)
+        return times
     out: list[int] = []
     lo = 0
+    best = 0
     for j, t in enumerate(times):
         start = t - window
         while times[lo] < start:
             lo += 1
-        if j - lo + 1 > len(out):
+        if j - lo >= best:
             out.append(t)
+            best += 1
     return out
 
 
-def _tally(counts: _Counts, maxima: dict[int, int], firsts: Iterable[int], c: int | None,
+def _tally(counts: _Counts, maxima: dict[int, int], firsts: Sequence[int], c: int | None,
            frame: Frame) -> None:
-    n = 0
-    for n, t in enumerate(firsts, start=1):
-        verdict = classify(t, c, frame)
-        if verdict != LATE:
-            counts.add(n, verdict)
-    if n:
-        maxima[n] = maxima.get(n, 0) + 1
+    """Add one subject whose count first reached N at ``firsts[N-1]`` (ascending) and who
+    converted at ``c``: the verdict of :func:`pqlsdk.backtest.classify` for every N, found
+    by bisection (the verdicts fall in contiguous ranges of N)."""
+    n = len(firsts)
+    if not n:
+        return
+    maxima[n] = maxima.get(n, 0) + 1
+    lo = 0 if frame.since is None else bisect_left(firsts, frame.since)
+    if c is None:  # failed once the horizon is over, pending before
+        counts._span(counts.qualified, lo, bisect_right(firsts, frame.until - frame.horizon))
+        return
+    late = bisect_left(firsts, c)  # from here on the outcome came first
+    early = bisect_left(firsts, c - frame.horizon)  # from here on it came within the horizon
+    counts._span(counts.qualified, lo, late)
+    counts._span(counts.converted, max(lo, early), late)
 
 
 def _candidates(maxima: dict[int, int]) -> list[int]:
@@ -124,8 +141,9 @@ def suggest(tx: Transaction, frame: Frame, subject_type: str, *, min_support: in
     base_rate = converters / len(subjects) if subjects else None
     windows = [None if w is None else w // MICROSECOND for w in WINDOWS]
     skip = frame.outcome.event
-    counts: dict[tuple[str, int | None], _Counts] = defaultdict(_Counts)
-    maxima: dict[tuple[str, int | None], dict[int, int]] = defaultdict(dict)
+    # per event name, per window: the counts and how many subjects reached each maximum
+    slots: dict[str, list[tuple[int | None, _Counts, dict[int, int]]]] = {}
+    singles: set[str] = set()  # names some subject did exactly once
     current: str | None = None
     times: dict[str, list[int]] = defaultdict(list)
 
@@ -133,9 +151,15 @@ def suggest(tx: Transaction, frame: Frame, subject_type: str, *, min_support: in
         if subject_id in subjects:
             c = converted_at.get(subject_id)
             for name, stamps in times.items():
-                for window in windows:
-                    key = (name, window)
-                    _tally(counts[key], maxima[key], _thresholds(stamps, window), c, frame)
+                mine = slots.get(name)
+                if mine is None:
+                    mine = slots[name] = [(w, _Counts(), {}) for w in windows]
+                if len(stamps) == 1:  # the same in every window: "at least 1" is all-time
+                    singles.add(name)
+                    _tally(mine[0][1], mine[0][2], stamps, c, frame)
+                    continue
+                for window, tally, reached in mine:
+                    _tally(tally, reached, _thresholds(stamps, window), c, frame)
         times.clear()
 
     for subject_id, name, ts, _ in tx.replay_events(subject_type, None, [], frame.until):
@@ -160,17 +184,22 @@ def suggest(tx: Transaction, frame: Frame, subject_type: str, *, min_support: in
             converted / converters if converters else None,
             precision / base_rate if base_rate else None, low, high))
 
-    for (name, window), tally in counts.items():
-        for n in _candidates(maxima[(name, window)]):
-            within = None if window is None else window * MICROSECOND
-            label = f"{name}_{n}" + ("" if within is None else f"_in_{format_duration(within)}")
-            rule = Rule(_slug(label), all_of(event(name, at_least=n, within=within)),
-                        description=f"suggested: at least {n} {name}"
-                        + ("" if within is None else f" within {format_duration(within)}"))
-            offer(rule, tally.qualified.get(n, 0), tally.converted.get(n, 0))
+    for name, mine in slots.items():
+        for window, tally, reached in mine:
+            if window is not None and name in singles:
+                reached[1] = reached.get(1, 0) + 1  # "1" is among the maxima there too
+            for n in _candidates(reached):
+                if window is not None and n == 1:
+                    continue  # at least 1 within any window: the all-time rule
+                within = None if window is None else window * MICROSECOND
+                span = "" if within is None else f" within {format_duration(within)}"
+                rule = Rule(_slug(f"{name}_{n}{span.replace(' within ', '_in_')}"),
+                            all_of(event(name, at_least=n, within=within)),
+                            description=f"suggested: at least {n} {name}{span}")
+                offer(rule, *tally.at(n))
     for rule, tally, n in _property_candidates(tx, frame, subject_type, subjects,
                                                converted_at, skip):
-        offer(rule, tally.qualified.get(n, 0), tally.converted.get(n, 0))
+        offer(rule, *tally.at(n))
     found.sort(key=lambda s: (-(s.lift or 0.0), -s.converted, s.rule.name))
     return found[:top]
 
