@@ -133,3 +133,22 @@ def test_the_migration_keeps_older_qualifications(db_path):
     version = client.store.db.conn.execute("PRAGMA user_version").fetchone()[0]
     assert version == len(store.MIGRATIONS)
     client.close()
+
+
+def test_the_version_is_the_same_in_another_process():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import pqlsdk; print(pqlsdk.load_rules({'rules': [{'name': 'engaged', "
+            "'stage': 'mql', 'all': [{'event': 'report_generated', 'at_least': 2, "
+            "'within': '7d', 'where': {'plan': ['a', 'b']}}]}]}).rules[0].version)")
+    versions = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    here = load_rules({"rules": [{"name": "engaged", "stage": "mql", "all": [
+        {"event": "report_generated", "at_least": 2, "within": "7d",
+         "where": {"plan": ["a", "b"]}}]}]}).rules[0].version
+    assert versions == {here}
