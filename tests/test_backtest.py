@@ -229,3 +229,24 @@ def test_replay_finds_the_moments_live_traffic_qualified(make_client):
                     if q is not None:
                         replayed[(rule.name, subject_type, subject_id)] = from_micros(q)
     assert replayed == live
+
+
+def test_account_rules_are_backtested_against_account_outcomes(make_client):
+    client = make_client()
+    for n in range(8):
+        account = f"acct-{n}"
+        for k in range(n):  # acct-n has n events by two of its users
+            client.track(f"u{n}-{k % 2}", "report_generated", account_id=account,
+                         timestamp=T0 + timedelta(hours=k))
+        if n >= 5:
+            client.set_stage(account_id=account, stage="opportunity",
+                             timestamp=T0 + timedelta(days=2))
+    rule = pqlsdk.Rule("busy", pqlsdk.event("report_generated", at_least=4), subject="account")
+    result = client.backtest([rule], outcome="sql", subject="account",
+                             until=T0 + timedelta(days=60))
+    busy = result.rule("busy")
+    # accounts 1..7 have events; 5, 6, 7 reached opportunity (past sql); 4..7 qualified
+    assert (result.subjects, result.converters) == (7, 3)
+    assert (busy.qualified, busy.converted, busy.recall) == (4, 3, 1.0)
+    assert busy.lift == (3 / 4) / (3 / 7)
+    assert client.backtest([rule], subject="user").rules == ()
