@@ -87,8 +87,9 @@ class Status:
 class StageChange:
     """One move in a subject's lifecycle.
 
-    ``source`` is ``rule:NAME`` (a qualification moved it), ``manual`` (``set_stage``) or
-    ``first_seen`` (the subject became a ``lead`` when pqlsdk first saw it).
+    ``source`` is ``rule:NAME`` (a qualification moved it), ``manual`` (``set_stage``),
+    ``import`` (a stage line of ``pqlsdk import``, a CRM's verdict) or ``first_seen`` (the
+    subject became a ``lead`` when pqlsdk first saw it).
     """
 
     subject_type: str

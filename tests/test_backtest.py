@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import sqlite3
 from datetime import timedelta
 
@@ -250,3 +251,33 @@ def test_account_rules_are_backtested_against_account_outcomes(make_client):
     assert (busy.qualified, busy.converted, busy.recall) == (4, 3, 1.0)
     assert busy.lift == (3 / 4) / (3 / 7)
     assert client.backtest([rule], subject="user").rules == ()
+
+
+def test_replay_of_score_rules_equals_live(make_client):
+    from pqlsdk.backtest import replay
+    from pqlsdk.timestamps import from_micros
+
+    rules = {"rules": [{"name": "warm", "stage": "mql",
+                        "all": [{"score": "behavior", "gte": 12}]}],
+             "scoring": {"half_life": "3d", "behavior": [
+                 {"event": "report_generated", "points": 5, "max": 40},
+                 {"event": "integration_connected", "points": 4,
+                  "where": {"provider": "slack"}}]}}
+    client = make_client(rules)
+    rng = random.Random(2)
+    for n in range(40):
+        at = T0
+        for _ in range(rng.randrange(1, 9)):
+            at += timedelta(hours=rng.randrange(1, 60))
+            if rng.random() < 0.3:
+                client.track(f"u{n}", "integration_connected",
+                             {"provider": rng.choice(["slack", "zapier"])}, timestamp=at)
+            else:
+                client.track(f"u{n}", "report_generated", timestamp=at)
+    live = {q.subject_id: q.qualified_at for q in client.qualifications()}
+    assert 5 < len(live) < 40
+    with client.store.read() as tx:
+        replayed = {s: from_micros(found[0]) for s, found in
+                    replay(tx, client.rules.rules, client.rules.scoring, "user", 2**62)
+                    if found[0] is not None}
+    assert replayed == live
