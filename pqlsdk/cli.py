@@ -116,11 +116,13 @@ def check(rules: str, as_json: bool) -> None:
         return
     click.echo(f"{rules}: {len(summary)} rule(s) OK")
     for item in summary:
-        click.echo(f"- {item['name']} ({item['subject']} -> {item['stage']})"
+        click.echo(f"- {item['name']} ({item['subject']} -> {item['stage']}"
+                   + (", shadow" if item["shadow"] else "") + ")"
                    + (f": {item['description']}" if item["description"] else ""))
         click.echo(f"    events: {', '.join(item['events']) or '-'}; "
                    f"traits: {', '.join(item['traits']) or '-'}"
-                   + (f"; scores: {', '.join(item['scores'])}" if item["scores"] else ""))
+                   + (f"; scores: {', '.join(item['scores'])}" if item["scores"] else "")
+                   + f"; version {item['version']}")
     if ruleset.scoring is not None:
         click.echo(f"scoring: {len(ruleset.scoring.behavior)} behaviour and "
                    f"{len(ruleset.scoring.fit)} fit line(s)")
@@ -129,7 +131,8 @@ def check(rules: str, as_json: bool) -> None:
 def _rule_summary(ruleset: RuleSet, rule: Any) -> dict[str, Any]:
     return {"name": rule.name, "subject": rule.subject, "stage": rule.stage,
             "description": rule.description, "events": sorted(ruleset.events_of(rule)),
-            "traits": sorted(ruleset.traits_of(rule)), "scores": sorted(rule.scores)}
+            "traits": sorted(ruleset.traits_of(rule)), "scores": sorted(rule.scores),
+            "shadow": rule.shadow, "version": rule.version}
 
 
 @main.command("import")
