@@ -24,7 +24,9 @@ after the outcome. Replay checks rules at events: a rule that only time can comp
 (``at_most``, ``not``), which live traffic finds at an ``evaluate()``, is found at the
 subject's next event that the rule reads. Traits are today's (their history is not
 stored): a rule on a trait that changes at conversion (``plan = "paid"``) can look better
-than it was.
+than it was. Lifecycle is not replayed either: each subject's first qualification
+per rule is found whatever its stage (a lead rejected by hand and its new round are not
+modelled, and a ``disqualified`` subject is still measured).
 """
 
 from __future__ import annotations
