@@ -5,6 +5,7 @@
     >>> client.track("u1", "report_generated")
 """
 
+from .backtest import Backtest, RuleBacktest
 from .client import Client
 from .errors import (
     PqlError,
@@ -25,10 +26,12 @@ from .reports import Funnel, FunnelStage, RuleOutcome
 from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
 from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
+from .suggest import Suggestion
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backtest",
     "Client",
     "Delivery",
     "Funnel",
@@ -37,6 +40,7 @@ __all__ = [
     "PqlError",
     "Qualification",
     "Rule",
+    "RuleBacktest",
     "RuleError",
     "RuleOutcome",
     "RuleSet",
@@ -53,6 +57,7 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreFull",
+    "Suggestion",
     "UnknownSubject",
     "ValidationError",
     "__version__",

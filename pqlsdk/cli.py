@@ -22,7 +22,7 @@ from .client import Client
 from .errors import PqlError, UnknownSubject, ValidationError
 from .filecheck import diagnose
 from .importer import ImportStopped, import_jsonl, open_source
-from .reports import format_funnel, format_rule_report
+from .reports import format_backtest, format_funnel, format_rule_report, format_suggestions
 from .rules import RuleSet, load_rules
 from .timestamps import coerce, to_micros
 
@@ -65,6 +65,20 @@ rules_option = click.option("--rules", type=click.Path(dir_okay=False), envvar="
                             help="The rules TOML file (env PQLSDK_RULES).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print JSON for programs instead of a table.")
+
+
+outcome_option = click.option(
+    "--outcome", default="customer", show_default=True,
+    help="What counts as converting: a stage (sql, opportunity, customer...) or "
+         "event:NAME.")
+horizon_option = click.option("--horizon", default="30d", show_default=True,
+                              help="How soon after qualifying the outcome must come.")
+period_options = [
+    click.option("--since", help="Only qualifications at or after this ISO-8601 time."),
+    click.option("--until", help="Replay up to this ISO-8601 time (default now)."),
+    click.option("--subject", type=click.Choice(["user", "account"]), default="user",
+                 show_default=True),
+]
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -120,11 +134,13 @@ def check(rules: str, as_json: bool) -> None:
         return
     click.echo(f"{rules}: {len(summary)} rule(s) OK")
     for item in summary:
-        click.echo(f"- {item['name']} ({item['subject']} -> {item['stage']})"
+        click.echo(f"- {item['name']} ({item['subject']} -> {item['stage']}"
+                   + (", shadow" if item["shadow"] else "") + ")"
                    + (f": {item['description']}" if item["description"] else ""))
         click.echo(f"    events: {', '.join(item['events']) or '-'}; "
                    f"traits: {', '.join(item['traits']) or '-'}"
-                   + (f"; scores: {', '.join(item['scores'])}" if item["scores"] else ""))
+                   + (f"; scores: {', '.join(item['scores'])}" if item["scores"] else "")
+                   + f"; version {item['version']}")
     if ruleset.scoring is not None:
         click.echo(f"scoring: {len(ruleset.scoring.behavior)} behaviour and "
                    f"{len(ruleset.scoring.fit)} fit line(s)")
@@ -133,7 +149,8 @@ def check(rules: str, as_json: bool) -> None:
 def _rule_summary(ruleset: RuleSet, rule: Any) -> dict[str, Any]:
     return {"name": rule.name, "subject": rule.subject, "stage": rule.stage,
             "description": rule.description, "events": sorted(ruleset.events_of(rule)),
-            "traits": sorted(ruleset.traits_of(rule)), "scores": sorted(rule.scores)}
+            "traits": sorted(ruleset.traits_of(rule)), "scores": sorted(rule.scores),
+            "shadow": rule.shadow, "version": rule.version}
 
 
 @main.command("import")
@@ -334,22 +351,32 @@ def rules_report(db: str, busy_timeout: float, rules: str | None, since: str | N
               help="Where to write the page.")
 @click.option("--subject", type=click.Choice(["user", "account"]), default="user",
               show_default=True)
+@click.option("--backtest/--no-backtest", "with_backtest", default=True, show_default=True,
+              help="Include the backtest of the rules and suggested rules.")
+@outcome_option
+@horizon_option
 @_guard
-def report(db: str, busy_timeout: float, rules: str | None, html_path: str,
-           subject: str) -> None:
-    """Write one self-contained HTML page: the funnel chart, conversions, rule outcomes and
-    the distribution of scores.
+def report(db: str, busy_timeout: float, rules: str | None, html_path: str, subject: str,
+           with_backtest: bool, outcome: str, horizon: str) -> None:
+    """Write one self-contained HTML page: the funnel chart, conversions, rule outcomes,
+    the distribution of scores, and which rules are true (backtest and suggestions).
 
     \b
     Example:
         pqlsdk report --db pql.db --rules pql_rules.toml --html report.html
     """
     with _open(db, rules, busy_timeout=busy_timeout) as client:
+        tested = found = None
+        if with_backtest:
+            tested = client.backtest(outcome=outcome, horizon=horizon, subject=subject)
+            found = client.suggest(outcome=outcome, horizon=horizon, subject=subject)
         page = html_report.render(
             client.funnel(subject=subject),
             client.rule_report(),
             client.scores(subject=subject) if client.rules.scoring is not None else None,
             generated=datetime.now(timezone.utc),
+            backtest=tested,
+            suggestions=found,
         )
     with open(html_path, "w", encoding="utf-8") as handle:
         handle.write(page)
@@ -455,3 +482,86 @@ def prune(db: str, busy_timeout: float, rules: str | None, retention: str,
 
 def _now() -> int:
     return to_micros(datetime.now(timezone.utc))
+def _period(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(period_options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("rules_file", required=False, type=click.Path(dir_okay=False))
+@db_option
+@rules_option
+@outcome_option
+@horizon_option
+@_period
+@click.option("--against", type=click.Choice(["current"]),
+              help="Also list who RULES_FILE adds and drops compared with --rules.")
+@json_option
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write an HTML page (with suggestions) instead of a table.")
+@_guard
+def backtest(rules_file: str | None, db: str, busy_timeout: float, rules: str | None,
+             outcome: str, horizon: str, since: str | None, until: str | None, subject: str,
+             against: str | None, as_json: bool, html_path: str | None) -> None:
+    """Replay the stored history for a rules file and show, per rule, how many subjects it
+    qualified, how many converted, precision (95% interval), recall, lift, lead time and
+    missed converters. Read only.
+
+    \b
+    Example:
+        pqlsdk backtest examples/pql_rules.toml --db pql.db
+        pqlsdk backtest new_rules.toml --db pql.db --rules pql_rules.toml --against current
+        pqlsdk backtest --db pql.db --rules pql_rules.toml --outcome event:subscription_started
+    """
+    if rules_file is None and rules is None:
+        raise BadInput("give a RULES file (or --rules)")
+    if against and (rules is None or rules_file is None):
+        raise BadInput("--against current compares RULES_FILE with the --rules file: give both")
+    with _open(db, rules, busy_timeout=busy_timeout) as client:
+        result = client.backtest(rules_file, outcome=outcome, horizon=horizon,
+                                 since=_when(since, "since"), until=_when(until, "until"),
+                                 subject=subject, against=against)
+        if html_path:
+            found = client.suggest(outcome=outcome, horizon=horizon, subject=subject,
+                                   since=_when(since, "since"), until=_when(until, "until"))
+            page = html_report.render_backtest(result, found,
+                                               generated=datetime.now(timezone.utc))
+            with open(html_path, "w", encoding="utf-8") as handle:
+                handle.write(page)
+            click.echo(f"wrote {html_path}")
+            return
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        click.echo(format_backtest(result))
+
+
+@main.command()
+@db_option
+@outcome_option
+@horizon_option
+@_period
+@click.option("--min-support", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Fewest subjects a candidate must qualify.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1))
+@json_option
+@_guard
+def suggest(db: str, busy_timeout: float, outcome: str, horizon: str, since: str | None,
+            until: str | None, subject: str, min_support: int, top: int, as_json: bool
+            ) -> None:
+    """Candidate rules found in the stored events, best lift first, each as TOML ready to
+    paste into a rules file. Read only.
+
+    \b
+    Example:
+        pqlsdk suggest --db pql.db --outcome customer --horizon 30d
+    """
+    with _open(db, None, busy_timeout=busy_timeout) as client:
+        found = client.suggest(outcome=outcome, horizon=horizon, min_support=min_support,
+                               top=top, since=_when(since, "since"),
+                               until=_when(until, "until"), subject=subject)
+    if as_json:
+        _print_json([s.to_dict() for s in found])
+    else:
+        click.echo(format_suggestions(found))

@@ -16,12 +16,14 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
+from . import backtest as backtests
 from . import privacy, reports
+from . import suggest as suggestions
 from .errors import UnknownSubject, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
-from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
+from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
 from .retention import Pruner, Retention, check_windows, parse_retention, projection
 from .rules import Rule, RuleSet, load_rules
@@ -29,6 +31,7 @@ from .scoring import Score
 from .sinks import event_message, reset_http_session
 from .stages import SIDE_STATES, STAGES
 from .store import SYNCHRONOUS, Store, Transaction
+from .suggest import Suggestion
 from .timestamps import coerce, now, to_micros
 from .worker import Worker
 
@@ -457,6 +460,36 @@ class Client:
         self._dispatch(bool(rows))
         return change
 
+    def apply_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> bool:
+        """Record an imported stage change (``call.kind == "stage"``: ``event`` holds the
+        stage, ``data`` the reason; a user's when ``user_id`` is set, else the account's)
+        inside ``tx``, creating the subject if it is new; history source ``import``.
+        Returns whether outbox rows were written (never with ``deliver=False``)."""
+        ts = to_micros(call.at)
+        stage, reason = call.event, call.data.get("reason")
+        if call.user_id:
+            subject_type, subject_id = "user", call.user_id
+            subject = load_subjects(tx, subject_id, None, ts)[0]
+            member: str | None = subject_id
+            account = tx.account_of(subject_id)
+        else:
+            assert call.account_id is not None  # the importer checked it
+            subject_type, subject_id = "account", call.account_id
+            tx.add_account(subject_id, ts)
+            subject = load_subject(tx, "account", subject_id)
+            member, account = tx.latest_user(subject_id, ts), subject_id
+        if subject.stage == stage:
+            return False
+        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason)
+        if not deliver or member is None:
+            return False
+        change = StageChange(subject_type, subject_id, subject.stage, stage, call.at,
+                             "import", reason)
+        rows = self._outbox.stage_rows([(change, member, account, _new_id())], wall_micros())
+        if rows:
+            tx.enqueue(rows)
+        return bool(rows)
+
     def history(self, user_id: str | None = None, *, account_id: str | None = None
                 ) -> list[StageChange]:
         """Every stage change of a user (or an account), oldest first: when it was first seen
@@ -527,20 +560,94 @@ class Client:
     def rule_report(self, *, since: datetime | str | None = None) -> list[RuleOutcome]:
         """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,
         ``opportunity`` and ``customer``, how many sales moved to ``unqualified`` or
-        ``disqualified``, and their most common reasons."""
+        ``disqualified``, and their most common reasons. Shadow rules have rows of their
+        own; each row is split by rule version."""
         lower = _bound(since, "since")
         with self.store.read() as tx:
-            return reports.rule_report(tx, [r.name for r in self.rules.rules], lower)
+            return reports.rule_report(tx, [(r.name, r.shadow) for r in self.rules.rules],
+                                       lower)
+
+    def backtest(
+        self,
+        rules: str | os.PathLike[str] | list[Rule] | dict[str, Any] | RuleSet | None = None,
+        *,
+        outcome: str | dict[str, str] = "customer",
+        horizon: str | timedelta = "30d",
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        subject: str = "user",
+        against: str | None = None,
+    ) -> backtests.Backtest:
+        """Replay the stored history for ``rules`` (default: this Client's; or a TOML path,
+        a dict, a list of :class:`Rule`) and measure each against ``outcome`` (a stage
+        reached, or ``{"event": NAME}``) within ``horizon``: qualified, converted,
+        precision with its 95% interval, recall, base rate, lift, median lead time,
+        missed. Read only: nothing is written. ``against="current"`` also lists who the
+        given rules add and drop compared with this Client's rules.
+
+        >>> result = client.backtest("candidate_rules.toml", against="current")
+        >>> result.rule("team_activation").lift
+        3.2
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        if against not in (None, "current"):
+            raise ValidationError(f"against must be 'current' or None (got {against!r})")
+        ruleset = self._ruleset(rules)
+        frame = backtests.frame(outcome, horizon, _bound(since, "since"),
+                                _micros(until, "until"))
+        current = self.rules if against == "current" else None
+        with self.store.read() as tx:
+            return backtests.backtest(tx, ruleset, frame, subject, current)
+
+    def suggest(
+        self,
+        *,
+        outcome: str | dict[str, str] = "customer",
+        horizon: str | timedelta = "30d",
+        min_support: int = 20,
+        top: int = 10,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        subject: str = "user",
+    ) -> list[Suggestion]:
+        """Candidate rules found in the stored events (at least N of an event within a
+        window, an event with a property value, N distinct values of a property), each
+        qualifying at least ``min_support`` subjects, best lift first, measured as
+        :meth:`backtest` measures a rule; each with its TOML, ready to paste. Read only.
+
+        >>> print(client.suggest(top=1)[0].toml)
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        for name, value in (("min_support", min_support), ("top", top)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValidationError(f"{name} must be a whole number >= 1 (got {value!r})")
+        frame = backtests.frame(outcome, horizon, _bound(since, "since"),
+                                _micros(until, "until"))
+        with self.store.read() as tx:
+            return suggestions.suggest(tx, frame, subject, min_support=min_support, top=top)
+
+    def _ruleset(self, rules: Any) -> RuleSet:
+        if rules is None:
+            return self.rules
+        if isinstance(rules, RuleSet):
+            return rules
+        if isinstance(rules, list | tuple):
+            return load_rules(list(rules), self.rules.scoring)
+        return load_rules(rules)
 
     # -- reading ----------------------------------------------------------------------------
 
     def qualifications(
-        self, *, since: datetime | str | None = None, rule: str | None = None
+        self, *, since: datetime | str | None = None, rule: str | None = None,
+        shadow: bool | None = False,
     ) -> list[Qualification]:
-        """Recorded qualifications in time order, optionally since a moment or for one rule."""
+        """Recorded qualifications in time order, optionally since a moment or for one rule.
+        Live ones by default; ``shadow=True`` lists the shadow rules' instead, ``None`` both."""
         since_us = _bound(since, "since")
         with self.store.read() as tx:
-            rows = tx.qualifications(since=since_us, rule=rule)
+            rows = tx.qualifications(since=since_us, rule=rule, shadow=shadow)
         return [Qualification.from_row(row) for row in rows]
 
     def status(
@@ -560,13 +667,13 @@ class Client:
     def _status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
                 ) -> Status:
         subject = _known_subject(tx, subject_type, subject_id)
-        found = tuple(Qualification.from_row(r)
-                      for r in tx.qualifications(subject=(subject_type, subject_id)))
+        found = tuple(Qualification.from_row(r) for r in
+                      tx.qualifications(subject=(subject_type, subject_id), shadow=False))
         facts = SubjectFacts(tx, subject, until, self.rules.scoring)
         progress = {  # the rules it may still meet this round
             rule.name: measure(rule.condition, facts)
             for rule in self._by_subject[subject_type]
-            if rule.name not in subject.done
+            if done_key(rule) not in subject.done
         }
         return Status(subject_type, subject_id, subject.stage, found, progress)
 

@@ -38,6 +38,7 @@ import attrs
 
 from .client import Call, Client
 from .errors import PqlError, StoreError, ValidationError
+from .stages import SIDE_STATES, STAGES
 from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction, staging and replay alike.
@@ -203,6 +204,8 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
     if not isinstance(message, dict):
         raise ValidationError("a message must be a JSON object")
     kind = message.get("type")
+    if kind == "stage":
+        return _stage_change(line, message)
     if kind not in KINDS:
         if not isinstance(kind, str) or not kind:
             raise ValidationError("type is missing; expected track, identify or group")
@@ -236,6 +239,37 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
         if kind == "track":
             call = call._replace(message_id=message_id)
     return message_id, to_micros(at), call
+
+
+def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
+    """A CRM's stage change: ``{"type": "stage", "userId" | "groupId": ..., "stage": ...,
+    "timestamp": ..., "reason": ..., "messageId": ...}``."""
+    user_id, group_id = message.get("userId"), message.get("groupId")
+    if (user_id is None) == (group_id is None):
+        raise ValidationError("a stage message needs exactly one of userId or groupId")
+    for name, value in (("userId", user_id), ("groupId", group_id)):
+        if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)
+                                  or not str(value).strip()):
+            raise ValidationError(f"{name} must be a non-empty string (got {value!r})")
+    stage = message.get("stage")
+    if stage not in STAGES + SIDE_STATES:
+        raise ValidationError(
+            f"stage must be one of {', '.join(STAGES + SIDE_STATES)} (got {stage!r})")
+    reason = message.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError(f"reason must be a string (got {reason!r})")
+    stamp = message.get("timestamp")
+    if stamp is None:
+        raise ValidationError("timestamp is required to replay in time order")
+    at = coerce(stamp, "timestamp")
+    message_id = message.get("messageId")
+    if not isinstance(message_id, str) or not message_id:
+        message_id = "line:" + hashlib.sha1(line.strip().encode()).hexdigest()
+    call = Call("stage", "" if user_id is None else str(user_id), at,
+                None if group_id is None else str(group_id), event=stage,
+                data={"reason": reason})
+    return message_id, to_micros(at), call
+
 
 
 def import_jsonl(
@@ -379,6 +413,9 @@ class _Import:
                 traits = json.loads(data) if kind != "track" else {}
                 call = Call(kind, user_id, from_micros(ts), account_id, event or "", traits,
                             data, message_id if kind == "track" else None)
+                if kind == "stage":
+                    queued |= self.client.apply_stage(tx, call, deliver=self.deliver)
+                    continue
                 created, wrote = self.client.apply(tx, call, deliver=self.deliver)
                 queued |= wrote
                 qualified += len(created)

@@ -28,11 +28,14 @@ from typing import Any
 import sqlite_utils
 
 from .errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
+from .evaluator import fold
 from .filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
 from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
 
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
+#: How a shadow rule's name is marked among the rules a subject met (see ``Subject.done``).
+SHADOW_MARK = "\x1e"
 #: Larger than any timestamp: stands for "never" inside min().
 _NEVER = 2**62
 
@@ -228,11 +231,42 @@ def _event_rollups(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX event_rollups_user ON event_rollups(user_id, event)")
     db.execute("CREATE INDEX event_rollups_account ON event_rollups(account_id, event) "
                "WHERE account_id IS NOT NULL")
+def _shadow_and_rule_versions(db: sqlite_utils.Database) -> None:
+    """Shadow rules and rule versions: each qualification records the fingerprint of the
+    rule definition that fired it (``rule_version``; NULL for those recorded before) and
+    whether it was a shadow rule's. A shadow qualification fires in its own space, so
+    ``shadow`` joins the unique key: promoting the rule later qualifies the subject once
+    more, live. (The unique key changes, so the table is rebuilt; a release that predates
+    this one keeps writing to it: the new columns have defaults.)"""
+    db.execute("ALTER TABLE qualifications RENAME TO qualifications_v4")
+    db.execute(
+        """CREATE TABLE qualifications (
+            id TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            subject_type TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            account_id TEXT,
+            qualified_at INTEGER NOT NULL,
+            evidence TEXT NOT NULL,
+            round INTEGER NOT NULL DEFAULT 0,
+            rule_version TEXT,
+            shadow INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (subject_type, subject_id, round, rule, shadow)
+        )"""
+    )
+    db.execute("INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, "
+               "user_id, account_id, qualified_at, evidence, round) SELECT id, rule, stage, "
+               "subject_type, subject_id, user_id, account_id, qualified_at, evidence, round "
+               "FROM qualifications_v4")
+    db.execute("DROP TABLE qualifications_v4")
+    db.execute("CREATE INDEX qualifications_time ON qualifications(qualified_at)")
 
 
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups,
+    _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
 ]
 
 
@@ -514,9 +548,11 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _subject_columns(alias: str, subject_type: str, key: str) -> str:
+    # rules met this round; a shadow rule's as SHADOW_MARK + name (its own space)
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
-        f"(SELECT group_concat(rule, char(31)) FROM qualifications q "
+        f"(SELECT group_concat(CASE WHEN q.shadow THEN char(30) || rule ELSE rule END, "
+        f"char(31)) FROM qualifications q "
         f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
@@ -706,9 +742,9 @@ class Transaction:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
             "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence, round) VALUES (:id, :rule, :stage, "
-            ":subject_type, :subject_id, :user_id, :account_id, :qualified_at, :evidence, "
-            ":round) ON CONFLICT DO NOTHING",
+            "account_id, qualified_at, evidence, round, rule_version, shadow) VALUES (:id, "
+            ":rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
+            ":qualified_at, :evidence, :round, :rule_version, :shadow) ON CONFLICT DO NOTHING",
             row,
         )
         return cursor.rowcount == 1
@@ -726,10 +762,15 @@ class Transaction:
         since: int | None = None,
         rule: str | None = None,
         subject: tuple[str, str] | None = None,
+        shadow: bool | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored qualifications in ``qualified_at`` order, optionally filtered."""
+        """Stored qualifications in ``qualified_at`` order, optionally filtered (``shadow``:
+        only shadow ones, only live ones, or both with None)."""
         sql = "SELECT * FROM qualifications WHERE 1"
         args: list[Any] = []
+        if shadow is not None:
+            sql += " AND shadow = ?"
+            args.append(int(shadow))
         if since is not None:
             sql += " AND qualified_at >= ?"
             args.append(since)
@@ -996,9 +1037,11 @@ class Transaction:
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
         opportunity, customer, unqualified or disqualified that the rule itself did not
-        cause: ``(rule, subject_type, subject_id, to_stage, reason)``."""
+        cause: ``(rule, subject_type, subject_id, to_stage, reason, shadow, rule_version,
+        qualified_at)``."""
         return self.conn.execute(
-            "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason "
+            "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason, q.shadow, "
+            "q.rule_version, q.qualified_at "
             "FROM qualifications q LEFT JOIN stage_changes sc "
             "ON sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id "
             "AND sc.at >= q.qualified_at AND sc.source != 'rule:' || q.rule "
@@ -1012,6 +1055,70 @@ class Transaction:
         """Every user (or account) id."""
         table, key = _TABLES[subject_type]
         return [row[0] for row in self.conn.execute(f"SELECT {key} FROM {table}")]
+
+    # -- backtests (read only) ------------------------------------------------------------
+
+    def replay_subjects(self, subject_type: str, since: int | None, until: int) -> list[str]:
+        """Every user (or account) with an event in ``[since, until]`` (one index probe
+        each)."""
+        table, key = _TABLES[subject_type]
+        column = "user_id" if subject_type == "user" else "account_id"
+        return [row[0] for row in self.conn.execute(
+            f"SELECT s.{key} FROM {table} s WHERE EXISTS (SELECT 1 FROM events e "
+            f"WHERE e.{column} = s.{key} AND e.ts <= :until AND e.ts >= :since)",
+            {"since": -(2**62) if since is None else since, "until": until})]
+
+    def replay_events(self, subject_type: str, events: list[str] | None,
+                      with_properties: list[str], until: int
+                      ) -> Iterator[tuple[str, str, int, str | None]]:
+        """``(subject id, event, ts, properties or None)`` of the named events (None: all)
+        up to ``until``, in ``(subject, ts, id)`` order (the order replay = live needs); the
+        properties only of the events in ``with_properties``. Streams."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        props = ",".join("?" * len(with_properties))
+        text = f"CASE WHEN event IN ({props}) THEN properties END" if props else "NULL"
+        where = "" if events is None else f"event IN ({','.join('?' * len(events))}) AND "
+        cursor = self.conn.execute(
+            f"SELECT {column}, event, ts, {text} FROM events WHERE {where}"
+            f"ts <= ? AND {column} IS NOT NULL ORDER BY {column}, ts, id",
+            (*with_properties, *(events or ()), until))
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
+
+    def property_firsts(self, subject_type: str, until: int
+                        ) -> Iterator[tuple[str, str, Any, str, int]]:
+        """``(event, property, value, subject id, first ts)``: when each subject first did
+        each event with each text or whole-number top-level property value (up to
+        ``until``), aggregated in SQL. Streams."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        cursor = self.conn.execute(
+            f"SELECT e.event, j.key, j.atom, e.{column}, min(e.ts) FROM events e, "
+            f"json_each(e.properties) j WHERE e.ts <= ? AND e.{column} IS NOT NULL "
+            f"AND j.type IN ('text', 'integer') AND e.properties != '{{}}' "
+            f"GROUP BY e.event, j.key, j.atom, e.{column}", (until,))
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
+
+    def first_reached(self, subject_type: str, stages: list[str], until: int
+                      ) -> dict[str, int]:
+        """When each subject first entered any of ``stages`` (up to ``until``)."""
+        marks = ",".join("?" * len(stages))
+        return dict(self.conn.execute(
+            f"SELECT subject_id, min(at) FROM stage_changes WHERE subject_type = ? "
+            f"AND to_stage IN ({marks}) AND at <= ? GROUP BY subject_id",
+            (subject_type, *stages, until)).fetchall())
+
+    def first_event(self, subject_type: str, event: str, until: int) -> dict[str, int]:
+        """When each subject first did ``event`` (up to ``until``)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        return dict(self.conn.execute(
+            f"SELECT {column}, min(ts) FROM events WHERE event = ? AND ts <= ? "
+            f"AND {column} IS NOT NULL GROUP BY {column}", (event, until)).fetchall())
+
+    def all_traits(self, subject_type: str) -> dict[str, str]:
+        """Every user's (or account's) traits JSON, by id."""
+        table, key = _TABLES[subject_type]
+        return dict(self.conn.execute(f"SELECT {key}, traits FROM {table}").fetchall())
 
     # -- measuring ------------------------------------------------------------------------
 
@@ -1068,25 +1175,4 @@ def _fold(
     matches: Callable[[dict[str, Any]], bool] | None,
 ) -> float:
     """Count, distinct-count or sum ``(properties JSON, how many events)`` rows."""
-    count = 0
-    total = 0.0
-    seen: set[str] = set()
-    for text, n in rows:
-        props = json.loads(text)
-        if matches is not None and not matches(props):
-            continue
-        if condition.distinct is not None:
-            if props.get(condition.distinct) is None:
-                continue
-            seen.add(json.dumps(props[condition.distinct], sort_keys=True))
-            count = len(seen)
-        elif condition.sum is not None:
-            value = props.get(condition.sum)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total += value * n
-            continue
-        else:
-            count += n
-        if limit is not None and count >= limit:
-            break
-    return total if condition.sum is not None else count
+    return fold(((json.loads(text), n) for text, n in rows), condition, limit, matches)
