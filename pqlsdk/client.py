@@ -12,23 +12,27 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlite_utils
 
-from . import reports
+from . import backtest as backtests
+from . import privacy, reports
+from . import suggest as suggestions
 from .errors import DeliveryNameWarning, UnknownSubject, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status, json_default
 from .outbox import SEGMENT, Delivery, Outbox, wall_micros
-from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
+from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
+from .retention import Pruner, Retention, check_windows, parse_retention, projection
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import CallbackSink, callback_name, event_message, reset_http_session
 from .stages import SIDE_STATES, STAGES
-from .store import Store, Transaction
+from .store import SYNCHRONOUS, Store, Transaction
+from .suggest import Suggestion
 from .timestamps import coerce, now, to_micros
 from .worker import Worker
 
@@ -109,7 +113,16 @@ class Client:
     :param delivery_lease: seconds a delivery is claimed for; a row claimed by a process
         that died is taken over when its lease ends.
     :param poll_interval: seconds between the worker's looks for due rows.
-    :param busy_timeout: seconds to wait for another process's write lock.
+    :param busy_timeout: seconds to wait for another process's write lock before raising
+        :class:`~pqlsdk.StoreBusy`.
+    :param synchronous: ``"normal"`` (the default: a process crash loses nothing acknowledged,
+        a power loss may lose the last transactions) or ``"full"`` (a power loss loses
+        nothing acknowledged either; each write waits for the disk). See the README.
+    :param retention: how long events are kept, e.g. ``"400d"`` (``None``, the default,
+        keeps every event). Older events are folded into per-subject rollups and removed
+        in the background (not in ``sync_mode``) and by :meth:`prune`; counts, distinct
+        values, sums and scores without a window stay exact. A rule whose window is longer
+        is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
     """
 
@@ -129,8 +142,21 @@ class Client:
         poll_interval: float = 1.0,
         busy_timeout: float = 30.0,
         scoring: dict[str, Any] | None = None,
+        synchronous: str = "normal",
+        retention: str | timedelta | None = None,
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring)
+        keep = parse_retention(retention)
+        self._retention: Retention | None = None
+        if keep is not None:
+            check_windows(self.rules, keep)
+            # with no rules given (a CLI prune), rollups keep every property
+            self._retention = Retention(keep, None if rules is None else projection(self.rules))
+        if synchronous not in SYNCHRONOUS:
+            raise ValidationError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS)} (got {synchronous!r})")
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            raise ValidationError(f"busy_timeout must be seconds >= 0 (got {busy_timeout!r})")
         callbacks: list[tuple[str | None, Any]]
         if isinstance(on_qualified, dict):
             callbacks = list(on_qualified.items())
@@ -163,16 +189,19 @@ class Client:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self._qualify = functools.partial(qualify, scoring=self.rules.scoring)
-        self.store = Store(database, busy_timeout=busy_timeout)
+        self.store = Store(database, busy_timeout=busy_timeout, synchronous=synchronous)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
                               lease=delivery_lease)
-        self._names: dict[str, str] = {}  # module.qualname -> destination, to spot twins
         for name, callback in callbacks:
             self._register(callback, name)
         self._worker = Worker(self._outbox, poll_interval)
         self._closing = threading.Event()
         self._closed = False
+        self._pruner: Pruner | None = None
+        if self._retention is not None and not sync_mode:
+            self._pruner = Pruner(self._retention, self.store, _now_micros)
+            self._pruner.start()
         _forget_after_fork(self)
         if not sync_mode and self._outbox.waiting()[0]:
             self._worker.wake()  # deliver what an earlier run left pending
@@ -498,6 +527,36 @@ class Client:
         self._dispatch(bool(rows))
         return change
 
+    def apply_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> bool:
+        """Record an imported stage change (``call.kind == "stage"``: ``event`` holds the
+        stage, ``data`` the reason; a user's when ``user_id`` is set, else the account's)
+        inside ``tx``, creating the subject if it is new; history source ``import``.
+        Returns whether outbox rows were written (never with ``deliver=False``)."""
+        ts = to_micros(call.at)
+        stage, reason = call.event, call.data.get("reason")
+        if call.user_id:
+            subject_type, subject_id = "user", call.user_id
+            subject = load_subjects(tx, subject_id, None, ts)[0]
+            member: str | None = subject_id
+            account = tx.account_of(subject_id)
+        else:
+            assert call.account_id is not None  # the importer checked it
+            subject_type, subject_id = "account", call.account_id
+            tx.add_account(subject_id, ts)
+            subject = load_subject(tx, "account", subject_id)
+            member, account = tx.latest_user(subject_id, ts), subject_id
+        if subject.stage == stage:
+            return False
+        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason)
+        if not deliver or member is None:
+            return False
+        change = StageChange(subject_type, subject_id, subject.stage, stage, call.at,
+                             "import", reason)
+        rows = self._outbox.stage_rows([(change, member, account, _new_id())], wall_micros())
+        if rows:
+            tx.enqueue(rows)
+        return bool(rows)
+
     def history(self, user_id: str | None = None, *, account_id: str | None = None
                 ) -> list[StageChange]:
         """Every stage change of a user (or an account), oldest first: when it was first seen
@@ -508,12 +567,36 @@ class Client:
 
     def forget(self, user_id: str) -> None:
         """Erase a user for a privacy request, in one transaction: its events, traits,
-        qualifications, history and pending deliveries. Account counts no longer include
-        its events; an account's qualification that this user completed keeps no trace of
-        who (its ``user_id`` becomes ``"(forgotten)"``)."""
-        user_id = _require_id("user_id", user_id)
-        with self.store.write() as tx:
-            tx.forget_user(user_id)
+        qualifications, history, pending deliveries, staged imports and import bookkeeping.
+        Account counts no longer include its events; an account's qualification that this
+        user completed keeps no trace of who (its ``user_id`` becomes ``"(forgotten)"``).
+
+        No byte of the user is left in the file, its WAL or its free pages: deleted rows
+        are overwritten (``secure_delete``) and the WAL is checkpointed and truncated. Its
+        message ids are remembered only as keyed hashes, so re-importing the same file (or
+        resuming a stopped import) does not bring the user back. Raises
+        :class:`~pqlsdk.StoreBusy` if another connection kept the WAL from being truncated
+        (the rows are erased; retry to clear the WAL).
+        """
+        privacy.forget(self.store, _require_id("user_id", user_id))
+
+    def prune(self, *, as_of: datetime | str | None = None) -> int:
+        """Fold and remove every event older than the retention as of ``as_of`` (default
+        now); return how many were removed (0 without ``retention=``). The background
+        pruner does the same a small batch at a time."""
+        until = _micros(as_of, "as_of")
+        if self._retention is None:
+            return 0
+        return self._retention.prune(self.store, until)
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything pqlsdk keeps about a user, JSON-ready, for an access request: traits,
+        events, stages (history), qualifications, staged imports and pending deliveries.
+
+        >>> client.export("ada")["traits"]
+        {'plan': 'trial'}
+        """
+        return privacy.export(self.store, _require_id("user_id", user_id))
 
     # -- reports --------------------------------------------------------------------------
 
@@ -544,20 +627,94 @@ class Client:
     def rule_report(self, *, since: datetime | str | None = None) -> list[RuleOutcome]:
         """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,
         ``opportunity`` and ``customer``, how many sales moved to ``unqualified`` or
-        ``disqualified``, and their most common reasons."""
+        ``disqualified``, and their most common reasons. Shadow rules have rows of their
+        own; each row is split by rule version."""
         lower = _bound(since, "since")
         with self.store.read() as tx:
-            return reports.rule_report(tx, [r.name for r in self.rules.rules], lower)
+            return reports.rule_report(tx, [(r.name, r.shadow) for r in self.rules.rules],
+                                       lower)
+
+    def backtest(
+        self,
+        rules: str | os.PathLike[str] | list[Rule] | dict[str, Any] | RuleSet | None = None,
+        *,
+        outcome: str | dict[str, str] = "customer",
+        horizon: str | timedelta = "30d",
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        subject: str = "user",
+        against: str | None = None,
+    ) -> backtests.Backtest:
+        """Replay the stored history for ``rules`` (default: this Client's; or a TOML path,
+        a dict, a list of :class:`Rule`) and measure each against ``outcome`` (a stage
+        reached, or ``{"event": NAME}``) within ``horizon``: qualified, converted,
+        precision with its 95% interval, recall, base rate, lift, median lead time,
+        missed. Read only: nothing is written. ``against="current"`` also lists who the
+        given rules add and drop compared with this Client's rules.
+
+        >>> result = client.backtest("candidate_rules.toml", against="current")
+        >>> result.rule("team_activation").lift
+        3.2
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        if against not in (None, "current"):
+            raise ValidationError(f"against must be 'current' or None (got {against!r})")
+        ruleset = self._ruleset(rules)
+        frame = backtests.frame(outcome, horizon, _bound(since, "since"),
+                                _micros(until, "until"))
+        current = self.rules if against == "current" else None
+        with self.store.read() as tx:
+            return backtests.backtest(tx, ruleset, frame, subject, current)
+
+    def suggest(
+        self,
+        *,
+        outcome: str | dict[str, str] = "customer",
+        horizon: str | timedelta = "30d",
+        min_support: int = 20,
+        top: int = 10,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        subject: str = "user",
+    ) -> list[Suggestion]:
+        """Candidate rules found in the stored events (at least N of an event within a
+        window, an event with a property value, N distinct values of a property), each
+        qualifying at least ``min_support`` subjects, best lift first, measured as
+        :meth:`backtest` measures a rule; each with its TOML, ready to paste. Read only.
+
+        >>> print(client.suggest(top=1)[0].toml)
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        for name, value in (("min_support", min_support), ("top", top)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValidationError(f"{name} must be a whole number >= 1 (got {value!r})")
+        frame = backtests.frame(outcome, horizon, _bound(since, "since"),
+                                _micros(until, "until"))
+        with self.store.read() as tx:
+            return suggestions.suggest(tx, frame, subject, min_support=min_support, top=top)
+
+    def _ruleset(self, rules: Any) -> RuleSet:
+        if rules is None:
+            return self.rules
+        if isinstance(rules, RuleSet):
+            return rules
+        if isinstance(rules, list | tuple):
+            return load_rules(list(rules), self.rules.scoring)
+        return load_rules(rules)
 
     # -- reading ----------------------------------------------------------------------------
 
     def qualifications(
-        self, *, since: datetime | str | None = None, rule: str | None = None
+        self, *, since: datetime | str | None = None, rule: str | None = None,
+        shadow: bool | None = False,
     ) -> list[Qualification]:
-        """Recorded qualifications in time order, optionally since a moment or for one rule."""
+        """Recorded qualifications in time order, optionally since a moment or for one rule.
+        Live ones by default; ``shadow=True`` lists the shadow rules' instead, ``None`` both."""
         since_us = _bound(since, "since")
         with self.store.read() as tx:
-            rows = tx.qualifications(since=since_us, rule=rule)
+            rows = tx.qualifications(since=since_us, rule=rule, shadow=shadow)
         return [Qualification.from_row(row) for row in rows]
 
     def status(
@@ -577,13 +734,13 @@ class Client:
     def _status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
                 ) -> Status:
         subject = _known_subject(tx, subject_type, subject_id)
-        found = tuple(Qualification.from_row(r)
-                      for r in tx.qualifications(subject=(subject_type, subject_id)))
+        found = tuple(Qualification.from_row(r) for r in
+                      tx.qualifications(subject=(subject_type, subject_id), shadow=False))
         facts = SubjectFacts(tx, subject, until, self.rules.scoring)
         progress = {  # the rules it may still meet this round
             rule.name: measure(rule.condition, facts)
             for rule in self._by_subject[subject_type]
-            if rule.name not in subject.done
+            if done_key(rule) not in subject.done
         }
         return Status(subject_type, subject_id, subject.stage, found, progress)
 
@@ -753,6 +910,8 @@ class Client:
         # that it is not left leased until the lease runs out
         delivered = self.flush(timeout - min(timeout * 0.25, CLOSE_GRACE))
         self._closing.set()
+        if self._pruner is not None:
+            self._pruner.stop(max(0.0, deadline - time.monotonic()))
         self._worker.stop(max(0.0, deadline - time.monotonic()))
         self.store.close(max(0.0, deadline - time.monotonic()))
         self._closed = True
@@ -785,6 +944,10 @@ def _micros(value: datetime | str | None, name: str) -> int:
     return to_micros(now() if value is None else coerce(value, name))
 
 
+def _now_micros() -> int:
+    return to_micros(now())
+
+
 def _bound(value: datetime | str | None, name: str) -> int | None:
     """An optional bound (``since``, ``until``) as microseconds, or None."""
     return None if value is None else to_micros(coerce(value, name))
@@ -813,6 +976,9 @@ def _forget_after_fork(client: Client) -> None:
         child._worker = Worker(child._outbox, child._worker.poll_interval)
         child._outbox.after_fork()
         child._closing = threading.Event()
+        if child._pruner is not None:
+            child._pruner = Pruner(child._pruner.retention, child.store, _now_micros)
+            child._pruner.start()
         if child.segment is not None:
             reset_http_session()
 

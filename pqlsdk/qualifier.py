@@ -19,17 +19,26 @@ from .models import Qualification, StageChange
 from .rules import EventCondition, Rule
 from .scoring import Score, Scoring, compute
 from .stages import FIRST_STAGE, rank
-from .store import Transaction
+from .store import SHADOW_MARK, Transaction
 from .timestamps import to_micros
 
 _NAMESPACE = uuid.UUID("5b0c1c4e-7f7e-4a8e-9d55-2f1f6f1a9c3e")
+#: Shadow qualifications' ids come from a namespace of their own: no shadow key can give
+#: a live id, whatever the rule's name holds.
+_SHADOW_NAMESPACE = uuid.UUID("0d3c8f52-6a1e-4c1b-b7f4-9e2a5d6c8b10")
 
 
-def qualification_id(rule: str, subject_type: str, subject_id: str, round_: int = 0) -> str:
-    """The stable id of a subject's qualification for a rule in a round (also its Segment
-    messageId)."""
+def qualification_id(rule: str, subject_type: str, subject_id: str, round_: int = 0, *,
+                     firing: int = 0, shadow: bool = False) -> str:
+    """The stable id of a subject's qualification for a rule in a round (and a firing of a
+    re-arming rule), live or shadow (also its Segment messageId). Live ids of the first
+    firing are those of earlier releases."""
     key = f"{rule}\x1f{subject_type}\x1f{subject_id}"
-    return str(uuid.uuid5(_NAMESPACE, key if round_ == 0 else f"{key}\x1f{round_}"))
+    if round_:
+        key += f"\x1f{round_}"
+    if firing:
+        key += f"\x1ffiring\x1f{firing}"
+    return str(uuid.uuid5(_SHADOW_NAMESPACE if shadow else _NAMESPACE, key))
 
 
 class Subject(NamedTuple):
@@ -151,7 +160,7 @@ def qualify(
     """
     if subject.stage == "disqualified":
         return []
-    pending = [rule for rule in rules if rule.name not in subject.done]
+    pending = [rule for rule in rules if done_key(rule) not in subject.done]
     if not pending:
         return []
     ts = to_micros(at)
@@ -162,7 +171,8 @@ def qualify(
         if not holds(rule.condition, facts):
             continue
         qualification = Qualification(
-            id=qualification_id(rule.name, subject.type, subject.id, subject.round),
+            id=qualification_id(rule.name, subject.type, subject.id, subject.round,
+                                shadow=rule.shadow),
             rule=rule.name,
             stage=rule.stage,
             subject_type=subject.type,
@@ -171,9 +181,13 @@ def qualify(
             account_id=account_id,
             qualified_at=at,
             evidence=measure(rule.condition, facts, exact=False),
+            rule_version=rule.version,
+            shadow=rule.shadow,
         )
         if not tx.insert_qualification({**qualification.to_row(), "round": subject.round}):
             continue
+        if rule.shadow:
+            continue  # recorded beside the live ones: no stage, no delivery, not returned
         created.append(qualification)
         if moves_forward(stage, rule.stage):
             source = f"rule:{rule.name}"
@@ -183,6 +197,12 @@ def qualify(
                                           source), qualification))
             stage = rule.stage
     return created
+
+
+def done_key(rule: Rule) -> str:
+    """How a rule appears in :attr:`Subject.done`: its name, marked when it is a shadow rule
+    (a shadow qualification does not stop the live rule of the same name)."""
+    return SHADOW_MARK + rule.name if rule.shadow else rule.name
 
 
 def moves_forward(current: str, target: str) -> bool:
