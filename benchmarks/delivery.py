@@ -71,9 +71,9 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     clients = {
         "off": pqlsdk.Client(paths["off"], rules=DELIVERY_RULES),
         "on": pqlsdk.Client(paths["on"], rules=DELIVERY_RULES, segment=segment,
-                            on_qualified=lambda q: None),
+                            on_qualified={"bench": lambda q: None}),
         "mirror": pqlsdk.Client(paths["mirror"], rules=DELIVERY_RULES, segment=segment,
-                                forward_events=True, on_qualified=lambda q: None),
+                                forward_events=True, on_qualified={"bench": lambda q: None}),
     }
     rng = random.Random(3)
 

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from .stages import STAGES
-from .store import Transaction
+from .store import StageCounts, Transaction
 from .timestamps import from_micros
 
 #: Later stages whose reach rule_report counts, and the rejections it counts.
@@ -108,19 +108,17 @@ class RuleOutcome:
 def funnel(tx: Transaction, subject_type: str, since: int | None, until: int | None,
            by: str | None) -> Funnel:
     """Build a :class:`Funnel` from the subjects' stage histories (aggregated in SQL)."""
-    [(_, overall)] = tx.funnel_rows(subject_type, since, until, None) or [(None, [
-        (0, 0, None)] * len(STAGES))]
+    rows = tx.funnel_rows(subject_type, since, until, by)
     segments = {} if by is None else {
-        _segment(value): _stages(parts)
-        for value, parts in tx.funnel_rows(subject_type, since, until, by)}
-    return Funnel(subject_type, by, _stages(overall), dict(sorted(segments.items())))
+        _segment(value): _stages(parts) for value, parts in rows.groups}
+    return Funnel(subject_type, by, _stages(rows.overall), dict(sorted(segments.items())))
 
 
 def _segment(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
-def _stages(parts: list[tuple[int, int, float | None]]) -> tuple[FunnelStage, ...]:
+def _stages(parts: list[StageCounts]) -> tuple[FunnelStage, ...]:
     return tuple(
         FunnelStage(stage, entered, moved, moved / entered if entered else None,
                     None if median is None else timedelta(microseconds=median))

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -412,6 +412,22 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class StageCounts(NamedTuple):
+    """One stage of the funnel as the store counts it."""
+
+    entered: int
+    moved_on: int
+    #: The median microseconds in stage of those who moved on (None if nobody did).
+    median: float | None
+
+
+class FunnelRows(NamedTuple):
+    """:meth:`Transaction.funnel_rows`: per stage for all subjects, and per group."""
+
+    overall: list[StageCounts]
+    groups: list[tuple[Any, list[StageCounts]]]
 
 
 class Store:
@@ -1139,9 +1155,9 @@ class Transaction:
     # -- reports --------------------------------------------------------------------------
 
     def funnel_rows(self, subject_type: str, since: int | None, until: int | None,
-                    by: str | None) -> list[tuple[Any, list[tuple[int, int, float | None]]]]:
-        """Per group (the ``by`` trait's value, or one group ``None``): for each ordered
-        stage, ``(entered, moved_on, median microseconds in stage of those who moved on)``.
+                    by: str | None) -> FunnelRows:
+        """For all subjects and per group (the ``by`` trait's value; one group ``None``
+        without ``by``), per ordered stage: :class:`StageCounts`, in one pass.
 
         A subject entered a stage at its first move into it (in ``[since, until]``), and
         moved on if it later entered any later stage. It reads each subject's first entry
@@ -1172,24 +1188,37 @@ class Transaction:
         waits = " UNION ALL ".join(
             f"SELECT grp, {k} AS k, n{k} - s{k} AS d FROM q "
             f"WHERE {entered.format(k=k)} AND n{k} IS NOT NULL" for k in range(count - 1))
+        # the medians of all subjects: ranks over every group (without ``by``, the one
+        # group's ranks are those already)
+        if by is None:
+            overall_rank, overall_pick = ", count(*) OVER (PARTITION BY grp, k) AS ac", "rn"
+        else:
+            overall_rank, overall_pick = (", row_number() OVER (PARTITION BY k ORDER BY d) "
+                                          "AS arn, count(*) OVER (PARTITION BY k) AS ac"), "arn"
         rows = self.conn.execute(
             f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
             f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p), "
             f"w AS ({waits}), "
             f"r AS (SELECT grp, k, d, row_number() OVER (PARTITION BY grp, k ORDER BY d) AS rn, "
-            f"count(*) OVER (PARTITION BY grp, k) AS c FROM w), "
+            f"count(*) OVER (PARTITION BY grp, k) AS c{overall_rank} FROM w), "
             f"m AS (SELECT grp, k, avg(d) AS median FROM r "
             f"WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
+            f"a AS (SELECT k, avg(d) AS median FROM r "
+            f"WHERE {overall_pick} IN ((ac + 1) / 2, (ac + 2) / 2) GROUP BY k), "
             f"n AS (SELECT grp, {', '.join(columns)} FROM q GROUP BY grp) "
-            f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp) "
-            f"FROM n",
+            f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp), "
+            f"(SELECT json_group_object(k, median) FROM a) FROM n",
             {"until": until, "since": since, "path": f'$."{by}"'}).fetchall()
-        result = []
+        groups = []
         for row in rows:
-            middle = json.loads(row[-1] or "{}")  # at most one median per stage: tiny
-            result.append((row[0], [(row[1 + 2 * k], row[2 + 2 * k], middle.get(str(k)))
-                                    for k in range(count)]))
-        return result
+            middle = json.loads(row[-2] or "{}")  # at most one median per stage: tiny
+            groups.append((row[0], [StageCounts(row[1 + 2 * k], row[2 + 2 * k],
+                                                middle.get(str(k))) for k in range(count)]))
+        middle = json.loads(rows[0][-1] or "{}") if rows else {}
+        overall = [StageCounts(sum(parts[k].entered for _, parts in groups),
+                               sum(parts[k].moved_on for _, parts in groups),
+                               middle.get(str(k))) for k in range(count)]
+        return FunnelRows(overall, groups)
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
