@@ -1,7 +1,7 @@
 """forward_events=True at a sustained rate: does the outbox stay flat?
 
     python benchmarks/sustained.py                  # 5,000 track() calls/s for 60 s
-    python benchmarks/sustained.py --quick          # for 5 s
+    python benchmarks/sustained.py --quick          # for 3 s
     python benchmarks/sustained.py --duration 20 --rate 2000
 
 One thread calls track() at the target rate (paced per 100 ms tick); the Client's delivery
@@ -61,7 +61,7 @@ def _paced(client: pqlsdk.Client, path: str, duration: float, rate: int
 def measure(quick: bool, duration: float | None = None, rate: int = 5_000
             ) -> list[tuple[str, str]]:
     """The figures, as ``(what, figure)`` rows."""
-    duration = duration if duration is not None else (5.0 if quick else 60.0)
+    duration = duration if duration is not None else (3.0 if quick else 60.0)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     segment = SegmentClient(write_key="bench",
@@ -90,7 +90,7 @@ def measure(quick: bool, duration: float | None = None, rate: int = 5_000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 s instead of 60 s")
+    parser.add_argument("--quick", action="store_true", help="3 s instead of 60 s")
     parser.add_argument("--duration", type=float, default=None, help="seconds")
     parser.add_argument("--rate", type=int, default=5_000, help="track() calls per second")
     args = parser.parse_args()
