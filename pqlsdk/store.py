@@ -332,7 +332,7 @@ SYNCHRONOUS = ("normal", "full")
 
 
 def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float,
-            synchronous: str = "normal") -> sqlite_utils.Database:
+            synchronous: str = "normal", *, check_file: bool = True) -> sqlite_utils.Database:
     """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk.
 
     For a ``sqlite_utils.Database`` on a file, pqlsdk opens its own connection to that file:
@@ -344,6 +344,11 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
     deleted row is overwritten, so ``forget()`` leaves no byte of the user in the file) and
     ``cell_size_check`` on (SQLite checks each b-tree page it reads, so a damaged page is
     reported rather than miscounted).
+
+    ``check_file=False`` skips the header check, for a second connection of a process that
+    has one open already: closing a file descriptor of the database file, as reading its
+    header does, drops every POSIX lock this process holds on it, and another process could
+    then checkpoint and reset the WAL under the open connection (its commits would be lost).
     """
     require_sqlite()
     if isinstance(database, sqlite_utils.Database):
@@ -354,7 +359,7 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
         db = database
         db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     else:
-        if os.fspath(database) != ":memory:":
+        if os.fspath(database) != ":memory:" and check_file:
             check_header(os.fspath(database))
         conn = sqlite3.connect(
             os.fspath(database),
@@ -471,7 +476,8 @@ class Store:
         if self.path is None:
             self.read_db, self.read_lock = self.db, self.lock
         else:
-            self.read_db = connect(self.path, self.busy_timeout, self.synchronous)
+            self.read_db = connect(self.path, self.busy_timeout, self.synchronous,
+                                   check_file=False)
             self.read_db.conn.execute("PRAGMA query_only = 1")
             self.read_lock = threading.RLock()
         self._read_tx = Transaction(self.read_db.conn)
@@ -511,7 +517,7 @@ class Store:
         self._held = ()
         if self.path is not None:  # known from before the fork: the old connection is not used
             _INHERITED.extend([self.db, self.read_db])
-            self.db = connect(self.path, self.busy_timeout, self.synchronous)
+            self.db = connect(self.path, self.busy_timeout, self.synchronous, check_file=False)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
         self._open_reader()
