@@ -545,3 +545,40 @@ def test_outbox_rows_of_an_older_file_are_converted_and_delivered(db_path, segme
     finally:
         client.close()
     assert count_rows(db_path, "outbox") == 1
+
+
+
+# -- a second connection in one process ----------------------------------------------------
+
+def hammer_and_recount(path: str, worker: int, start, results) -> None:
+    client = pqlsdk.Client(path, rules=ONE)  # a write and a read connection
+    start.wait(60)
+    for i in range(150):
+        client.track(f"u{i % 3}", "report_generated", message_id=f"{worker}-{i}")
+    client.close()
+    with sqlite3.connect(path) as conn:
+        results.put(conn.execute("SELECT count(*) FROM events WHERE message_id LIKE ?",
+                                 (f"{worker}-%",)).fetchone()[0])
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_every_process_keeps_its_commits_with_a_read_connection_open(tmp_path, round_):
+    """Opening the read connection must not drop the process's locks on the file (reading
+    the header through a descriptor of its own did): another process could then reset the
+    WAL under the open write connection, and commits were lost."""
+    import multiprocessing
+
+    path = str(tmp_path / "shared.db")
+    pqlsdk.Client(path, rules=ONE).close()
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=hammer_and_recount, args=(path, n, start, results))
+               for n in range(4)]
+    for process in workers:
+        process.start()
+    start.set()
+    kept = [results.get(timeout=120) for _ in workers]
+    for process in workers:
+        process.join(30)
+    assert kept == [150] * 4
+    assert count_rows(path, "events") == 600
