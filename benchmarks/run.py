@@ -24,6 +24,7 @@ import evaluate
 import funnel
 import import_bench
 import scoring
+import sustained
 
 import track
 
@@ -38,6 +39,7 @@ SUITE = [
     ("embedded file", lambda quick: embedded_file.measure(quick, rounds=5 if quick else 11)),
     ("backtest", lambda quick: backtest_bench.measure(quick, rounds=3 if quick else 11,
                                                       calls=150 if quick else 300)),
+    ("sustained", sustained.measure),
 ]
 
 

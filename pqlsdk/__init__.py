@@ -8,6 +8,7 @@
 from .backtest import Backtest, RuleBacktest
 from .client import Client
 from .errors import (
+    DeliveryNameWarning,
     PqlError,
     RuleError,
     SchemaTooNew,
@@ -34,6 +35,7 @@ __all__ = [
     "Backtest",
     "Client",
     "Delivery",
+    "DeliveryNameWarning",
     "Funnel",
     "FunnelStage",
     "Measurement",

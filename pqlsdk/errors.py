@@ -106,3 +106,8 @@ class SchemaTooNew(StoreError):
 
 class StoreClosed(StoreError):
     """The Client (and its connection) was closed; make a new one."""
+
+
+class DeliveryNameWarning(UserWarning):
+    """A callback registered without a ``name`` has no stable identity across restarts (a
+    lambda, a closure, or a second callable of the same qualname)."""

@@ -36,7 +36,7 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
     history), ``qualifications`` (its own, and the account ones its events completed),
     ``staged`` (messages of an unfinished import) and ``pending_deliveries``. Raises
     :class:`~pqlsdk.UnknownSubject` for a user pqlsdk does not know."""
-    db = store.db
+    db = store.read_db  # the read connection, which store.read() guards
     with store.read():
         users = list(db["users"].rows_where("user_id = ?", [user_id]))
         staged = list(db["import_staging"].rows_where("user_id = ?", [user_id],

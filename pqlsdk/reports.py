@@ -7,8 +7,6 @@ sales goes on to work (or rejects, and why).
 
 from __future__ import annotations
 
-import json
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -17,8 +15,8 @@ from typing import Any
 import attrs
 
 from .stages import STAGES
-from .store import Transaction
-from .timestamps import MICROSECOND, from_micros
+from .store import StageCounts, Transaction
+from .timestamps import from_micros
 
 #: Later stages whose reach rule_report counts, and the rejections it counts.
 REACHED = ("sql", "opportunity", "customer")
@@ -109,30 +107,22 @@ class RuleOutcome:
 
 def funnel(tx: Transaction, subject_type: str, since: int | None, until: int | None,
            by: str | None) -> Funnel:
-    """Build a :class:`Funnel` from the subjects' stage histories."""
-    groups: dict[Any, list[tuple[int, int, list[int]]]] = {}
-    for row in tx.funnel_rows(subject_type, since, until, by):
-        groups[row[0]] = [(row[1 + 3 * k], row[2 + 3 * k], json.loads(row[3 + 3 * k]))
-                          for k in range(len(STAGES))]
-    overall = [
-        (sum(g[k][0] for g in groups.values()), sum(g[k][1] for g in groups.values()),
-         [wait for g in groups.values() for wait in g[k][2]])
-        for k in range(len(STAGES))
-    ]
+    """Build a :class:`Funnel` from the subjects' stage histories (aggregated in SQL)."""
+    rows = tx.funnel_rows(subject_type, since, until, by)
     segments = {} if by is None else {
-        _segment(value): _stages(parts) for value, parts in groups.items()}
-    return Funnel(subject_type, by, _stages(overall), dict(sorted(segments.items())))
+        _segment(value): _stages(parts) for value, parts in rows.groups}
+    return Funnel(subject_type, by, _stages(rows.overall), dict(sorted(segments.items())))
 
 
 def _segment(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
-def _stages(parts: list[tuple[int, int, list[int]]]) -> tuple[FunnelStage, ...]:
+def _stages(parts: list[StageCounts]) -> tuple[FunnelStage, ...]:
     return tuple(
         FunnelStage(stage, entered, moved, moved / entered if entered else None,
-                    statistics.median(waits) * MICROSECOND if waits else None)
-        for stage, (entered, moved, waits) in zip(STAGES, parts, strict=True)
+                    None if median is None else timedelta(microseconds=median))
+        for stage, (entered, moved, median) in zip(STAGES, parts, strict=True)
     )
 
 

@@ -21,9 +21,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -264,9 +264,59 @@ def _shadow_and_rule_versions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX qualifications_time ON qualifications(qualified_at)")
 
 
+#: The shape of outbox payloads this release writes and reads (the ``format`` column).
+#: Format 1: a qualification row holds ``{"qualification_id", "moved_to"}``; every other
+#: row holds the list of Segment messages it sends.
+PAYLOAD_FORMAT = 1
+
+
+def _outbox_claims_and_payload_format(db: sqlite_utils.Database) -> None:
+    """Outbox rows get a claim token (a claimer settles only rows it still owns) and the
+    format of their payload; rows written before payloads had a format are converted.
+
+    Before the outbox named the qualification, a callback's row held the whole
+    qualification (``{"id": ...}``) and Segment's row its messages (the "Lead Qualified"
+    track, whose ``messageId`` is the qualification id, and perhaps the lifecycle identify).
+    A row that is neither stays at format 0: delivery fails it alone, with its error.
+    """
+    db.execute("ALTER TABLE outbox ADD COLUMN claim TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN format INTEGER NOT NULL DEFAULT 0")
+    rows = db.execute("SELECT id, kind, payload FROM outbox").fetchall()
+    for row_id, kind, text in rows:
+        converted = _convert_payload(kind, text)
+        if converted is not None:
+            db.execute("UPDATE outbox SET payload = ?, format = ? WHERE id = ?",
+                       (converted, PAYLOAD_FORMAT, row_id))
+
+
+def _convert_payload(kind: str, text: str) -> str | None:
+    """A format-1 payload for an outbox row of an earlier release, or None if unreadable."""
+    try:
+        payload = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if kind != "qualification":
+        ok = isinstance(payload, list) and all(isinstance(m, dict) for m in payload)
+        return text if ok else None
+    if isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str):
+        return json.dumps({"qualification_id": payload["qualification_id"],
+                           "moved_to": payload.get("moved_to")})
+    if isinstance(payload, dict) and isinstance(payload.get("id"), str):  # a callback's
+        return json.dumps({"qualification_id": payload["id"], "moved_to": None})
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):  # Segment's
+        track, moved = payload[0], None
+        for message in payload[1:]:
+            if isinstance(message, dict) and message.get("type") == "identify":
+                moved = (message.get("traits") or {}).get("lifecycle_stage")
+        if isinstance(track.get("messageId"), str):
+            return json.dumps({"qualification_id": track["messageId"], "moved_to": moved})
+    return None
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
+    _outbox_claims_and_payload_format,
 ]
 
 
@@ -282,7 +332,7 @@ SYNCHRONOUS = ("normal", "full")
 
 
 def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float,
-            synchronous: str = "normal") -> sqlite_utils.Database:
+            synchronous: str = "normal", *, check_file: bool = True) -> sqlite_utils.Database:
     """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk.
 
     For a ``sqlite_utils.Database`` on a file, pqlsdk opens its own connection to that file:
@@ -294,6 +344,11 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
     deleted row is overwritten, so ``forget()`` leaves no byte of the user in the file) and
     ``cell_size_check`` on (SQLite checks each b-tree page it reads, so a damaged page is
     reported rather than miscounted).
+
+    ``check_file=False`` skips the header check, for a second connection of a process that
+    has one open already: closing a file descriptor of the database file, as reading its
+    header does, drops every POSIX lock this process holds on it, and another process could
+    then checkpoint and reset the WAL under the open connection (its commits would be lost).
     """
     require_sqlite()
     if isinstance(database, sqlite_utils.Database):
@@ -304,7 +359,7 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
         db = database
         db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     else:
-        if os.fspath(database) != ":memory:":
+        if os.fspath(database) != ":memory:" and check_file:
             check_header(os.fspath(database))
         conn = sqlite3.connect(
             os.fspath(database),
@@ -364,6 +419,22 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+class StageCounts(NamedTuple):
+    """One stage of the funnel as the store counts it."""
+
+    entered: int
+    moved_on: int
+    #: The median microseconds in stage of those who moved on (None if nobody did).
+    median: float | None
+
+
+class FunnelRows(NamedTuple):
+    """:meth:`Transaction.funnel_rows`: per stage for all subjects, and per group."""
+
+    overall: list[StageCounts]
+    groups: list[tuple[Any, list[StageCounts]]]
+
+
 class Store:
     """pqlsdk's SQLite file. Use :meth:`write` for changes and :meth:`read` for queries."""
 
@@ -393,8 +464,23 @@ class Store:
                 self.db.conn.close()
             raise self.translate(exc) from exc
         self.lock = threading.RLock()
+        self._held: tuple[Any, ...] = ()
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
+        self._open_reader()
+
+    def _open_reader(self) -> None:
+        """Reads get their own connection on a file (WAL lets them run beside a write, and
+        a long report does not hold the write connection's lock); an in-memory database
+        has only the one connection, shared under the same lock."""
+        if self.path is None:
+            self.read_db, self.read_lock = self.db, self.lock
+        else:
+            self.read_db = connect(self.path, self.busy_timeout, self.synchronous,
+                                   check_file=False)
+            self.read_db.conn.execute("PRAGMA query_only = 1")
+            self.read_lock = threading.RLock()
+        self._read_tx = Transaction(self.read_db.conn)
 
     def translate(self, exc: sqlite3.Error) -> StoreError:
         """The pqlsdk error for a ``sqlite3`` error on this file (the one place they are
@@ -408,6 +494,18 @@ class Store:
         rows = self.db.conn.execute("PRAGMA database_list").fetchall()
         return next((row[2] or None for row in rows if row[1] == "main"), None)
 
+    def hold_for_fork(self) -> None:
+        """Before fork(): wait until no thread of this process is inside a statement."""
+        self._held = (self.lock, self.read_lock)
+        for lock in self._held:
+            lock.acquire()
+
+    def release_after_fork(self) -> None:
+        """After fork(), in the parent: let the threads go on."""
+        for lock in reversed(getattr(self, "_held", ())):
+            lock.release()
+        self._held = ()
+
     def reopen_after_fork(self) -> None:
         """In a forked child: leave the parent's connection alone and open a new one.
 
@@ -416,11 +514,13 @@ class Store:
         database is the child's own copy and is kept.
         """
         self.lock = threading.RLock()
+        self._held = ()
         if self.path is not None:  # known from before the fork: the old connection is not used
-            _INHERITED.append(self.db)
-            self.db = connect(self.path, self.busy_timeout, self.synchronous)
+            _INHERITED.extend([self.db, self.read_db])
+            self.db = connect(self.path, self.busy_timeout, self.synchronous, check_file=False)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
+        self._open_reader()
 
     def write(self) -> _Write:
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error::
@@ -436,12 +536,16 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
-        """Queries outside a write transaction (each sees the latest commit)."""
+        """Queries outside a write transaction, on the read connection: each sees the
+        latest commit, and none waits for a write (another thread's or another process's).
+        """
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
-        with self.lock:
+        with self.read_lock:
+            if self.closed:
+                raise StoreClosed("this pqlsdk Client is closed; make a new one")
             try:
-                yield self._tx
+                yield self._read_tx
             except sqlite3.Error as exc:
                 if not _store_error(exc):
                     raise
@@ -468,7 +572,7 @@ class Store:
         if self.path is None:
             return None
         with self.read():
-            return usage(self.db.conn, self.path, now)
+            return usage(self.read_db.conn, self.path, now)
 
     @contextmanager
     def bulk(self) -> Iterator[None]:
@@ -491,26 +595,46 @@ class Store:
                     conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def close(self) -> None:
-        """Close the connection; later calls raise :class:`StoreClosed`."""
-        with self.lock:
-            self.closed = True
-            self.db.conn.close()
+    def close(self, timeout: float | None = None) -> None:
+        """Close the connections; later calls raise :class:`StoreClosed`.
+
+        A connection in use by another thread (a delivery waiting for another process's
+        write lock) is not waited for past ``timeout`` seconds: that thread closes it
+        when it lets go.
+        """
+        self.closed = True
+        for lock, db in ((self.read_lock, self.read_db), (self.lock, self.db)):
+            if lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                try:
+                    _close(db)
+                finally:
+                    lock.release()
+
+
+def _close(db: sqlite_utils.Database) -> None:
+    with suppress(sqlite3.ProgrammingError):  # closed already
+        db.conn.close()
 
 
 class _Write:
     """The context manager behind :meth:`Store.write` (a class: it is on every track's path)."""
 
-    __slots__ = ("conn", "lock", "store", "tx")
+    __slots__ = ("conn", "db", "lock", "store", "tx")
 
     def __init__(self, store: Store) -> None:
         self.conn, self.lock, self.tx, self.store = store.db.conn, store.lock, store._tx, store
+        self.db = store.db
 
     def __enter__(self) -> Transaction:
         self.lock.acquire()
         try:
+            if self.store.closed:  # closed while this thread waited for the lock
+                _close(self.db)
+                raise StoreClosed("this pqlsdk Client is closed; make a new one")
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
+            if self.store.closed:  # close() did not wait for this thread: it closes
+                _close(self.db)
             self.lock.release()
             if _store_error(exc):
                 raise self.store.translate(exc) from exc  # type: ignore[arg-type]
@@ -529,6 +653,8 @@ class _Write:
             if exc is not None and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
         finally:
+            if self.store.closed:  # close() did not wait for this thread: it closes
+                _close(self.db)
             self.lock.release()
         if exc is not None and _store_error(exc):
             raise self.store.translate(exc) from exc  # type: ignore[arg-type]
@@ -789,53 +915,74 @@ class Transaction:
         """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once."""
         self.conn.executemany(
             "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
-            "created_at) VALUES (?, ?, ?, ?, ?5, ?5)",
+            f"created_at, format) VALUES (?, ?, ?, ?, ?5, ?5, {PAYLOAD_FORMAT})",
             rows,
         )
 
-    def claim(self, destination: str, now: int, lease_until: int, limit: int
+    def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
-        """Lease the oldest pending rows of ``destination``, in order, stopping at the first
-        one that is not yet due or is leased by someone else (so delivery keeps its order)."""
-        head = self.conn.execute(
-            "SELECT id, next_attempt_at, lease_until FROM outbox "
-            "WHERE destination = ? AND status = 'pending' ORDER BY id LIMIT ?",
-            (destination, limit),
-        ).fetchall()
-        ids = []
-        for row_id, due, lease in head:
-            if due > now or (lease is not None and lease > now):
-                break
-            ids.append(row_id)
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        self.conn.execute(
-            f"UPDATE outbox SET lease_until = ?, attempts = attempts + 1 WHERE id IN ({marks})",
-            (lease_until, *ids),
+        """Lease the oldest pending rows of ``destination`` under ``token``, in order,
+        stopping before the first one that is not yet due or is leased by someone else (so
+        delivery keeps its order). One ``UPDATE ... RETURNING``; rows come back by id."""
+        cursor = self.conn.execute(
+            "UPDATE outbox SET lease_until = :lease, attempts = attempts + 1, claim = :token "
+            "WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, lease_until FROM outbox "
+            "WHERE destination = :dest AND status = 'pending' ORDER BY id LIMIT :limit) "
+            "WHERE id < (SELECT coalesce(min(id), :never) FROM (SELECT id, next_attempt_at, "
+            "lease_until FROM outbox WHERE destination = :dest AND status = 'pending' "
+            "ORDER BY id LIMIT :limit) WHERE next_attempt_at > :now OR lease_until > :now)) "
+            "RETURNING *",
+            {"lease": lease_until, "token": token, "dest": destination, "now": now,
+             "never": _NEVER, "limit": limit},
         )
-        cursor = self.conn.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id",
-                                   ids)
-        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+        rows = [_row_dict(cursor, row) for row in cursor.fetchall()]
+        return sorted(rows, key=lambda row: row["id"])
 
-    def acknowledge(self, ids: list[int]) -> None:
-        """The destination took these rows: they are done (and removed)."""
-        self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-
-    def reschedule(self, ids: list[int], next_attempt_at: int, error: str, failed: bool
-                   ) -> None:
-        """A delivery failed: try again at ``next_attempt_at``, or keep the rows as failed."""
+    def renew(self, tokens: list[str], lease_until: int) -> None:
+        """Extend the lease of rows still claimed under ``tokens`` (deliveries in flight)."""
         self.conn.executemany(
-            "UPDATE outbox SET lease_until = NULL, next_attempt_at = ?, last_error = ?, "
-            "status = ? WHERE id = ?",
-            [(next_attempt_at, error, "failed" if failed else "pending", i) for i in ids],
+            "UPDATE outbox SET lease_until = ? WHERE claim = ? AND status = 'pending'",
+            [(lease_until, token) for token in tokens])
+
+    def acknowledge(self, ids: list[int], token: str) -> int:
+        """The destination took these rows: they are done (and removed), those still
+        claimed under ``token``; return how many were."""
+        before = self.conn.total_changes
+        self.conn.executemany("DELETE FROM outbox WHERE id = ? AND claim = ?",
+                              [(i, token) for i in ids])
+        return self.conn.total_changes - before
+
+    def reschedule(self, ids: list[int], token: str, next_attempt_at: int, error: str,
+                   failed: bool) -> None:
+        """A delivery failed: try again at ``next_attempt_at``, or keep the rows as failed
+        (only rows still claimed under ``token``)."""
+        self.conn.executemany(
+            "UPDATE outbox SET lease_until = NULL, claim = NULL, next_attempt_at = ?, "
+            "last_error = ?, status = ? WHERE id = ? AND claim = ?",
+            [(next_attempt_at, error, "failed" if failed else "pending", i, token)
+             for i in ids],
         )
 
-    def outbox_rows(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Rows still in the outbox (pending or failed), oldest first."""
-        sql, args = "SELECT * FROM outbox", []
+    def release(self, ids: list[int], token: str) -> None:
+        """Give back claimed rows that were not attempted: due as before, the attempt
+        uncounted (only rows still claimed under ``token``)."""
+        self.conn.executemany(
+            "UPDATE outbox SET lease_until = NULL, claim = NULL, attempts = attempts - 1 "
+            "WHERE id = ? AND claim = ?", [(i, token) for i in ids])
+
+    def outbox_rows(self, status: str | None = None, destinations: list[str] | None = None,
+                    exclude: list[str] | None = None) -> list[dict[str, Any]]:
+        """Rows still in the outbox (pending or failed), oldest first; optionally only
+        those of ``destinations``, or only those of other destinations than ``exclude``."""
+        sql, args = "SELECT * FROM outbox WHERE 1", []
         if status is not None:
-            sql, args = sql + " WHERE status = ?", [status]
+            sql, args = sql + " AND status = ?", [status]
+        if destinations is not None:
+            sql += f" AND destination IN ({','.join('?' * len(destinations))})"
+            args += destinations
+        if exclude is not None:
+            sql += f" AND destination NOT IN ({','.join('?' * len(exclude))})"
+            args += exclude
         cursor = self.conn.execute(sql + " ORDER BY id", args)
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
@@ -843,9 +990,27 @@ class Transaction:
         """Make every failed row pending again, due now, with a fresh count of attempts."""
         return self.conn.execute(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?, "
-            "lease_until = NULL WHERE status = 'failed'",
+            "lease_until = NULL, claim = NULL WHERE status = 'failed'",
             (now,),
         ).rowcount
+
+    def retarget(self, old: str, new: str, now: int) -> int:
+        """Hand every row of destination ``old`` to ``new`` (failed ones become pending,
+        due now); return how many."""
+        return self.conn.execute(
+            "UPDATE outbox SET destination = ?, status = 'pending', attempts = 0, "
+            "next_attempt_at = min(next_attempt_at, ?), lease_until = NULL, claim = NULL "
+            "WHERE destination = ?",
+            (new, now, old),
+        ).rowcount
+
+    def due(self, destination: str, now: int) -> bool:
+        """Whether ``destination`` has a pending row due now and not leased (a read)."""
+        return self.conn.execute(
+            "SELECT 1 FROM outbox WHERE destination = ? AND status = 'pending' "
+            "AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?) LIMIT 1",
+            (destination, now, now),
+        ).fetchone() is not None
 
     def waiting(self, destinations: list[str], now: int) -> tuple[int, int, int | None, int]:
         """``(pending rows, of which due now, when the next one is due, failed rows)`` for
@@ -996,13 +1161,14 @@ class Transaction:
     # -- reports --------------------------------------------------------------------------
 
     def funnel_rows(self, subject_type: str, since: int | None, until: int | None,
-                    by: str | None) -> list[tuple[Any, ...]]:
-        """Per group (the ``by`` trait's value, or one group): for each ordered stage,
-        ``entered, moved_on, JSON array of the movers' times in stage``.
+                    by: str | None) -> FunnelRows:
+        """For all subjects and per group (the ``by`` trait's value; one group ``None``
+        without ``by``), per ordered stage: :class:`StageCounts`, in one pass.
 
         A subject entered a stage at its first move into it (in ``[since, until]``), and
         moved on if it later entered any later stage. It reads each subject's first entry
-        per stage (kept on its row by :meth:`change_stage`), in one pass, all in SQL.
+        per stage (kept on its row by :meth:`change_stage`). Everything, medians included,
+        is computed in SQL: the interpreter is free for other threads meanwhile.
         """
         table, _ = _TABLES[subject_type]
         count = len(STAGES)
@@ -1024,15 +1190,41 @@ class Transaction:
             columns += [
                 f"count(CASE WHEN {cond} THEN 1 END)",
                 f"count(CASE WHEN {cond} AND n{k} IS NOT NULL THEN 1 END)",
-                f"json_group_array(n{k} - s{k}) FILTER (WHERE {cond} AND n{k} IS NOT NULL)",
             ]
-        sql = (
+        waits = " UNION ALL ".join(
+            f"SELECT grp, {k} AS k, n{k} - s{k} AS d FROM q "
+            f"WHERE {entered.format(k=k)} AND n{k} IS NOT NULL" for k in range(count - 1))
+        # the medians of all subjects: ranks over every group (without ``by``, the one
+        # group's ranks are those already)
+        if by is None:
+            overall_rank, overall_pick = ", count(*) OVER (PARTITION BY grp, k) AS ac", "rn"
+        else:
+            overall_rank, overall_pick = (", row_number() OVER (PARTITION BY k ORDER BY d) "
+                                          "AS arn, count(*) OVER (PARTITION BY k) AS ac"), "arn"
+        rows = self.conn.execute(
             f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
-            f"q AS (SELECT p.*, {', '.join(nexts)} FROM p) "
-            f"SELECT grp, {', '.join(columns)} FROM q GROUP BY grp"
-        )
-        return self.conn.execute(sql, {"until": until, "since": since,
-                                       "path": f'$."{by}"'}).fetchall()
+            f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p), "
+            f"w AS ({waits}), "
+            f"r AS (SELECT grp, k, d, row_number() OVER (PARTITION BY grp, k ORDER BY d) AS rn, "
+            f"count(*) OVER (PARTITION BY grp, k) AS c{overall_rank} FROM w), "
+            f"m AS (SELECT grp, k, avg(d) AS median FROM r "
+            f"WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
+            f"a AS (SELECT k, avg(d) AS median FROM r "
+            f"WHERE {overall_pick} IN ((ac + 1) / 2, (ac + 2) / 2) GROUP BY k), "
+            f"n AS (SELECT grp, {', '.join(columns)} FROM q GROUP BY grp) "
+            f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp), "
+            f"(SELECT json_group_object(k, median) FROM a) FROM n",
+            {"until": until, "since": since, "path": f'$."{by}"'}).fetchall()
+        groups = []
+        for row in rows:
+            middle = json.loads(row[-2] or "{}")  # at most one median per stage: tiny
+            groups.append((row[0], [StageCounts(row[1 + 2 * k], row[2 + 2 * k],
+                                                middle.get(str(k))) for k in range(count)]))
+        middle = json.loads(rows[0][-1] or "{}") if rows else {}
+        overall = [StageCounts(sum(parts[k].entered for _, parts in groups),
+                               sum(parts[k].moved_on for _, parts in groups),
+                               middle.get(str(k))) for k in range(count)]
+        return FunnelRows(overall, groups)
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
