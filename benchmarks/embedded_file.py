@@ -91,8 +91,8 @@ def open_check(quick: bool) -> list[tuple[str, str]]:
         conn.close()
 
     def checked() -> None:
-        filecheck.check_header(path)
         conn = sqlite3.connect(path)
+        filecheck.check_header(conn, path)
         conn.execute("PRAGMA cell_size_check = ON")
         filecheck.probe(conn)
         conn.close()

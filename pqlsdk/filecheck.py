@@ -6,7 +6,7 @@ so an application sees :class:`~pqlsdk.StoreBusy`, :class:`~pqlsdk.StoreFull`,
 :class:`~pqlsdk.StoreCorrupt` or another :class:`~pqlsdk.StoreError` naming the file and
 what to do, with the SQLite error as ``__cause__``.
 
-    >>> check_header("pql.db")          # raises StoreCorrupt for a file that is not SQLite
+    >>> check_header(conn, "pql.db")    # raises StoreCorrupt for a file that is not SQLite
     >>> probe(conn)                     # touches both ends of every table and index
 """
 
@@ -23,7 +23,6 @@ from .errors import StoreBusy, StoreCorrupt, StoreError, StoreFull
 #: UPDATE ... RETURNING and DROP COLUMN need 3.35.
 MIN_SQLITE = (3, 35, 0)
 
-_MAGIC = b"SQLite format 3\x00"
 # primary result codes (https://sqlite.org/rescode.html)
 _BUSY, _LOCKED, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 11, 13, 14, 26
 _PERM, _READONLY, _IOERR = 3, 8, 10
@@ -69,28 +68,33 @@ def translate(exc: sqlite3.Error, path: str | None, busy_timeout: float) -> Stor
     return StoreError(text, path=path)
 
 
-def check_header(path: str) -> None:
-    """Before SQLite opens ``path``: a file that is there and not empty must start with
-    SQLite's header and be at least as long as the header says (a truncated copy is not).
-    A missing or empty file is left for SQLite to create."""
+def check_header(conn: sqlite3.Connection, path: str) -> None:
+    """Right after SQLite opened ``path`` on ``conn``: a file that is there and not empty
+    must be a SQLite database and be at least as long as its header says (a truncated copy
+    is not). A missing or empty file is left for SQLite to create.
+
+    The header is read by SQLite, through ``conn``, never through a descriptor of our own:
+    closing any descriptor of a database file drops every POSIX lock this process holds on
+    it (SQLite's "How To Corrupt An SQLite Database File", 2.2), and another process could
+    then checkpoint and reset the WAL under an open connection. ``os.stat`` opens nothing.
+    """
     try:
         size = os.path.getsize(path)
     except OSError:
         return
     if size == 0:
         return
-    with open(path, "rb") as handle:
-        header = handle.read(100)
-    if len(header) < 100 or not header.startswith(_MAGIC):
+    try:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF != _NOTADB:
+            raise
         raise StoreCorrupt("not a SQLite database (its first bytes are not SQLite's "
-                           "header); give the path of a pqlsdk database", path=path)
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    valid = header[24:28] == header[92:96]  # the in-header size is current
+                           "header); give the path of a pqlsdk database", path=path) from exc
     wal = path + "-wal"
     wal_size = os.path.getsize(wal) if os.path.exists(wal) else 0
-    if valid and pages and size < pages * page_size and wal_size == 0:
+    if pages and size < pages * page_size and wal_size == 0:
         raise StoreCorrupt(
             f"the file is truncated: its header says {pages * page_size:,} bytes, it holds "
             f"{size:,}; {RECOVER.format(path=path)}", path=path)
@@ -214,11 +218,12 @@ def diagnose(path: str, busy_timeout: float = 30.0) -> Diagnosis:
     """The full check of the file at ``path``, read-only (``pqlsdk doctor``)."""
     from .timestamps import now, to_micros
 
-    try:
-        check_header(path)
-    except StoreCorrupt as exc:
-        return Diagnosis(path, (str(exc),), None, None)
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout)
+    try:
+        check_header(conn, path)
+    except StoreCorrupt as exc:
+        conn.close()
+        return Diagnosis(path, (str(exc),), None, None)
     try:
         problems = tuple(integrity_check(conn))
         version = conn.execute("PRAGMA user_version").fetchone()[0]

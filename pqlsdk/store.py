@@ -332,23 +332,20 @@ SYNCHRONOUS = ("normal", "full")
 
 
 def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float,
-            synchronous: str = "normal", *, check_file: bool = True) -> sqlite_utils.Database:
+            synchronous: str = "normal") -> sqlite_utils.Database:
     """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk.
 
     For a ``sqlite_utils.Database`` on a file, pqlsdk opens its own connection to that file:
     the delivery thread needs one it may use, and the application's stays its own. An
     in-memory ``Database`` can only be shared, so its connection is used as it is.
 
-    A file that is there must start with SQLite's header and not be truncated
-    (:func:`~pqlsdk.filecheck.check_header`). The connection has ``secure_delete`` on (a
-    deleted row is overwritten, so ``forget()`` leaves no byte of the user in the file) and
+    A file that is there must be a SQLite database and not be truncated
+    (:func:`~pqlsdk.filecheck.check_header`, which reads the header through SQLite: a
+    descriptor of our own, once closed, would drop this process's POSIX locks on the file).
+    The connection has ``secure_delete`` on (a deleted row is overwritten, so ``forget()``
+    leaves no byte of the user in the file) and
     ``cell_size_check`` on (SQLite checks each b-tree page it reads, so a damaged page is
     reported rather than miscounted).
-
-    ``check_file=False`` skips the header check, for a second connection of a process that
-    has one open already: closing a file descriptor of the database file, as reading its
-    header does, drops every POSIX lock this process holds on it, and another process could
-    then checkpoint and reset the WAL under the open connection (its commits would be lost).
     """
     require_sqlite()
     if isinstance(database, sqlite_utils.Database):
@@ -359,14 +356,14 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
         db = database
         db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     else:
-        if os.fspath(database) != ":memory:" and check_file:
-            check_header(os.fspath(database))
         conn = sqlite3.connect(
             os.fspath(database),
             timeout=busy_timeout,
             isolation_level=None,
             check_same_thread=False,
         )
+        if os.fspath(database) != ":memory:":
+            check_header(conn, os.fspath(database))
         db = sqlite_utils.Database(conn, execute_plugins=False)
     try:
         db.conn.execute("SELECT power(2, 1)")
@@ -476,8 +473,7 @@ class Store:
         if self.path is None:
             self.read_db, self.read_lock = self.db, self.lock
         else:
-            self.read_db = connect(self.path, self.busy_timeout, self.synchronous,
-                                   check_file=False)
+            self.read_db = connect(self.path, self.busy_timeout, self.synchronous)
             self.read_db.conn.execute("PRAGMA query_only = 1")
             self.read_lock = threading.RLock()
         self._read_tx = Transaction(self.read_db.conn)
@@ -517,7 +513,7 @@ class Store:
         self._held = ()
         if self.path is not None:  # known from before the fork: the old connection is not used
             _INHERITED.extend([self.db, self.read_db])
-            self.db = connect(self.path, self.busy_timeout, self.synchronous, check_file=False)
+            self.db = connect(self.path, self.busy_timeout, self.synchronous)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
         self._open_reader()
