@@ -17,6 +17,7 @@ from .errors import (
     StoreCorrupt,
     StoreError,
     StoreFull,
+    StoreUnavailable,
     UnknownSubject,
     ValidationError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Status",
     "StoreBusy",
     "StoreClosed",
+    "StoreUnavailable",
     "StoreCorrupt",
     "StoreError",
     "StoreFull",

@@ -20,10 +20,10 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import sqlite_utils
 
@@ -33,6 +33,7 @@ from .filecheck import FileUsage, check_header, probe, require_sqlite, translate
 from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
 
+T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
 #: How a shadow rule's name is marked among the rules a subject met (see ``Subject.done``).
 SHADOW_MARK = "\x1e"
@@ -435,6 +436,9 @@ class FunnelRows(NamedTuple):
 class Store:
     """pqlsdk's SQLite file. Use :meth:`write` for changes and :meth:`read` for queries."""
 
+    #: Which engine this store runs on (``"sqlite"`` or ``"postgresql"``).
+    engine = "sqlite"
+
     def __init__(
         self,
         database: str | os.PathLike[str] | sqlite_utils.Database = "pql.db",
@@ -529,6 +533,17 @@ class Store:
         if self.corrupt is not None:
             raise self.corrupt
         return self._write
+
+    def transact(self, work: Callable[[Transaction], T]) -> T:
+        """Run ``work(tx)`` in one write transaction and commit (on SQLite it never needs
+        running again: ``BEGIN IMMEDIATE`` serializes every writer)."""
+        with self.write() as tx:
+            return work(tx)
+
+    def wait_for_rows(self, timeout: float) -> bool:
+        """PostgreSQL wakes an idle delivery worker on NOTIFY; a file has no such signal
+        (the worker polls): always False, at once."""
+        return False
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
@@ -708,6 +723,22 @@ class Transaction:
                         hashlib.sha256).digest()[:16]
 
     # -- events, users, accounts ----------------------------------------------------------
+
+    def lock_subjects(self, user_id: str, account_id: str | None) -> None:
+        """Serialize this call with every other on the same user and account. On SQLite the
+        write transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
+
+    def lock_subject(self, subject_type: str, subject_id: str) -> None:
+        """Serialize on one user or account (see :meth:`lock_subjects`)."""
+
+    def rows(self, table: str, where: str, args: Sequence[Any], order_by: str | None = None
+             ) -> list[dict[str, Any]]:
+        """The rows of one of pqlsdk's tables matching ``where`` (SQL with ``?`` marks;
+        ``table``, ``where`` and ``order_by`` come from pqlsdk's code, never from input)."""
+        cursor = self.conn.execute(
+            f"SELECT * FROM {table} WHERE {where}"
+            + (f" ORDER BY {order_by}" if order_by else ""), list(args))
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     def insert_event(
         self,
@@ -1364,3 +1395,18 @@ def _fold(
 ) -> float:
     """Count, distinct-count or sum ``(properties JSON, how many events)`` rows."""
     return fold(((json.loads(text), n) for text, n in rows), condition, limit, matches)
+
+
+def open_store(database: Any, *, busy_timeout: float = 30.0, synchronous: str = "normal",
+               schema: str = "pqlsdk", connect_timeout: float = 10.0,
+               statement_timeout: float | None = None, lock_timeout: float | None = None
+               ) -> Store:
+    """The store for ``database``: a PostgreSQL URL or ``psycopg_pool.ConnectionPool`` opens
+    the PostgreSQL store (psycopg is imported only then); anything else, the SQLite file."""
+    from .pg_store_draft import PostgresStore, is_url
+
+    if is_url(database):
+        return PostgresStore(database, schema=schema,  # type: ignore[return-value]
+                             connect_timeout=connect_timeout,
+                             statement_timeout=statement_timeout, lock_timeout=lock_timeout)
+    return Store(database, busy_timeout=busy_timeout, synchronous=synchronous)
