@@ -21,6 +21,7 @@ from . import privacy, reports
 from . import suggest as suggestions
 from .errors import UnknownSubject, ValidationError
 from .evaluator import measure
+from .health import Health, build_health
 from .models import Qualification, StageChange, Status, json_default
 from .outbox import Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
@@ -117,6 +118,9 @@ class Client:
         values, sums and scores without a window stay exact. A rule whose window is longer
         is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
+    :param send: ``False`` records, evaluates, stores qualifications and runs callbacks but
+        never contacts Segment: Segment's outbox rows are written and stay pending (see
+        :meth:`health`), for environments that must send nothing remotely.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class Client:
         scoring: dict[str, Any] | None = None,
         synchronous: str = "normal",
         retention: str | timedelta | None = None,
+        send: bool = True,
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring)
         keep = parse_retention(retention)
@@ -175,7 +180,8 @@ class Client:
         self.store = Store(database, busy_timeout=busy_timeout, synchronous=synchronous)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
-                              lease=delivery_lease)
+                              lease=delivery_lease, send=send)
+        self.send = send
         for callback in callbacks:
             self._outbox.add_callback(callback)
         self._worker = Worker(self._outbox, poll_interval)
@@ -756,6 +762,17 @@ class Client:
             revived = tx.retry_failed(wall_micros())
         self._dispatch(bool(revived))
         return revived
+
+    def health(self) -> Health:
+        """Per destination the pending count, the oldest pending row's age and the failed
+        count; the latest delivery error; the schema version; the file's size. Cheap
+        enough for a /health endpoint: one pass over the (short) outbox and two ``stat``
+        calls; the events are never counted."""
+        with self.store.read() as tx:
+            rows = tx.outbox_health()
+            version = tx.schema_version()
+        return build_health(rows, self._outbox.active(), version, self.store.path,
+                            wall_micros(), self.send)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything due, waiting up to ``timeout`` seconds; True when everything

@@ -112,8 +112,12 @@ class Outbox:
         max_retries: int = 10,
         max_backoff: float = 300.0,
         lease: float = 60.0,
+        send: bool = True,
     ) -> None:
         self.store = store
+        #: Destinations whose rows are written but not delivered by this process
+        #: (``Client(send=False)``: Segment).
+        self.paused: set[str] = set() if send else {SEGMENT}
         self.on_error = on_error
         self.max_retries = max_retries
         self.max_backoff = max_backoff
@@ -175,7 +179,8 @@ class Outbox:
         lease_until = now + int(self.lease * 1e6)
         with self.store.write() as tx:
             claims = [(sink, rows) for name, sink in list(self.sinks.items())
-                      if (rows := tx.claim(name, now, lease_until, CLAIM_LIMIT))]
+                      if name not in self.paused
+                      and (rows := tx.claim(name, now, lease_until, CLAIM_LIMIT))]
             if not claims:
                 return 0
             named = {json.loads(row["payload"])["qualification_id"]
@@ -222,4 +227,8 @@ class Outbox:
         """``(pending rows, of which due now, next due time, failed rows)`` for this
         process's destinations."""
         with self.store.read() as tx:
-            return tx.waiting(list(self.sinks), wall_micros())
+            return tx.waiting(self.active(), wall_micros())
+
+    def active(self) -> list[str]:
+        """The destinations this process delivers to (its sinks, less the paused ones)."""
+        return [name for name in self.sinks if name not in self.paused]

@@ -7,8 +7,11 @@ transaction), so a retry sends the very same message, ``messageId`` included.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -55,11 +58,46 @@ class CallbackSink:
         for qualification in items:
             try:
                 if qualification is not None:
-                    self.callback(qualification)
+                    result = self.callback(qualification)
+                    if inspect.isawaitable(result):
+                        run_awaitable(result)
                 results.append(None)
             except Exception as exc:  # the application's code: anything may happen
                 results.append(exc)
         return results
+
+
+def run_awaitable(awaitable: Any) -> Any:
+    """Run an ``async def`` callback's coroutine to completion from the delivery thread.
+
+    The delivery thread (the worker, or the caller in ``sync_mode``) runs no event loop, so
+    the coroutine gets one of its own with ``asyncio.run``; if this thread does run a loop
+    (a sync_mode Client called from ``async def`` code), it runs on a new thread's loop so
+    as not to re-enter the running one. :class:`pqlsdk.AsyncClient` instead runs its async
+    callbacks on the application's own loop.
+    """
+
+    async def wait() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(wait())
+        except BaseException as exc:  # handed back to the delivering thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="pqlsdk-async-callback", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class SegmentSink:
@@ -97,6 +135,10 @@ class SegmentSink:
     def _post(self, batch: list[dict[str, Any]]) -> Exception | None:
         if not getattr(self.client, "send", True):
             return None  # the application turned sending off: Segment's own semantics
+        record = getattr(self.client, "record_batch", None)
+        if record is not None:  # pqlsdk.testing.RecordingSegment: kept, not sent
+            record(batch)
+            return None
         try:
             post(
                 self.client.write_key,
