@@ -62,7 +62,7 @@ def test_two_evaluate_processes_at_once_qualify_each_subject_once(tmp_path):
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env) for _ in range(2)]
     outputs = [run.communicate(timeout=120) for run in runs]
-    for run, (out, err) in zip(runs, outputs, strict=True):
+    for run, (_out, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err
     reported = [json.loads(out) for out, _ in outputs]
     found = [q["subject_id"] for r in reported for q in r["qualified"]]

@@ -57,7 +57,7 @@ def test_rows_left_by_send_false_go_out_when_a_sending_client_opens_the_file(
     assert segment_server.requests == 0
     loud = make_client(REPORTS, segment=segment_client, sync_mode=True)
     assert loud.flush(timeout=5) is True
-    assert [m["messageId"] for m in segment_server.messages][0] == q.id
+    assert next(m["messageId"] for m in segment_server.messages) == q.id
     assert loud.health().pending == 0
 
 
@@ -157,7 +157,7 @@ def test_an_async_def_callback_in_sync_mode_inside_a_running_loop(make_client):
     async def endpoint():  # a sync Client misused from async code still delivers
         return qualify(client)
 
-    [q] = asyncio.run(endpoint())
+    [_q] = asyncio.run(endpoint())
     assert seen == ["ada"]
     assert client.deliveries() == []
 
