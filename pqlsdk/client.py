@@ -292,6 +292,7 @@ class Client:
     def _record(self, call: Call) -> list[Qualification]:
         with self.store.write() as tx:
             created, queued = self.apply(tx, call)
+        _log_created(created)
         self._dispatch(queued)
         return created
 
@@ -361,6 +362,7 @@ class Client:
                                                     moves)
                 queued = self._enqueue(tx, found, moves, "evaluate", "", None)
             created += found
+            _log_created(found)
             self._dispatch(queued)
         return created
 
@@ -824,6 +826,13 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _log_created(created: list[Qualification]) -> None:
+    """One ``pqlsdk`` log line per new qualification, with its id (after the commit)."""
+    for q in created:
+        log.info("pqlsdk: qualification %s: %s %s met %s (stage %s)", q.id, q.subject_type,
+                 q.subject_id, q.rule, q.stage)
 
 
 def _micros(value: datetime | str | None, name: str) -> int:

@@ -221,7 +221,7 @@ class Outbox:
         try:
             self.on_error(error, Delivery.from_row({**row, "last_error": str(error)}))
         except Exception:
-            log.exception("pqlsdk: on_error raised")
+            log.exception("pqlsdk: on_error raised for delivery %s", row["id"])
 
     def waiting(self) -> tuple[int, int, int | None, int]:
         """``(pending rows, of which due now, next due time, failed rows)`` for this

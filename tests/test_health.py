@@ -178,3 +178,17 @@ def test_an_async_def_callback_that_raises_is_retried(make_client):
         client.retry_failed() if row.status == "failed" else client.flush(timeout=3)
     assert attempts == [q.id, q.id]
     assert client.deliveries() == []
+
+
+def test_log_lines_name_the_qualification_and_the_row(make_client, caplog):
+    def refuse(q):
+        raise RuntimeError("crm down")
+
+    caplog.set_level("INFO", logger="pqlsdk")
+    client = make_client(REPORTS, on_qualified=refuse, sync_mode=True)
+    [q] = qualify(client)
+    [row] = client.deliveries()
+    records = [r for r in caplog.records if r.name == "pqlsdk"]
+    assert any(q.id in r.getMessage() and "reports" in r.getMessage() for r in records)
+    assert any(f"delivery {row.id} " in r.getMessage() and "crm down" in r.getMessage()
+               for r in records)
