@@ -53,7 +53,8 @@ def app_env(tmp, segment: SegmentServer) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def fastapi_app(tmp_path_factory, segment):
     tmp = tmp_path_factory.mktemp("fastapi")
-    env = {**app_env(tmp, segment), "PQL_SLOW_CALLBACK": "0.5"}
+    env = {**app_env(tmp, segment), "PQL_SLOW_CALLBACK": "0.2",
+           "PQL_CALLBACK_GATE": str(tmp / "gate")}
     port = free_port()
     command = [str(BIN / "uvicorn"), "app:app", "--app-dir", str(EXAMPLES / "fastapi_app"),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -98,6 +99,22 @@ def test_fastapi_answers_while_another_process_holds_the_write_lock(fastapi_app)
         holder.close()
     writer.join(60)
     assert outcome["answer"] == (200, {"qualified": []})
+
+
+def test_fastapi_answers_and_records_while_a_slow_async_callback_runs(fastapi_app):
+    url, tmp = fastapi_app
+    for _ in range(3):
+        request(f"{url}/track", {"user_id": "gated-1", "event": "report_generated"})
+    wait_for((tmp / "gate.gated-1.started").exists, 30, "the callback to start")
+    # the callback is awaiting on the app's loop; the app keeps answering and recording
+    for n in range(10):
+        assert request(f"{url}/ping", timeout=10) == (200, {"pong": "ok"})
+        assert request(f"{url}/track", {"user_id": f"fa-during{n}", "event": "opened"},
+                       timeout=10)[0] == 200
+    assert not [line for line in lines(tmp / "callbacks.txt") if "gated-1" in line]
+    (tmp / "gate.gated-1").touch()
+    wait_for(lambda: [line for line in lines(tmp / "callbacks.txt") if "gated-1" in line], 30,
+             "the callback to finish")
 
 
 def test_fastapi_a_burst_of_writes_is_each_recorded_once(fastapi_app):

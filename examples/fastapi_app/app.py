@@ -5,7 +5,8 @@
 Environment: PQL_DB (the SQLite file), PQL_RULES (default: examples/recipe_rules.toml),
 SEGMENT_WRITE_KEY and SEGMENT_HOST (forward to Segment when set), PQL_CALLBACK_LOG (a file
 the callback appends each qualification to), PQL_SLOW_CALLBACK (seconds the callback
-awaits first: a slow CRM).
+awaits first: a slow CRM), PQL_CALLBACK_GATE (for tests: a path; the callback of a user
+named ``gated-*`` waits until ``PATH.USER`` exists).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ RULES = os.environ.get("PQL_RULES", str(Path(__file__).parent.parent / "recipe_r
 async def notify_sales(q: pqlsdk.Qualification) -> None:
     """An ``async def`` callback: runs on this app's event loop."""
     await asyncio.sleep(float(os.environ.get("PQL_SLOW_CALLBACK", "0")))
+    gate = os.environ.get("PQL_CALLBACK_GATE")  # tests: hold this user's callback open
+    if gate and q.subject_id.startswith("gated-"):
+        Path(f"{gate}.{q.subject_id}.started").touch()
+        for _ in range(6000):  # at most a minute
+            if os.path.exists(f"{gate}.{q.subject_id}"):
+                break
+            await asyncio.sleep(0.01)
     log = os.environ.get("PQL_CALLBACK_LOG")
     if log:
         with open(log, "a") as out:
