@@ -227,6 +227,29 @@ class AsyncClient:
         finally:
             self._executor.shutdown(wait=False)
 
+    def __getattr__(self, name: str) -> Any:
+        """Any other public method of the Client, awaitable (registrations, ``on_*``,
+        stay plain calls); its attributes as they are."""
+        if name.startswith("_") or name == "client":
+            raise AttributeError(name)
+        attribute = getattr(self.client, name)
+        if not callable(attribute):
+            return attribute
+        if name.startswith("on_"):
+            @functools.wraps(attribute)
+            def register(callback: Any = None, *args: Any, **kwargs: Any) -> Any:
+                found = attribute(None if callback is None else self._on_loop(callback),
+                                  *args, **kwargs)
+                return callback if callback is not None else found
+
+            return register
+
+        @functools.wraps(attribute)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self._run(attribute, *args, **kwargs)
+
+        return call
+
     async def __aenter__(self) -> AsyncClient:
         self._loop = asyncio.get_running_loop()
         return self
