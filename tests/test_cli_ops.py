@@ -126,3 +126,18 @@ def test_deliveries_lists_failed_rows_and_retries_them(tmp_path):
 def test_deliveries_on_a_missing_file_is_bad_input(tmp_path):
     result = CliRunner().invoke(main, ["deliveries", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 2
+
+
+def test_evaluate_forwards_what_it_found_to_segment(tmp_path, segment_server):
+    db, rules = _history(tmp_path, 2)
+    result = CliRunner().invoke(main, [
+        "evaluate", "--db", db, "--rules", rules, "--json",
+        "--as-of", (T0 + timedelta(days=2)).isoformat(),
+        "--segment-write-key", "cron-key", "--segment-host", segment_server.url])
+    assert result.exit_code == 0, result.output
+    found = {q["id"] for q in json.loads(result.output)["qualified"]}
+    assert len(found) == 2
+    sent = {m["messageId"] for m in segment_server.messages if m.get("event") ==
+            "Lead Qualified"}
+    assert sent == found
+    assert segment_server.batches[0]["body"]["writeKey"] == "cron-key"
