@@ -120,7 +120,9 @@ class Client:
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
     :param send: ``False`` records, evaluates, stores qualifications and runs callbacks but
         never contacts Segment: Segment's outbox rows are written and stay pending (see
-        :meth:`health`), for environments that must send nothing remotely.
+        :meth:`health`), for environments that must send nothing remotely; :meth:`flush`
+        and :meth:`close` do not wait for them. A Client with ``send=True`` on the same
+        file delivers them later.
     """
 
     def __init__(
