@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import time
 
+import async_latency
 import backtest_bench
 import concurrency
 import delivery
@@ -37,6 +38,7 @@ SUITE = [
     ("evaluate", evaluate.measure),
     ("funnel", funnel.measure),
     ("embedded file", lambda quick: embedded_file.measure(quick, rounds=5 if quick else 11)),
+    ("async (uvicorn)", async_latency.measure),
     ("backtest", lambda quick: backtest_bench.measure(quick, rounds=3 if quick else 11,
                                                       calls=150 if quick else 300)),
     ("sustained", sustained.measure),

@@ -5,6 +5,10 @@
     >>> client.track("u1", "report_generated")
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from .aio import AsyncClient
 from .backtest import Backtest, RuleBacktest
 from .client import Client
 from .errors import (
@@ -22,6 +26,7 @@ from .errors import (
     ValidationError,
 )
 from .evaluator import Measurement
+from .health import DestinationHealth, Health
 from .models import Qualification, StageChange, Status
 from .outbox import Delivery
 from .reports import Funnel, FunnelStage, RuleOutcome
@@ -30,15 +35,21 @@ from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
 from .suggest import Suggestion
 
-__version__ = "0.1.0"
+try:  # one place for the version: pyproject.toml, as installed
+    __version__: str = _version("pqlsdk")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
+    "AsyncClient",
     "Backtest",
     "Client",
     "Delivery",
     "DeliveryNameWarning",
+    "DestinationHealth",
     "Funnel",
     "FunnelStage",
+    "Health",
     "Measurement",
     "PqlError",
     "Qualification",

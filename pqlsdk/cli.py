@@ -565,3 +565,119 @@ def suggest(db: str, busy_timeout: float, outcome: str, horizon: str, since: str
         _print_json([s.to_dict() for s in found])
     else:
         click.echo(format_suggestions(found))
+
+
+def _callback(spec: str) -> Callable[..., Any]:
+    """``module:attribute`` → the application's callback (its name is its outbox identity)."""
+    import importlib
+
+    module, _, attribute = spec.partition(":")
+    if not module or not attribute:
+        raise BadInput(f"--callback takes module:function (got {spec!r})")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise BadInput(f"--callback {spec}: {exc}") from None
+    if not callable(found):
+        raise BadInput(f"--callback {spec} is not callable")
+    return found
+
+
+@main.command()
+@db_option
+@rules_option
+@click.option("--as-of", help="Evaluate as of this ISO-8601 time instead of now.")
+@click.option("--callback", "callbacks", multiple=True, metavar="MODULE:FUNCTION",
+              help="An application callback to deliver new qualifications to (repeatable); "
+                   "its module must be importable (e.g. PYTHONPATH=.).")
+@click.option("--segment-write-key", envvar="SEGMENT_WRITE_KEY",
+              help="Forward new qualifications to Segment (env SEGMENT_WRITE_KEY).")
+@click.option("--segment-host", envvar="SEGMENT_HOST", default=None,
+              help="Segment's API host (env SEGMENT_HOST).")
+@click.option("--flush-timeout", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, help="Seconds to deliver before exiting; what is left "
+                                      "stays in the outbox for the next run.")
+@json_option
+@_guard
+def evaluate(db: str, busy_timeout: float, rules: str | None, as_of: str | None,
+             callbacks: tuple[str, ...], segment_write_key: str | None,
+             segment_host: str | None, flush_timeout: float, as_json: bool) -> None:
+    """Re-check every subject against the rules (what time alone changes: at_most, not,
+    windows) and record new qualifications: for cron or a systemd timer. Safe when two
+    hosts run it at once: writers take turns and each qualification is recorded once.
+
+    \b
+    Example:
+        */15 * * * *  pqlsdk evaluate --db /var/lib/app/pql.db --rules pql_rules.toml \\
+                        --callback myapp.pql:notify_sales
+    """
+    if rules is None:
+        raise BadInput("evaluate needs --rules (or PQLSDK_RULES)")
+    segment = None
+    if segment_write_key:
+        from segment.analytics import Client as SegmentClient
+
+        options: dict[str, Any] = {"host": segment_host} if segment_host else {}
+        segment = SegmentClient(write_key=segment_write_key, sync_mode=True, **options)
+    hooks = [_callback(spec) for spec in callbacks]
+    with _open(db, rules, busy_timeout=busy_timeout, on_qualified=hooks, segment=segment,
+               sync_mode=True) as client:
+        found = client.evaluate(as_of=_when(as_of, "as_of"))
+        delivered = client.flush(timeout=flush_timeout)
+    if as_json:
+        _print_json({"qualified": [q.to_dict() for q in found], "delivered": delivered})
+        return
+    click.echo(f"{len(found)} new qualification(s)")
+    for q in found:
+        click.echo(f"  {q.subject_type} {q.subject_id}: {q.rule} -> {q.stage}")
+    if not delivered:
+        click.echo("some deliveries are pending (see: pqlsdk deliveries)")
+
+
+@main.command()
+@db_option
+@click.option("--failed", "only_failed", is_flag=True, help="Only the failed deliveries.")
+@click.option("--retry", is_flag=True,
+              help="Make every failed delivery pending again (due now) before listing.")
+@json_option
+@_guard
+def deliveries(db: str, busy_timeout: float, only_failed: bool, retry: bool,
+               as_json: bool) -> None:
+    """Show the outbox: per destination what is pending, how old, what failed and why;
+    then each row. --retry revives the failed ones for the application to deliver.
+
+    \b
+    Example:
+        pqlsdk deliveries --db pql.db --failed
+        pqlsdk deliveries --db pql.db --retry
+    """
+    with _open(db, None, busy_timeout=busy_timeout, sync_mode=True) as client:
+        revived = client.retry_failed() if retry else 0
+        health = client.health()
+        rows = client.deliveries(status="failed" if only_failed else None)
+    if as_json:
+        _print_json({"revived": revived, "health": health.to_dict(),
+                     "deliveries": [{"id": d.id, "destination": d.destination,
+                                     "kind": d.kind, "user_id": d.user_id,
+                                     "status": d.status, "attempts": d.attempts,
+                                     "next_attempt_at": d.next_attempt_at.isoformat(),
+                                     "last_error": d.last_error,
+                                     "created_at": d.created_at.isoformat()}
+                                    for d in rows]})
+        return
+    if retry:
+        click.echo(f"{revived} failed deliver{'y' if revived == 1 else 'ies'} made pending")
+    click.echo(f"{'destination':<40}{'pending':>8}{'oldest':>10}{'failed':>8}  last error")
+    for dest in health.destinations:
+        age = "-" if dest.oldest_pending_age is None else f"{dest.oldest_pending_age:.0f}s"
+        click.echo(f"{dest.destination:<40}{dest.pending:>8}{age:>10}{dest.failed:>8}  "
+                   f"{dest.last_error or '-'}")
+    if rows:
+        click.echo("")
+        click.echo(f"{'id':>8}  {'status':<8}{'tries':>6}  {'destination':<36}{'user':<16}"
+                   "last error")
+    for d in rows:
+        click.echo(f"{d.id:>8}  {d.status:<8}{d.attempts:>6}  {d.destination:<36}"
+                   f"{d.user_id or '-':<16}{d.last_error or '-'}")

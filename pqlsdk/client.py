@@ -22,6 +22,7 @@ from . import privacy, reports
 from . import suggest as suggestions
 from .errors import DeliveryNameWarning, UnknownSubject, ValidationError
 from .evaluator import measure
+from .health import Health, build_health
 from .models import Qualification, StageChange, Status, json_default
 from .outbox import SEGMENT, Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
@@ -132,6 +133,11 @@ class Client:
         values, sums and scores without a window stay exact. A rule whose window is longer
         is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
+    :param send: ``False`` records, evaluates, stores qualifications and runs callbacks but
+        never contacts Segment: Segment's outbox rows are written and stay pending (see
+        :meth:`health`), for environments that must send nothing remotely; :meth:`flush`
+        and :meth:`close` do not wait for them. A Client with ``send=True`` on the same
+        file delivers them later.
     """
 
     def __init__(
@@ -152,6 +158,7 @@ class Client:
         scoring: dict[str, Any] | None = None,
         synchronous: str = "normal",
         retention: str | timedelta | None = None,
+        send: bool = True,
         schema: str = "pqlsdk",
         connect_timeout: float = 10.0,
         statement_timeout: float | None = None,
@@ -207,7 +214,8 @@ class Client:
             lock_timeout=lock_timeout)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
-                              lease=delivery_lease)
+                              lease=delivery_lease, send=send)
+        self.send = send
         for name, callback in callbacks:
             self._register(callback, name)
         self._worker = Worker(self._outbox, poll_interval)
@@ -367,6 +375,7 @@ class Client:
 
     def _record(self, call: Call) -> list[Qualification]:
         created, queued = self.store.transact(lambda tx: self.apply(tx, call))
+        _log_created(created)
         self._dispatch(queued)
         return created
 
@@ -443,6 +452,7 @@ class Client:
 
             found, queued = self.store.transact(evaluate_chunk)
             created += found
+            _log_created(found)
             self._dispatch(queued)
         return created
 
@@ -855,6 +865,17 @@ class Client:
         self._dispatch(bool(revived))
         return revived
 
+    def health(self) -> Health:
+        """Per destination the pending count, the oldest pending row's age and the failed
+        count; the latest delivery error; the schema version; the file's size. Cheap
+        enough for a /health endpoint: one pass over the (short) outbox and two ``stat``
+        calls; the events are never counted."""
+        with self.store.read() as tx:
+            rows = tx.outbox_health()
+            version = tx.schema_version()
+        return build_health(rows, self._outbox.destinations(), version, self.store.path,
+                            wall_micros(), self.send)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything due, waiting up to ``timeout`` seconds; True when everything
         was delivered, False when time ran out, rows wait for a retry or rows have failed
@@ -963,6 +984,11 @@ def _destination(name: Any, argument: str) -> str:
             f"{argument} must be a destination name, e.g. 'crm' or 'callback:crm' "
             f"(got {name!r})")
     return name if name == SEGMENT or name.startswith("callback:") else f"callback:{name}"
+def _log_created(created: list[Qualification]) -> None:
+    """One ``pqlsdk`` log line per new qualification, with its id (after the commit)."""
+    for q in created:
+        log.info("pqlsdk: qualification %s: %s %s met %s (stage %s)", q.id, q.subject_type,
+                 q.subject_id, q.rule, q.stage)
 
 
 def _micros(value: datetime | str | None, name: str) -> int:

@@ -79,10 +79,9 @@ def check_header(conn: sqlite3.Connection, path: str) -> None:
     then checkpoint and reset the WAL under an open connection. ``os.stat`` opens nothing.
     """
     try:
-        size = os.path.getsize(path)
+        if os.path.getsize(path) == 0:
+            return
     except OSError:
-        return
-    if size == 0:
         return
     try:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -92,9 +91,14 @@ def check_header(conn: sqlite3.Connection, path: str) -> None:
             raise
         raise StoreCorrupt("not a SQLite database (its first bytes are not SQLite's "
                            "header); give the path of a pqlsdk database", path=path) from exc
+    # In this order: a WAL with frames holds pages the file may not have yet (nothing to
+    # compare); one emptied since the count was taken was emptied by a checkpoint that
+    # first copied every page into the file, so the size read after it is whole.
     wal = path + "-wal"
-    wal_size = os.path.getsize(wal) if os.path.exists(wal) else 0
-    if pages and size < pages * page_size and wal_size == 0:
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        return
+    size = os.path.getsize(path)
+    if pages and size < pages * page_size:
         raise StoreCorrupt(
             f"the file is truncated: its header says {pages * page_size:,} bytes, it holds "
             f"{size:,}; {RECOVER.format(path=path)}", path=path)

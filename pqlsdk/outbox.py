@@ -208,6 +208,7 @@ class Outbox:
         max_retries: int = 10,
         max_backoff: float = 300.0,
         lease: float = 60.0,
+        send: bool = True,
     ) -> None:
         self.store = store
         self.on_error = on_error
@@ -216,7 +217,7 @@ class Outbox:
         self.lease = lease
         self.sinks: dict[str, Sink] = {}
         if segment is not None:
-            self.sinks[SEGMENT] = SegmentSink(segment)
+            self.sinks[SEGMENT] = SegmentSink(segment, send=send)
         self.renewer = Renewer(store, lease)
         #: Seconds one row took to deliver, per destination (a moving average): sizes claims.
         self._per_row: dict[str, float] = {}
@@ -406,7 +407,7 @@ class Outbox:
                 **row, "last_error": f"{type(error).__name__}: {error}",
                 "status": "failed" if final else "pending"}))
         except Exception:
-            log.exception("pqlsdk: on_error raised")
+            log.exception("pqlsdk: on_error raised for delivery %s", row["id"])
 
     # -- looking --------------------------------------------------------------------------
 
@@ -416,10 +417,11 @@ class Outbox:
             return tx.due(destination, wall_micros())
 
     def waiting(self) -> tuple[int, int, int | None, int]:
-        """``(pending rows, of which due now, next due time, failed rows)`` for this
-        process's destinations."""
+        """``(pending rows, of which due now, next due time, failed rows)`` for the
+        destinations this process delivers to now (a paused Segment's rows wait for a
+        Client that sends)."""
         with self.store.read() as tx:
-            return tx.waiting(list(self.sinks), wall_micros())
+            return tx.waiting(self.destinations(), wall_micros())
 
     def orphans(self) -> list[dict[str, Any]]:
         """Pending rows of destinations this process has no sink for."""

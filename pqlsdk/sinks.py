@@ -10,9 +10,12 @@ qualification when it is delivered. Either way a retry sends the very same messa
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import inspect
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -126,11 +129,46 @@ class CallbackSink:
                 continue
             try:
                 if qualification is not None:
-                    self.callback(qualification)
+                    result = self.callback(qualification)
+                    if inspect.isawaitable(result):
+                        run_awaitable(result)
                 results.append(None)
             except Exception as exc:  # the application's code: anything may happen
                 results.append(exc)
         return results
+
+
+def run_awaitable(awaitable: Any) -> Any:
+    """Run an ``async def`` callback's coroutine to completion from the delivery thread.
+
+    The delivery thread (the worker, or the caller in ``sync_mode``) runs no event loop, so
+    the coroutine gets one of its own with ``asyncio.run``; if this thread does run a loop
+    (a sync_mode Client called from ``async def`` code), it runs on a new thread's loop so
+    as not to re-enter the running one. :class:`pqlsdk.AsyncClient` instead runs its async
+    callbacks on the application's own loop.
+    """
+
+    async def wait() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(wait())
+        except BaseException as exc:  # handed back to the delivering thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="pqlsdk-async-callback", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class SegmentSink:
@@ -142,16 +180,19 @@ class SegmentSink:
     before batching (one over 32 KB fails its row alone). A batch counts as delivered when
     Segment answers 2xx; a status is retried or final as :func:`status_class` says; a final
     answer to a batch of several rows is narrowed down by halves, so that only the rows it
-    concerns fail. While the client's ``send`` is False, nothing is sent: rows stay pending.
+    concerns fail. While ``Client(send=False)`` or the Segment client's own ``send`` is
+    False, nothing is sent: rows stay pending.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, send: bool = True) -> None:
         self.client = client
+        self.send = send
 
     @property
     def paused(self) -> bool:
-        """Whether the application's Segment client has sending turned off."""
-        return not getattr(self.client, "send", True)
+        """Whether sending is turned off (``Client(send=False)``, or the application's
+        Segment client's ``send``)."""
+        return not self.send or not getattr(self.client, "send", True)
 
     def deliver(self, items: list[Any]) -> list[Exception | None]:
         """Send each item's messages, in batches; one result per item."""
@@ -196,6 +237,10 @@ class SegmentSink:
             results[index] = error
 
     def _post(self, batch: list[dict[str, Any]]) -> Exception | None:
+        record = getattr(self.client, "record_batch", None)
+        if record is not None:  # pqlsdk.testing.RecordingSegment: kept, not sent
+            record(batch)
+            return None
         try:
             post(
                 self.client.write_key,

@@ -1056,6 +1056,25 @@ class Transaction:
         ).fetchone()
         return row[0], row[1], row[2], row[3]
 
+    def outbox_health(self) -> list[tuple[Any, ...]]:
+        """Per destination: ``(destination, pending rows, oldest pending created_at,
+        failed rows, the latest error, when it was recorded)``. The latest error is that
+        of the row whose retry was scheduled last. One pass over the outbox, which stays
+        short (delivered rows are removed)."""
+        return self.conn.execute(
+            "SELECT destination, coalesce(sum(status = 'pending'), 0), "
+            "min(CASE WHEN status = 'pending' THEN created_at END), "
+            "coalesce(sum(status = 'failed'), 0), "
+            "(SELECT o.last_error FROM outbox o WHERE o.destination = outbox.destination "
+            " AND o.last_error IS NOT NULL ORDER BY o.next_attempt_at DESC LIMIT 1), "
+            "max(CASE WHEN last_error IS NOT NULL THEN next_attempt_at END) "
+            "FROM outbox GROUP BY destination ORDER BY destination"
+        ).fetchall()
+
+    def schema_version(self) -> int:
+        """The database's schema version (``PRAGMA user_version``)."""
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
     def event_rows(self, subject_type: str, subject_id: str, event: str, until: int,
                    since: int | None, limit: int | None) -> Iterator[tuple[int, str]]:
         """``(ts, properties)`` of the subject's ``event`` events in ``[since, until]``, newest
