@@ -66,7 +66,8 @@ class Server:
 
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every connection is cut."""
-        self._run(_bin("pg_ctl"), "-D", self.data, "-m", "fast", "-w", "restart")
+        self._run(_bin("pg_ctl"), "-D", self.data, "-m", "fast", "-l",
+                  os.path.join(self.dir, "log"), "-w", "restart")
 
     def stop(self) -> None:
         """Stop the server and remove its files."""

@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 from freezegun import freeze_time
 
+import pytest
+
 import pqlsdk
 from pqlsdk import event
 
@@ -114,6 +116,7 @@ def test_health_of_an_in_memory_client_has_no_file_size():
     assert health.destinations == ()
 
 
+@pytest.mark.sqlite_only  # traces the SQLite connections' statements
 def test_health_does_not_count_events(make_client):
     client = make_client(REPORTS)
     statements = []

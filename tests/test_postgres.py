@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import pqlsdk
-from pqlsdk import pg_store_draft as pg
+from pqlsdk.store import postgres as pg
 
 PROCESSES = 8
 EVENTS_EACH = 60
@@ -191,3 +191,50 @@ def test_a_client_on_an_application_pool(pg_url):
         with pool.connection() as conn:  # the application's connections are untouched
             assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_server_restart_under_load_loses_and_doubles_nothing(tmp_path):
+    import threading
+
+    from .pgserver import NoServer, Server
+
+    try:
+        server = Server()  # its own server: this test restarts it
+    except NoServer as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a PostgreSQL server: {exc}")
+        pytest.skip(str(exc))
+    try:
+        client = pqlsdk.Client(server.url, rules=RULES, connect_timeout=5)
+        halfway, restarted = threading.Event(), threading.Event()
+
+        def restart() -> None:
+            halfway.wait()
+            server.restart()
+            restarted.set()
+
+        threading.Thread(target=restart, daemon=True).start()
+        unavailable = 0
+        for n in range(200):
+            if n == 50:
+                halfway.set()
+            if n == 150:
+                assert restarted.wait(60)
+            while True:  # what an application does with StoreUnavailable: try again
+                try:
+                    client.track(f"u{n % 4}", "report_generated", timestamp=AT,
+                                 message_id=f"m{n}")
+                    break
+                except pqlsdk.StoreUnavailable:
+                    unavailable += 1
+                    if unavailable > 1000:
+                        raise
+        with psycopg.connect(server.url) as conn:
+            ids = [m for (m,) in conn.execute("SELECT message_id FROM pqlsdk.events")]
+            rules = conn.execute("SELECT subject_id, rule FROM pqlsdk.qualifications "
+                                 "ORDER BY 1, 2").fetchall()
+        assert sorted(ids) == sorted(f"m{n}" for n in range(200))  # each once
+        assert rules == [(f"u{n}", "busy") for n in range(4)]  # 50 events each, once
+        client.close()
+    finally:
+        server.stop()

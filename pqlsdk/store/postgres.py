@@ -23,10 +23,10 @@ from contextlib import contextmanager, nullcontext, suppress
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
-from .pg_sql import bind, to_postgres
-from .stages import STAGES
-from .store import Transaction
+from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
+from ..stages import STAGES
+from .dialect import bind, to_postgres
+from .sqlite import Transaction
 
 if TYPE_CHECKING:
     import psycopg_pool
@@ -118,13 +118,6 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def is_url(database: object) -> bool:
-    """Whether ``database`` names a PostgreSQL server (a URL or a connection pool)."""
-    if isinstance(database, str):
-        return database.startswith(("postgresql://", "postgres://"))
-    return type(database).__module__.startswith("psycopg_pool")
-
-
 def translate(exc: BaseException, where: str) -> StoreError:
     """The pqlsdk error for a psycopg (or pool) error (the one place they are mapped)."""
     psycopg = _psycopg()
@@ -191,7 +184,7 @@ class _Connection:
         statement = to_postgres(sql)
         cursor = self.raw.cursor()
         if not statement.skip:
-            cursor.execute(statement.sql, bind(statement, args), prepare=False)
+            cursor.execute(statement.sql, bind(statement, args))
             self.total_changes += max(cursor.rowcount, 0)
         return _Cursor(cursor)
 
@@ -235,6 +228,11 @@ class PgTransaction(Transaction):
         else:
             self.conn.execute("SELECT 1 FROM accounts WHERE account_id = ? FOR UPDATE",
                               (subject_id,))
+
+    def schema_version(self) -> int:
+        """The database's schema generation (its ``schema_version`` row)."""
+        return int(self.conn.execute(
+            "SELECT version FROM schema_version WHERE one = 1").fetchone()[0])
 
     def qualifications_by_id(self, ids: set[str]) -> list[dict[str, Any]]:
         """See :meth:`Transaction.qualifications_by_id`."""
@@ -280,10 +278,6 @@ class PgTransaction(Transaction):
 def _without_seq(row: dict[str, Any]) -> dict[str, Any]:
     row.pop("seq", None)
     return row
-
-
-class _NumericLoader:  # built lazily: psycopg is imported only for PostgreSQL
-    pass
 
 
 def _register_loaders(conn: Any) -> None:

@@ -132,6 +132,19 @@ def _params(sql: str) -> tuple[str, bool]:
     return "".join(out), positional
 
 
+_PREDICATE = re.compile(r"\s(=|<=|>=|<|>|!=|<>|AND|OR)\s", re.IGNORECASE)
+
+
+def _sum(inner: str) -> str | None:
+    """SQLite sums a comparison as 0/1; PostgreSQL has no sum(boolean)."""
+    outside = re.sub(r"\([^()]*\)", "", inner)
+    while outside != (flat := re.sub(r"\([^()]*\)", "", outside)):
+        outside = flat
+    if outside.lstrip().upper().startswith("CASE") or not _PREDICATE.search(outside):
+        return None
+    return f"sum(CASE WHEN {inner} THEN 1 ELSE 0 END)"
+
+
 def _scalar(function: str) -> Callable[[str], str | None]:
     # SQLite's min(a, b) / max(a, b) of several arguments are least() / greatest()
     return lambda inner: f"{function}({inner})" if _top_level_commas(inner) else None
@@ -154,6 +167,7 @@ def to_postgres(sql: str) -> Statement:
                           lambda inner: f"json_object_agg({inner})::text")
     text = re.sub(r"(\w+\.\w+) IS (\w+\.\w+)", r"\1 IS NOT DISTINCT FROM \2", text)
     text = _rewrite_calls(text, "total", lambda inner: f"coalesce(sum({inner}), 0)")
+    text = _rewrite_calls(text, "sum", _sum)
     text = _rewrite_calls(text, "min", _scalar("least"))
     text = _rewrite_calls(text, "max", _scalar("greatest"))
     # SQLite's LIMIT -1 is "no limit"; PostgreSQL's is LIMIT NULL

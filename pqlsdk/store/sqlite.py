@@ -1,4 +1,5 @@
-"""The SQLite store: schema, migrations and every SQL statement pqlsdk runs.
+"""The SQLite store: schema, migrations and every SQL statement pqlsdk runs (the
+PostgreSQL store runs the same statements, rewritten by :mod:`pqlsdk.store.dialect`).
 
 One connection per Client, guarded by a lock; WAL, ``synchronous=NORMAL`` and a busy
 timeout; every write is one short ``BEGIN IMMEDIATE`` transaction (:meth:`Store.write`),
@@ -23,15 +24,16 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import sqlite_utils
 
-from .errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
-from .evaluator import fold
-from .filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
-from .rules import EventCondition
-from .stages import FIRST_STAGE, STAGES
+from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
+from ..evaluator import fold
+from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
+from ..rules import EventCondition
+from ..stages import FIRST_STAGE, STAGES
+from .base import FunnelRows, StageCounts
 
 T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -415,22 +417,6 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-class StageCounts(NamedTuple):
-    """One stage of the funnel as the store counts it."""
-
-    entered: int
-    moved_on: int
-    #: The median microseconds in stage of those who moved on (None if nobody did).
-    median: float | None
-
-
-class FunnelRows(NamedTuple):
-    """:meth:`Transaction.funnel_rows`: per stage for all subjects, and per group."""
-
-    overall: list[StageCounts]
-    groups: list[tuple[Any, list[StageCounts]]]
 
 
 class Store:
@@ -1415,17 +1401,3 @@ def _fold(
     """Count, distinct-count or sum ``(properties JSON, how many events)`` rows."""
     return fold(((json.loads(text), n) for text, n in rows), condition, limit, matches)
 
-
-def open_store(database: Any, *, busy_timeout: float = 30.0, synchronous: str = "normal",
-               schema: str = "pqlsdk", connect_timeout: float = 10.0,
-               statement_timeout: float | None = None, lock_timeout: float | None = None
-               ) -> Store:
-    """The store for ``database``: a PostgreSQL URL or ``psycopg_pool.ConnectionPool`` opens
-    the PostgreSQL store (psycopg is imported only then); anything else, the SQLite file."""
-    from .pg_store_draft import PostgresStore, is_url
-
-    if is_url(database):
-        return PostgresStore(database, schema=schema,  # type: ignore[return-value]
-                             connect_timeout=connect_timeout,
-                             statement_timeout=statement_timeout, lock_timeout=lock_timeout)
-    return Store(database, busy_timeout=busy_timeout, synchronous=synchronous)
