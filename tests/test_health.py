@@ -8,9 +8,8 @@ import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 
-from freezegun import freeze_time
-
 import pytest
+from freezegun import freeze_time
 
 import pqlsdk
 from pqlsdk import event

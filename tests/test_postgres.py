@@ -238,3 +238,36 @@ def test_a_server_restart_under_load_loses_and_doubles_nothing(tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_connects_anew_and_leaves_the_parents_session_alone(pg_schema):
+    url, schema = pg_schema
+    client = pqlsdk.Client(url, schema=schema, rules=RULES)
+    client.track("parent", "report_generated", timestamp=AT)
+    parent_connection = client.store._conn
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            client.track("child", "report_generated", timestamp=AT)
+            code = 3 if client.store._conn is parent_connection else 0
+            client.close(timeout=5)
+            import gc
+
+            from pqlsdk.store import postgres
+
+            postgres._INHERITED.clear()  # as at interpreter exit: the copies are finalized
+            del parent_connection
+            gc.collect()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the child's exit closed nothing of the parent's: its session goes on
+    client.track("parent", "report_generated", timestamp=AT)
+    assert client.store._conn is parent_connection
+    with psycopg.connect(url) as conn:
+        users = sorted(u for (u,) in conn.execute(f"SELECT user_id FROM {schema}.events"))
+    assert users == ["child", "parent", "parent"]
+    client.close()

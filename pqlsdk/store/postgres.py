@@ -99,6 +99,9 @@ _V1 = [
 ]
 
 _V2 = [
+    # a claim locks its destination's row first: claims of one destination take turns, so
+    # each sees the rows the one before it leased and stops before them (order is kept)
+    "CREATE TABLE outbox_lanes (destination TEXT PRIMARY KEY)",
     # an idle delivery worker on any host wakes at once when a row is written
     "CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
     "PERFORM pg_notify(current_schema() || '_outbox', ''); RETURN NULL; END $$",
@@ -228,6 +231,16 @@ class PgTransaction(Transaction):
         else:
             self.conn.execute("SELECT 1 FROM accounts WHERE account_id = ? FOR UPDATE",
                               (subject_id,))
+
+    def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
+              ) -> list[dict[str, Any]]:
+        """See :meth:`Transaction.claim`. In READ COMMITTED two claimers could both read the
+        same due rows; a row lock on the destination's lane row (an upsert) makes claims of
+        one destination take turns, and each then reads what the previous one leased."""
+        self.conn.execute(
+            "INSERT INTO outbox_lanes (destination) VALUES (?) ON CONFLICT (destination) "
+            "DO UPDATE SET destination = excluded.destination", (destination,))
+        return super().claim(destination, now, lease_until, limit, token)
 
     def schema_version(self) -> int:
         """The database's schema generation (its ``schema_version`` row)."""
@@ -523,8 +536,10 @@ class PostgresStore:
         """In a forked child: leave the parent's connections alone (closing one would end
         the parent's session) and connect anew on first use. A pool's threads did not
         survive the fork: the child gets a pool of its own with the same settings."""
-        _INHERITED.extend(c for c in (self._conn, self._read_conn, self._listen)
-                          if c is not None)
+        inherited = [c for c in (self._conn, self._read_conn, self._listen) if c is not None]
+        for conn in inherited:
+            _detach(conn)
+        _INHERITED.extend(inherited)
         self._conn = self._read_conn = self._listen = None
         self.lock, self.read_lock, self._held = threading.RLock(), threading.RLock(), ()
         if self.pool is not None:
@@ -576,6 +591,19 @@ class PostgresStore:
 
 #: Connections and pools inherited across fork(): kept referenced, never used or closed.
 _INHERITED: list[Any] = []
+
+
+def _detach(conn: Any) -> None:
+    """In a forked child: point the inherited connection's socket descriptor at /dev/null,
+    so that whatever finalizes it later (libpq sends a Terminate message on close) cannot
+    end the parent's session; the parent's socket is untouched."""
+    with suppress(Exception):
+        fd = conn.fileno()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
 
 
 def _child_pool(pool: Any) -> Any:
