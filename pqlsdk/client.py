@@ -12,23 +12,23 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlite_utils
 
-from . import reports
+from . import reports, validation
 from .errors import UnknownSubject, ValidationError
 from .evaluator import measure
-from .models import Qualification, StageChange, Status, json_default
+from .models import Qualification, StageChange, Status
 from .outbox import Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import event_message, reset_http_session
-from .stages import SIDE_STATES, STAGES
 from .store import Store, Transaction
-from .timestamps import coerce, now, to_micros
+from .timestamps import to_micros
+from .validation import Call
 from .worker import Worker
 
 log = logging.getLogger("pqlsdk")
@@ -37,45 +37,6 @@ Callback = Callable[[Qualification], Any]
 
 #: How many subjects one transaction of :meth:`Client.evaluate` checks.
 EVALUATE_CHUNK = 500
-
-
-class Call(NamedTuple):
-    """A validated ``track``/``identify``/``group`` call, ready to be applied: a track's
-    properties as ``data_json``, traits as ``data``."""
-
-    kind: str
-    user_id: str
-    at: datetime
-    account_id: str | None
-    event: str = ""
-    data: dict[str, Any] = {}  # noqa: RUF012 - never mutated
-    data_json: str = "{}"
-    message_id: str | None = None
-
-
-def _require_id(name: str, value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(f"{name} must be a non-empty string (got {value!r})")
-    return value
-
-
-def _optional_id(name: str, value: Any) -> str | None:
-    return None if value is None else _require_id(name, value)
-
-
-def _json_text(name: str, value: Any) -> str:
-    if value is None:
-        return "{}"
-    if not isinstance(value, dict):
-        raise ValidationError(
-            f"{name} must be a dict of JSON values (got {type(value).__name__}: {value!r})"
-        )
-    try:
-        return json.dumps(value, default=json_default, allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{name} must be a dict of JSON values: {exc}") from None
 
 
 class Client:
@@ -230,28 +191,18 @@ class Client:
                       account_id: Any = None, timestamp: Any = None, message_id: Any = None
                       ) -> Call:
         """Validate a ``track`` call (raising :class:`ValidationError`) without recording it."""
-        at = now() if timestamp is None else coerce(timestamp)
-        text = _json_text("properties", properties)
-        return Call("track", _require_id("user_id", user_id), at,
-                    _optional_id("account_id", account_id),
-                    event=_require_id("event", event), data_json=text,
-                    message_id=_optional_id("message_id", message_id))
+        return validation.track(user_id, event, properties, account_id=account_id,
+                                timestamp=timestamp, message_id=message_id)
 
     def prepare_identify(self, user_id: Any, traits: Any = None, *, account_id: Any = None,
                          timestamp: Any = None) -> Call:
         """Validate an ``identify`` call without recording it."""
-        at = now() if timestamp is None else coerce(timestamp)
-        return Call("identify", _require_id("user_id", user_id), at,
-                    _optional_id("account_id", account_id),
-                    data=json.loads(_json_text("traits", traits)))
+        return validation.identify(user_id, traits, account_id=account_id, timestamp=timestamp)
 
     def prepare_group(self, user_id: Any, account_id: Any, traits: Any = None, *,
                       timestamp: Any = None) -> Call:
         """Validate a ``group`` call without recording it."""
-        at = now() if timestamp is None else coerce(timestamp)
-        return Call("group", _require_id("user_id", user_id), at,
-                    _require_id("account_id", account_id),
-                    data=json.loads(_json_text("traits", traits)))
+        return validation.group(user_id, account_id, traits, timestamp=timestamp)
 
     def _record(self, call: Call) -> list[Qualification]:
         with self.store.write() as tx:
@@ -311,7 +262,7 @@ class Client:
         """Re-check every subject against every rule it has not met, as of ``as_of``
         (default now): what time alone can change (``at_most``, ``not``) and what late
         events completed. Qualifications found here are dated ``as_of``."""
-        at = now() if as_of is None else coerce(as_of, "as_of")
+        at = validation.moment(as_of, "as_of")
         until = to_micros(at)
         with self.store.read() as tx:
             subjects = list(tx.subjects())
@@ -368,8 +319,7 @@ class Client:
     def scores(self, *, subject: str = "user", as_of: datetime | str | None = None
                ) -> list[float]:
         """Every user's (or account's) total score as of ``as_of``: a distribution."""
-        if subject not in ("user", "account"):
-            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        validation.subject_type(subject)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
             return [
@@ -399,12 +349,9 @@ class Client:
         >>> client.set_stage("ada", stage="unqualified", reason="no budget this quarter")
         """
         subject_type, subject_id = _subject(user_id, account_id)
-        if stage not in STAGES + SIDE_STATES:
-            raise ValidationError(
-                f"stage must be one of {', '.join(STAGES + SIDE_STATES)} (got {stage!r})")
-        if reason is not None and not isinstance(reason, str):
-            raise ValidationError(f"reason must be a string (got {reason!r})")
-        at = now() if timestamp is None else coerce(timestamp)
+        validation.stage(stage)
+        validation.free_text("reason", reason)
+        at = validation.moment(timestamp)
         ts = to_micros(at)
         with self.store.write() as tx:
             if subject_type == "user":
@@ -443,7 +390,7 @@ class Client:
         qualifications, history and pending deliveries. Account counts no longer include
         its events; an account's qualification that this user completed keeps no trace of
         who (its ``user_id`` becomes ``"(forgotten)"``)."""
-        user_id = _require_id("user_id", user_id)
+        user_id = validation.identifier("user_id", user_id)
         with self.store.write() as tx:
             tx.forget_user(user_id)
 
@@ -464,10 +411,8 @@ class Client:
         >>> client.funnel(by="lead_source").stage("mql").conversion
         0.25
         """
-        if subject not in ("user", "account"):
-            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
-        if by is not None and (not isinstance(by, str) or not by):
-            raise ValidationError(f"by must be a trait name (got {by!r})")
+        validation.subject_type(subject)
+        validation.optional_identifier("by", by)
         lower = _bound(since, "since")
         upper = _bound(until, "until")
         with self.store.read() as tx:
@@ -488,6 +433,7 @@ class Client:
     ) -> list[Qualification]:
         """Recorded qualifications in time order, optionally since a moment or for one rule."""
         since_us = _bound(since, "since")
+        rule = validation.optional_identifier("rule", rule)
         with self.store.read() as tx:
             rows = tx.qualifications(since=since_us, rule=rule)
         return [Qualification.from_row(row) for row in rows]
@@ -651,12 +597,12 @@ class Client:
 
 def _micros(value: datetime | str | None, name: str) -> int:
     """A moment argument as microseconds; None means now."""
-    return to_micros(now() if value is None else coerce(value, name))
+    return to_micros(validation.moment(value, name))
 
 
 def _bound(value: datetime | str | None, name: str) -> int | None:
     """An optional bound (``since``, ``until``) as microseconds, or None."""
-    return None if value is None else to_micros(coerce(value, name))
+    return None if value is None else to_micros(validation.moment(value, name))
 
 
 def _iso(at: datetime) -> str:
@@ -694,11 +640,7 @@ def _known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subje
 
 
 def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:
-    if (user_id is None) == (account_id is None):
-        raise ValidationError("pass exactly one of user_id or account_id=")
-    if user_id is not None:
-        return "user", _require_id("user_id", user_id)
-    return "account", _require_id("account_id", account_id)
+    return validation.subject(user_id, account_id)
 
 
 def _merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]

@@ -9,27 +9,18 @@ NOTHING``, so a second process racing on the same subject records nothing.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from .evaluator import holds, measure
+from .ids import decode_names, qualification_id
 from .models import Qualification, StageChange
 from .rules import EventCondition, Rule
 from .scoring import Score, Scoring, compute
 from .stages import FIRST_STAGE, rank
 from .store import Transaction
 from .timestamps import to_micros
-
-_NAMESPACE = uuid.UUID("5b0c1c4e-7f7e-4a8e-9d55-2f1f6f1a9c3e")
-
-
-def qualification_id(rule: str, subject_type: str, subject_id: str, round_: int = 0) -> str:
-    """The stable id of a subject's qualification for a rule in a round (also its Segment
-    messageId)."""
-    key = f"{rule}\x1f{subject_type}\x1f{subject_id}"
-    return str(uuid.uuid5(_NAMESPACE, key if round_ == 0 else f"{key}\x1f{round_}"))
 
 
 class Subject(NamedTuple):
@@ -50,7 +41,7 @@ class Subject(NamedTuple):
         """Build from a snapshot's ``traits, stage, round, round start, rules met``."""
         traits_json, stage, round_, since, done = columns
         return cls(subject_type, subject_id, traits_json or "{}", stage, round_, since,
-                   frozenset(done.split("\x1f")) if done else frozenset())
+                   decode_names(done))
 
 
 def load_subjects(

@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlite_utils
 
+from . import ids
 from .errors import PqlError
 from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
@@ -199,8 +200,26 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE import_done (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
 
 
+def _v5_unambiguous_ids(db: sqlite_utils.Database) -> None:
+    """Qualification ids from an unambiguous encoding (:mod:`pqlsdk.ids`): a stored
+    qualification whose rule or subject holds ``\x1f`` takes its JSON-form id, so that its
+    legacy id no longer blocks the different qualification it collided with. Every other id
+    stays as it was; pending deliveries follow their qualification's new id."""
+    rows = db.execute(
+        "SELECT id, rule, subject_type, subject_id, round FROM qualifications "
+        "WHERE instr(rule, char(31)) OR instr(subject_type, char(31)) "
+        "OR instr(subject_id, char(31))"
+    ).fetchall()
+    for old, rule, subject_type, subject_id, round_ in rows:
+        new = ids.json_form_id(rule, subject_type, subject_id, round_)
+        db.execute("UPDATE qualifications SET id = ? WHERE id = ?", (new, old))
+        db.execute("UPDATE outbox SET payload = replace(payload, ?1, ?2) "
+                   "WHERE instr(payload, ?1)", (old, new))
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4,
+                                                             _v5_unambiguous_ids]
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -401,7 +420,7 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 def _subject_columns(alias: str, subject_type: str, key: str) -> str:
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
-        f"(SELECT group_concat(rule, char(31)) FROM qualifications q "
+        f"(SELECT json_group_array(rule) FROM qualifications q "
         f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
@@ -446,7 +465,7 @@ class Transaction:
     def user_snapshot(self, user_id: str) -> tuple[Any, ...] | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, then for the user and for its account ``traits JSON, stage, round,
-        round start, rules met this round`` (joined by ``\x1f``). ``None`` for an unknown
+        round start, rules met this round`` (a JSON array). ``None`` for an unknown
         user."""
         return self.conn.execute(_USER_SNAPSHOT, (user_id,)).fetchone()
 
