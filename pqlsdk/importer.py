@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import attrs
 
+from . import validation
 from .client import Call, Client
 from .errors import PqlError, ValidationError
 from .timestamps import coerce, from_micros, to_micros
@@ -66,6 +67,9 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
         message = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError):  # a number of too many digits, deep nesting
+        raise ValidationError("not valid JSON for pqlsdk (a number too large or nesting "
+                              "too deep)") from None
     if not isinstance(message, dict):
         raise ValidationError("a message must be a JSON object")
     kind = message.get("type")
@@ -97,8 +101,11 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
         call = client.prepare_group(user_id, message.get("groupId"), message.get("traits"),
                                     timestamp=at)
     message_id = message.get("messageId")
-    if not isinstance(message_id, str) or not message_id:
-        message_id = "line:" + hashlib.sha1(line.strip().encode()).hexdigest()
+    if isinstance(message_id, str) and message_id:
+        message_id = validation.identifier("messageId", message_id)
+    else:
+        text = line.strip().encode("utf-8", "surrogatepass")
+        message_id = "line:" + hashlib.sha1(text).hexdigest()
         if kind == "track":
             call = call._replace(message_id=message_id)
     return message_id, to_micros(at), call

@@ -746,9 +746,9 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
     """Build one :class:`Rule` from its TOML/dict shape."""
     if not isinstance(data, Mapping):
         raise RuleError(f"each rule must be a table (got {shown(data)})")
-    check_tables(data)
     name = data.get("name")
     try:
+        check_tables(data)
         _non_empty_str("name")(None, None, name)
         _refuse_unknown(data, _RULE_KEYS)
         parts: list[Condition] = []
@@ -871,7 +871,8 @@ def _located(build: Any, data: Any, source: str, index: int) -> Rule:
 
 
 def _ruleset_from_dict(data: Mapping[str, Any], source: str) -> RuleSet:
-    check_tables(data, source)
+    # each rule is checked by rule_from_dict, so that its errors name it
+    check_tables({key: value for key, value in data.items() if key != "rules"}, source)
     for key in data:
         if key not in ("rules", "scoring"):
             raise RuleError("unknown top-level key; allowed: rules, scoring", source=source,

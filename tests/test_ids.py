@@ -96,8 +96,8 @@ def test_rule_name_holding_the_separator_counts_as_met_only_for_itself(make_clie
 
 def test_non_bmp_ids_qualify_and_read_back(make_client):
     client = make_client(RULES)
-    [q] = client.track("😀 ada", "report_generated", account_id="𝔸cme", timestamp=at(0))
-    assert (q.subject_id, q.account_id) == ("😀 ada", "𝔸cme")
+    [q] = client.track("😀 ada", "report_generated", account_id="\U0001d538cme", timestamp=at(0))
+    assert (q.subject_id, q.account_id) == ("😀 ada", "\U0001d538cme")
     assert client.qualifications()[0] == q
 
 
