@@ -139,6 +139,9 @@ def _check_value(key: str, root: Any) -> None:
             raise RuleError(f"must be nested at most {MAX_RULE_DEPTH} levels deep", key=key)
         if isinstance(value, float) and not math.isfinite(value):
             raise RuleError(f"must be a finite number (got {value!r})", key=key)
+        if isinstance(value, int) and value.bit_length() > 1024:  # more than a float holds
+            raise RuleError(f"must be a number below 2**1024 in size (got {shown(value)})",
+                            key=key)
         if isinstance(value, str):
             problem = text_problem(value, MAX_TEXT_LENGTH)
             if problem:
