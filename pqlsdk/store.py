@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -32,6 +33,8 @@ from .stages import FIRST_STAGE, STAGES
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
 #: Larger than any timestamp: stands for "never" inside min().
 _NEVER = 2**62
+#: A trait name a JSON path spells as it is, in every SQLite version.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -790,7 +793,12 @@ class Transaction:
             f"first_{stage} AS s{k}" if until is None
             else f"CASE WHEN first_{stage} <= :until THEN first_{stage} END AS s{k}"
             for k, stage in enumerate(STAGES))
-        group = "NULL" if by is None else "json_extract(traits, :path)"
+        if by is None:
+            group = "NULL"
+        elif _PLAIN_KEY.fullmatch(by):
+            group = "json_extract(traits, :path)"
+        else:  # any other trait name: a JSON path cannot spell every key, json_each can
+            group = "(SELECT value FROM json_each(traits) WHERE key = :by)"
         nexts = []
         for k in range(count - 1):
             later = ", ".join(f"coalesce(CASE WHEN s{j} >= s{k} THEN s{j} END, {_NEVER})"
@@ -811,7 +819,7 @@ class Transaction:
             f"q AS (SELECT p.*, {', '.join(nexts)} FROM p) "
             f"SELECT grp, {', '.join(columns)} FROM q GROUP BY grp"
         )
-        return self.conn.execute(sql, {"until": until, "since": since,
+        return self.conn.execute(sql, {"until": until, "since": since, "by": by,
                                        "path": f'$."{by}"'}).fetchall()
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:

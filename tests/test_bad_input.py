@@ -359,3 +359,16 @@ def test_importer_reports_hostile_lines_and_imports_the_rest(make_client, tmp_pa
     result = import_jsonl(client, str(path))
     assert [number for number, _ in result.errors] == [1]
     assert (result.applied, result.qualifications) == (1, 1)
+
+
+@pytest.mark.parametrize("trait", ['lead "source"', "lead.source", "😀", "a\\b", "a\x1fb", "é"])
+def test_funnel_splits_by_any_trait_name(make_client, trait):
+    """A JSON path cannot spell every key (a quote, an escape): the split must still work."""
+    client = make_client(RULES)
+    client.identify("ada", {trait: "ads", "other": 1}, timestamp=at(0))
+    client.identify("bob", {trait: "seo"}, timestamp=at(0))
+    client.track("ada", "report_generated", timestamp=at(1))
+    funnel = client.funnel(by=trait)
+    assert sorted(funnel.segments) == ["ads", "seo"]
+    assert {s.stage: s.entered for s in funnel.segments["ads"]}["pql"] == 1
+    assert {s.stage: s.entered for s in funnel.segments["seo"]}["pql"] == 0
