@@ -372,3 +372,19 @@ def test_funnel_splits_by_any_trait_name(make_client, trait):
     assert sorted(funnel.segments) == ["ads", "seo"]
     assert {s.stage: s.entered for s in funnel.segments["ads"]}["pql"] == 1
     assert {s.stage: s.entered for s in funnel.segments["seo"]}["pql"] == 0
+
+
+def test_readme_states_the_limits_the_code_enforces():
+    from pathlib import Path
+
+    from pqlsdk import limits
+
+    text = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    section = text[text.index("### Limits"):]
+    assert f"1 to {limits.MAX_ID_LENGTH:,} characters" in section
+    assert f"up to {limits.MAX_TEXT_LENGTH:,} characters" in section
+    assert f"at most {limits.MAX_JSON_DEPTH} levels deep and {limits.MAX_JSON_BYTES // 1024} KiB" \
+        in section
+    assert limits.MAX_BOUND == 2**53 and "at most 2**53" in section
+    assert f"{limits.MAX_DURATION.days:,} days" in section
+    assert f"| {limits.MAX_RULE_DEPTH} levels |" in section
