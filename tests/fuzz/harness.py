@@ -129,9 +129,11 @@ class Harness:
         """One row read through the second connection."""
         return self.reader.execute(sql, args).fetchone()
 
-    def attempt(self, call: Callable[[pqlsdk.Client], Any]) -> tuple[bool, Any]:
+    def attempt(self, call: Callable[[pqlsdk.Client], Any], *, read_only: bool = False
+                ) -> tuple[bool, Any]:
         """Run a hostile call: ``(True, result)``, or ``(False, error)`` after checking that
-        a refusal left every table as it was. Any other exception fails the example."""
+        a refusal left every table as it was (``read_only``: a success too). Any other
+        exception fails the example."""
         self._recycle()
         assert self.client is not None
         before = self.dump()
@@ -143,6 +145,10 @@ class Harness:
             assert not changed, f"{exc!r} was raised but {changed} changed"
             assert str(exc)  # says something
             return False, exc
+        if read_only:
+            after = self.dump()
+            changed = [t for t in before if before[t] != after.get(t)]
+            assert not changed, f"a read changed {changed}"
         return True, result
 
     def ordinary(self, subject: Any = None, account: Any = None) -> None:
