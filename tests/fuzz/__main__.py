@@ -2,7 +2,8 @@
 
 Runs every test of the fuzz suite under the ``pqlsdk-fuzz-campaign`` profile with
 ``--examples`` examples per entry point (hypothesis's ``max_examples``), and prints how
-many examples ran per entry point. Other arguments go to pytest (``-k track``, ``-x``).
+many examples ran per entry point. Other arguments go to pytest (``-k track``, ``-x``, or
+a test file to run only that one).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     import pytest  # after the environment is set: the profile is read at import
 
     started = time.monotonic()
-    code = pytest.main([os.path.dirname(os.path.abspath(__file__)), "-q",
+    paths = [] if any(arg.endswith(".py") or "::" in arg for arg in rest) else [
+        os.path.dirname(os.path.abspath(__file__))]
+    code = pytest.main([*paths, "-q",
                         "-p", "no:cacheprovider", "-W",
                         "ignore::hypothesis.errors.HypothesisWarning", "-W",
                         "ignore::pytest.PytestAssertRewriteWarning", *rest])
