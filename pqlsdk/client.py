@@ -38,6 +38,10 @@ Callback = Callable[[Qualification], Any]
 #: How many subjects one transaction of :meth:`Client.evaluate` checks.
 EVALUATE_CHUNK = 500
 
+# Short names for the edge checks, which live in validation.py (one layer for every call).
+_require_id = validation.identifier
+_optional_id = validation.optional_identifier
+
 
 class Client:
     """Record usage, evaluate PQL rules, and qualify each user or account exactly once.
@@ -390,7 +394,7 @@ class Client:
         qualifications, history and pending deliveries. Account counts no longer include
         its events; an account's qualification that this user completed keeps no trace of
         who (its ``user_id`` becomes ``"(forgotten)"``)."""
-        user_id = validation.identifier("user_id", user_id)
+        user_id = _require_id("user_id", user_id)
         with self.store.write() as tx:
             tx.forget_user(user_id)
 
@@ -412,7 +416,7 @@ class Client:
         0.25
         """
         validation.subject_type(subject)
-        validation.optional_identifier("by", by)
+        _optional_id("by", by)
         lower = _bound(since, "since")
         upper = _bound(until, "until")
         with self.store.read() as tx:
@@ -433,7 +437,7 @@ class Client:
     ) -> list[Qualification]:
         """Recorded qualifications in time order, optionally since a moment or for one rule."""
         since_us = _bound(since, "since")
-        rule = validation.optional_identifier("rule", rule)
+        rule = _optional_id("rule", rule)
         with self.store.read() as tx:
             rows = tx.qualifications(since=since_us, rule=rule)
         return [Qualification.from_row(row) for row in rows]
