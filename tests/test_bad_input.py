@@ -388,3 +388,18 @@ def test_readme_states_the_limits_the_code_enforces():
     assert limits.MAX_BOUND == 2**53 and "at most 2**53" in section
     assert f"{limits.MAX_DURATION.days:,} days" in section
     assert f"| {limits.MAX_RULE_DEPTH} levels |" in section
+
+
+def test_error_messages_show_any_value_safely():
+    """A message names what was given; a value with no repr must not raise instead."""
+    from pqlsdk.limits import shown
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    assert shown(10**5000) == "an integer of about 5001 digits"
+    assert shown([nested(5000)]) == "a list"
+    assert shown(Broken()) == "a Broken"
+    assert shown(list(range(100))) == "a list of 100 items"
+    assert shown("x" * 500).endswith("...") and len(shown("x" * 500)) == 80
