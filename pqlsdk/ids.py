@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import uuid
 
-from .errors import ValidationError
-
 _NAMESPACE = uuid.UUID("5b0c1c4e-7f7e-4a8e-9d55-2f1f6f1a9c3e")
 _SEPARATOR = "\x1f"
 
@@ -43,13 +41,11 @@ def qualification_id(
     >>> qualification_id("team_activation", "user", "ada")
     '3ed980f8-d6fa-53dc-adb8-c763b259e5a7'
 
-    Ids, names and text values may not hold NUL (SPEC §13): a part holding one raises
-    :class:`~pqlsdk.errors.ValidationError`.
+    New ids and names cannot hold NUL (SPEC §13: the edge refuses it), but a subject
+    stored by release 1 may; its id is computed like any other, so that ``evaluate()``
+    still qualifies it.
     """
     parts = (rule, subject_type, subject_id)
-    for name, part in zip(("rule", "subject_type", "subject_id"), parts, strict=True):
-        if "\x00" in part:
-            raise ValidationError(f"{name} must not contain NUL (U+0000) (got {part!r})")
     if firing == 0 and not shadow and not any(_SEPARATOR in part for part in parts):
         key = _SEPARATOR.join(parts)
         return str(uuid.uuid5(_NAMESPACE, key if round_ == 0 else f"{key}\x1f{round_}"))

@@ -50,11 +50,11 @@ class TestQualificationId:
                qualification_id("r", "user", "u", 1)}
         assert len(ids) == 5
 
-    def test_nul_is_refused(self):
-        with pytest.raises(pqlsdk.ValidationError, match=r"subject_id must not contain NUL"):
-            qualification_id("r", "user", "u\x00")
-        with pytest.raises(pqlsdk.ValidationError, match=r"rule must not contain NUL"):
-            qualification_id("r\x00", "user", "u")
+    def test_nul_still_gives_an_id_for_subjects_stored_before_it_was_refused(self):
+        # the edge refuses NUL now (test_nul_in_an_id_is_refused_and_writes_nothing), but a
+        # release-1 file may hold such a subject: evaluate() must still qualify it
+        assert qualification_id("r", "user", "u\x00") == qualification_id("r", "user", "u\x00")
+        assert qualification_id("r", "user", "u\x00") != qualification_id("r", "user", "u")
 
     def test_non_bmp_characters_are_ids_like_any_other(self):
         assert qualification_id("r", "user", "😀") != qualification_id("r", "user", "😁")
@@ -155,3 +155,16 @@ def test_migration_gives_colliding_rows_their_unambiguous_id(db_path):
         assert again.id == legacy
     finally:
         client.close(timeout=0)
+
+
+def test_subject_stored_with_nul_before_it_was_refused_still_qualifies(make_client, db_path):
+    """Release 1 stored NUL as given; refusing it now must not poison evaluate()."""
+    client = make_client(RULES)
+    client.track("seed", "signed_in", timestamp=at(0))
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("INSERT INTO users (user_id, traits, first_seen) VALUES ('u\x00', '{}', 0)")
+        conn.execute("INSERT INTO events (user_id, event, ts, properties) "
+                     "VALUES ('u\x00', 'report_generated', 0, '{}')")
+    [q] = client.evaluate(as_of=at(1))
+    assert q.subject_id == "u\x00"
+    assert client.track("seed", "report_generated", timestamp=at(2))[0].subject_id == "seed"
