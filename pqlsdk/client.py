@@ -416,7 +416,7 @@ class Client:
         0.25
         """
         validation.subject_type(subject)
-        _optional_id("by", by)
+        by = _optional_id("by", by)
         lower = _bound(since, "since")
         upper = _bound(until, "until")
         with self.store.read() as tx:

@@ -403,3 +403,10 @@ def test_error_messages_show_any_value_safely():
     assert shown(Broken()) == "a Broken"
     assert shown(list(range(100))) == "a list of 100 items"
     assert shown("x" * 500).endswith("...") and len(shown("x" * 500)) == 80
+
+
+def test_funnel_by_an_integer_trait_name_reads_it_as_text(make_client):
+    """Found by the fuzz campaign: ``by=0`` passed the check but reached SQL as an int."""
+    client = make_client(RULES)
+    client.identify("ada", {"0": "ads"}, timestamp=at(0))
+    assert sorted(client.funnel(by=0).segments) == ["ads"]
