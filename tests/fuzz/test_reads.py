@@ -23,7 +23,7 @@ subjects = st.one_of(
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
 
 
-@fuzz()
+@fuzz(2)  # four entry points share this test
 @given(subject=subjects, as_of=timestamps,
        method=st.sampled_from(["status", "explain", "score", "history"]))
 def test_subject_reads(harnesses, subject, as_of, method):
@@ -39,7 +39,7 @@ def test_subject_reads(harnesses, subject, as_of, method):
     h.ordinary(user, account)
 
 
-@fuzz()
+@fuzz(2)  # four entry points share this test
 @given(since=timestamps, until=timestamps, rule=st.one_of(st.none(), texts, ids),
        by=st.one_of(st.none(), texts, ids),
        subject=st.one_of(st.sampled_from(["user", "account"]), ids),
