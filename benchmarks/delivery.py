@@ -71,9 +71,9 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     clients = {
         "off": pqlsdk.Client(paths["off"], rules=DELIVERY_RULES),
         "on": pqlsdk.Client(paths["on"], rules=DELIVERY_RULES, segment=segment,
-                            on_qualified=lambda q: None),
+                            on_qualified={"bench": lambda q: None}),
         "mirror": pqlsdk.Client(paths["mirror"], rules=DELIVERY_RULES, segment=segment,
-                                forward_events=True, on_qualified=lambda q: None),
+                                forward_events=True, on_qualified={"bench": lambda q: None}),
     }
     rng = random.Random(3)
 
@@ -92,9 +92,21 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     for client in clients.values():
         client.close(timeout=30)
 
-    # drain: rows written while nothing delivers, then one Client's worker empties the outbox
-    drain_path = os.path.join(folder, "drain.db")
-    writer = pqlsdk.Client(drain_path)
+    server.shutdown()
+    drains = drain_rates(drain, folder)
+    total = rounds * calls
+    return [
+        (f"track(), delivery on vs off ({qualified:,} of {total:,} calls qualify: "
+         "a callback row and a Segment row each)", f"{statistics.median(ratios['on']):.2f}x"),
+        ("track(), forward_events=True vs delivery off (a row per call)",
+         f"{statistics.median(ratios['mirror']):.2f}x"),
+        *drains,
+    ]
+
+
+def _segment_rows(path: str, count: int) -> None:
+    """``count`` mirrored-track rows for Segment, written while nothing delivers."""
+    writer = pqlsdk.Client(path)
     with writer.store.write() as tx:
         stamp = wall_micros()
         tx.enqueue([
@@ -102,27 +114,66 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
              json.dumps([event_message("track", f"u{i}", "2026-11-01T00:00:00.000+00:00",
                                        f"m-{i}", None, event="report_generated",
                                        properties={"n": i})]), stamp)
-            for i in range(drain)
+            for i in range(count)
         ])
     writer.close()
-    Recorder.received = 0
-    started = time.perf_counter()
-    reader = pqlsdk.Client(drain_path, segment=segment)
-    assert reader.flush(timeout=300), "the outbox did not drain"
-    elapsed = time.perf_counter() - started
-    reader.close()
-    server.shutdown()
-    assert Recorder.received == drain, (Recorder.received, drain)
 
-    total = rounds * calls
-    return [
-        (f"track(), delivery on vs off ({qualified:,} of {total:,} calls qualify: "
-         "a callback row and a Segment row each)", f"{statistics.median(ratios['on']):.2f}x"),
-        ("track(), forward_events=True vs delivery off (a row per call)",
-         f"{statistics.median(ratios['mirror']):.2f}x"),
-        (f"worker drains {drain:,} outbox rows to a local Segment",
-         f"{drain / elapsed:,.0f} rows/s"),
-    ]
+
+def _callback_rows(path: str, count: int) -> None:
+    """``count`` qualifications, each with a row for the callback named ``bench``."""
+    writer = pqlsdk.Client(path, rules=FIRST_REPORT, on_qualified={"bench": lambda q: None})
+    writer._worker.stop(0)  # write only: the rows wait in the outbox
+    for i in range(count):
+        writer.track(f"u{i}", "report_generated", timestamp=NOW)
+    writer.close(timeout=0)
+
+
+FIRST_REPORT = {"rules": [{"name": "first_report", "all": [
+    {"event": "report_generated", "at_least": 1}]}]}
+
+
+def _drain(path: str, worker: bool, segment: object | None) -> float:
+    """Seconds to empty the outbox: by the delivery threads (``flush(timeout)`` only waits)
+    or by ``flush()`` in the calling thread (``sync_mode``)."""
+    received = []
+    started = time.perf_counter()
+    client = pqlsdk.Client(path, segment=segment, sync_mode=not worker,
+                           on_qualified={"bench": received.append})
+    assert client.flush(timeout=600) if worker else client.flush(), "did not drain"
+    elapsed = time.perf_counter() - started
+    client.close()
+    return elapsed
+
+
+def drain_rates(count: int, folder: str) -> list[tuple[str, str]]:
+    """Rows/s drained by the worker thread alone vs by ``flush()`` in the caller, to a
+    callback and to a local Segment, each ratio from one run on copies of one file."""
+    import shutil
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    segment = SegmentClient(write_key="bench",
+                            host=f"http://127.0.0.1:{server.server_address[1]}",
+                            sync_mode=True)
+    figures = []
+    for what, make, sink in (("callback rows", _callback_rows, None),
+                             ("Segment messages", _segment_rows, segment)):
+        source = os.path.join(folder, f"drain-{what.split()[0]}.db")
+        make(source, count)
+        times = {}
+        for side in ("caller", "worker"):
+            copy = os.path.join(folder, f"drain-{side}-{what.split()[0]}.db")
+            shutil.copy(source, copy)
+            Recorder.received = 0
+            times[side] = _drain(copy, side == "worker", sink)
+            if sink is not None:
+                assert Recorder.received == count, (Recorder.received, count)
+        figures.append((
+            f"worker thread drains {count:,} {what} (vs flush() in the caller: "
+            f"{count / times['caller']:,.0f}/s)",
+            f"{count / times['worker']:,.0f}/s ({times['caller'] / times['worker']:.2f}x)"))
+    server.shutdown()
+    return figures
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -72,6 +73,49 @@ def best_of(fn, runs: int = 3) -> float:
     return min(times)
 
 
+def _track_p99(client: pqlsdk.Client, calls: int, until: Callable[[], bool] = lambda: True
+               ) -> tuple[float, int]:
+    """The 99th percentile of track() calls (seconds), paced 1 ms apart: at least
+    ``calls`` of them, and more until ``until()``; and how many."""
+    times: list[float] = []
+    i = 0
+    while i < calls or not until():
+        i += 1
+        started = time.perf_counter()
+        client.track(f"p99-{i % 500}", "report_generated", {"n": i})
+        times.append(time.perf_counter() - started)
+        time.sleep(0.001)
+    times.sort()
+    return times[int(len(times) * 0.99) - 1], len(times)
+
+
+def track_beside_funnel(path: str, calls: int) -> tuple[str, str]:
+    """track()'s p99 while another thread runs funnel() over and over, against its p99
+    alone, on the same file in the same run."""
+    import threading
+
+    client = pqlsdk.Client(path)
+    alone, _ = _track_p99(client, calls)
+    stop, reports = threading.Event(), []
+
+    def report() -> None:
+        while not stop.is_set():
+            client.funnel(by="lead_source")
+            reports.append(1)
+
+    thread = threading.Thread(target=report)
+    thread.start()
+    beside, made = _track_p99(client, calls, lambda: len(reports) >= 2)
+    stop.set()
+    thread.join()
+    alone_again, _ = _track_p99(client, made)
+    client.close()
+    baseline = (alone + alone_again) / 2
+    return (f"track() p99 over {made:,} calls while funnel(by=...) runs in another thread "
+            f"({len(reports)} reports) vs alone ({baseline * 1e6:,.0f} µs)",
+            f"{beside / baseline:.2f}x")
+
+
 def measure(quick: bool) -> list[tuple[str, str]]:
     """The figures, as ``(what, figure)`` rows."""
     sizes = (20_000, 100_000) if quick else (100_000, 1_000_000)
@@ -94,6 +138,7 @@ def measure(quick: bool) -> list[tuple[str, str]]:
         ]
         conn.close()
         client.close()
+    rows.append(track_beside_funnel(path, 500 if quick else 2_000))
     return rows
 
 

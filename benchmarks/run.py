@@ -16,12 +16,15 @@ import sqlite3
 import sys
 import time
 
+import backtest_bench
 import concurrency
 import delivery
+import embedded_file
 import evaluate
 import funnel
 import import_bench
 import scoring
+import sustained
 
 import track
 
@@ -33,6 +36,10 @@ SUITE = [
     ("four processes", concurrency.measure),
     ("evaluate", evaluate.measure),
     ("funnel", funnel.measure),
+    ("embedded file", lambda quick: embedded_file.measure(quick, rounds=5 if quick else 11)),
+    ("backtest", lambda quick: backtest_bench.measure(quick, rounds=3 if quick else 11,
+                                                      calls=150 if quick else 300)),
+    ("sustained", sustained.measure),
 ]
 
 

@@ -5,8 +5,21 @@
     >>> client.track("u1", "report_generated")
 """
 
+from .backtest import Backtest, RuleBacktest
 from .client import Client
-from .errors import PqlError, RuleError, UnknownSubject, ValidationError
+from .errors import (
+    DeliveryNameWarning,
+    PqlError,
+    RuleError,
+    SchemaTooNew,
+    StoreBusy,
+    StoreClosed,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    UnknownSubject,
+    ValidationError,
+)
 from .evaluator import Measurement
 from .models import Qualification, StageChange, Status
 from .outbox import Delivery
@@ -14,19 +27,22 @@ from .reports import Funnel, FunnelStage, RuleOutcome
 from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
 from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
-from .store import SchemaTooNew, StoreClosed
+from .suggest import Suggestion
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backtest",
     "Client",
     "Delivery",
+    "DeliveryNameWarning",
     "Funnel",
     "FunnelStage",
     "Measurement",
     "PqlError",
     "Qualification",
     "Rule",
+    "RuleBacktest",
     "RuleError",
     "RuleOutcome",
     "RuleSet",
@@ -38,7 +54,12 @@ __all__ = [
     "Scoring",
     "StageChange",
     "Status",
+    "StoreBusy",
     "StoreClosed",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "Suggestion",
     "UnknownSubject",
     "ValidationError",
     "__version__",

@@ -9,25 +9,30 @@ import os
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlite_utils
 
-from . import reports, validation
-from .errors import UnknownSubject, ValidationError
+from . import backtest as backtests
+from . import privacy, reports, validation
+from . import suggest as suggestions
+from .errors import DeliveryNameWarning, UnknownSubject, ValidationError
 from .evaluator import measure
 from .models import Qualification, StageChange, Status
-from .outbox import Delivery, Outbox, wall_micros
-from .qualifier import Subject, SubjectFacts, load_subject, load_subjects, qualify
+from .outbox import SEGMENT, Delivery, Outbox, wall_micros
+from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
+from .retention import Pruner, Retention, check_windows, parse_retention, projection
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
-from .sinks import event_message, reset_http_session
-from .store import Store, Transaction
-from .timestamps import to_micros
+from .sinks import CallbackSink, callback_name, event_message, reset_http_session
+from .store import SYNCHRONOUS, Store, Transaction
+from .suggest import Suggestion
+from .timestamps import now, to_micros
 from .validation import Call
 from .worker import Worker
 
@@ -35,6 +40,11 @@ log = logging.getLogger("pqlsdk")
 
 Callback = Callable[[Qualification], Any]
 
+#: Of ``close(timeout)``, at most this many seconds (a quarter at most) are left for the
+#: delivery threads to settle what they have in flight once flushing stops.
+CLOSE_GRACE = 0.5
+#: ``flush(timeout=...)`` reads the outbox's state at most this often (seconds).
+FLUSH_LOOK = 0.025
 #: How many subjects one transaction of :meth:`Client.evaluate` checks.
 EVALUATE_CHUNK = 500
 
@@ -56,7 +66,8 @@ class Client:
 
     :param database: a path, ``":memory:"`` or a ``sqlite_utils.Database``.
     :param rules: a TOML path, a dict in the file's shape, or a list of :class:`Rule`.
-    :param on_qualified: a callable (or a list) called with each new :class:`Qualification`.
+    :param on_qualified: a callable, a list of them, or ``{"name": callable}``, called with
+        each new :class:`Qualification` (see :meth:`on_qualified` for names).
     :param segment: a ``segment.analytics.Client`` to forward qualifications to.
     :param forward_events: also mirror every track/identify/group to Segment.
     :param sync_mode: deliver to callbacks (and Segment) before ``track()`` returns, in the
@@ -67,7 +78,16 @@ class Client:
     :param delivery_lease: seconds a delivery is claimed for; a row claimed by a process
         that died is taken over when its lease ends.
     :param poll_interval: seconds between the worker's looks for due rows.
-    :param busy_timeout: seconds to wait for another process's write lock.
+    :param busy_timeout: seconds to wait for another process's write lock before raising
+        :class:`~pqlsdk.StoreBusy`.
+    :param synchronous: ``"normal"`` (the default: a process crash loses nothing acknowledged,
+        a power loss may lose the last transactions) or ``"full"`` (a power loss loses
+        nothing acknowledged either; each write waits for the disk). See the README.
+    :param retention: how long events are kept, e.g. ``"400d"`` (``None``, the default,
+        keeps every event). Older events are folded into per-subject rollups and removed
+        in the background (not in ``sync_mode``) and by :meth:`prune`; counts, distinct
+        values, sums and scores without a window stay exact. A rule whose window is longer
+        is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
     """
 
@@ -75,7 +95,7 @@ class Client:
         self,
         database: str | os.PathLike[str] | sqlite_utils.Database = "pql.db",
         rules: str | os.PathLike[str] | list[Rule] | dict[str, Any] | None = None,
-        on_qualified: Callback | Iterable[Callback] | None = None,
+        on_qualified: Callback | Iterable[Callback] | dict[str, Callback] | None = None,
         segment: Any = None,
         forward_events: bool = False,
         sync_mode: bool = False,
@@ -87,16 +107,39 @@ class Client:
         poll_interval: float = 1.0,
         busy_timeout: float = 30.0,
         scoring: dict[str, Any] | None = None,
+        synchronous: str = "normal",
+        retention: str | timedelta | None = None,
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring)
-        callbacks = [on_qualified] if callable(on_qualified) else list(on_qualified or [])
-        for callback in callbacks:
+        keep = parse_retention(retention)
+        self._retention: Retention | None = None
+        if keep is not None:
+            check_windows(self.rules, keep)
+            # with no rules given (a CLI prune), rollups keep every property
+            self._retention = Retention(keep, None if rules is None else projection(self.rules))
+        if synchronous not in SYNCHRONOUS:
+            raise ValidationError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS)} (got {synchronous!r})")
+        if not isinstance(busy_timeout, int | float) or busy_timeout < 0:
+            raise ValidationError(f"busy_timeout must be seconds >= 0 (got {busy_timeout!r})")
+        callbacks: list[tuple[str | None, Any]]
+        if isinstance(on_qualified, dict):
+            callbacks = list(on_qualified.items())
+        elif callable(on_qualified):
+            callbacks = [(None, on_qualified)]
+        else:
+            callbacks = [(None, callback) for callback in on_qualified or []]
+        for name, callback in callbacks:
             if not callable(callback):
                 raise ValidationError(f"on_qualified needs callables (got {callback!r})")
+            _check_name(name)
         if segment is not None and not hasattr(segment, "write_key"):
             raise ValidationError(
                 f"segment must be a segment.analytics.Client (got {type(segment).__name__})"
             )
+        if segment is not None and getattr(segment, "send", True) is False:
+            log.warning("pqlsdk: the Segment client has send=False: Segment rows are kept "
+                        "pending (not sent, not dropped) until a Client that sends")
         if not isinstance(max_retries, int) or max_retries < 1:
             raise ValidationError(f"max_retries must be a whole number >= 1 (got {max_retries!r})")
         self.segment = segment
@@ -111,34 +154,88 @@ class Client:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self._qualify = functools.partial(qualify, scoring=self.rules.scoring)
-        self.store = Store(database, busy_timeout=busy_timeout)
+        self.store = Store(database, busy_timeout=busy_timeout, synchronous=synchronous)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
                               lease=delivery_lease)
-        for callback in callbacks:
-            self._outbox.add_callback(callback)
+        for name, callback in callbacks:
+            self._register(callback, name)
         self._worker = Worker(self._outbox, poll_interval)
         self._closing = threading.Event()
         self._closed = False
+        self._pruner: Pruner | None = None
+        if self._retention is not None and not sync_mode:
+            self._pruner = Pruner(self._retention, self.store, _now_micros)
+            self._pruner.start()
         _forget_after_fork(self)
         if not sync_mode and self._outbox.waiting()[0]:
             self._worker.wake()  # deliver what an earlier run left pending
 
     # -- registration -----------------------------------------------------------------------
 
-    def on_qualified(self, callback: Callback) -> Callback:
-        """Register ``callback(qualification)``; usable as a decorator.
+    def on_qualified(self, callback: Callback | None = None, *, name: str | None = None
+                     ) -> Any:
+        """Register ``callback(qualification)``: ``client.on_qualified(fn)``,
+        ``@client.on_qualified`` or ``@client.on_qualified(name="crm")``.
 
         Callbacks run after the qualification is committed, from the durable outbox: at
         least once, retried with backoff when they raise, never raising into ``track()``.
-        A callback's ``module.qualname`` is its identity across restarts.
+        ``name`` is the destination's identity across restarts and deploys (its rows are
+        ``callback:NAME``); without it, the callback's ``module.qualname`` is. A lambda, a
+        closure or a second callable of the same qualname, registered without a name, gets
+        a :class:`DeliveryNameWarning` and an identity of this Client's own: rows it leaves
+        at exit are reported as orphaned, never handed to another callable by position.
         """
+        _check_name(name)
+        if callback is None:
+            def decorator(fn: Callback) -> Callback:
+                return self.on_qualified(fn, name=name)  # type: ignore[no-any-return]
+            return decorator
         if not callable(callback):
             raise ValidationError(f"on_qualified needs a callable (got {callback!r})")
-        self._outbox.add_callback(callback)
+        self._register(callback, name)
         if not self.sync_mode and self._outbox.waiting()[0]:
             self._worker.wake()  # rows an earlier run left for a callback of this name
         return callback
+
+    def _register(self, callback: Callback, name: str | None) -> None:
+        if name is not None:
+            destination = f"callback:{name}"
+            if destination in self._outbox.sinks:
+                raise ValidationError(
+                    f"name {name!r} is already registered with on_qualified; give each "
+                    "callback its own name")
+        else:
+            qualname = callback_name(callback)
+            destination = f"callback:{qualname}"
+            why = ("a lambda" if "<lambda>" in qualname
+                   else "a closure" if "<locals>" in qualname
+                   else "a second callable of this qualname"
+                   if destination in self._outbox.sinks else None)
+            if why is not None:
+                destination = f"{destination}@{uuid.uuid4().hex[:12]}"
+                warnings.warn(
+                    f"on_qualified: {qualname} is {why}, so it has no stable identity: rows "
+                    f"it leaves at exit will wait as orphaned. Register it with "
+                    f"name=\"...\" to deliver them after a restart.",
+                    DeliveryNameWarning, stacklevel=3)
+        self._outbox.add_sink(destination, CallbackSink(callback))
+        if not self.sync_mode and self._worker_started():
+            self._worker.wake()
+
+    def _worker_started(self) -> bool:
+        return hasattr(self, "_worker") and self._worker.running
+
+    def retarget(self, old_name: str, new_name: str) -> int:
+        """Hand every row left for destination ``old_name`` (e.g. a renamed callback's,
+        reported as orphaned) to ``new_name``; return how many. Names are given as
+        registered (``"crm"``) or as shown in :meth:`deliveries` (``"callback:crm"``).
+        Failed rows among them become pending again."""
+        old, new = _destination(old_name, "old_name"), _destination(new_name, "new_name")
+        with self.store.write() as tx:
+            moved = tx.retarget(old, new, wall_micros())
+        self._dispatch(bool(moved))
+        return moved
 
     # -- recording --------------------------------------------------------------------------
 
@@ -381,6 +478,36 @@ class Client:
         self._dispatch(bool(rows))
         return change
 
+    def apply_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> bool:
+        """Record an imported stage change (``call.kind == "stage"``: ``event`` holds the
+        stage, ``data`` the reason; a user's when ``user_id`` is set, else the account's)
+        inside ``tx``, creating the subject if it is new; history source ``import``.
+        Returns whether outbox rows were written (never with ``deliver=False``)."""
+        ts = to_micros(call.at)
+        stage, reason = call.event, call.data.get("reason")
+        if call.user_id:
+            subject_type, subject_id = "user", call.user_id
+            subject = load_subjects(tx, subject_id, None, ts)[0]
+            member: str | None = subject_id
+            account = tx.account_of(subject_id)
+        else:
+            assert call.account_id is not None  # the importer checked it
+            subject_type, subject_id = "account", call.account_id
+            tx.add_account(subject_id, ts)
+            subject = load_subject(tx, "account", subject_id)
+            member, account = tx.latest_user(subject_id, ts), subject_id
+        if subject.stage == stage:
+            return False
+        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason)
+        if not deliver or member is None:
+            return False
+        change = StageChange(subject_type, subject_id, subject.stage, stage, call.at,
+                             "import", reason)
+        rows = self._outbox.stage_rows([(change, member, account, _new_id())], wall_micros())
+        if rows:
+            tx.enqueue(rows)
+        return bool(rows)
+
     def history(self, user_id: str | None = None, *, account_id: str | None = None
                 ) -> list[StageChange]:
         """Every stage change of a user (or an account), oldest first: when it was first seen
@@ -391,12 +518,36 @@ class Client:
 
     def forget(self, user_id: str) -> None:
         """Erase a user for a privacy request, in one transaction: its events, traits,
-        qualifications, history and pending deliveries. Account counts no longer include
-        its events; an account's qualification that this user completed keeps no trace of
-        who (its ``user_id`` becomes ``"(forgotten)"``)."""
-        user_id = _require_id("user_id", user_id)
-        with self.store.write() as tx:
-            tx.forget_user(user_id)
+        qualifications, history, pending deliveries, staged imports and import bookkeeping.
+        Account counts no longer include its events; an account's qualification that this
+        user completed keeps no trace of who (its ``user_id`` becomes ``"(forgotten)"``).
+
+        No byte of the user is left in the file, its WAL or its free pages: deleted rows
+        are overwritten (``secure_delete``) and the WAL is checkpointed and truncated. Its
+        message ids are remembered only as keyed hashes, so re-importing the same file (or
+        resuming a stopped import) does not bring the user back. Raises
+        :class:`~pqlsdk.StoreBusy` if another connection kept the WAL from being truncated
+        (the rows are erased; retry to clear the WAL).
+        """
+        privacy.forget(self.store, _require_id("user_id", user_id))
+
+    def prune(self, *, as_of: datetime | str | None = None) -> int:
+        """Fold and remove every event older than the retention as of ``as_of`` (default
+        now); return how many were removed (0 without ``retention=``). The background
+        pruner does the same a small batch at a time."""
+        until = _micros(as_of, "as_of")
+        if self._retention is None:
+            return 0
+        return self._retention.prune(self.store, until)
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything pqlsdk keeps about a user, JSON-ready, for an access request: traits,
+        events, stages (history), qualifications, staged imports and pending deliveries.
+
+        >>> client.export("ada")["traits"]
+        {'plan': 'trial'}
+        """
+        return privacy.export(self.store, _require_id("user_id", user_id))
 
     # -- reports --------------------------------------------------------------------------
 
@@ -425,21 +576,95 @@ class Client:
     def rule_report(self, *, since: datetime | str | None = None) -> list[RuleOutcome]:
         """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,
         ``opportunity`` and ``customer``, how many sales moved to ``unqualified`` or
-        ``disqualified``, and their most common reasons."""
+        ``disqualified``, and their most common reasons. Shadow rules have rows of their
+        own; each row is split by rule version."""
         lower = _bound(since, "since")
         with self.store.read() as tx:
-            return reports.rule_report(tx, [r.name for r in self.rules.rules], lower)
+            return reports.rule_report(tx, [(r.name, r.shadow) for r in self.rules.rules],
+                                       lower)
+
+    def backtest(
+        self,
+        rules: str | os.PathLike[str] | list[Rule] | dict[str, Any] | RuleSet | None = None,
+        *,
+        outcome: str | dict[str, str] = "customer",
+        horizon: str | timedelta = "30d",
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        subject: str = "user",
+        against: str | None = None,
+    ) -> backtests.Backtest:
+        """Replay the stored history for ``rules`` (default: this Client's; or a TOML path,
+        a dict, a list of :class:`Rule`) and measure each against ``outcome`` (a stage
+        reached, or ``{"event": NAME}``) within ``horizon``: qualified, converted,
+        precision with its 95% interval, recall, base rate, lift, median lead time,
+        missed. Read only: nothing is written. ``against="current"`` also lists who the
+        given rules add and drop compared with this Client's rules.
+
+        >>> result = client.backtest("candidate_rules.toml", against="current")
+        >>> result.rule("team_activation").lift
+        3.2
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        if against not in (None, "current"):
+            raise ValidationError(f"against must be 'current' or None (got {against!r})")
+        ruleset = self._ruleset(rules)
+        frame = backtests.frame(outcome, horizon, _bound(since, "since"),
+                                _micros(until, "until"))
+        current = self.rules if against == "current" else None
+        with self.store.read() as tx:
+            return backtests.backtest(tx, ruleset, frame, subject, current)
+
+    def suggest(
+        self,
+        *,
+        outcome: str | dict[str, str] = "customer",
+        horizon: str | timedelta = "30d",
+        min_support: int = 20,
+        top: int = 10,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        subject: str = "user",
+    ) -> list[Suggestion]:
+        """Candidate rules found in the stored events (at least N of an event within a
+        window, an event with a property value, N distinct values of a property), each
+        qualifying at least ``min_support`` subjects, best lift first, measured as
+        :meth:`backtest` measures a rule; each with its TOML, ready to paste. Read only.
+
+        >>> print(client.suggest(top=1)[0].toml)
+        """
+        if subject not in ("user", "account"):
+            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        for name, value in (("min_support", min_support), ("top", top)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValidationError(f"{name} must be a whole number >= 1 (got {value!r})")
+        frame = backtests.frame(outcome, horizon, _bound(since, "since"),
+                                _micros(until, "until"))
+        with self.store.read() as tx:
+            return suggestions.suggest(tx, frame, subject, min_support=min_support, top=top)
+
+    def _ruleset(self, rules: Any) -> RuleSet:
+        if rules is None:
+            return self.rules
+        if isinstance(rules, RuleSet):
+            return rules
+        if isinstance(rules, list | tuple):
+            return load_rules(list(rules), self.rules.scoring)
+        return load_rules(rules)
 
     # -- reading ----------------------------------------------------------------------------
 
     def qualifications(
-        self, *, since: datetime | str | None = None, rule: str | None = None
+        self, *, since: datetime | str | None = None, rule: str | None = None,
+        shadow: bool | None = False,
     ) -> list[Qualification]:
-        """Recorded qualifications in time order, optionally since a moment or for one rule."""
+        """Recorded qualifications in time order, optionally since a moment or for one rule.
+        Live ones by default; ``shadow=True`` lists the shadow rules' instead, ``None`` both."""
         since_us = _bound(since, "since")
         rule = _optional_id("rule", rule)
         with self.store.read() as tx:
-            rows = tx.qualifications(since=since_us, rule=rule)
+            rows = tx.qualifications(since=since_us, rule=rule, shadow=shadow)
         return [Qualification.from_row(row) for row in rows]
 
     def status(
@@ -459,13 +684,13 @@ class Client:
     def _status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
                 ) -> Status:
         subject = _known_subject(tx, subject_type, subject_id)
-        found = tuple(Qualification.from_row(r)
-                      for r in tx.qualifications(subject=(subject_type, subject_id)))
+        found = tuple(Qualification.from_row(r) for r in
+                      tx.qualifications(subject=(subject_type, subject_id), shadow=False))
         facts = SubjectFacts(tx, subject, until, self.rules.scoring)
         progress = {  # the rules it may still meet this round
             rule.name: measure(rule.condition, facts)
             for rule in self._by_subject[subject_type]
-            if rule.name not in subject.done
+            if done_key(rule) not in subject.done
         }
         return Status(subject_type, subject_id, subject.stage, found, progress)
 
@@ -530,15 +755,20 @@ class Client:
         try:
             while self._outbox.deliver_once():
                 pass
-        except Exception:
+        except Exception:  # never into track(): the rows stay in the outbox
             log.exception("pqlsdk: delivery failed; the outbox keeps the rows")
 
     def deliveries(self, *, status: str | None = None) -> list[Delivery]:
-        """What is still in the outbox: ``status="pending"`` (waiting or retrying) or
-        ``"failed"`` (gave up, or refused for good by the destination); delivered rows are
-        removed."""
-        if status not in (None, "pending", "failed"):
-            raise ValidationError(f"status must be 'pending', 'failed' or None (got {status!r})")
+        """What is still in the outbox: ``status="pending"`` (waiting or retrying),
+        ``"failed"`` (gave up, or refused for good by the destination) or ``"orphaned"``
+        (pending for a destination no callback of this Client is registered under: see
+        :meth:`retarget`); delivered rows are removed."""
+        if status not in (None, "pending", "failed", "orphaned"):
+            raise ValidationError(
+                f"status must be 'pending', 'failed', 'orphaned' or None (got {status!r})")
+        if status == "orphaned":
+            return [Delivery.from_row({**row, "status": "orphaned"})
+                    for row in self._outbox.orphans()]
         with self.store.read() as tx:
             return [Delivery.from_row(row) for row in tx.outbox_rows(status)]
 
@@ -554,41 +784,86 @@ class Client:
         was delivered, False when time ran out, rows wait for a retry or rows have failed
         (see :meth:`deliveries`).
 
-        With a ``timeout``, rows whose retry falls due before it are waited for; with
-        ``None``, flush delivers what is due now and returns without waiting out a backoff.
+        With a ``timeout``, the delivery threads do the work (one per destination, so a
+        hanging callback holds only its own rows) and flush returns within about
+        ``timeout`` whatever a destination or another process does; rows whose retry falls
+        due before it are waited for. With ``None``, flush delivers in the calling thread
+        until a pass over the destinations finds nothing to claim, then waits for this
+        process's deliveries in flight while they progress (at least one settled claim per
+        ``delivery_lease``); rows not yet due are left, so it always returns.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is None:
+            return self._flush_here()
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._worker.wake()
         while True:
+            looked = time.monotonic()
             try:
-                if self._outbox.deliver_once():
-                    continue
+                pending, due, next_due, failed = self._outbox.waiting()
             except Exception:
-                log.exception("pqlsdk: delivery failed during flush")
-            pending, due, next_due, failed = self._outbox.waiting()
+                log.exception("pqlsdk: flush could not read the outbox")
+                return False
             if not pending:
                 return not failed
-            if due:
-                pause = 0.05  # due rows leased by our worker or another process
-            elif deadline is not None and next_due is not None:
-                pause = (next_due - wall_micros()) / 1e6
-            else:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 or pause > left:
+            pause = 0.05
+            if not due:
+                if next_due is None:
                     return False
-            self._closing.wait(max(0.0, min(pause, 0.05 if due else pause)))
+                until_due = (next_due - wall_micros()) / 1e6
+                if until_due > left:
+                    return False  # nothing will fall due in time
+                pause = max(0.0, until_due)
+            with self._outbox.progress:
+                self._outbox.progress.wait(min(pause, left))
+            if not due:
+                self._worker.wake()
+            # look again at most every FLUSH_LOOK seconds: each look reads the whole outbox
+            rest = min(FLUSH_LOOK - (time.monotonic() - looked), deadline - time.monotonic())
+            if rest > 0:
+                self._closing.wait(rest)
+
+    def _flush_here(self) -> bool:
+        """``flush()``: passes in this thread until one claims nothing; then, while this
+        process's delivery threads have claims in flight, wait for them as long as they
+        settle something at least once a lease."""
+        outbox = self._outbox
+        while True:
+            seen = outbox.settled
+            try:
+                while outbox.deliver_once():
+                    pass
+                pending, _, _, failed = outbox.waiting()
+            except Exception:
+                log.exception("pqlsdk: delivery failed during flush")
+                return False
+            if not pending:
+                return not failed
+            if not outbox.renewer.in_flight():
+                return False
+            with outbox.progress:
+                if not outbox.progress.wait_for(lambda s=seen: outbox.settled != s,  # type: ignore[misc]
+                                                outbox.lease):
+                    return False  # nothing settled for a whole lease: a destination hangs
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Flush for at most ``timeout`` seconds, stop the worker and close the database.
-        Returns whether everything was delivered; what was not stays in the outbox."""
+        """Flush for at most ``timeout`` seconds, stop the delivery threads and close the
+        database, all within about ``timeout``. Returns whether everything was delivered;
+        what was not stays in the outbox (a delivery still in flight keeps its lease until
+        it ends or the lease runs out)."""
         if self._closed:
             return True
         deadline = time.monotonic() + timeout
-        delivered = self.flush(timeout)
+        # keep a little of the time for the lanes to settle what they have in flight, so
+        # that it is not left leased until the lease runs out
+        delivered = self.flush(timeout - min(timeout * 0.25, CLOSE_GRACE))
         self._closing.set()
+        if self._pruner is not None:
+            self._pruner.stop(max(0.0, deadline - time.monotonic()))
         self._worker.stop(max(0.0, deadline - time.monotonic()))
-        self.store.close()
+        self.store.close(max(0.0, deadline - time.monotonic()))
         self._closed = True
         return delivered
 
@@ -599,9 +874,28 @@ class Client:
         self.close()
 
 
+def _check_name(name: Any) -> None:
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValidationError(
+            f"name must be a non-empty string naming the destination (got {name!r})")
+
+
+def _destination(name: Any, argument: str) -> str:
+    """A destination as stored: ``segment``, ``callback:NAME`` (given as either form)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(
+            f"{argument} must be a destination name, e.g. 'crm' or 'callback:crm' "
+            f"(got {name!r})")
+    return name if name == SEGMENT or name.startswith("callback:") else f"callback:{name}"
+
+
 def _micros(value: datetime | str | None, name: str) -> int:
     """A moment argument as microseconds; None means now."""
     return to_micros(validation.moment(value, name))
+
+
+def _now_micros() -> int:
+    return to_micros(now())
 
 
 def _bound(value: datetime | str | None, name: str) -> int | None:
@@ -619,7 +913,9 @@ def _new_id() -> str:
 
 def _forget_after_fork(client: Client) -> None:
     """In a child made by fork() (gunicorn, uwsgi): a new connection, a new worker, and new
-    HTTP connections to Segment."""
+    HTTP connections to Segment. The parent forks only between statements of its delivery
+    threads (it holds the store's locks across fork()): SQLite's in-process lock state
+    copied mid-transaction would leave the child's new connection "database is locked"."""
     ref = weakref.ref(client)
 
     def after_in_child() -> None:
@@ -628,12 +924,27 @@ def _forget_after_fork(client: Client) -> None:
             return
         child.store.reopen_after_fork()
         child._worker = Worker(child._outbox, child._worker.poll_interval)
+        child._outbox.after_fork()
         child._closing = threading.Event()
+        if child._pruner is not None:
+            child._pruner = Pruner(child._pruner.retention, child.store, _now_micros)
+            child._pruner.start()
         if child.segment is not None:
             reset_http_session()
 
+    def before() -> None:
+        parent = ref()
+        if parent is not None and not parent._closed:
+            parent.store.hold_for_fork()
+
+    def after_in_parent() -> None:
+        parent = ref()
+        if parent is not None:
+            parent.store.release_after_fork()
+
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_in_child)
+        os.register_at_fork(before=before, after_in_parent=after_in_parent,
+                            after_in_child=after_in_child)
 
 
 def _known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:

@@ -68,3 +68,46 @@ class RuleError(ValidationError):
             rule=rule or self.rule,
             key=inner or None,
         )
+
+
+class StoreError(PqlError):
+    """The database file could not do what was asked; nothing of the failed call was
+    written, and what was acknowledged before stays.
+
+    The message names the file and says what to do. ``path`` carries the file (``None``
+    for an in-memory database)::
+
+        pql.db: another process held the write lock for more than 30 s ...
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class StoreBusy(StoreError):
+    """Another connection held the write lock past ``busy_timeout``; retry later, or give
+    ``busy_timeout=`` (``--busy-timeout``) more time."""
+
+
+class StoreFull(StoreError):
+    """The disk (or a quota, or ``max_page_count``) is full; free space and retry."""
+
+
+class StoreCorrupt(StoreError):
+    """The file is not a SQLite database or has a damaged page. Nothing more is written to
+    it through this Client; recover with ``sqlite3 pql.db ".recover" | sqlite3 new.db``
+    and check the result with ``pqlsdk doctor --db new.db``."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer pqlsdk than this one; upgrade pqlsdk to open it."""
+
+
+class StoreClosed(StoreError):
+    """The Client (and its connection) was closed; make a new one."""
+
+
+class DeliveryNameWarning(UserWarning):
+    """A callback registered without a ``name`` has no stable identity across restarts (a
+    lambda, a closure, or a second callable of the same qualname)."""

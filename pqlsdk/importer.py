@@ -13,16 +13,24 @@
    transaction: killed at any point, a re-run resumes where it stopped, and re-importing a
    file adds nothing.
 
-A bad line stops nothing that was good: it is reported with its line number and reason
-(``strict=True`` stops at the first one instead).
+The input is read as bytes, plain or gzipped (known by its magic bytes, as Segment's
+archives are), and decoded line by line. A bad line stops nothing that was good, whatever it
+holds (bytes that are not UTF-8, a lone surrogate, a 5,000-digit number, JSON nested 5,000
+deep, a timestamp past the calendar's edge): it is reported with its line number and reason
+(``strict=True`` stops at the first one instead). A batch that fails to stage or replay is
+retried one message at a time, so only the bad message is left out. A missing or
+unreadable file is refused by :func:`open_source` before any database is made.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
@@ -30,7 +38,8 @@ import attrs
 
 from . import validation
 from .client import Call, Client
-from .errors import PqlError, ValidationError
+from .errors import PqlError, StoreError, ValidationError
+from .stages import SIDE_STATES, STAGES
 from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction, staging and replay alike.
@@ -60,6 +69,132 @@ class ImportStopped(PqlError):
     """``strict=True`` met a bad line."""
 
 
+class SourceError(ValidationError):
+    """The file to import is missing, unreadable, or not what its name says (a ``.gz``
+    that is not gzip)."""
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class Source:
+    """JSON lines to import, opened: plain or gzipped bytes (or an open text file), read
+    line by line. Made by :func:`open_source`; a context manager that closes what it
+    opened."""
+
+    def __init__(self, name: str, handle: Any, owned: bool) -> None:
+        self.name, self.handle, self.owned = name, handle, owned
+        #: ``(line number, reason)`` when the stream itself broke (a damaged gzip).
+        self.broken: tuple[int, str] | None = None
+
+    def lines(self) -> Iterator[tuple[int, bytes | str]]:
+        """``(line number, raw line)`` of every non-blank line; a damaged or truncated gzip
+        stream ends the lines and is recorded in :attr:`broken`."""
+        number = 0
+        iterator: Iterator[bytes | str] = iter(self.handle)
+        while True:
+            try:
+                line = next(iterator)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error) as exc:
+                self.broken = (number + 1, f"the gzip stream is damaged or truncated here "
+                                           f"({exc}); the lines before it were read")
+                return
+            number += 1
+            if line.strip():
+                yield number, line
+
+    def close(self) -> None:
+        """Close the file if this Source opened it."""
+        if self.owned:
+            self.handle.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_source(source: str | os.PathLike[str] | IO[bytes] | IO[str] | Source) -> Source:
+    """Open what to import: a path (plain or gzipped JSON lines), ``"-"`` for stdin, or an
+    open binary or text file. Raises :class:`SourceError` for a file that is missing or
+    cannot be read, before anything else happens.
+
+    >>> with open_source("export.jsonl.gz") as source:
+    ...     import_jsonl(client, source)
+    """
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, io.TextIOBase) and not hasattr(source, "buffer"):
+        return Source(str(getattr(source, "name", "<text>")), source, owned=False)  # StringIO
+    owned = False
+    if source == "-":
+        raw: Any = sys.stdin.buffer
+        name = "<stdin>"
+    elif isinstance(source, str | os.PathLike):
+        name = os.fspath(source)
+        try:
+            raw = open(name, "rb")  # noqa: SIM115 - the Source closes it
+        except FileNotFoundError:
+            raise SourceError(f"{name}: no such file") from None
+        except IsADirectoryError:
+            raise SourceError(f"{name}: is a directory, not a JSON lines file") from None
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot be read ({exc.strerror})") from None
+        owned = True
+    else:
+        raw = getattr(source, "buffer", source)  # a text file: read its bytes
+        name = getattr(source, "name", "<file>")
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+    try:
+        head = buffered.peek(2)[:2]
+    except OSError as exc:
+        if owned:
+            raw.close()
+        raise SourceError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    if head == _GZIP_MAGIC:
+        return Source(name, gzip.GzipFile(fileobj=buffered, mode="rb"), owned=True)
+    if name.endswith(".gz") and head:
+        if owned:
+            raw.close()
+        raise SourceError(f"{name}: named .gz but not gzip (its first bytes are not gzip's)")
+    return Source(name, buffered, owned=owned)
+
+
+def describe(exc: BaseException) -> str:
+    """Why a line is bad, for ``line N: reason``, whatever was raised parsing it."""
+    if isinstance(exc, PqlError):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1}); "
+                f"a line must be UTF-8 JSON")
+    if isinstance(exc, UnicodeEncodeError):
+        return (f"holds a lone surrogate ({exc.object[exc.start]!a}), which is not text; "
+                f"ids, names and values must be valid Unicode")
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return "a number too long to read (more than 4,300 digits)"
+    if isinstance(exc, OverflowError):
+        return f"a value out of range ({exc}), e.g. a timestamp past year 1 or 9999 in UTC"
+    return f"cannot be read ({type(exc).__name__}: {exc})"
+
+
+def _decode(raw: bytes | str) -> str:
+    return raw.decode("utf-8") if isinstance(raw, bytes) else raw
+
+
+def _text_check(*values: str | None) -> None:
+    """Raise UnicodeEncodeError for a value SQLite could not store (a lone surrogate)."""
+    for value in values:
+        if value is not None:
+            value.encode("utf-8")
+
+
 def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
     """``(message id, timestamp, validated call)``, or the other message type to skip, for
     one JSONL line; raises :class:`ValidationError` saying what is wrong with it."""
@@ -67,12 +202,11 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
         message = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    except (ValueError, RecursionError):  # a number of too many digits, deep nesting
-        raise ValidationError("not valid JSON for pqlsdk (a number too large or nesting "
-                              "too deep)") from None
     if not isinstance(message, dict):
         raise ValidationError("a message must be a JSON object")
     kind = message.get("type")
+    if kind == "stage":
+        return _stage_change(line, message)
     if kind not in KINDS:
         if not isinstance(kind, str) or not kind:
             raise ValidationError("type is missing; expected track, identify or group")
@@ -111,101 +245,184 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
     return message_id, to_micros(at), call
 
 
-def _lines(source: str | IO[str]) -> Iterator[tuple[int, str]]:
-    if source == "-":
-        handle: IO[str] = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
-    elif isinstance(source, str):
-        handle = open(source, encoding="utf-8")  # noqa: SIM115 - closed below
-    else:
-        handle = source
-    try:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line
-    finally:
-        if isinstance(source, str) and source != "-":
-            handle.close()
+def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
+    """A CRM's stage change: ``{"type": "stage", "userId" | "groupId": ..., "stage": ...,
+    "timestamp": ..., "reason": ..., "messageId": ...}``."""
+    user_id, group_id = message.get("userId"), message.get("groupId")
+    if (user_id is None) == (group_id is None):
+        raise ValidationError("a stage message needs exactly one of userId or groupId")
+    for name, value in (("userId", user_id), ("groupId", group_id)):
+        if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)
+                                  or not str(value).strip()):
+            raise ValidationError(f"{name} must be a non-empty string (got {value!r})")
+    stage = message.get("stage")
+    if stage not in STAGES + SIDE_STATES:
+        raise ValidationError(
+            f"stage must be one of {', '.join(STAGES + SIDE_STATES)} (got {stage!r})")
+    reason = message.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError(f"reason must be a string (got {reason!r})")
+    stamp = message.get("timestamp")
+    if stamp is None:
+        raise ValidationError("timestamp is required to replay in time order")
+    at = coerce(stamp, "timestamp")
+    message_id = message.get("messageId")
+    if not isinstance(message_id, str) or not message_id:
+        message_id = "line:" + hashlib.sha1(line.strip().encode()).hexdigest()
+    call = Call("stage", "" if user_id is None else str(user_id), at,
+                None if group_id is None else str(group_id), event=stage,
+                data={"reason": reason})
+    return message_id, to_micros(at), call
+
 
 
 def import_jsonl(
     client: Client,
-    source: str | IO[str],
+    source: str | os.PathLike[str] | IO[bytes] | IO[str] | Source,
     *,
     strict: bool = False,
     deliver: bool = False,
     progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
 ) -> ImportResult:
-    """Import Segment-spec JSONL (a path, ``"-"`` for stdin, or an open text file).
+    """Import Segment-spec JSONL, plain or gzipped (a path, ``"-"`` for stdin, an open file
+or a :class:`Source`).
 
     ``deliver=False`` (the default) records qualifications without writing outbox rows for
     them: a backfill does not call the application's callbacks nor Segment.
     ``progress(batches, total)`` may wrap the replay loop (the CLI passes a progress bar).
     """
-    with client.store.bulk():
-        return _import(client, source, strict, deliver, progress)
+    with open_source(source) as opened, client.store.bulk():
+        return _Import(client, strict, deliver).run(opened, progress)
 
 
-def _import(client: Client, source: str | IO[str], strict: bool, deliver: bool,
+def _staged_row(number: int, raw: bytes | str, client: Client
+                ) -> tuple[Any, ...] | str:
+    """The staging row of one line, or the other message type to skip; raises whatever
+    makes the line bad."""
+    parsed = parse_message(_decode(raw), client)
+    if isinstance(parsed, str):
+        return parsed
+    message_id, ts, call = parsed
+    data = call.data_json if call.kind == "track" else json.dumps(call.data)
+    _text_check(message_id, call.user_id, call.account_id, call.event, data)
+    return (message_id, ts, number, call.kind, call.user_id, call.account_id,
+            call.event or None, data)
+
+
+class _Import:
+    """One run of an import: stage every good line, then replay what is staged."""
+
+    def __init__(self, client: Client, strict: bool, deliver: bool) -> None:
+        self.client, self.store, self.strict, self.deliver = client, client.store, strict, deliver
+        self.errors: list[tuple[int, str]] = []
+
+    def bad(self, number: int, reason: str) -> None:
+        """Report a bad line (or stop, when strict)."""
+        if self.strict:
+            raise ImportStopped(f"line {number}: {reason}")
+        self.errors.append((number, reason))
+
+    def run(self, source: Source,
             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None) -> ImportResult:
-    read = 0
-    errors: list[tuple[int, str]] = []
-    skipped: dict[str, int] = {}
-    store = client.store
-    pending: list[tuple[Any, ...]] = []
-    staged = valid = 0
-    for number, line in _lines(source):
-        read += 1
+        """Stage, replay, and say what happened."""
+        read = staged = valid = 0
+        skipped: dict[str, int] = {}
+        pending: list[tuple[Any, ...]] = []
+        for number, raw in source.lines():
+            read += 1
+            try:
+                row = _staged_row(number, raw, self.client)
+            except Exception as exc:  # a bad line, whatever it holds: reported, not fatal
+                self.bad(number, describe(exc))
+                continue
+            if isinstance(row, str):
+                skipped[row] = skipped.get(row, 0) + 1
+                continue
+            valid += 1
+            pending.append(row)
+            if len(pending) >= BATCH:
+                staged += self.stage(pending)
+        if pending:
+            staged += self.stage(pending)
+        if source.broken is not None:
+            self.bad(*source.broken)
+        applied, qualified = self.replay(progress)
+        return ImportResult(read, applied, valid - staged, skipped, tuple(self.errors),
+                            qualified)
+
+    def stage(self, pending: list[tuple[Any, ...]]) -> int:
+        """Stage a batch in one transaction; if a row makes it fail, stage the rows one by
+        one so that only that row is left out (and reported)."""
         try:
-            parsed = parse_message(line, client)
-        except ValidationError as exc:
-            if strict:
-                raise ImportStopped(f"line {number}: {exc}") from None
-            errors.append((number, str(exc)))
-            continue
-        if isinstance(parsed, str):
-            skipped[parsed] = skipped.get(parsed, 0) + 1
-            continue
-        valid += 1
-        message_id, ts, call = parsed
-        pending.append((message_id, ts, number, call.kind, call.user_id, call.account_id,
-                        call.event or None, call.data_json if call.kind == "track"
-                        else json.dumps(call.data)))
-        if len(pending) >= BATCH:
-            staged += _stage(store, pending)
-    if pending:
-        staged += _stage(store, pending)
-    applied, qualified = _replay(client, deliver, progress)
-    return ImportResult(read, applied, valid - staged, skipped, tuple(errors), qualified)
+            with self.store.write() as tx:
+                added = tx.stage_messages(pending)
+        except StoreError:
+            raise  # the file's problem, not a line's: stop (staged batches are kept)
+        except Exception:
+            added = 0
+            for row in pending:
+                try:
+                    with self.store.write() as tx:
+                        added += tx.stage_messages([row])
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    self.bad(row[2], describe(exc))
+        pending.clear()
+        return added
 
+    def replay(self, progress: Callable[[Iterable[Any], int], Iterable[Any]] | None
+               ) -> tuple[int, int]:
+        """Apply staged messages in time order, a batch per transaction."""
+        with self.store.read() as tx:
+            total = tx.staged_count()
+        batches = range(0, total, BATCH)
+        applied = qualified = 0
+        for _ in progress(batches, total) if progress else batches:
+            try:
+                done, found, queued = self.apply(None)
+            except StoreError:
+                raise
+            except Exception:  # one message cannot be applied: the others still are
+                with self.store.read() as tx:
+                    rows = tx.staged_batch(BATCH)
+                done = found = 0
+                queued = False
+                for row in rows:
+                    try:
+                        one, more, wrote = self.apply([row])
+                    except StoreError:
+                        raise
+                    except Exception as exc:
+                        self.bad(row[7], describe(exc))
+                        with self.store.write() as tx:
+                            tx.finish_staged([row[0]], [])
+                        continue
+                    done, found, queued = done + one, found + more, queued or wrote
+            applied += done
+            qualified += found
+            if queued:
+                self.client.deliver_pending()
+        return applied, qualified
 
-def _stage(store: Any, pending: list[tuple[Any, ...]]) -> int:
-    with store.write() as tx:
-        added = tx.stage_messages(pending)
-    pending.clear()
-    return added
-
-
-def _replay(client: Client, deliver: bool,
-            progress: Callable[[Iterable[Any], int], Iterable[Any]] | None) -> tuple[int, int]:
-    store = client.store
-    with store.read() as tx:
-        total = tx.staged_count()
-    batches = range(0, total, BATCH)
-    applied = qualified = 0
-    for _ in progress(batches, total) if progress else batches:
+    def apply(self, rows: list[tuple[Any, ...]] | None) -> tuple[int, int, bool]:
+        """Apply staged rows (None: the next batch) in one transaction: ``(applied,
+        qualifications, queued)``."""
         queued = False
-        with store.write() as tx:
-            rows = tx.staged_batch(BATCH)
-            for message_id, ts, kind, user_id, account_id, event, data in rows:
+        qualified = 0
+        with self.store.write() as tx:
+            if rows is None:
+                rows = tx.staged_batch(BATCH)
+            for message_id, ts, kind, user_id, account_id, event, data, _ in rows:
                 traits = json.loads(data) if kind != "track" else {}
                 call = Call(kind, user_id, from_micros(ts), account_id, event or "", traits,
                             data, message_id if kind == "track" else None)
-                created, wrote = client.apply(tx, call, deliver=deliver)
+                if kind == "stage":
+                    queued |= self.client.apply_stage(tx, call, deliver=self.deliver)
+                    continue
+                created, wrote = self.client.apply(tx, call, deliver=self.deliver)
                 queued |= wrote
                 qualified += len(created)
             tx.finish_staged([row[0] for row in rows],
-                             [row[0] for row in rows if row[2] != "track"])
-        applied += len(rows)
-        if queued:
-            client.deliver_pending()
-    return applied, qualified
+                             [(row[0], row[3]) for row in rows if row[2] != "track"])
+        return len(rows), qualified, queued

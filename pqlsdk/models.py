@@ -26,6 +26,9 @@ class Qualification:
     ``id`` is stable (derived from the rule and the subject) and is the Segment ``messageId``;
     ``user_id`` is the user whose call completed the rule; ``qualified_at`` the timestamp of
     the completing event (or of the ``evaluate(as_of=...)`` that found it).
+    ``rule_version`` is the fingerprint of the rule's definition that fired it (None for
+    qualifications recorded before versions were kept); ``shadow`` marks a shadow rule's,
+    which moves no stage and is never delivered.
     """
 
     id: str
@@ -37,12 +40,15 @@ class Qualification:
     account_id: str | None
     qualified_at: datetime
     evidence: Measurement
+    rule_version: str | None = None
+    shadow: bool = False
 
     def to_row(self) -> dict[str, Any]:
         """The store's row for this qualification."""
         row = attrs.asdict(self, recurse=False)
         row["qualified_at"] = to_micros(self.qualified_at)
         row["evidence"] = json.dumps(self.evidence.to_dict())
+        row["shadow"] = int(self.shadow)
         return row
 
     @classmethod
@@ -51,6 +57,7 @@ class Qualification:
         values = {k: v for k, v in row.items() if k != "round"}
         values["qualified_at"] = from_micros(row["qualified_at"])
         values["evidence"] = Measurement.from_dict(json.loads(row["evidence"]))
+        values["shadow"] = bool(row.get("shadow", False))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,8 +87,9 @@ class Status:
 class StageChange:
     """One move in a subject's lifecycle.
 
-    ``source`` is ``rule:NAME`` (a qualification moved it), ``manual`` (``set_stage``) or
-    ``first_seen`` (the subject became a ``lead`` when pqlsdk first saw it).
+    ``source`` is ``rule:NAME`` (a qualification moved it), ``manual`` (``set_stage``),
+    ``import`` (a stage line of ``pqlsdk import``, a CRM's verdict) or ``first_seen`` (the
+    subject became a ``lead`` when pqlsdk first saw it).
     """
 
     subject_type: str

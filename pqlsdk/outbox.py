@@ -1,11 +1,16 @@
 """The durable outbox: what must reach a destination, delivered at least once, in order.
 
 Rows are written in the same transaction as the qualification (or mirrored event) they
-carry, one per destination. Delivering one takes a lease (so two processes never send the
-same row at once, and a row whose process died is taken over when its lease ends), hands it
-to the destination's sink, and removes it only once the destination acknowledged it. A
-failure is retried with exponential backoff and jitter; after ``max_retries`` tries the row
-is kept as ``failed``, visible in ``Client.deliveries()`` and revived by ``retry_failed()``.
+carry, one per destination. Delivering takes one destination's due rows at a time under a
+claim token and a lease (one ``UPDATE ... RETURNING``), hands them to that destination's
+sink, and settles them as soon as the sink returns: a row is removed only once the
+destination acknowledged it, and only by the claimer that still owns it. While a delivery
+is in flight its lease is renewed, so another claimer (this process's ``flush``, another
+process) never takes it over; a row whose process died is taken over when its lease ends.
+A failure is retried with exponential backoff and jitter (or after Segment's
+``Retry-After``); after ``max_retries`` tries, or a final refusal, the row is kept as
+``failed``, visible in ``Client.deliveries()`` and revived by ``retry_failed()``. A row that
+cannot be read or built fails alone; the others keep flowing.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -24,35 +31,69 @@ from .models import Qualification, StageChange, json_default
 from .sinks import (
     CallbackSink,
     Fatal,
+    NotAttempted,
+    Retry,
     SegmentSink,
-    callback_name,
     qualification_messages,
     stage_messages,
 )
-from .store import Store
+from .store import PAYLOAD_FORMAT, Store, StoreClosed
 from .timestamps import from_micros
 
 log = logging.getLogger("pqlsdk")
 
 SEGMENT = "segment"
-#: Rows claimed per destination at a time (one Segment batch).
+#: The most rows claimed per destination at a time (one Segment batch).
 CLAIM_LIMIT = 100
 #: First retry waits about this long (seconds); each further one twice as long.
 FIRST_BACKOFF = 1.0
+#: A claim is sized so that delivering it should take at most this share of the lease.
+LEASE_SHARE = 0.25
+
+Sink = CallbackSink | SegmentSink
 
 
-def _item(sink: CallbackSink | SegmentSink, row: dict[str, Any],
+class Undeliverable(Exception):
+    """A row that cannot be read or turned into what its destination takes: it fails alone."""
+
+
+class PassResult(NamedTuple):
+    """What one delivery pass over one destination did."""
+
+    claimed: int
+    delivered: int
+    #: Whether the claim took as many rows as it could (more are probably waiting).
+    full: bool = False
+
+
+def _decode(row: dict[str, Any]) -> Any:
+    """A row's payload, or :class:`Undeliverable` if this release cannot read it."""
+    if row.get("format") != PAYLOAD_FORMAT:
+        raise Undeliverable(f"outbox payload format {row.get('format')!r} is not "
+                            f"{PAYLOAD_FORMAT}, the one this pqlsdk reads")
+    try:
+        payload = json.loads(row["payload"])
+    except (TypeError, ValueError) as exc:
+        raise Undeliverable(f"outbox payload is not JSON: {exc}") from None
+    if row["kind"] == "qualification":
+        if not (isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str)):
+            raise Undeliverable("a qualification row must name its qualification_id")
+    elif not (isinstance(payload, list) and all(isinstance(m, dict) for m in payload)):
+        raise Undeliverable("a Segment row must hold a list of messages")
+    return payload
+
+
+def _item(sink: Sink, row: dict[str, Any], payload: Any,
           found: dict[str, Qualification]) -> Any:
     """What a sink delivers for a row: a Qualification for a callback, Segment messages for
     Segment; None when a qualification is gone (erased by ``forget``): nothing to send."""
-    payload = json.loads(row["payload"])
     if row["kind"] != "qualification":
         return payload  # Segment messages, built when the row was written
     q = found.get(payload["qualification_id"])
     if q is None or isinstance(sink, CallbackSink):
         return q
     messages = qualification_messages(q)
-    if payload["moved_to"]:
+    if payload.get("moved_to"):
         change = StageChange(q.subject_type, q.subject_id, None, payload["moved_to"],
                              q.qualified_at, f"rule:{q.rule}")
         messages += stage_messages(change, q.user_id, q.account_id, q.id)
@@ -64,12 +105,20 @@ def wall_micros() -> int:
     return int(time.time() * 1_000_000)
 
 
+def _payload_for_display(text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text  # an unreadable row is shown as it is stored
+
+
 @attrs.frozen
 class Delivery:
     """One outbox row: a message on its way to one destination.
 
-    ``status`` is ``pending`` (waiting or retrying) or ``failed`` (gave up after
-    ``max_retries``, or the destination refused it for good); delivered rows are gone.
+    ``status`` is ``pending`` (waiting or retrying), ``failed`` (gave up after
+    ``max_retries``, or refused for good) or ``orphaned`` (pending for a destination no
+    callback of this Client is registered under); delivered rows are gone.
     """
 
     id: int
@@ -91,13 +140,60 @@ class Delivery:
             destination=row["destination"],
             kind=row["kind"],
             user_id=row["user_id"],
-            payload=json.loads(row["payload"]),
+            payload=_payload_for_display(row["payload"]),
             status=row["status"],
             attempts=row["attempts"],
             next_attempt_at=from_micros(row["next_attempt_at"]),
             last_error=row["last_error"],
             created_at=from_micros(row["created_at"]),
         )
+
+
+class Renewer:
+    """Renews the lease of every claim in flight, every third of the lease, on its own
+    thread (started with the first claim), so that a slow destination keeps its rows."""
+
+    def __init__(self, store: Store, lease: float) -> None:
+        self.store = store
+        self.lease = lease
+        self._tokens: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, token: str) -> None:
+        """Keep renewing ``token``'s lease until :meth:`release`."""
+        with self._lock:
+            self._tokens.add(token)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="pqlsdk-lease",
+                                                daemon=True)
+                self._thread.start()
+
+    def release(self, token: str) -> None:
+        """The claim was settled: stop renewing it."""
+        with self._lock:
+            self._tokens.discard(token)
+
+    def in_flight(self) -> int:
+        """How many claims of this process are being delivered (or being made) now."""
+        with self._lock:
+            return len(self._tokens)
+
+    def _run(self) -> None:
+        while not self.store.closed:
+            self._wake.wait(self.lease / 3)
+            with self._lock:
+                tokens = sorted(self._tokens)
+            if not tokens:
+                continue
+            try:
+                with self.store.write() as tx:
+                    tx.renew(tokens, wall_micros() + int(self.lease * 1e6))
+            except StoreClosed:
+                return
+            except Exception:
+                log.exception("pqlsdk: could not renew delivery leases")
 
 
 class Outbox:
@@ -118,18 +214,28 @@ class Outbox:
         self.max_retries = max_retries
         self.max_backoff = max_backoff
         self.lease = lease
-        self.sinks: dict[str, CallbackSink | SegmentSink] = {}
+        self.sinks: dict[str, Sink] = {}
         if segment is not None:
             self.sinks[SEGMENT] = SegmentSink(segment)
+        self.renewer = Renewer(store, lease)
+        #: Seconds one row took to deliver, per destination (a moving average): sizes claims.
+        self._per_row: dict[str, float] = {}
+        self._orphans_reported = False
+        self._lock = threading.Lock()
+        #: Notified after each settled claim (``settled`` counts them): ``flush`` waits on it.
+        self.progress = threading.Condition()
+        self.settled = 0
 
-    def add_callback(self, callback: Callable[[Qualification], Any]) -> None:
-        """Deliver qualifications to ``callback`` from now on."""
-        name = callback_name(callback)
-        base, n = name, 1
-        while name in self.sinks:
-            n += 1
-            name = f"{base}#{n}"
-        self.sinks[name] = CallbackSink(callback)
+    def after_fork(self) -> None:
+        """In a forked child: its own lease renewer, locks and measurements."""
+        self.renewer = Renewer(self.store, self.lease)
+        self._lock = threading.Lock()
+        self.progress = threading.Condition()
+
+    def add_sink(self, destination: str, sink: Sink) -> None:
+        """Deliver ``destination``'s rows to ``sink`` from now on."""
+        with self._lock:
+            self.sinks = {**self.sinks, destination: sink}
 
     # -- writing (inside the caller's transaction) ------------------------------------------
 
@@ -168,58 +274,172 @@ class Outbox:
 
     # -- delivering -------------------------------------------------------------------------
 
-    def deliver_once(self) -> int:
-        """Claim due rows for every destination in one transaction, deliver them, settle
-        them in one more; return how many rows were tried."""
-        now = wall_micros()
-        lease_until = now + int(self.lease * 1e6)
-        with self.store.write() as tx:
-            claims = [(sink, rows) for name, sink in list(self.sinks.items())
-                      if (rows := tx.claim(name, now, lease_until, CLAIM_LIMIT))]
-            if not claims:
-                return 0
-            named = {json.loads(row["payload"])["qualification_id"]
-                     for _, rows in claims for row in rows if row["kind"] == "qualification"}
-            found = {row["id"]: Qualification.from_row(row)
-                     for row in tx.qualifications_by_id(named)} if named else {}
-        outcomes = [(rows, sink.deliver([_item(sink, row, found) for row in rows]))
-                    for sink, rows in claims]
-        self._settle(outcomes)
-        return sum(len(rows) for _, rows in claims)
+    def destinations(self) -> list[str]:
+        """The destinations this process delivers to now (Segment not while paused)."""
+        return [name for name, sink in self.sinks.items() if not sink.paused]
 
-    def _settle(self, outcomes: list[tuple[list[dict[str, Any]], list[Exception | None]]]
-                ) -> None:
-        pairs = [pair for rows, results in outcomes
-                 for pair in zip(rows, results, strict=True)]
-        done = [row["id"] for row, error in pairs if error is None]
-        failures = [(row, error) for row, error in pairs if error is not None]
+    def deliver_once(self) -> int:
+        """One pass over every destination in the calling thread, each settled as soon as
+        its sink returns; return how many rows were claimed."""
+        claimed = 0
+        for name in self.destinations():
+            claimed += self.deliver(name).claimed
+        self.report_orphans()
+        return claimed
+
+    def deliver(self, destination: str) -> PassResult:
+        """Claim ``destination``'s due rows (in order, as many as fit in a share of the
+        lease), deliver them and settle them; what was done."""
+        sink = self.sinks[destination]
+        now = wall_micros()
+        token = uuid.uuid4().hex
+        self.renewer.hold(token)
+        try:
+            size = self._claim_size(destination)
+            with self.store.write() as tx:
+                rows = tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
+            if not rows:
+                return PassResult(0, 0)
+            started = time.monotonic()
+            results = self._deliver_rows(sink, rows)
+            self._learn(destination, (time.monotonic() - started) / len(rows))
+            delivered = self._settle(rows, results, token)
+        finally:
+            self.renewer.release(token)
+        with self.progress:
+            self.settled += 1
+            self.progress.notify_all()
+        return PassResult(len(rows), delivered, len(rows) == size)
+
+    def _claim_size(self, destination: str) -> int:
+        per_row = self._per_row.get(destination)
+        if not per_row:
+            return CLAIM_LIMIT
+        return max(1, min(CLAIM_LIMIT, int(self.lease * LEASE_SHARE / per_row)))
+
+    def _learn(self, destination: str, per_row: float) -> None:
+        before = self._per_row.get(destination)
+        self._per_row[destination] = per_row if before is None else 0.7 * before + 0.3 * per_row
+
+    def _deliver_rows(self, sink: Sink, rows: list[dict[str, Any]]
+                      ) -> list[Exception | None]:
+        """Per row: None (delivered) or why not. Rows that cannot be read or built fail
+        alone, with the reason; the others go to the sink."""
+        results: list[Exception | None] = [None] * len(rows)
+        payloads: dict[int, Any] = {}
+        for index, row in enumerate(rows):
+            try:
+                payloads[index] = _decode(row)
+            except Undeliverable as exc:
+                results[index] = exc
+        named = {p["qualification_id"] for i, p in payloads.items()
+                 if rows[i]["kind"] == "qualification"}
+        found: dict[str, Qualification] = {}
+        stored: list[dict[str, Any]] = []
+        if named:
+            with self.store.read() as tx:
+                stored = tx.qualifications_by_id(named)
+            for stored_row in stored:
+                try:
+                    found[stored_row["id"]] = Qualification.from_row(stored_row)
+                except Exception as exc:  # a damaged qualification fails its rows alone
+                    log.warning("pqlsdk: qualification %s cannot be read: %s",
+                                stored_row.get("id"), exc)
+        items: list[tuple[int, Any]] = []
+        for index, payload in payloads.items():
+            row = rows[index]
+            if (row["kind"] == "qualification" and payload["qualification_id"] not in found
+                    and named and _exists(stored, payload["qualification_id"])):
+                results[index] = Undeliverable("its qualification cannot be read")
+                continue
+            try:
+                items.append((index, _item(sink, row, payload, found)))
+            except Exception as exc:
+                results[index] = Undeliverable(f"cannot be built: {type(exc).__name__}: {exc}")
+        if items:
+            outcomes = sink.deliver([item for _, item in items])
+            for (index, _), outcome in zip(items, outcomes, strict=True):
+                results[index] = outcome
+        return results
+
+    def _settle(self, rows: list[dict[str, Any]], results: list[Exception | None],
+                token: str) -> int:
+        """Acknowledge, reschedule or fail each row (only those still ours); tell
+        ``on_error`` of each failed attempt with the row's status after it."""
+        done = [row["id"] for row, error in zip(rows, results, strict=True) if error is None]
+        failures: list[tuple[dict[str, Any], Exception, bool]] = []
+        skipped: list[int] = []
         now = wall_micros()
         with self.store.write() as tx:
-            if done:
-                tx.acknowledge(done)
-            for row, error in failures:
-                final = isinstance(error, Fatal) or row["attempts"] >= self.max_retries
-                tx.reschedule([row["id"]], now + self._backoff(row["attempts"]),
+            delivered = tx.acknowledge(done, token) if done else 0
+            for row, error in zip(rows, results, strict=True):
+                if error is None:
+                    continue
+                if isinstance(error, NotAttempted):
+                    skipped.append(row["id"])
+                    continue
+                final = (isinstance(error, Fatal | Undeliverable)
+                         or row["attempts"] >= self.max_retries)
+                wait = self._backoff(row["attempts"])
+                if isinstance(error, Retry) and error.retry_after is not None:
+                    wait = int(error.retry_after * 1e6)
+                tx.reschedule([row["id"]], token, now + wait,
                               f"{type(error).__name__}: {error}", final)
-        for row, error in failures:
-            self._report(error, row)
+                failures.append((row, error, final))
+            if skipped:
+                tx.release(skipped, token)
+        for row, error, final in failures:
+            self._report(error, row, final)
+        return delivered
 
     def _backoff(self, attempts: int) -> int:
         delay = min(self.max_backoff, FIRST_BACKOFF * 2 ** max(0, attempts - 1))
         return int(delay * random.uniform(0.5, 1.0) * 1e6)
 
-    def _report(self, error: Exception, row: dict[str, Any]) -> None:
-        log.warning("pqlsdk: delivery %s to %s failed (attempt %s): %s", row["id"],
-                    row["destination"], row["attempts"], error)
+    def _report(self, error: Exception, row: dict[str, Any], final: bool) -> None:
+        log.warning("pqlsdk: delivery %s to %s failed (attempt %s%s): %s", row["id"],
+                    row["destination"], row["attempts"], ", final" if final else "", error)
         if self.on_error is None:
             return
         try:
-            self.on_error(error, Delivery.from_row({**row, "last_error": str(error)}))
+            self.on_error(error, Delivery.from_row({
+                **row, "last_error": f"{type(error).__name__}: {error}",
+                "status": "failed" if final else "pending"}))
         except Exception:
             log.exception("pqlsdk: on_error raised")
+
+    # -- looking --------------------------------------------------------------------------
+
+    def due(self, destination: str) -> bool:
+        """Whether ``destination`` has a row to claim now (a read: no write lock)."""
+        with self.store.read() as tx:
+            return tx.due(destination, wall_micros())
 
     def waiting(self) -> tuple[int, int, int | None, int]:
         """``(pending rows, of which due now, next due time, failed rows)`` for this
         process's destinations."""
         with self.store.read() as tx:
             return tx.waiting(list(self.sinks), wall_micros())
+
+    def orphans(self) -> list[dict[str, Any]]:
+        """Pending rows of destinations this process has no sink for."""
+        with self.store.read() as tx:
+            return tx.outbox_rows("pending", exclude=list(self.sinks) or [""])
+
+    def report_orphans(self) -> None:
+        """Once, after the first delivery pass: warn of rows no registered name claims."""
+        if self._orphans_reported:
+            return
+        self._orphans_reported = True
+        counts: dict[str, int] = {}
+        for row in self.orphans():
+            counts[row["destination"]] = counts.get(row["destination"], 0) + 1
+        for destination, count in sorted(counts.items()):
+            log.warning("pqlsdk: %s outbox row(s) for %r, which no callback of this Client "
+                        "is registered under: register it under that name, or hand them to "
+                        "another with client.retarget(%r, NEW_NAME)", count, destination,
+                        destination)
+
+
+def _exists(stored: list[dict[str, Any]], qualification_id: str) -> bool:
+    return any(row["id"] == qualification_id for row in stored)

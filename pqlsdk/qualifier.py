@@ -33,7 +33,7 @@ class Subject(NamedTuple):
     round: int = 0
     #: When the current round began (events before it do not count), or None.
     since: int | None = None
-    done: frozenset[str] = frozenset()
+    done: frozenset[str | tuple[str]] = frozenset()
 
     @classmethod
     def from_columns(cls, subject_type: str, subject_id: str, columns: tuple[Any, ...]
@@ -142,7 +142,7 @@ def qualify(
     """
     if subject.stage == "disqualified":
         return []
-    pending = [rule for rule in rules if rule.name not in subject.done]
+    pending = [rule for rule in rules if done_key(rule) not in subject.done]
     if not pending:
         return []
     ts = to_micros(at)
@@ -153,7 +153,8 @@ def qualify(
         if not holds(rule.condition, facts):
             continue
         qualification = Qualification(
-            id=qualification_id(rule.name, subject.type, subject.id, subject.round),
+            id=qualification_id(rule.name, subject.type, subject.id, subject.round,
+                                shadow=rule.shadow),
             rule=rule.name,
             stage=rule.stage,
             subject_type=subject.type,
@@ -162,9 +163,13 @@ def qualify(
             account_id=account_id,
             qualified_at=at,
             evidence=measure(rule.condition, facts, exact=False),
+            rule_version=rule.version,
+            shadow=rule.shadow,
         )
         if not tx.insert_qualification({**qualification.to_row(), "round": subject.round}):
             continue
+        if rule.shadow:
+            continue  # recorded beside the live ones: no stage, no delivery, not returned
         created.append(qualification)
         if moves_forward(stage, rule.stage):
             source = f"rule:{rule.name}"
@@ -174,6 +179,13 @@ def qualify(
                                           source), qualification))
             stage = rule.stage
     return created
+
+
+def done_key(rule: Rule) -> str | tuple[str]:
+    """How a rule appears in :attr:`Subject.done`: its name, or ``(name,)`` for a shadow rule
+    (a shadow qualification does not stop the live rule of the same name, whatever the
+    names hold)."""
+    return (rule.name,) if rule.shadow else rule.name
 
 
 def moves_forward(current: str, target: str) -> bool:

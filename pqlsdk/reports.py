@@ -7,18 +7,16 @@ sales goes on to work (or rejects, and why).
 
 from __future__ import annotations
 
-import json
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
 from .stages import STAGES
-from .store import Transaction
-from .timestamps import MICROSECOND
+from .store import StageCounts, Transaction
+from .timestamps import from_micros
 
 #: Later stages whose reach rule_report counts, and the rejections it counts.
 REACHED = ("sql", "opportunity", "customer")
@@ -65,75 +63,115 @@ class Funnel:
 
 
 @attrs.frozen
+class VersionOutcome:
+    """One version of a rule (the fingerprint of its definition) in a :class:`RuleOutcome`:
+    when it first and last qualified a subject, how many, and how many of those reached
+    ``sql``/``opportunity``/``customer``. ``version`` is None for qualifications recorded
+    before versions were kept."""
+
+    version: str | None
+    first: datetime
+    last: datetime
+    qualified: int
+    reached: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (times as ISO-8601)."""
+        return {**attrs.asdict(self), "first": self.first.isoformat(),
+                "last": self.last.isoformat()}
+
+
+@attrs.frozen
 class RuleOutcome:
     """What became of one rule's qualifications: how many, how many later reached
-    ``sql``/``opportunity``/``customer``, how many sales rejected, and why."""
+    ``sql``/``opportunity``/``customer``, how many sales rejected, and why.
+
+    A shadow rule's qualifications make a row of their own (``shadow`` True); ``versions``
+    splits the row by the rule's definition, oldest first, so a change shows when it
+    happened."""
 
     rule: str
     qualified: int
     reached: dict[str, int]
     rejected: dict[str, int]
     top_reasons: tuple[tuple[str, int], ...]
+    shadow: bool = False
+    versions: tuple[VersionOutcome, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {**attrs.asdict(self), "top_reasons": [list(r) for r in self.top_reasons]}
+        return {**attrs.asdict(self, recurse=False),
+                "top_reasons": [list(r) for r in self.top_reasons],
+                "versions": [v.to_dict() for v in self.versions]}
 
 
 def funnel(tx: Transaction, subject_type: str, since: int | None, until: int | None,
            by: str | None) -> Funnel:
-    """Build a :class:`Funnel` from the subjects' stage histories."""
-    groups: dict[Any, list[tuple[int, int, list[int]]]] = {}
-    for row in tx.funnel_rows(subject_type, since, until, by):
-        groups[row[0]] = [(row[1 + 3 * k], row[2 + 3 * k], json.loads(row[3 + 3 * k]))
-                          for k in range(len(STAGES))]
-    overall = [
-        (sum(g[k][0] for g in groups.values()), sum(g[k][1] for g in groups.values()),
-         [wait for g in groups.values() for wait in g[k][2]])
-        for k in range(len(STAGES))
-    ]
+    """Build a :class:`Funnel` from the subjects' stage histories (aggregated in SQL)."""
+    rows = tx.funnel_rows(subject_type, since, until, by)
     segments = {} if by is None else {
-        _segment(value): _stages(parts) for value, parts in groups.items()}
-    return Funnel(subject_type, by, _stages(overall), dict(sorted(segments.items())))
+        _segment(value): _stages(parts) for value, parts in rows.groups}
+    return Funnel(subject_type, by, _stages(rows.overall), dict(sorted(segments.items())))
 
 
 def _segment(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
-def _stages(parts: list[tuple[int, int, list[int]]]) -> tuple[FunnelStage, ...]:
+def _stages(parts: list[StageCounts]) -> tuple[FunnelStage, ...]:
     return tuple(
         FunnelStage(stage, entered, moved, moved / entered if entered else None,
-                    statistics.median(waits) * MICROSECOND if waits else None)
-        for stage, (entered, moved, waits) in zip(STAGES, parts, strict=True)
+                    None if median is None else timedelta(microseconds=median))
+        for stage, (entered, moved, median) in zip(STAGES, parts, strict=True)
     )
 
 
-def rule_report(tx: Transaction, rule_names: Iterable[str], since: int | None
-                ) -> list[RuleOutcome]:
-    """A :class:`RuleOutcome` per rule (configured rules first, then any others on file)."""
-    subjects: dict[str, set] = defaultdict(set)
-    reached: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
-    reasons: dict[str, Counter] = defaultdict(Counter)
-    for rule, subject_type, subject_id, to_stage, reason in tx.rule_outcomes(since):
+def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
+                since: int | None) -> list[RuleOutcome]:
+    """A :class:`RuleOutcome` per rule (configured rules first, then any others on file);
+    ``rule_names`` are names or ``(name, shadow)`` pairs."""
+    Key = tuple[str, bool]
+    subjects: dict[Key, set] = defaultdict(set)
+    reached: dict[Key, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    reasons: dict[Key, Counter] = defaultdict(Counter)
+    by_version: dict[Key, dict[str | None, dict[tuple[str, str], int]]] = defaultdict(
+        lambda: defaultdict(dict))
+    for (rule, subject_type, subject_id, to_stage, reason, shadow, version,
+         at) in tx.rule_outcomes(since):
+        key = (rule, bool(shadow))
         subject = (subject_type, subject_id)
-        subjects[rule].add(subject)
+        subjects[key].add(subject)
+        by_version[key][version][subject] = at
         if to_stage is None:
             continue
-        reached[rule][to_stage].add(subject)
+        reached[key][to_stage].add(subject)
         if to_stage in REJECTED and reason:
-            reasons[rule][reason] += 1
-    names = list(dict.fromkeys([*rule_names, *sorted(subjects)]))
+            reasons[key][reason] += 1
+    wanted = [(n, False) if isinstance(n, str) else n for n in rule_names]
+    keys = list(dict.fromkeys([*wanted, *sorted(subjects)]))
     return [
         RuleOutcome(
             name,
-            len(subjects[name]),
-            {stage: len(reached[name][stage]) for stage in REACHED},
-            {stage: len(reached[name][stage]) for stage in REJECTED},
-            tuple(reasons[name].most_common(3)),
+            len(subjects[(name, shadow)]),
+            {stage: len(reached[(name, shadow)][stage]) for stage in REACHED},
+            {stage: len(reached[(name, shadow)][stage]) for stage in REJECTED},
+            tuple(reasons[(name, shadow)].most_common(3)),
+            shadow,
+            _versions(by_version[(name, shadow)], reached[(name, shadow)]),
         )
-        for name in names
+        for name, shadow in keys
     ]
+
+
+def _versions(found: dict[str | None, dict[tuple[str, str], int]],
+              reached: dict[str, set]) -> tuple[VersionOutcome, ...]:
+    out = [
+        VersionOutcome(version, from_micros(min(times.values())),
+                       from_micros(max(times.values())), len(times),
+                       {stage: len(reached[stage] & times.keys()) for stage in REACHED})
+        for version, times in found.items()
+    ]
+    return tuple(sorted(out, key=lambda v: v.first))
 
 
 def format_funnel(result: Funnel) -> str:
@@ -160,9 +198,16 @@ def format_rule_report(outcomes: list[RuleOutcome]) -> str:
     lines = [head]
     for o in outcomes:
         reasons = "; ".join(f"{r} ({n})" for r, n in o.top_reasons)
-        lines.append(f"{o.rule:<24}{o.qualified:>10}{o.reached['sql']:>6}"
+        name = o.rule + (" (shadow)" if o.shadow else "")
+        lines.append(f"{name:<24}{o.qualified:>10}{o.reached['sql']:>6}"
                      f"{o.reached['opportunity']:>6}{o.reached['customer']:>6}"
                      f"{o.rejected['unqualified']:>6}{o.rejected['disqualified']:>6}  {reasons}")
+        if len(o.versions) > 1:  # the rule changed: when, and how each version did
+            for v in o.versions:
+                label = f"  version {v.version or '(before versions)'}"
+                lines.append(f"{label:<24}{v.qualified:>10}{v.reached['sql']:>6}"
+                             f"{v.reached['opportunity']:>6}{v.reached['customer']:>6}"
+                             f"{'':>12}  {v.first:%Y-%m-%d} to {v.last:%Y-%m-%d}")
     return "\n".join(lines)
 
 
@@ -173,3 +218,70 @@ def format_timespan(value: timedelta | None) -> str:
     hours = value.total_seconds() / 3600
     return f"{hours / 24:.1f}d" if hours >= 24 else f"{hours:.1f}h"
 
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def format_backtest(result: Any) -> str:
+    """A plain-text table of a :class:`~pqlsdk.Backtest` for people."""
+    outcome = result.outcome if isinstance(result.outcome, str) else (
+        f"event {result.outcome['event']}")
+    hours = result.horizon.total_seconds() / 3600
+    horizon = f"{hours / 24:g}d" if hours >= 24 else f"{hours:g}h"
+    lines = [f"outcome: {outcome} within {horizon} · {result.subjects} "
+             f"{result.subject_type}s, {result.converters} converted (base rate "
+             f"{_pct(result.base_rate)}) · {result.pending} still inside the horizon"]
+    groups = [("rules", result.rules)]
+    if result.baseline:
+        groups = [("given rules", result.rules), ("current rules", result.baseline)]
+    for title, rules in groups:
+        if len(groups) > 1:
+            lines += ["", title]
+        lines.append(f"{'rule':<30}{'version':<14}{'qualified':>9}{'converted':>10}"
+                     f"  {'precision (95% interval)':<26}{'recall':>7}{'lift':>7}"
+                     f"{'lead time':>11}{'missed':>8}")
+        for r in rules:
+            name = r.rule + (" (shadow)" if r.shadow else "")
+            interval = "-" if r.precision is None else (
+                f"{r.precision:.1%} ({r.precision_low:.1%}-{r.precision_high:.1%})")
+            lift = "-" if r.lift is None else f"{r.lift:.2f}x"
+            lines.append(f"{name:<30}{r.version:<14}{r.qualified:>9}{r.converted:>10}"
+                         f"  {interval:<26}{_pct(r.recall):>7}{lift:>7}"
+                         f"{format_lead_time(r.median_lead_time):>11}{r.missed:>8}")
+            if r.leaky:
+                lines.append(f"  ! {r.late} qualified only at or after converting: this rule "
+                             "describes the outcome, it does not predict it")
+            elif r.pending:
+                lines.append(f"  {r.pending} qualified still inside the horizon (not counted)")
+    if result.baseline:
+        for title, pairs in (("added", result.added), ("dropped", result.dropped)):
+            converted = sum(1 for _, c in pairs if c)
+            lines += ["", f"{title}: {len(pairs)} ({converted} converted)"]
+            lines += [f"  {s}{'  converted' if c else ''}" for s, c in pairs[:50]]
+            if len(pairs) > 50:
+                lines.append(f"  ... and {len(pairs) - 50} more (--json lists all)")
+    return "\n".join(lines)
+
+
+def format_lead_time(value: timedelta | None) -> str:
+    """Like :func:`format_timespan`, signed: a negative lead time (the outcome came first)
+    reads ``"-7.9d"``."""
+    if value is None or value >= timedelta(0):
+        return format_timespan(value)
+    return "-" + format_timespan(-value)
+
+
+def format_suggestions(found: list[Any]) -> str:
+    """Suggestions for people: figures, then each rule's TOML."""
+    if not found:
+        return "no candidate rule qualifies enough subjects (try a lower --min-support)"
+    lines = []
+    for n, s in enumerate(found, start=1):
+        lift = "-" if s.lift is None else f"{s.lift:.2f}x"
+        lines += [f"# {n}. lift {lift}: {s.converted} of {s.qualified} converted "
+                  f"(precision {s.precision:.1%}, {s.precision_low:.1%}-"
+                  f"{s.precision_high:.1%}), recall {_pct(s.recall)}",
+                  s.toml]
+    return "\n".join(lines).rstrip()

@@ -22,6 +22,8 @@ source, the rule, the key and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -519,13 +521,17 @@ Condition = EventCondition | TraitCondition | ScoreCondition | AllOf | AnyOf | N
 _CONDITION_TYPES = (EventCondition, TraitCondition, ScoreCondition, AllOf, AnyOf, Not)
 
 
-def _walk(condition: Condition) -> Iterable[Condition]:
+def walk(condition: Condition) -> Iterable[Condition]:
+    """The condition and every condition inside it, depth first."""
     yield condition
     if isinstance(condition, AllOf | AnyOf):
         for part in condition.conditions:
-            yield from _walk(part)
+            yield from walk(part)
     elif isinstance(condition, Not):
-        yield from _walk(condition.condition)
+        yield from walk(condition.condition)
+
+
+_walk = walk
 
 
 def _check_condition(_inst: Any, _attr: Any, value: Any) -> None:
@@ -549,6 +555,8 @@ class Rule:
     subject: str = attrs.field(default="user", kw_only=True)
     stage: str = attrs.field(default="pql", kw_only=True)
     description: str = attrs.field(default="", kw_only=True)
+    #: Evaluated and recorded live, but moves no stage and is never delivered.
+    shadow: bool = attrs.field(default=False, kw_only=True)
     #: Event names the rule reads: a ``track`` of any other event cannot change it.
     events: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
     #: Trait names the rule reads: an ``identify``/``group`` changing none of them cannot either.
@@ -564,6 +572,19 @@ class Rule:
     def _check_stage(self, _attr: Any, value: Any) -> None:
         if value not in STAGES:
             raise RuleError(f"must be one of {', '.join(STAGES)} (got {value!r})", key="stage")
+
+    @shadow.validator
+    def _check_shadow(self, _attr: Any, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise RuleError(f"must be true or false (got {value!r})", key="shadow")
+
+    #: The fingerprint of the rule's normalized definition (see :func:`rule_version`).
+    version: str = attrs.field(init=False, eq=False, repr=False)
+
+    @version.default
+    def _version(self) -> str:
+        _check_condition(None, None, self.condition)  # computed before validators run
+        return rule_version(self)
 
     @events.default
     def _events(self) -> frozenset[str]:
@@ -656,9 +677,136 @@ def _conditions(conditions: Iterable[Condition], key: str) -> tuple[Condition, .
     return out
 
 
+# --- normal form, fingerprint, TOML ----------------------------------------------------------
+
+
+def _number(value: Any) -> Any:
+    """``5.0`` and ``5`` are one bound: whole floats become ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_dict(check: Check) -> dict[str, Any]:
+    return {op: [_number(v) for v in b] if isinstance(b, tuple) else _number(b)
+            for op, b in sorted(check.ops)}
+
+
+def condition_to_dict(condition: Condition) -> dict[str, Any]:
+    """A condition in the rules file's shape (the inverse of how the file is read), with
+    bounds as plain numbers, durations as ``"14d"`` and ``where`` keys sorted."""
+    if isinstance(condition, EventCondition):
+        out: dict[str, Any] = {"event": condition.event}
+        if condition.at_most is None or condition.at_least != 0:
+            out["at_least"] = _number(condition.at_least)
+        if condition.at_most is not None:
+            out["at_most"] = _number(condition.at_most)
+        if condition.within is not None:
+            out["within"] = format_duration(condition.within)
+        if condition.where:
+            out["where"] = {prop: _check_dict(check) for prop, check in
+                            sorted(condition.where, key=lambda item: item[0])}
+        if condition.distinct is not None:
+            out["distinct"] = condition.distinct
+        if condition.sum is not None:
+            out["sum"] = condition.sum
+        return out
+    if isinstance(condition, TraitCondition):
+        return {"trait": condition.trait, **_check_dict(condition.check)}
+    if isinstance(condition, ScoreCondition):
+        return {"score": condition.score, **_check_dict(condition.check)}
+    if isinstance(condition, Not):
+        return {"not": condition_to_dict(condition.condition)}
+    key = "all" if isinstance(condition, AllOf) else "any"
+    return {key: [condition_to_dict(part) for part in condition.conditions]}
+
+
+def _normal(value: Any) -> Any:
+    """Order-free form for fingerprints: the parts of ``all``/``any`` sorted, and a group of
+    one condition is that condition."""
+    if isinstance(value, dict):
+        for key in ("all", "any"):
+            if list(value) == [key] and len(value[key]) == 1:
+                return _normal(value[key][0])
+        out = {k: _normal(v) for k, v in value.items()}
+        for key in ("all", "any"):
+            if key in out:
+                out[key] = sorted(out[key], key=lambda part: json.dumps(part, sort_keys=True))
+        return out
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def rule_version(rule: Rule) -> str:
+    """A stable fingerprint (12 hex digits) of what a rule decides: its subject, its stage
+    and its conditions in a normal form (order of ``all``/``any`` parts, ``5`` vs ``5.0``,
+    ``"2w"`` vs ``"14d"`` and ``where`` key order do not matter). The name, the
+    ``description`` and ``shadow`` are not part of it.
+
+    >>> len(rule_version(Rule("a", event("signup"))))
+    12
+    """
+    normal = {"subject": rule.subject, "stage": rule.stage,
+              "condition": _normal(condition_to_dict(rule.condition))}
+    text = json.dumps(normal, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def rule_to_dict(rule: Rule) -> dict[str, Any]:
+    """One rule in the rules file's shape (``rule_from_dict`` reads it back)."""
+    out: dict[str, Any] = {"name": rule.name}
+    if rule.description:
+        out["description"] = rule.description
+    if rule.subject != "user":
+        out["subject"] = rule.subject
+    out["stage"] = rule.stage
+    if rule.shadow:
+        out["shadow"] = True
+    condition = condition_to_dict(rule.condition)
+    out.update(condition if set(condition) <= {"all", "any"} else {"all": [condition]})
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def rule_to_toml(rule: Rule) -> str:
+    """One rule as a ``[[rules]]`` table, ready to paste into a rules file.
+
+    Nested groups are written inline (``{ any = [...] }``), which the file accepts.
+    """
+    data = rule_to_dict(rule)
+    lines = ["[[rules]]"]
+    for key, value in data.items():
+        if key not in ("all", "any"):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key in ("all", "any"):
+        for part in data.get(key, ()):
+            lines += ["", f"  [[rules.{key}]]"]
+            lines += [f"  {_toml_key(k)} = {_toml_value(v)}" for k, v in part.items()]
+    return "\n".join(lines) + "\n"
+
+
 # --- loading --------------------------------------------------------------------------------
 
-_RULE_KEYS = ("name", "description", "subject", "stage", "all", "any")
+_RULE_KEYS = ("name", "description", "subject", "stage", "shadow", "all", "any")
 _EVENT_KEYS = ("event", "at_least", "at_most", "within", "where", "distinct", "sum")
 _GROUP_KEYS = ("all", "any", "not")
 
@@ -771,6 +919,7 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
             subject=data.get("subject", "user"),
             stage=data.get("stage", "pql"),
             description=description,
+            shadow=data.get("shadow", False),
         )
     except RuleError as exc:
         raise exc.within(rule=name if isinstance(name, str) else None) from None

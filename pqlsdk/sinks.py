@@ -1,16 +1,22 @@
 """Destinations: the application's callbacks and Segment.
 
-A sink turns outbox rows into deliveries and reports, per row, whether the destination
-acknowledged it. Segment messages are built when the row is written (inside the
-transaction), so a retry sends the very same message, ``messageId`` included.
+A sink delivers a list of items (a :class:`Qualification` for a callback, a row's Segment
+messages for Segment) and reports, per item, whether the destination acknowledged it: None,
+or the exception that says why not. Segment messages of a mirrored call or a stage change
+are built when the row is written; a qualification's are built from the stored
+qualification when it is delivered. Either way a retry sends the very same messages,
+``messageId`` included.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from segment.analytics.request import APIError, post
@@ -26,21 +32,77 @@ QUALIFIED_EVENT = "Lead Qualified"
 SEGMENT_BATCH = 100
 #: Segment refuses batches over 500 KB; stay under it.
 SEGMENT_BATCH_BYTES = 450_000
+#: Segment refuses a message over 32 KB (its client's ``MAX_MSG_SIZE``).
+SEGMENT_MESSAGE_BYTES = 32 << 10
+#: The longest ``Retry-After`` honoured, in seconds (a guard against an absurd header).
+MAX_RETRY_AFTER = 300.0
 
 
 class Fatal(Exception):
     """A destination refused a delivery for good (e.g. Segment answered 400): do not retry."""
 
 
-def callback_name(callback: Callable[..., Any]) -> str:
-    """The outbox destination of a callback: ``callback:module.qualname``.
+class Retry(Exception):
+    """A delivery failed for now; ``retry_after`` is how long the destination asked to be
+    left alone (seconds, from ``Retry-After``), or None to back off as usual."""
 
-    The name is the callback's identity across restarts: rows written for it are delivered
-    by any Client (in any process) that registers a callback of the same name.
-    """
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotAttempted(Exception):
+    """A row left alone because an earlier row of the same destination failed for now:
+    sending it would break the destination's order. It is released, its attempt uncounted."""
+
+
+class StatusClass(enum.Enum):
+    """What an HTTP status from Segment means for the rows of the batch."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    FINAL = "final"
+
+
+#: 4xx statuses worth another try (SPEC section 5); every other 4xx is final.
+RETRY_4XX = frozenset({408, 410, 429, 460})
+#: 5xx statuses that no retry will change.
+FINAL_5XX = frozenset({501, 505})
+
+
+def status_class(status: int) -> StatusClass:
+    """Segment's status table: 2xx delivered; 408, 410, 429, 460 and every 5xx but 501
+    and 505 retried; any other status (other 4xx, 501, 505, an unfollowed 3xx) final."""
+    if 200 <= status < 300:
+        return StatusClass.DELIVERED
+    if status in RETRY_4XX or (500 <= status < 600 and status not in FINAL_5XX):
+        return StatusClass.RETRY
+    return StatusClass.FINAL
+
+
+def retry_after(header: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), at most
+    :data:`MAX_RETRY_AFTER`; None when absent or unreadable."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return min(float(header), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delay, 0.0), MAX_RETRY_AFTER)
+
+
+def callback_name(callback: Callable[..., Any]) -> str:
+    """A callback's ``module.qualname`` (its identity when it is given no ``name``)."""
     module = getattr(callback, "__module__", None) or "?"
     name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
-    return f"callback:{module}.{name}"
+    return f"{module}.{name}"
 
 
 class CallbackSink:
@@ -49,10 +111,19 @@ class CallbackSink:
     def __init__(self, callback: Callable[[Qualification], Any]) -> None:
         self.callback = callback
 
-    def deliver(self, items: list[Qualification | None]) -> list[Exception | None]:
-        """Call the callback once per qualification; an exception fails only that one."""
+    @property
+    def paused(self) -> bool:
+        """A callback is always open for delivery."""
+        return False
+
+    def deliver(self, items: list[Any]) -> list[Exception | None]:
+        """Call the callback once per qualification, in order; after one raises, the
+        rest are :class:`NotAttempted` (they wait behind it)."""
         results: list[Exception | None] = []
         for qualification in items:
+            if results and results[-1] is not None:
+                results.append(NotAttempted("waiting behind an earlier failed row"))
+                continue
             try:
                 if qualification is not None:
                     self.callback(qualification)
@@ -67,36 +138,64 @@ class SegmentSink:
     own transport and settings (write key, host, gzip, timeout, proxies, OAuth).
 
     pqlsdk does not hand messages to that client's in-memory queue: it drops messages when
-    full and reports failures only to its own ``on_error``. A batch counts as delivered when
-    Segment answers 2xx; a 4xx other than 429 is final (as in Segment's own consumer).
+    full and reports failures only to its own ``on_error``. Each message is size-checked
+    before batching (one over 32 KB fails its row alone). A batch counts as delivered when
+    Segment answers 2xx; a status is retried or final as :func:`status_class` says; a final
+    answer to a batch of several rows is narrowed down by halves, so that only the rows it
+    concerns fail. While the client's ``send`` is False, nothing is sent: rows stay pending.
     """
 
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def deliver(self, items: list[list[dict[str, Any]] | None]) -> list[Exception | None]:
-        """Send each item's messages, in batches; every item of a failed batch fails."""
-        results: list[Exception | None] = []
-        batch: list[dict[str, Any]] = []
-        batch_rows = 0
-        size = 0
-        for messages in items:
+    @property
+    def paused(self) -> bool:
+        """Whether the application's Segment client has sending turned off."""
+        return not getattr(self.client, "send", True)
+
+    def deliver(self, items: list[Any]) -> list[Exception | None]:
+        """Send each item's messages, in batches; one result per item."""
+        results: list[Exception | None] = [None] * len(items)
+        batch: list[tuple[int, list[dict[str, Any]], int]] = []  # (item, messages, bytes)
+        size = count = 0
+        for index, messages in enumerate(items):
             messages = messages or []
-            row_size = len(json.dumps(messages))
-            if batch and (size + row_size > SEGMENT_BATCH_BYTES or
-                          len(batch) + len(messages) > SEGMENT_BATCH):
-                results += [self._post(batch)] * batch_rows
-                batch, batch_rows, size = [], 0, 0
-            batch += messages
-            batch_rows += 1
+            if not messages:
+                continue
+            sizes = [len(json.dumps(m).encode()) for m in messages]
+            if max(sizes) > SEGMENT_MESSAGE_BYTES:
+                results[index] = Fatal(
+                    f"a message of {max(sizes):,} bytes is over Segment's "
+                    f"{SEGMENT_MESSAGE_BYTES:,}-byte limit for one message")
+                continue
+            row_size = sum(sizes)
+            if batch and (size + row_size > SEGMENT_BATCH_BYTES
+                          or count + len(messages) > SEGMENT_BATCH):
+                self._send(batch, results)
+                batch, size, count = [], 0, 0
+            batch.append((index, messages, row_size))
             size += row_size
+            count += len(messages)
         if batch:
-            results += [self._post(batch)] * batch_rows
+            self._send(batch, results)
         return results
 
+    def _send(self, batch: list[tuple[int, list[dict[str, Any]], int]],
+              results: list[Exception | None]) -> None:
+        if any(r is not None and not isinstance(r, Fatal) for r in results):
+            for index, _, _ in batch:  # an earlier batch failed for now: keep the order
+                results[index] = NotAttempted("waiting behind an earlier failed batch")
+            return
+        error = self._post([m for _, messages, _ in batch for m in messages])
+        if isinstance(error, Fatal) and len(batch) > 1:
+            half = len(batch) // 2  # find the rows the refusal concerns; the others go out
+            self._send(batch[:half], results)
+            self._send(batch[half:], results)
+            return
+        for index, _, _ in batch:
+            results[index] = error
+
     def _post(self, batch: list[dict[str, Any]]) -> Exception | None:
-        if not getattr(self.client, "send", True):
-            return None  # the application turned sending off: Segment's own semantics
         try:
             post(
                 self.client.write_key,
@@ -108,9 +207,14 @@ class SegmentSink:
                 batch=batch,
             )
         except APIError as exc:
-            if 400 <= exc.status < 500 and exc.status != 429:
+            verdict = status_class(exc.status)
+            if verdict is StatusClass.DELIVERED:
+                return None
+            if verdict is StatusClass.FINAL:
                 return Fatal(str(exc))
-            return exc
+            response = getattr(exc, "response", None)
+            header = response.headers.get("Retry-After") if response is not None else None
+            return Retry(str(exc), retry_after(header))
         except Exception as exc:  # connection refused, timeout, TLS: all worth a retry
             return exc
         return None

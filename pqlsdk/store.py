@@ -12,21 +12,26 @@ read-then-write. Times are stored as integer microseconds since the Unix epoch (
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import itertools
 import json
 import math
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
 from . import ids
-from .errors import PqlError
+from .errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
+from .evaluator import fold
+from .filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
 from .rules import EventCondition
 from .stages import FIRST_STAGE, STAGES
 
@@ -203,26 +208,135 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE import_done (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
 
 
-def _v5_unambiguous_ids(db: sqlite_utils.Database) -> None:
+def _forgotten_message_ids(db: sqlite_utils.Database) -> None:
+    """Forget means forgotten: a random key of this database, the keyed hashes of the
+    message ids of forgotten users (so that no import brings them back, and no id is kept
+    in the clear), and whose each remembered import id was (so forget can find them)."""
+    db.execute("CREATE TABLE pqlsdk_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID")
+    db.execute("INSERT INTO pqlsdk_meta (key, value) VALUES ('forget_key', randomblob(32))")
+    db.execute("CREATE TABLE forgotten (hash BLOB PRIMARY KEY) WITHOUT ROWID")
+    db.execute("ALTER TABLE import_done ADD COLUMN user_id TEXT")
+    db.execute("CREATE INDEX import_done_user ON import_done(user_id) "
+               "WHERE user_id IS NOT NULL")
+    db.execute("CREATE INDEX import_staging_user ON import_staging(user_id)")
+
+
+def _event_rollups(db: sqlite_utils.Database) -> None:
+    """Retention: events older than it are folded into per-subject rollups (how many
+    events of a name with the same kept properties, and their first and last time), so that
+    counts, distinct values and sums without a window stay exact after a prune."""
+    db.execute(
+        "CREATE TABLE event_rollups (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
+        "account_id TEXT, event TEXT NOT NULL, properties TEXT NOT NULL, "
+        "n INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX event_rollups_user ON event_rollups(user_id, event)")
+    db.execute("CREATE INDEX event_rollups_account ON event_rollups(account_id, event) "
+               "WHERE account_id IS NOT NULL")
+def _shadow_and_rule_versions(db: sqlite_utils.Database) -> None:
+    """Shadow rules and rule versions: each qualification records the fingerprint of the
+    rule definition that fired it (``rule_version``; NULL for those recorded before) and
+    whether it was a shadow rule's. A shadow qualification fires in its own space, so
+    ``shadow`` joins the unique key: promoting the rule later qualifies the subject once
+    more, live. (The unique key changes, so the table is rebuilt; a release that predates
+    this one keeps writing to it: the new columns have defaults.)"""
+    db.execute("ALTER TABLE qualifications RENAME TO qualifications_v4")
+    db.execute(
+        """CREATE TABLE qualifications (
+            id TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            subject_type TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            account_id TEXT,
+            qualified_at INTEGER NOT NULL,
+            evidence TEXT NOT NULL,
+            round INTEGER NOT NULL DEFAULT 0,
+            rule_version TEXT,
+            shadow INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (subject_type, subject_id, round, rule, shadow)
+        )"""
+    )
+    db.execute("INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, "
+               "user_id, account_id, qualified_at, evidence, round) SELECT id, rule, stage, "
+               "subject_type, subject_id, user_id, account_id, qualified_at, evidence, round "
+               "FROM qualifications_v4")
+    db.execute("DROP TABLE qualifications_v4")
+    db.execute("CREATE INDEX qualifications_time ON qualifications(qualified_at)")
+
+
+#: The shape of outbox payloads this release writes and reads (the ``format`` column).
+#: Format 1: a qualification row holds ``{"qualification_id", "moved_to"}``; every other
+#: row holds the list of Segment messages it sends.
+PAYLOAD_FORMAT = 1
+
+
+def _outbox_claims_and_payload_format(db: sqlite_utils.Database) -> None:
+    """Outbox rows get a claim token (a claimer settles only rows it still owns) and the
+    format of their payload; rows written before payloads had a format are converted.
+
+    Before the outbox named the qualification, a callback's row held the whole
+    qualification (``{"id": ...}``) and Segment's row its messages (the "Lead Qualified"
+    track, whose ``messageId`` is the qualification id, and perhaps the lifecycle identify).
+    A row that is neither stays at format 0: delivery fails it alone, with its error.
+    """
+    db.execute("ALTER TABLE outbox ADD COLUMN claim TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN format INTEGER NOT NULL DEFAULT 0")
+    rows = db.execute("SELECT id, kind, payload FROM outbox").fetchall()
+    for row_id, kind, text in rows:
+        converted = _convert_payload(kind, text)
+        if converted is not None:
+            db.execute("UPDATE outbox SET payload = ?, format = ? WHERE id = ?",
+                       (converted, PAYLOAD_FORMAT, row_id))
+
+
+def _convert_payload(kind: str, text: str) -> str | None:
+    """A format-1 payload for an outbox row of an earlier release, or None if unreadable."""
+    try:
+        payload = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if kind != "qualification":
+        ok = isinstance(payload, list) and all(isinstance(m, dict) for m in payload)
+        return text if ok else None
+    if isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str):
+        return json.dumps({"qualification_id": payload["qualification_id"],
+                           "moved_to": payload.get("moved_to")})
+    if isinstance(payload, dict) and isinstance(payload.get("id"), str):  # a callback's
+        return json.dumps({"qualification_id": payload["id"], "moved_to": None})
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):  # Segment's
+        track, moved = payload[0], None
+        for message in payload[1:]:
+            if isinstance(message, dict) and message.get("type") == "identify":
+                moved = (message.get("traits") or {}).get("lifecycle_stage")
+        if isinstance(track.get("messageId"), str):
+            return json.dumps({"qualification_id": track["messageId"], "moved_to": moved})
+    return None
+
+
+def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
     """Qualification ids from an unambiguous encoding (:mod:`pqlsdk.ids`): a stored
     qualification whose rule or subject holds ``\x1f`` takes its JSON-form id, so that its
     legacy id no longer blocks the different qualification it collided with. Every other id
     stays as it was; pending deliveries follow their qualification's new id."""
     rows = db.execute(
-        "SELECT id, rule, subject_type, subject_id, round FROM qualifications "
+        "SELECT id, rule, subject_type, subject_id, round, shadow FROM qualifications "
         "WHERE instr(rule, char(31)) OR instr(subject_type, char(31)) "
         "OR instr(subject_id, char(31))"
     ).fetchall()
-    for old, rule, subject_type, subject_id, round_ in rows:
-        new = ids.json_form_id(rule, subject_type, subject_id, round_)
+    for old, rule, subject_type, subject_id, round_, shadow in rows:
+        new = ids.json_form_id(rule, subject_type, subject_id, round_, shadow=bool(shadow))
         db.execute("UPDATE qualifications SET id = ? WHERE id = ?", (new, old))
         db.execute("UPDATE outbox SET payload = replace(payload, ?1, ?2) "
                    "WHERE instr(payload, ?1)", (old, new))
 
 
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4,
-                                                             _v5_unambiguous_ids]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
+    _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
+]
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -232,27 +346,32 @@ _MICROSECOND = timedelta(microseconds=1)
 _INHERITED: list[sqlite_utils.Database] = []
 
 
-class SchemaTooNew(PqlError):
-    """The database was written by a newer pqlsdk than this one."""
+#: ``Client(synchronous=...)``: what a commit waits for (see the README's durability contract).
+SYNCHRONOUS = ("normal", "full")
 
 
-class StoreClosed(PqlError):
-    """The Client (and its connection) was closed."""
-
-
-def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float
-            ) -> sqlite_utils.Database:
+def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeout: float,
+            synchronous: str = "normal") -> sqlite_utils.Database:
     """Open ``database`` (a path, ``":memory:"`` or a ``sqlite_utils.Database``) for pqlsdk.
 
     For a ``sqlite_utils.Database`` on a file, pqlsdk opens its own connection to that file:
     the delivery thread needs one it may use, and the application's stays its own. An
     in-memory ``Database`` can only be shared, so its connection is used as it is.
+
+    A file that is there must be a SQLite database and not be truncated
+    (:func:`~pqlsdk.filecheck.check_header`, which reads the header through SQLite: a
+    descriptor of our own, once closed, would drop this process's POSIX locks on the file).
+    The connection has ``secure_delete`` on (a deleted row is overwritten, so ``forget()``
+    leaves no byte of the user in the file) and
+    ``cell_size_check`` on (SQLite checks each b-tree page it reads, so a damaged page is
+    reported rather than miscounted).
     """
+    require_sqlite()
     if isinstance(database, sqlite_utils.Database):
         files = [row[2] for row in database.conn.execute("PRAGMA database_list")
                  if row[1] == "main" and row[2]]
         if files:
-            return connect(files[0], busy_timeout)
+            return connect(files[0], busy_timeout, synchronous)
         db = database
         db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     else:
@@ -262,19 +381,34 @@ def connect(database: str | os.PathLike[str] | sqlite_utils.Database, busy_timeo
             isolation_level=None,
             check_same_thread=False,
         )
+        if os.fspath(database) != ":memory:":
+            check_header(conn, os.fspath(database))
         db = sqlite_utils.Database(conn, execute_plugins=False)
     try:
         db.conn.execute("SELECT power(2, 1)")
     except sqlite3.OperationalError:  # SQLite built without its math functions
         db.conn.create_function("power", 2, math.pow, deterministic=True)
+    db.conn.execute("PRAGMA secure_delete = ON")
+    db.conn.execute("PRAGMA cell_size_check = ON")
     if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "memory":
         db.conn.execute("PRAGMA journal_mode = WAL")
-    db.conn.execute("PRAGMA synchronous = NORMAL")
+    db.conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     return db
 
 
 def migrate(db: sqlite_utils.Database) -> int:
-    """Apply the migrations this file lacks, each in its own IMMEDIATE transaction."""
+    """Apply the migrations this file lacks, each in its own IMMEDIATE transaction.
+
+    A file that is current is only read (no write lock is taken), so opening it never waits
+    for another process's writes."""
+    version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"the database has schema version {version}, newer than this pqlsdk "
+            f"understands ({len(MIGRATIONS)}); upgrade pqlsdk to open it"
+        )
+    if version == len(MIGRATIONS):
+        return version
     while True:
         with _immediate(db.conn):
             version = db.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -301,6 +435,22 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+class StageCounts(NamedTuple):
+    """One stage of the funnel as the store counts it."""
+
+    entered: int
+    moved_on: int
+    #: The median microseconds in stage of those who moved on (None if nobody did).
+    median: float | None
+
+
+class FunnelRows(NamedTuple):
+    """:meth:`Transaction.funnel_rows`: per stage for all subjects, and per group."""
+
+    overall: list[StageCounts]
+    groups: list[tuple[Any, list[StageCounts]]]
+
+
 class Store:
     """pqlsdk's SQLite file. Use :meth:`write` for changes and :meth:`read` for queries."""
 
@@ -309,20 +459,67 @@ class Store:
         database: str | os.PathLike[str] | sqlite_utils.Database = "pql.db",
         *,
         busy_timeout: float = 30.0,
+        synchronous: str = "normal",
     ) -> None:
         self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
         self.closed = False
-        self.db = connect(database, busy_timeout)
+        #: Set once the file was found damaged: every later write raises it again.
+        self.corrupt: StoreCorrupt | None = None
         #: The database file, or None for an in-memory database.
-        self.path = self._file()
+        self.path: str | None = None
+        if not isinstance(database, sqlite_utils.Database) and database != ":memory:":
+            self.path = os.path.abspath(os.fspath(database))
+        try:
+            self.db = connect(database, busy_timeout, synchronous)
+            self.path = self._file()
+            probe(self.db.conn)
+            migrate(self.db)
+        except sqlite3.Error as exc:
+            if hasattr(self, "db"):
+                self.db.conn.close()
+            raise self.translate(exc) from exc
         self.lock = threading.RLock()
-        migrate(self.db)
+        self._held: tuple[Any, ...] = ()
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
+        self._open_reader()
+
+    def _open_reader(self) -> None:
+        """Reads get their own connection on a file (WAL lets them run beside a write, and
+        a long report does not hold the write connection's lock); an in-memory database
+        has only the one connection, shared under the same lock."""
+        if self.path is None:
+            self.read_db, self.read_lock = self.db, self.lock
+        else:
+            self.read_db = connect(self.path, self.busy_timeout, self.synchronous)
+            self.read_db.conn.execute("PRAGMA query_only = 1")
+            self.read_lock = threading.RLock()
+        self._read_tx = Transaction(self.read_db.conn)
+
+    def translate(self, exc: sqlite3.Error) -> StoreError:
+        """The pqlsdk error for a ``sqlite3`` error on this file (the one place they are
+        mapped; see :func:`pqlsdk.filecheck.translate`). A damaged file stops all writes."""
+        error = translate(exc, self.path, self.busy_timeout)
+        if isinstance(error, StoreCorrupt):
+            self.corrupt = error
+        return error
 
     def _file(self) -> str | None:
         rows = self.db.conn.execute("PRAGMA database_list").fetchall()
         return next((row[2] or None for row in rows if row[1] == "main"), None)
+
+    def hold_for_fork(self) -> None:
+        """Before fork(): wait until no thread of this process is inside a statement."""
+        self._held = (self.lock, self.read_lock)
+        for lock in self._held:
+            lock.acquire()
+
+    def release_after_fork(self) -> None:
+        """After fork(), in the parent: let the threads go on."""
+        for lock in reversed(getattr(self, "_held", ())):
+            lock.release()
+        self._held = ()
 
     def reopen_after_fork(self) -> None:
         """In a forked child: leave the parent's connection alone and open a new one.
@@ -332,11 +529,13 @@ class Store:
         database is the child's own copy and is kept.
         """
         self.lock = threading.RLock()
+        self._held = ()
         if self.path is not None:  # known from before the fork: the old connection is not used
-            _INHERITED.append(self.db)
-            self.db = connect(self.path, self.busy_timeout)
+            _INHERITED.extend([self.db, self.read_db])
+            self.db = connect(self.path, self.busy_timeout, self.synchronous)
         self._tx = Transaction(self.db.conn)
         self._write = _Write(self)
+        self._open_reader()
 
     def write(self) -> _Write:
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error::
@@ -346,15 +545,49 @@ class Store:
         """
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
+        if self.corrupt is not None:
+            raise self.corrupt
         return self._write
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
-        """Queries outside a write transaction (each sees the latest commit)."""
+        """Queries outside a write transaction, on the read connection: each sees the
+        latest commit, and none waits for a write (another thread's or another process's).
+        """
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
+        with self.read_lock:
+            if self.closed:
+                raise StoreClosed("this pqlsdk Client is closed; make a new one")
+            try:
+                yield self._read_tx
+            except sqlite3.Error as exc:
+                if not _store_error(exc):
+                    raise
+                raise self.translate(exc) from exc
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file and truncate it to zero bytes (after :meth:`forget
+        <pqlsdk.Client.forget>`: older copies of erased rows live in the WAL until then).
+        Raises :class:`~pqlsdk.StoreBusy` if a reader kept it from completing."""
+        if self.path is None:
+            return
         with self.lock:
-            yield self._tx
+            try:
+                busy, _, _ = self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise self.translate(exc) from exc
+        if busy:
+            raise StoreBusy("another connection kept the WAL from being checkpointed; erased "
+                            "rows may remain in the -wal file until the next checkpoint: "
+                            "retry when it has finished", path=self.path)
+
+    def usage(self, now: int) -> FileUsage | None:
+        """The file's size and growth as of ``now`` (µs), or None in memory."""
+        if self.path is None:
+            return None
+        with self.read():
+            return usage(self.read_db.conn, self.path, now)
 
     @contextmanager
     def bulk(self) -> Iterator[None]:
@@ -377,42 +610,77 @@ class Store:
                     conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def close(self) -> None:
-        """Close the connection; later calls raise :class:`StoreClosed`."""
-        with self.lock:
-            self.closed = True
-            self.db.conn.close()
+    def close(self, timeout: float | None = None) -> None:
+        """Close the connections; later calls raise :class:`StoreClosed`.
+
+        A connection in use by another thread (a delivery waiting for another process's
+        write lock) is not waited for past ``timeout`` seconds: that thread closes it
+        when it lets go.
+        """
+        self.closed = True
+        for lock, db in ((self.read_lock, self.read_db), (self.lock, self.db)):
+            if lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                try:
+                    _close(db)
+                finally:
+                    lock.release()
+
+
+def _close(db: sqlite_utils.Database) -> None:
+    with suppress(sqlite3.ProgrammingError):  # closed already
+        db.conn.close()
 
 
 class _Write:
     """The context manager behind :meth:`Store.write` (a class: it is on every track's path)."""
 
-    __slots__ = ("conn", "lock", "tx")
+    __slots__ = ("conn", "db", "lock", "store", "tx")
 
     def __init__(self, store: Store) -> None:
-        self.conn, self.lock, self.tx = store.db.conn, store.lock, store._tx
+        self.conn, self.lock, self.tx, self.store = store.db.conn, store.lock, store._tx, store
+        self.db = store.db
 
     def __enter__(self) -> Transaction:
         self.lock.acquire()
         try:
+            if self.store.closed:  # closed while this thread waited for the lock
+                _close(self.db)
+                raise StoreClosed("this pqlsdk Client is closed; make a new one")
             self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
+        except BaseException as exc:
+            if self.store.closed:  # close() did not wait for this thread: it closes
+                _close(self.db)
             self.lock.release()
+            if _store_error(exc):
+                raise self.store.translate(exc) from exc  # type: ignore[arg-type]
             raise
         return self.tx
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
-            if exc_type is None:
+            if exc is None:
                 try:
                     self.conn.execute("COMMIT")
-                except BaseException:
-                    self.conn.execute("ROLLBACK")
-                    raise
-            elif self.conn.in_transaction:
+                except BaseException as failed:
+                    exc = failed
+            # A failed COMMIT (disk full, I/O error) may have rolled back already: only roll
+            # back what is still open, so the real error is the one raised.
+            if exc is not None and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
         finally:
+            if self.store.closed:  # close() did not wait for this thread: it closes
+                _close(self.db)
             self.lock.release()
+        if exc is not None and _store_error(exc):
+            raise self.store.translate(exc) from exc  # type: ignore[arg-type]
+        if exc_type is None and exc is not None:
+            raise exc
+
+
+def _store_error(exc: BaseException) -> bool:
+    """A ``sqlite3`` error about the file (not a programming error or a constraint)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError)
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -421,9 +689,11 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _subject_columns(alias: str, subject_type: str, key: str) -> str:
+    # rules met this round, as a JSON array: a shadow rule's as [name] (its own space)
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
-        f"(SELECT json_group_array(rule) FROM qualifications q "
+        f"(SELECT json_group_array(CASE WHEN q.shadow THEN json_array(rule) ELSE rule END) "
+        f"FROM qualifications q "
         f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
@@ -445,6 +715,16 @@ class Transaction:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._forget_key: bytes | None = None
+
+    def forgotten_hash(self, message_id: str) -> bytes:
+        """The keyed hash by which a forgotten message id is remembered (HMAC-SHA-256 with
+        this database's random key, 16 bytes): the id itself is not kept."""
+        if self._forget_key is None:
+            self._forget_key = self.conn.execute(
+                "SELECT value FROM pqlsdk_meta WHERE key = 'forget_key'").fetchone()[0]
+        return hmac.new(self._forget_key, message_id.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()[:16]
 
     # -- events, users, accounts ----------------------------------------------------------
 
@@ -572,10 +852,22 @@ class Transaction:
         ).fetchone()
         return row[0] if row else None
 
-    def forget_user(self, user_id: str) -> None:
-        """Erase every row about a user (see ``Client.forget``)."""
+    def forget_user(self, user_id: str) -> int:
+        """Erase every row about a user (see ``Client.forget``), staged imports and import
+        bookkeeping included, and remember the keyed hashes of its message ids so that no
+        import brings them back; return how many message ids were remembered."""
+        self.conn.execute("PRAGMA secure_delete = ON")  # whatever changed it since
+        ids = [row[0] for row in self.conn.execute(
+            "SELECT message_id FROM events WHERE user_id = ?1 AND message_id IS NOT NULL "
+            "UNION SELECT message_id FROM import_staging WHERE user_id = ?1 "
+            "UNION SELECT message_id FROM import_done WHERE user_id = ?1", (user_id,))]
+        self.conn.executemany("INSERT OR IGNORE INTO forgotten (hash) VALUES (?)",
+                              [(self.forgotten_hash(m),) for m in ids])
         for sql in (
+            "DELETE FROM import_staging WHERE user_id = ?",
+            "DELETE FROM import_done WHERE user_id = ?",
             "DELETE FROM events WHERE user_id = ?",
+            "DELETE FROM event_rollups WHERE user_id = ?",
             "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ?",
             "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
             "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
@@ -583,6 +875,7 @@ class Transaction:
             "DELETE FROM users WHERE user_id = ?",
         ):
             self.conn.execute(sql, (user_id,))
+        return len(ids)
 
     # -- qualifications -------------------------------------------------------------------
 
@@ -590,9 +883,9 @@ class Transaction:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
             "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence, round) VALUES (:id, :rule, :stage, "
-            ":subject_type, :subject_id, :user_id, :account_id, :qualified_at, :evidence, "
-            ":round) ON CONFLICT DO NOTHING",
+            "account_id, qualified_at, evidence, round, rule_version, shadow) VALUES (:id, "
+            ":rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
+            ":qualified_at, :evidence, :round, :rule_version, :shadow) ON CONFLICT DO NOTHING",
             row,
         )
         return cursor.rowcount == 1
@@ -610,10 +903,15 @@ class Transaction:
         since: int | None = None,
         rule: str | None = None,
         subject: tuple[str, str] | None = None,
+        shadow: bool | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored qualifications in ``qualified_at`` order, optionally filtered."""
+        """Stored qualifications in ``qualified_at`` order, optionally filtered (``shadow``:
+        only shadow ones, only live ones, or both with None)."""
         sql = "SELECT * FROM qualifications WHERE 1"
         args: list[Any] = []
+        if shadow is not None:
+            sql += " AND shadow = ?"
+            args.append(int(shadow))
         if since is not None:
             sql += " AND qualified_at >= ?"
             args.append(since)
@@ -632,53 +930,74 @@ class Transaction:
         """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once."""
         self.conn.executemany(
             "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
-            "created_at) VALUES (?, ?, ?, ?, ?5, ?5)",
+            f"created_at, format) VALUES (?, ?, ?, ?, ?5, ?5, {PAYLOAD_FORMAT})",
             rows,
         )
 
-    def claim(self, destination: str, now: int, lease_until: int, limit: int
+    def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
-        """Lease the oldest pending rows of ``destination``, in order, stopping at the first
-        one that is not yet due or is leased by someone else (so delivery keeps its order)."""
-        head = self.conn.execute(
-            "SELECT id, next_attempt_at, lease_until FROM outbox "
-            "WHERE destination = ? AND status = 'pending' ORDER BY id LIMIT ?",
-            (destination, limit),
-        ).fetchall()
-        ids = []
-        for row_id, due, lease in head:
-            if due > now or (lease is not None and lease > now):
-                break
-            ids.append(row_id)
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        self.conn.execute(
-            f"UPDATE outbox SET lease_until = ?, attempts = attempts + 1 WHERE id IN ({marks})",
-            (lease_until, *ids),
+        """Lease the oldest pending rows of ``destination`` under ``token``, in order,
+        stopping before the first one that is not yet due or is leased by someone else (so
+        delivery keeps its order). One ``UPDATE ... RETURNING``; rows come back by id."""
+        cursor = self.conn.execute(
+            "UPDATE outbox SET lease_until = :lease, attempts = attempts + 1, claim = :token "
+            "WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, lease_until FROM outbox "
+            "WHERE destination = :dest AND status = 'pending' ORDER BY id LIMIT :limit) "
+            "WHERE id < (SELECT coalesce(min(id), :never) FROM (SELECT id, next_attempt_at, "
+            "lease_until FROM outbox WHERE destination = :dest AND status = 'pending' "
+            "ORDER BY id LIMIT :limit) WHERE next_attempt_at > :now OR lease_until > :now)) "
+            "RETURNING *",
+            {"lease": lease_until, "token": token, "dest": destination, "now": now,
+             "never": _NEVER, "limit": limit},
         )
-        cursor = self.conn.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id",
-                                   ids)
-        return [_row_dict(cursor, row) for row in cursor.fetchall()]
+        rows = [_row_dict(cursor, row) for row in cursor.fetchall()]
+        return sorted(rows, key=lambda row: row["id"])
 
-    def acknowledge(self, ids: list[int]) -> None:
-        """The destination took these rows: they are done (and removed)."""
-        self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-
-    def reschedule(self, ids: list[int], next_attempt_at: int, error: str, failed: bool
-                   ) -> None:
-        """A delivery failed: try again at ``next_attempt_at``, or keep the rows as failed."""
+    def renew(self, tokens: list[str], lease_until: int) -> None:
+        """Extend the lease of rows still claimed under ``tokens`` (deliveries in flight)."""
         self.conn.executemany(
-            "UPDATE outbox SET lease_until = NULL, next_attempt_at = ?, last_error = ?, "
-            "status = ? WHERE id = ?",
-            [(next_attempt_at, error, "failed" if failed else "pending", i) for i in ids],
+            "UPDATE outbox SET lease_until = ? WHERE claim = ? AND status = 'pending'",
+            [(lease_until, token) for token in tokens])
+
+    def acknowledge(self, ids: list[int], token: str) -> int:
+        """The destination took these rows: they are done (and removed), those still
+        claimed under ``token``; return how many were."""
+        before = self.conn.total_changes
+        self.conn.executemany("DELETE FROM outbox WHERE id = ? AND claim = ?",
+                              [(i, token) for i in ids])
+        return self.conn.total_changes - before
+
+    def reschedule(self, ids: list[int], token: str, next_attempt_at: int, error: str,
+                   failed: bool) -> None:
+        """A delivery failed: try again at ``next_attempt_at``, or keep the rows as failed
+        (only rows still claimed under ``token``)."""
+        self.conn.executemany(
+            "UPDATE outbox SET lease_until = NULL, claim = NULL, next_attempt_at = ?, "
+            "last_error = ?, status = ? WHERE id = ? AND claim = ?",
+            [(next_attempt_at, error, "failed" if failed else "pending", i, token)
+             for i in ids],
         )
 
-    def outbox_rows(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Rows still in the outbox (pending or failed), oldest first."""
-        sql, args = "SELECT * FROM outbox", []
+    def release(self, ids: list[int], token: str) -> None:
+        """Give back claimed rows that were not attempted: due as before, the attempt
+        uncounted (only rows still claimed under ``token``)."""
+        self.conn.executemany(
+            "UPDATE outbox SET lease_until = NULL, claim = NULL, attempts = attempts - 1 "
+            "WHERE id = ? AND claim = ?", [(i, token) for i in ids])
+
+    def outbox_rows(self, status: str | None = None, destinations: list[str] | None = None,
+                    exclude: list[str] | None = None) -> list[dict[str, Any]]:
+        """Rows still in the outbox (pending or failed), oldest first; optionally only
+        those of ``destinations``, or only those of other destinations than ``exclude``."""
+        sql, args = "SELECT * FROM outbox WHERE 1", []
         if status is not None:
-            sql, args = sql + " WHERE status = ?", [status]
+            sql, args = sql + " AND status = ?", [status]
+        if destinations is not None:
+            sql += f" AND destination IN ({','.join('?' * len(destinations))})"
+            args += destinations
+        if exclude is not None:
+            sql += f" AND destination NOT IN ({','.join('?' * len(exclude))})"
+            args += exclude
         cursor = self.conn.execute(sql + " ORDER BY id", args)
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
@@ -686,9 +1005,27 @@ class Transaction:
         """Make every failed row pending again, due now, with a fresh count of attempts."""
         return self.conn.execute(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?, "
-            "lease_until = NULL WHERE status = 'failed'",
+            "lease_until = NULL, claim = NULL WHERE status = 'failed'",
             (now,),
         ).rowcount
+
+    def retarget(self, old: str, new: str, now: int) -> int:
+        """Hand every row of destination ``old`` to ``new`` (failed ones become pending,
+        due now); return how many."""
+        return self.conn.execute(
+            "UPDATE outbox SET destination = ?, status = 'pending', attempts = 0, "
+            "next_attempt_at = min(next_attempt_at, ?), lease_until = NULL, claim = NULL "
+            "WHERE destination = ?",
+            (new, now, old),
+        ).rowcount
+
+    def due(self, destination: str, now: int) -> bool:
+        """Whether ``destination`` has a pending row due now and not leased (a read)."""
+        return self.conn.execute(
+            "SELECT 1 FROM outbox WHERE destination = ? AND status = 'pending' "
+            "AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?) LIMIT 1",
+            (destination, now, now),
+        ).fetchone() is not None
 
     def waiting(self, destinations: list[str], now: int) -> tuple[int, int, int | None, int]:
         """``(pending rows, of which due now, when the next one is due, failed rows)`` for
@@ -718,7 +1055,16 @@ class Transaction:
             sql += " AND ts >= ?"
             args.append(since)
         args.append(-1 if limit is None else limit)
-        return iter(self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall())
+        live = self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall()
+        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        pruned = self.conn.execute(f"SELECT last_ts, properties, n {rolled} "
+                                   "ORDER BY last_ts DESC", rolled_args).fetchall()
+        if not pruned:
+            return iter(live)
+        # a pruned event stands at its rollup's last time (see README: retention)
+        rows = itertools.chain(live, ((ts, text) for ts, text, n in pruned
+                                      for _ in range(n)))
+        return itertools.islice(rows, limit) if limit is not None else rows
 
     def weighted_counts(self, subject_type: str, subject_id: str, until: int,
                         lines: list[tuple[str, int | None, int | None, int | None]]
@@ -735,17 +1081,66 @@ class Transaction:
             if since is not None:
                 inner += " AND ts >= ?"
                 inner_args.append(since)
-            parts.append(f"(SELECT total({weight}) FROM ({inner} ORDER BY ts DESC LIMIT ?))")
+            rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+            rolled_weight = ("n" if half_life is None
+                             else "n * power(0.5, (? - last_ts) * 1.0 / ?)")
+            parts.append(f"((SELECT total({weight}) FROM ({inner} ORDER BY ts DESC LIMIT ?)) "
+                         f"+ (SELECT total({rolled_weight}) {rolled}))")
             args += ([] if half_life is None else [until, half_life]) + inner_args
             args.append(-1 if limit is None else limit)
+            args += ([] if half_life is None else [until, half_life]) + rolled_args
         return list(self.conn.execute("SELECT " + ", ".join(parts), args).fetchone())
+
+    # -- retention ------------------------------------------------------------------------
+
+    def events_to_prune(self, after_id: int, chunk: int, cutoff: int
+                        ) -> tuple[int | None, list[tuple[Any, ...]]]:
+        """Scan the next ``chunk`` events by id after ``after_id``: ``(the last id scanned,
+        or None at the end; those older than cutoff as (id, user id, account id, event, ts,
+        properties JSON))``. A sweep by id reads a bounded slice per call, with no index on
+        time (which every track() would pay for)."""
+        last = self.conn.execute(
+            "SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+            (after_id, chunk)).fetchone()[0]
+        if last is None:
+            return None, []
+        rows = self.conn.execute(
+            "SELECT id, user_id, account_id, event, ts, properties FROM events "
+            "WHERE id > ? AND id <= ? AND ts < ? ORDER BY id", (after_id, last, cutoff)
+        ).fetchall()
+        return last, rows
+
+    def rollups_of(self, user_ids: set[str]) -> list[tuple[Any, ...]]:
+        """``(id, user id, account id, event, properties JSON, n, first ts, last ts)`` of
+        these users' rollups."""
+        marks = ",".join("?" * len(user_ids))
+        return self.conn.execute(
+            "SELECT id, user_id, account_id, event, properties, n, first_ts, last_ts "
+            f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
+
+    def fold_events(self, event_ids: list[int], updates: list[tuple[int, int, int, int]],
+                    inserts: list[tuple[Any, ...]]) -> None:
+        """Delete the pruned events; ``updates``: ``(n, first ts, last ts, rollup id)``;
+        ``inserts``: ``(user id, account id, event, properties, n, first ts, last ts)``."""
+        self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
+                              "WHERE id = ?", updates)
+        self.conn.executemany(
+            "INSERT INTO event_rollups (user_id, account_id, event, properties, n, first_ts, "
+            "last_ts) VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
+        self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in event_ids])
 
     # -- import ---------------------------------------------------------------------------
 
     def stage_messages(self, rows: list[tuple[Any, ...]]) -> int:
         """Stage validated messages ``(message id, ts, line number, kind, user id, account
-        id, event, data JSON)`` for replay, unless already staged or imported; return how
-        many were new."""
+        id, event, data JSON)`` for replay, unless already staged or imported or of a
+        forgotten user; return how many were new."""
+        if rows and self.conn.execute("SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
+            hashes = {self.forgotten_hash(row[0]): row for row in rows}
+            marks = ",".join("?" * len(hashes))
+            gone = {h for (h,) in self.conn.execute(
+                f"SELECT hash FROM forgotten WHERE hash IN ({marks})", list(hashes))}
+            rows = [row for h, row in hashes.items() if h not in gone]
         before = self.conn.total_changes
         self.conn.executemany(
             "INSERT OR IGNORE INTO import_staging (message_id, ts, line_no, kind, user_id, "
@@ -761,31 +1156,34 @@ class Transaction:
         return self.conn.execute("SELECT count(*) FROM import_staging").fetchone()[0]
 
     def staged_batch(self, limit: int) -> list[tuple[Any, ...]]:
-        """The next staged messages to replay, in time order (columns as staged)."""
+        """The next staged messages to replay, in time order (columns as staged, the line
+        number last)."""
         return self.conn.execute(
-            "SELECT message_id, ts, kind, user_id, account_id, event, data "
+            "SELECT message_id, ts, kind, user_id, account_id, event, data, line_no "
             "FROM import_staging ORDER BY ts, line_no LIMIT ?",
             (limit,),
         ).fetchall()
 
-    def finish_staged(self, message_ids: list[str], remember: list[str]) -> None:
-        """Replayed: unstage ``message_ids``; remember the ids of ``remember`` (identify and
-        group: a track is remembered by its event's message id)."""
+    def finish_staged(self, message_ids: list[str], remember: list[tuple[str, str]]) -> None:
+        """Replayed: unstage ``message_ids``; remember the ``(message id, user id)`` of
+        ``remember`` (identify and group: a track is remembered by its event's message
+        id)."""
         self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
                               [(m,) for m in message_ids])
-        self.conn.executemany("INSERT OR IGNORE INTO import_done (message_id) VALUES (?)",
-                              [(m,) for m in remember])
+        self.conn.executemany("INSERT OR IGNORE INTO import_done (message_id, user_id) "
+                              "VALUES (?, ?)", remember)
 
     # -- reports --------------------------------------------------------------------------
 
     def funnel_rows(self, subject_type: str, since: int | None, until: int | None,
-                    by: str | None) -> list[tuple[Any, ...]]:
-        """Per group (the ``by`` trait's value, or one group): for each ordered stage,
-        ``entered, moved_on, JSON array of the movers' times in stage``.
+                    by: str | None) -> FunnelRows:
+        """For all subjects and per group (the ``by`` trait's value; one group ``None``
+        without ``by``), per ordered stage: :class:`StageCounts`, in one pass.
 
         A subject entered a stage at its first move into it (in ``[since, until]``), and
         moved on if it later entered any later stage. It reads each subject's first entry
-        per stage (kept on its row by :meth:`change_stage`), in one pass, all in SQL.
+        per stage (kept on its row by :meth:`change_stage`). Everything, medians included,
+        is computed in SQL: the interpreter is free for other threads meanwhile.
         """
         table, _ = _TABLES[subject_type]
         count = len(STAGES)
@@ -812,22 +1210,51 @@ class Transaction:
             columns += [
                 f"count(CASE WHEN {cond} THEN 1 END)",
                 f"count(CASE WHEN {cond} AND n{k} IS NOT NULL THEN 1 END)",
-                f"json_group_array(n{k} - s{k}) FILTER (WHERE {cond} AND n{k} IS NOT NULL)",
             ]
-        sql = (
+        waits = " UNION ALL ".join(
+            f"SELECT grp, {k} AS k, n{k} - s{k} AS d FROM q "
+            f"WHERE {entered.format(k=k)} AND n{k} IS NOT NULL" for k in range(count - 1))
+        # the medians of all subjects: ranks over every group (without ``by``, the one
+        # group's ranks are those already)
+        if by is None:
+            overall_rank, overall_pick = ", count(*) OVER (PARTITION BY grp, k) AS ac", "rn"
+        else:
+            overall_rank, overall_pick = (", row_number() OVER (PARTITION BY k ORDER BY d) "
+                                          "AS arn, count(*) OVER (PARTITION BY k) AS ac"), "arn"
+        rows = self.conn.execute(
             f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
-            f"q AS (SELECT p.*, {', '.join(nexts)} FROM p) "
-            f"SELECT grp, {', '.join(columns)} FROM q GROUP BY grp"
-        )
-        return self.conn.execute(sql, {"until": until, "since": since, "by": by,
-                                       "path": f'$."{by}"'}).fetchall()
+            f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p), "
+            f"w AS ({waits}), "
+            f"r AS (SELECT grp, k, d, row_number() OVER (PARTITION BY grp, k ORDER BY d) AS rn, "
+            f"count(*) OVER (PARTITION BY grp, k) AS c{overall_rank} FROM w), "
+            f"m AS (SELECT grp, k, avg(d) AS median FROM r "
+            f"WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
+            f"a AS (SELECT k, avg(d) AS median FROM r "
+            f"WHERE {overall_pick} IN ((ac + 1) / 2, (ac + 2) / 2) GROUP BY k), "
+            f"n AS (SELECT grp, {', '.join(columns)} FROM q GROUP BY grp) "
+            f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp), "
+            f"(SELECT json_group_object(k, median) FROM a) FROM n",
+            {"until": until, "since": since, "by": by,
+             "path": f'$."{by}"'}).fetchall()
+        groups = []
+        for row in rows:
+            middle = json.loads(row[-2] or "{}")  # at most one median per stage: tiny
+            groups.append((row[0], [StageCounts(row[1 + 2 * k], row[2 + 2 * k],
+                                                middle.get(str(k))) for k in range(count)]))
+        middle = json.loads(rows[0][-1] or "{}") if rows else {}
+        overall = [StageCounts(sum(parts[k].entered for _, parts in groups),
+                               sum(parts[k].moved_on for _, parts in groups),
+                               middle.get(str(k))) for k in range(count)]
+        return FunnelRows(overall, groups)
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
         opportunity, customer, unqualified or disqualified that the rule itself did not
-        cause: ``(rule, subject_type, subject_id, to_stage, reason)``."""
+        cause: ``(rule, subject_type, subject_id, to_stage, reason, shadow, rule_version,
+        qualified_at)``."""
         return self.conn.execute(
-            "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason "
+            "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason, q.shadow, "
+            "q.rule_version, q.qualified_at "
             "FROM qualifications q LEFT JOIN stage_changes sc "
             "ON sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id "
             "AND sc.at >= q.qualified_at AND sc.source != 'rule:' || q.rule "
@@ -841,6 +1268,70 @@ class Transaction:
         """Every user (or account) id."""
         table, key = _TABLES[subject_type]
         return [row[0] for row in self.conn.execute(f"SELECT {key} FROM {table}")]
+
+    # -- backtests (read only) ------------------------------------------------------------
+
+    def replay_subjects(self, subject_type: str, since: int | None, until: int) -> list[str]:
+        """Every user (or account) with an event in ``[since, until]`` (one index probe
+        each)."""
+        table, key = _TABLES[subject_type]
+        column = "user_id" if subject_type == "user" else "account_id"
+        return [row[0] for row in self.conn.execute(
+            f"SELECT s.{key} FROM {table} s WHERE EXISTS (SELECT 1 FROM events e "
+            f"WHERE e.{column} = s.{key} AND e.ts <= :until AND e.ts >= :since)",
+            {"since": -(2**62) if since is None else since, "until": until})]
+
+    def replay_events(self, subject_type: str, events: list[str] | None,
+                      with_properties: list[str], until: int
+                      ) -> Iterator[tuple[str, str, int, str | None]]:
+        """``(subject id, event, ts, properties or None)`` of the named events (None: all)
+        up to ``until``, in ``(subject, ts, id)`` order (the order replay = live needs); the
+        properties only of the events in ``with_properties``. Streams."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        props = ",".join("?" * len(with_properties))
+        text = f"CASE WHEN event IN ({props}) THEN properties END" if props else "NULL"
+        where = "" if events is None else f"event IN ({','.join('?' * len(events))}) AND "
+        cursor = self.conn.execute(
+            f"SELECT {column}, event, ts, {text} FROM events WHERE {where}"
+            f"ts <= ? AND {column} IS NOT NULL ORDER BY {column}, ts, id",
+            (*with_properties, *(events or ()), until))
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
+
+    def property_firsts(self, subject_type: str, until: int
+                        ) -> Iterator[tuple[str, str, Any, str, int]]:
+        """``(event, property, value, subject id, first ts)``: when each subject first did
+        each event with each text or whole-number top-level property value (up to
+        ``until``), aggregated in SQL. Streams."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        cursor = self.conn.execute(
+            f"SELECT e.event, j.key, j.atom, e.{column}, min(e.ts) FROM events e, "
+            f"json_each(e.properties) j WHERE e.ts <= ? AND e.{column} IS NOT NULL "
+            f"AND j.type IN ('text', 'integer') AND e.properties != '{{}}' "
+            f"GROUP BY e.event, j.key, j.atom, e.{column}", (until,))
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
+
+    def first_reached(self, subject_type: str, stages: list[str], until: int
+                      ) -> dict[str, int]:
+        """When each subject first entered any of ``stages`` (up to ``until``)."""
+        marks = ",".join("?" * len(stages))
+        return dict(self.conn.execute(
+            f"SELECT subject_id, min(at) FROM stage_changes WHERE subject_type = ? "
+            f"AND to_stage IN ({marks}) AND at <= ? GROUP BY subject_id",
+            (subject_type, *stages, until)).fetchall())
+
+    def first_event(self, subject_type: str, event: str, until: int) -> dict[str, int]:
+        """When each subject first did ``event`` (up to ``until``)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        return dict(self.conn.execute(
+            f"SELECT {column}, min(ts) FROM events WHERE event = ? AND ts <= ? "
+            f"AND {column} IS NOT NULL GROUP BY {column}", (event, until)).fetchall())
+
+    def all_traits(self, subject_type: str) -> dict[str, str]:
+        """Every user's (or account's) traits JSON, by id."""
+        table, key = _TABLES[subject_type]
+        return dict(self.conn.execute(f"SELECT {key}, traits FROM {table}").fetchall())
 
     # -- measuring ------------------------------------------------------------------------
 
@@ -865,40 +1356,36 @@ class Transaction:
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
+        rolled, rolled_args = _rollups_where(column, subject_id, condition.event, until, since)
         if matches is None and condition.distinct is None and condition.sum is None:
             args.append(-1 if limit is None else limit)
-            return self.conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)", args
+            count = self.conn.execute(
+                f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
+                f"(SELECT coalesce(sum(n), 0) {rolled})", args + rolled_args
             ).fetchone()[0]
-        return _fold(self.conn.execute(f"SELECT properties {sql}", args), condition, limit,
-                     matches)
+            return count if limit is None else min(count, limit)
+        live = ((text, 1) for (text,) in self.conn.execute(f"SELECT properties {sql}", args))
+        pruned = self.conn.execute(f"SELECT properties, n {rolled}", rolled_args)
+        return _fold(itertools.chain(live, pruned), condition, limit, matches)
+
+
+def _rollups_where(column: str, subject_id: str, event: str, until: int, since: int | None
+                   ) -> tuple[str, list[Any]]:
+    """``FROM ... WHERE ...`` of a subject's rollups of ``event`` that reach into
+    ``[since, until]`` (a rollup straddling ``since`` counts whole), and its arguments."""
+    sql = f"FROM event_rollups WHERE {column} = ? AND event = ? AND first_ts <= ?"
+    args: list[Any] = [subject_id, event, until]
+    if since is not None:
+        sql += " AND last_ts >= ?"
+        args.append(since)
+    return sql, args
 
 
 def _fold(
-    rows: sqlite3.Cursor,
+    rows: Iterable[tuple[str, int]],
     condition: EventCondition,
     limit: int | None,
     matches: Callable[[dict[str, Any]], bool] | None,
 ) -> float:
-    count = 0
-    total = 0.0
-    seen: set[str] = set()
-    for (text,) in rows:
-        props = json.loads(text)
-        if matches is not None and not matches(props):
-            continue
-        if condition.distinct is not None:
-            if props.get(condition.distinct) is None:
-                continue
-            seen.add(json.dumps(props[condition.distinct], sort_keys=True))
-            count = len(seen)
-        elif condition.sum is not None:
-            value = props.get(condition.sum)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total += value
-            continue
-        else:
-            count += 1
-        if limit is not None and count >= limit:
-            break
-    return total if condition.sum is not None else count
+    """Count, distinct-count or sum ``(properties JSON, how many events)`` rows."""
+    return fold(((json.loads(text), n) for text, n in rows), condition, limit, matches)

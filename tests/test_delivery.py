@@ -219,7 +219,7 @@ def test_async_mode_delivers_from_the_worker_thread(make_client):
     assert threads == []
     proceed.set()
     assert client.flush(timeout=10) is True
-    assert threads == ["pqlsdk-delivery"]
+    assert threads[0].startswith("pqlsdk-delivery:callback:")
 
 
 def test_one_row_per_destination_in_the_events_transaction(make_client, db_path,
@@ -232,16 +232,15 @@ def test_one_row_per_destination_in_the_events_transaction(make_client, db_path,
 
     segment_server.fail_next = 10
     with freeze_time(T0):
-        client = make_client(REPORTS, on_qualified=[first, second], segment=segment_client,
-                             sync_mode=True)
+        client = make_client(REPORTS, on_qualified={"first": first, "second": second},
+                             segment=segment_client, sync_mode=True)
         client.track("ada", "report_generated")
         assert count_rows(db_path, "outbox") == 0  # nothing qualified, nothing queued
         qualify(client, user="bob")
     rows = sorted((d.destination, d.kind) for d in client.deliveries())
-    prefix = "callback:tests.test_delivery.test_one_row_per_destination_in_the_events_transaction"
     assert rows == [
-        (f"{prefix}.<locals>.first", "qualification"),
-        (f"{prefix}.<locals>.second", "qualification"),
+        ("callback:first", "qualification"),
+        ("callback:second", "qualification"),
         ("segment", "qualification"),  # Lead Qualified + the lifecycle stage it moved to
     ]
     assert count_rows(db_path, "outbox") == 3

@@ -173,3 +173,157 @@ def test_import_restores_the_connections_settings(tmp_path):
     assert [conn.execute(f"PRAGMA {p}").fetchone()[0]
             for p in ("cache_size", "wal_autocheckpoint")] == before
     client.close()
+
+
+GOOD = {"type": "track", "userId": "ada", "event": "report_generated",
+        "timestamp": "2026-09-01T00:00:00Z"}
+#: The bad lines a fault campaign found stalled an import, as raw bytes, with the reason.
+BAD_LINES = [
+    (b'{"type": "track", "userId": "caf\xe9", "event": "x", '
+     b'"timestamp": "2026-09-01T00:00:00Z"}', "not UTF-8 (byte 0xe9"),
+    (json.dumps({**GOOD, "userId": "x\ud800"}).encode(), "surrogate"),
+    (json.dumps(GOOD)[:-1].encode() + b', "properties": {"n": ' + b"9" * 5000 + b"}}",
+     "number too long"),
+    (json.dumps(GOOD)[:-1].encode() + b', "properties": {"deep": ' + b"[" * 5000
+     + b"]" * 5000 + b"}}", "nested too deeply"),
+    (json.dumps({**GOOD, "timestamp": "0001-01-01T00:00:00+01:00"}).encode(),
+     "timestamp"),
+    (b'{"type": "track", "userId": ', "not valid JSON"),
+]
+
+
+def write_bytes(path, lines: list[bytes]) -> str:
+    with open(path, "wb") as handle:
+        handle.write(b"".join(line + b"\n" for line in lines))
+    return str(path)
+
+
+def history_lines(items) -> list[bytes]:
+    return [json.dumps(item).encode() for item in items]
+
+
+def test_every_kind_of_bad_line_is_reported_and_the_rest_imported(tmp_path):
+    good = history_lines(HISTORY[:60])
+    lines = good[:30] + [raw for raw, _ in BAD_LINES] + good[30:]
+    source = write_bytes(tmp_path / "mixed.jsonl", lines)
+    client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
+    result = import_jsonl(client, source)
+    assert [number for number, _ in result.errors] == list(range(31, 31 + len(BAD_LINES)))
+    for (number, reason), (_, expected) in zip(result.errors, BAD_LINES, strict=True):
+        assert expected in reason, (number, reason)
+    assert (result.read, result.applied) == (60 + len(BAD_LINES), 60)
+    assert count_rows(client.store.path, "import_staging") == 0
+    client.close()
+
+
+def test_the_cli_reports_each_bad_line_and_exits_2(tmp_path):
+    source = write_bytes(tmp_path / "mixed.jsonl",
+                         history_lines(HISTORY[:5]) + [raw for raw, _ in BAD_LINES])
+    db = str(tmp_path / "pql.db")
+    done = subprocess.run([sys.executable, "-m", "pqlsdk", "import", source, "--db", db,
+                           "--quiet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    for offset in range(len(BAD_LINES)):
+        assert f"line {6 + offset}: " in done.stderr
+    assert count_rows(db, "events") == sum(m["type"] == "track" for m in HISTORY[:5])
+
+
+def test_a_bad_line_after_line_2000_leaves_nothing_staged_unreplayed(tmp_path, monkeypatch):
+    # With the line check off, the lone surrogate reaches SQLite and fails its batch of
+    # 2,000: the batch is staged again line by line, so only that line is left out.
+    monkeypatch.setattr(pqlsdk.importer, "_text_check", lambda *values: None)
+    lines = history_lines(HISTORY[:2500])
+    lines.insert(2000, json.dumps({**GOOD, "userId": "x\ud800"}).encode())
+    source = write_bytes(tmp_path / "h.jsonl", lines)
+    client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
+    result = import_jsonl(client, source)
+    assert [number for number, _ in result.errors] == [2001]
+    assert "surrogate" in result.errors[0][1]
+    assert result.applied == 2500
+    assert count_rows(client.store.path, "import_staging") == 0
+    client.close()
+
+
+def test_a_message_that_fails_to_apply_is_reported_and_its_batch_still_lands(tmp_path,
+                                                                             monkeypatch):
+    source = write_jsonl(tmp_path / "h.jsonl", HISTORY[:300])
+    client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
+    victim = HISTORY[150]
+    apply = client.apply
+
+    def failing(tx, call, **options):
+        if call.at == pqlsdk.timestamps.coerce(victim["timestamp"]):
+            raise OverflowError("a value the store cannot hold")
+        return apply(tx, call, **options)
+
+    monkeypatch.setattr(client, "apply", failing)
+    result = import_jsonl(client, source)
+    assert result.errors == ((151, "a value out of range (a value the store cannot hold), "
+                                   "e.g. a timestamp past year 1 or 9999 in UTC"),)
+    assert result.applied == 299
+    assert count_rows(client.store.path, "import_staging") == 0
+    client.close()
+
+
+def test_a_gzipped_file_imports_like_the_plain_one(tmp_path, live):
+    import gzip
+
+    plain = write_jsonl(tmp_path / "h.jsonl", HISTORY)
+    archive = tmp_path / "h.jsonl.gz"
+    with open(plain, "rb") as src, gzip.open(archive, "wb") as dst:
+        dst.write(src.read())
+    unnamed = tmp_path / "segment-archive"  # known by its magic bytes, whatever its name
+    unnamed.write_bytes(archive.read_bytes())
+    for source in (archive, unnamed):
+        client = pqlsdk.Client(str(tmp_path / f"{source.name}.db"), rules=RULES)
+        result = import_jsonl(client, str(source))
+        assert (result.read, result.applied, result.errors) == (4000, 4000, ())
+        assert outcome(client) == live
+        client.close()
+
+
+def test_a_truncated_gzip_keeps_the_lines_before_the_damage(tmp_path):
+    import gzip
+
+    archive = tmp_path / "h.jsonl.gz"
+    with gzip.open(archive, "wb") as dst:
+        dst.write(b"".join(line + b"\n" for line in history_lines(HISTORY[:2000])))
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
+    result = import_jsonl(client, str(archive))
+    [(number, reason)] = result.errors
+    assert "gzip stream is damaged or truncated" in reason
+    assert 0 < result.applied < 2000
+    assert number == result.read + 1
+    client.close()
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not gzip"])
+def test_a_missing_or_unreadable_file_is_refused_before_any_database_is_made(tmp_path, kind):
+    source = tmp_path / "export.jsonl.gz"
+    if kind == "directory":
+        source.mkdir()
+    elif kind == "not gzip":
+        source.write_text(json.dumps(GOOD) + "\n")
+    db = tmp_path / "pql.db"
+    done = subprocess.run([sys.executable, "-m", "pqlsdk", "import", str(source), "--db",
+                           str(db)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert str(source) in done.stderr
+    assert {"missing": "no such file", "directory": "is a directory",
+            "not gzip": "not gzip"}[kind] in done.stderr
+    assert not db.exists()
+
+
+def test_gzip_on_stdin_is_read_too(tmp_path):
+    import gzip
+
+    data = gzip.compress(b"".join(line + b"\n" for line in history_lines(HISTORY[:50])))
+    db = str(tmp_path / "pql.db")
+    done = subprocess.run([sys.executable, "-m", "pqlsdk", "import", "-", "--db", db,
+                           "--json"], input=data, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["applied"] == 50

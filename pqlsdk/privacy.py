@@ -1,0 +1,89 @@
+"""Privacy requests: erase a user so that no byte of it is left (``forget``), and give a
+person their data (``export``).
+
+    >>> forget(client.store, "ada")
+    >>> export(client.store, "ada")["events"][0]["event"]
+    'report_generated'
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import UnknownSubject
+from .store import Store
+from .timestamps import from_micros
+
+
+def forget(store: Store, user_id: str) -> None:
+    """Erase ``user_id`` in one transaction (see :meth:`pqlsdk.Client.forget`), then
+    checkpoint the WAL and truncate it: with ``secure_delete`` on, the deleted rows are
+    overwritten in the file, and the WAL's older copies of them are gone."""
+    with store.write() as tx:
+        tx.forget_user(user_id)
+    store.checkpoint()
+
+
+def _iso(value: int | None) -> str | None:
+    return None if value is None else from_micros(value).isoformat()
+
+
+def export(store: Store, user_id: str) -> dict[str, Any]:
+    """Everything pqlsdk keeps about ``user_id``, JSON-ready: ``user_id``, ``account_id``,
+    ``first_seen``, ``stage``, ``traits``, ``events`` (oldest first), ``pruned_events``
+    (what retention folded: per event and kept properties, a count), ``stages`` (its
+    history), ``qualifications`` (its own, and the account ones its events completed),
+    ``staged`` (messages of an unfinished import) and ``pending_deliveries``. Raises
+    :class:`~pqlsdk.UnknownSubject` for a user pqlsdk does not know."""
+    db = store.read_db  # the read connection, which store.read() guards
+    with store.read():
+        users = list(db["users"].rows_where("user_id = ?", [user_id]))
+        staged = list(db["import_staging"].rows_where("user_id = ?", [user_id],
+                                                      order_by="ts, line_no"))
+        if not users and not staged:
+            raise UnknownSubject(f"no user {user_id!r} has been seen")
+        events = [
+            {"event": row["event"], "timestamp": _iso(row["ts"]),
+             "properties": json.loads(row["properties"]), "account_id": row["account_id"],
+             "message_id": row["message_id"]}
+            for row in db["events"].rows_where("user_id = ?", [user_id], order_by="ts, id")]
+        stages = [
+            {"from_stage": row["from_stage"], "to_stage": row["to_stage"],
+             "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"]}
+            for row in db["stage_changes"].rows_where(
+                "subject_type = 'user' AND subject_id = ?", [user_id], order_by="at, id")]
+        qualifications = [
+            {"id": row["id"], "rule": row["rule"], "stage": row["stage"],
+             "subject_type": row["subject_type"], "subject_id": row["subject_id"],
+             "account_id": row["account_id"], "qualified_at": _iso(row["qualified_at"]),
+             "evidence": json.loads(row["evidence"])}
+            for row in db["qualifications"].rows_where(
+                "(subject_type = 'user' AND subject_id = ?) OR user_id = ?",
+                [user_id, user_id], order_by="qualified_at, rowid")]
+        deliveries = [
+            {"destination": row["destination"], "kind": row["kind"],
+             "status": row["status"], "payload": json.loads(row["payload"])}
+            for row in db["outbox"].rows_where("user_id = ?", [user_id], order_by="id")]
+        pruned = [
+            {"event": row["event"], "account_id": row["account_id"],
+             "properties": json.loads(row["properties"]), "count": row["n"],
+             "first": _iso(row["first_ts"]), "last": _iso(row["last_ts"])}
+            for row in db["event_rollups"].rows_where("user_id = ?", [user_id],
+                                                       order_by="event, first_ts")]
+    user = users[0] if users else None
+    return {
+        "user_id": user_id,
+        "account_id": user["account_id"] if user else None,
+        "first_seen": _iso(user["first_seen"]) if user else None,
+        "stage": user["stage"] if user else None,
+        "traits": json.loads(user["traits"]) if user else {},
+        "events": events,
+        "pruned_events": pruned,
+        "stages": stages,
+        "qualifications": qualifications,
+        "staged": [{"kind": row["kind"], "timestamp": _iso(row["ts"]),
+                    "event": row["event"], "data": json.loads(row["data"])}
+                   for row in staged],
+        "pending_deliveries": deliveries,
+    }
