@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import attrs
 
+from . import validation
 from .client import Call, Client
 from .errors import PqlError, StoreError, ValidationError
 from .stages import SIDE_STATES, STAGES
@@ -234,8 +235,11 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
         call = client.prepare_group(user_id, message.get("groupId"), message.get("traits"),
                                     timestamp=at)
     message_id = message.get("messageId")
-    if not isinstance(message_id, str) or not message_id:
-        message_id = "line:" + hashlib.sha1(line.strip().encode()).hexdigest()
+    if isinstance(message_id, str) and message_id:
+        message_id = validation.identifier("messageId", message_id)
+    else:
+        text = line.strip().encode("utf-8", "surrogatepass")
+        message_id = "line:" + hashlib.sha1(text).hexdigest()
         if kind == "track":
             call = call._replace(message_id=message_id)
     return message_id, to_micros(at), call
