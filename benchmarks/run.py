@@ -22,11 +22,11 @@ import concurrency
 import delivery
 import embedded_file
 import evaluate
-import funnel
 import import_bench
 import scoring
 import sustained
 
+import funnel
 import track
 
 SUITE = [
