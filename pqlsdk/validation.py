@@ -225,6 +225,16 @@ def group(user_id: Any, account_id: Any, traits: Any = None, *, timestamp: Any =
                 data=json.loads(json_object("traits", traits)))
 
 
+def stage_change(user_id: Any, account_id: Any, to_stage: Any, reason: Any = None, *,
+                 timestamp: Any = None) -> Call:
+    """A validated manual stage change (an imported CRM line): a ``stage`` call of exactly
+    one of a user or an account, its ``event`` the stage, its ``data`` the reason."""
+    subject_type, subject_id = subject(user_id, account_id)
+    return Call("stage", subject_id if subject_type == "user" else "", moment(timestamp),
+                subject_id if subject_type == "account" else None, event=stage(to_stage),
+                data={"reason": free_text("reason", reason)})
+
+
 def subject(user_id: Any, account_id: Any) -> tuple[str, str]:
     """``("user", id)`` or ``("account", id)`` from exactly one of the two arguments."""
     if (user_id is None) == (account_id is None):
