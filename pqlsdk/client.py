@@ -20,7 +20,7 @@ import sqlite_utils
 from . import backtest as backtests
 from . import privacy, reports, validation
 from . import suggest as suggestions
-from .errors import DeliveryNameWarning, UnknownSubject, ValidationError
+from .errors import DeliveryNameWarning, StoreBusy, UnknownSubject, ValidationError
 from .evaluator import measure
 from .health import Health, build_health
 from .models import Qualification, StageChange, Status
@@ -822,7 +822,10 @@ class Client:
         while True:
             looked = time.monotonic()
             try:
-                pending, due, next_due, failed = self._outbox.waiting()
+                pending, due, next_due, failed = self._outbox.waiting(
+                    max(0.0, deadline - looked))
+            except StoreBusy:
+                return False  # a long report held the read connection past the deadline
             except Exception:
                 log.exception("pqlsdk: flush could not read the outbox")
                 return False

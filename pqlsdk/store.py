@@ -550,13 +550,20 @@ class Store:
         return self._write
 
     @contextmanager
-    def read(self) -> Iterator[Transaction]:
+    def read(self, timeout: float | None = None) -> Iterator[Transaction]:
         """Queries outside a write transaction, on the read connection: each sees the
         latest commit, and none waits for a write (another thread's or another process's).
+
+        The read connection serves one thread at a time; ``timeout`` bounds the wait for it
+        (a long report on another thread), raising :class:`~pqlsdk.StoreBusy` past it, so
+        that ``flush(timeout=)`` and ``close(timeout=)`` keep their deadlines.
         """
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
-        with self.read_lock:
+        if not self.read_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise StoreBusy(f"the read connection stayed in use by another thread (a long "
+                            f"report) for more than {timeout:g} s", path=self.path)
+        try:
             if self.closed:
                 raise StoreClosed("this pqlsdk Client is closed; make a new one")
             try:
@@ -565,6 +572,10 @@ class Store:
                 if not _store_error(exc):
                     raise
                 raise self.translate(exc) from exc
+        finally:
+            if self.closed and self.read_db is not self.db:
+                _close(self.read_db)  # close() did not wait for this thread: it closes
+            self.read_lock.release()
 
     def checkpoint(self) -> None:
         """Copy the WAL into the file and truncate it to zero bytes (after :meth:`forget

@@ -387,6 +387,36 @@ def test_close_while_another_process_holds_the_lock_keeps_its_deadline(make_clie
         locker.stdout.close()
 
 
+def test_flush_and_close_keep_their_deadline_while_a_report_holds_the_read_connection(
+        make_client):
+    def crm(q):
+        raise ConnectionError("down: the row stays pending, so flush keeps looking")
+
+    client = make_client(ONE, on_qualified={"crm": crm}, max_backoff=0.01,
+                         max_retries=10_000)
+    client.track("a", "report_generated")
+    held, release = threading.Event(), threading.Event()
+
+    def long_report():  # what funnel(), backtest() or suggest() over a big file does
+        with client.store.read():
+            held.set()
+            release.wait(30)
+
+    report = threading.Thread(target=long_report)
+    report.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        assert client.flush(timeout=0.5) is False
+        assert client.close(timeout=1) is False
+        assert time.monotonic() - started < 4
+    finally:
+        release.set()
+        report.join(10)
+    with pytest.raises(pqlsdk.StoreClosed):
+        client.status("a")
+
+
 def status_and_report_do_not_wait(client) -> bool:
     client.status("a")
     client.funnel()
