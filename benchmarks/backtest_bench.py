@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pqlsdk
 from pqlsdk.timestamps import to_micros
 
+from funnel import best_of
 from track import NOW, cli
 
 EXAMPLE_RULES = os.path.join(os.path.dirname(__file__), "..", "examples", "pql_rules.toml")
@@ -88,15 +89,6 @@ def populate(path: str, events: int, per_user: int = 50) -> list[str]:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return users
-
-
-def best_of(fn, runs: int = 3) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def cpu_per_call(fn, calls: int) -> float:

@@ -22,12 +22,12 @@ import concurrency
 import delivery
 import embedded_file
 import evaluate
-import funnel
 import import_bench
 import postgres
 import scoring
 import sustained
 
+import funnel
 import track
 
 SUITE = [

@@ -228,14 +228,24 @@ class AsyncClient:
         return await self._run(self.client.retry_failed)
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """See :meth:`pqlsdk.Client.flush`."""
-        return await self._run(self.client.flush, timeout)
+        """See :meth:`pqlsdk.Client.flush`. With a ``timeout`` it runs on a thread of its
+        own, so a long call queued on the writer thread cannot hold it past its deadline."""
+        if timeout is None:
+            return await self._run(self.client.flush, None)
+        return await asyncio.to_thread(self.client.flush, timeout)
 
     async def close(self, timeout: float = 5.0) -> bool:
-        """Flush for at most ``timeout`` seconds, close the Client and stop the worker
-        thread (after the calls already awaited). See :meth:`pqlsdk.Client.close`."""
+        """Let the calls already made finish (for at most ``timeout`` seconds), then flush
+        and close the Client with the time left, on a thread of its own: it returns within
+        about ``timeout`` whatever a queued call does. See :meth:`pqlsdk.Client.close`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        queued = loop.run_in_executor(self._executor, lambda: None)  # after those calls
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(queued), timeout)
         try:
-            return await self._run(self.client.close, timeout)
+            return await asyncio.to_thread(self.client.close,
+                                           max(0.0, deadline - loop.time()))
         finally:
             self._executor.shutdown(wait=False)
 

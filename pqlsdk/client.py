@@ -13,17 +13,17 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlite_utils
 
 from . import backtest as backtests
-from . import privacy, reports
+from . import privacy, reports, validation
 from . import suggest as suggestions
-from .errors import DeliveryNameWarning, UnknownSubject, ValidationError
+from .errors import DeliveryNameWarning, StoreBusy, UnknownSubject, ValidationError
 from .evaluator import measure
 from .health import Health, build_health
-from .models import Qualification, StageChange, Status, json_default
+from .models import Qualification, StageChange, Status
 from .outbox import SEGMENT, Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
@@ -31,10 +31,10 @@ from .retention import Pruner, Retention, check_windows, parse_retention, projec
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import CallbackSink, callback_name, event_message, reset_http_session
-from .stages import SIDE_STATES, STAGES
 from .store import SYNCHRONOUS, Store, Transaction, open_store
 from .suggest import Suggestion
-from .timestamps import coerce, now, to_micros
+from .timestamps import now, to_micros
+from .validation import Call
 from .worker import Worker
 
 log = logging.getLogger("pqlsdk")
@@ -49,44 +49,9 @@ FLUSH_LOOK = 0.025
 #: How many subjects one transaction of :meth:`Client.evaluate` checks.
 EVALUATE_CHUNK = 500
 
-
-class Call(NamedTuple):
-    """A validated ``track``/``identify``/``group`` call, ready to be applied: a track's
-    properties as ``data_json``, traits as ``data``."""
-
-    kind: str
-    user_id: str
-    at: datetime
-    account_id: str | None
-    event: str = ""
-    data: dict[str, Any] = {}  # noqa: RUF012 - never mutated
-    data_json: str = "{}"
-    message_id: str | None = None
-
-
-def _require_id(name: str, value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(f"{name} must be a non-empty string (got {value!r})")
-    return value
-
-
-def _optional_id(name: str, value: Any) -> str | None:
-    return None if value is None else _require_id(name, value)
-
-
-def _json_text(name: str, value: Any) -> str:
-    if value is None:
-        return "{}"
-    if not isinstance(value, dict):
-        raise ValidationError(
-            f"{name} must be a dict of JSON values (got {type(value).__name__}: {value!r})"
-        )
-    try:
-        return json.dumps(value, default=json_default, allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{name} must be a dict of JSON values: {exc}") from None
+# Short names for the edge checks, which live in validation.py (one layer for every call).
+_require_id = validation.identifier
+_optional_id = validation.optional_identifier
 
 
 class Client:
@@ -350,28 +315,18 @@ class Client:
                       account_id: Any = None, timestamp: Any = None, message_id: Any = None
                       ) -> Call:
         """Validate a ``track`` call (raising :class:`ValidationError`) without recording it."""
-        at = now() if timestamp is None else coerce(timestamp)
-        text = _json_text("properties", properties)
-        return Call("track", _require_id("user_id", user_id), at,
-                    _optional_id("account_id", account_id),
-                    event=_require_id("event", event), data_json=text,
-                    message_id=_optional_id("message_id", message_id))
+        return validation.track(user_id, event, properties, account_id=account_id,
+                                timestamp=timestamp, message_id=message_id)
 
     def prepare_identify(self, user_id: Any, traits: Any = None, *, account_id: Any = None,
                          timestamp: Any = None) -> Call:
         """Validate an ``identify`` call without recording it."""
-        at = now() if timestamp is None else coerce(timestamp)
-        return Call("identify", _require_id("user_id", user_id), at,
-                    _optional_id("account_id", account_id),
-                    data=json.loads(_json_text("traits", traits)))
+        return validation.identify(user_id, traits, account_id=account_id, timestamp=timestamp)
 
     def prepare_group(self, user_id: Any, account_id: Any, traits: Any = None, *,
                       timestamp: Any = None) -> Call:
         """Validate a ``group`` call without recording it."""
-        at = now() if timestamp is None else coerce(timestamp)
-        return Call("group", _require_id("user_id", user_id), at,
-                    _require_id("account_id", account_id),
-                    data=json.loads(_json_text("traits", traits)))
+        return validation.group(user_id, account_id, traits, timestamp=timestamp)
 
     def _record(self, call: Call) -> list[Qualification]:
         created, queued = self.store.transact(lambda tx: self.apply(tx, call))
@@ -432,7 +387,7 @@ class Client:
         """Re-check every subject against every rule it has not met, as of ``as_of``
         (default now): what time alone can change (``at_most``, ``not``) and what late
         events completed. Qualifications found here are dated ``as_of``."""
-        at = now() if as_of is None else coerce(as_of, "as_of")
+        at = validation.moment(as_of, "as_of")
         until = to_micros(at)
         with self.store.read() as tx:
             subjects = list(tx.subjects())
@@ -496,8 +451,7 @@ class Client:
     def scores(self, *, subject: str = "user", as_of: datetime | str | None = None
                ) -> list[float]:
         """Every user's (or account's) total score as of ``as_of``: a distribution."""
-        if subject not in ("user", "account"):
-            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
+        validation.subject_type(subject)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
             return [
@@ -527,12 +481,9 @@ class Client:
         >>> client.set_stage("ada", stage="unqualified", reason="no budget this quarter")
         """
         subject_type, subject_id = _subject(user_id, account_id)
-        if stage not in STAGES + SIDE_STATES:
-            raise ValidationError(
-                f"stage must be one of {', '.join(STAGES + SIDE_STATES)} (got {stage!r})")
-        if reason is not None and not isinstance(reason, str):
-            raise ValidationError(f"reason must be a string (got {reason!r})")
-        at = now() if timestamp is None else coerce(timestamp)
+        validation.stage(stage)
+        validation.free_text("reason", reason)
+        at = validation.moment(timestamp)
         ts = to_micros(at)
         def move(tx: Transaction) -> tuple[StageChange | None, bool]:
             if subject_type == "user":
@@ -651,10 +602,8 @@ class Client:
         >>> client.funnel(by="lead_source").stage("mql").conversion
         0.25
         """
-        if subject not in ("user", "account"):
-            raise ValidationError(f"subject must be 'user' or 'account' (got {subject!r})")
-        if by is not None and (not isinstance(by, str) or not by):
-            raise ValidationError(f"by must be a trait name (got {by!r})")
+        validation.subject_type(subject)
+        by = _optional_id("by", by)
         lower = _bound(since, "since")
         upper = _bound(until, "until")
         with self.store.read() as tx:
@@ -749,6 +698,7 @@ class Client:
         """Recorded qualifications in time order, optionally since a moment or for one rule.
         Live ones by default; ``shadow=True`` lists the shadow rules' instead, ``None`` both."""
         since_us = _bound(since, "since")
+        rule = _optional_id("rule", rule)
         with self.store.read() as tx:
             rows = tx.qualifications(since=since_us, rule=rule, shadow=shadow)
         return [Qualification.from_row(row) for row in rows]
@@ -879,7 +829,9 @@ class Client:
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything due, waiting up to ``timeout`` seconds; True when everything
         was delivered, False when time ran out, rows wait for a retry or rows have failed
-        (see :meth:`deliveries`).
+        (see :meth:`deliveries`). Segment rows kept while sending is off (``send=False``
+        here or on the Segment client) are not waited for: they stay pending for a Client
+        that sends.
 
         With a ``timeout``, the delivery threads do the work (one per destination, so a
         hanging callback holds only its own rows) and flush returns within about
@@ -896,7 +848,10 @@ class Client:
         while True:
             looked = time.monotonic()
             try:
-                pending, due, next_due, failed = self._outbox.waiting()
+                pending, due, next_due, failed = self._outbox.waiting(
+                    max(0.0, deadline - looked))
+            except StoreBusy:
+                return False  # a long report held the read connection past the deadline
             except Exception:
                 log.exception("pqlsdk: flush could not read the outbox")
                 return False
@@ -993,7 +948,7 @@ def _log_created(created: list[Qualification]) -> None:
 
 def _micros(value: datetime | str | None, name: str) -> int:
     """A moment argument as microseconds; None means now."""
-    return to_micros(now() if value is None else coerce(value, name))
+    return to_micros(validation.moment(value, name))
 
 
 def _now_micros() -> int:
@@ -1002,7 +957,7 @@ def _now_micros() -> int:
 
 def _bound(value: datetime | str | None, name: str) -> int | None:
     """An optional bound (``since``, ``until``) as microseconds, or None."""
-    return None if value is None else to_micros(coerce(value, name))
+    return None if value is None else to_micros(validation.moment(value, name))
 
 
 def _iso(at: datetime) -> str:
@@ -1057,11 +1012,7 @@ def _known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subje
 
 
 def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:
-    if (user_id is None) == (account_id is None):
-        raise ValidationError("pass exactly one of user_id or account_id=")
-    if user_id is not None:
-        return "user", _require_id("user_id", user_id)
-    return "account", _require_id("account_id", account_id)
+    return validation.subject(user_id, account_id)
 
 
 def _merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]

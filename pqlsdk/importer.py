@@ -36,9 +36,9 @@ from typing import IO, Any
 
 import attrs
 
+from . import validation
 from .client import Call, Client
 from .errors import PqlError, StoreError, ValidationError
-from .stages import SIDE_STATES, STAGES
 from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction, staging and replay alike.
@@ -234,8 +234,11 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
         call = client.prepare_group(user_id, message.get("groupId"), message.get("traits"),
                                     timestamp=at)
     message_id = message.get("messageId")
-    if not isinstance(message_id, str) or not message_id:
-        message_id = "line:" + hashlib.sha1(line.strip().encode()).hexdigest()
+    if isinstance(message_id, str) and message_id:
+        message_id = validation.identifier("messageId", message_id)
+    else:
+        text = line.strip().encode("utf-8", "surrogatepass")
+        message_id = "line:" + hashlib.sha1(text).hexdigest()
         if kind == "track":
             call = call._replace(message_id=message_id)
     return message_id, to_micros(at), call
@@ -247,29 +250,17 @@ def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
     user_id, group_id = message.get("userId"), message.get("groupId")
     if (user_id is None) == (group_id is None):
         raise ValidationError("a stage message needs exactly one of userId or groupId")
-    for name, value in (("userId", user_id), ("groupId", group_id)):
-        if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)
-                                  or not str(value).strip()):
-            raise ValidationError(f"{name} must be a non-empty string (got {value!r})")
-    stage = message.get("stage")
-    if stage not in STAGES + SIDE_STATES:
-        raise ValidationError(
-            f"stage must be one of {', '.join(STAGES + SIDE_STATES)} (got {stage!r})")
-    reason = message.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise ValidationError(f"reason must be a string (got {reason!r})")
-    stamp = message.get("timestamp")
-    if stamp is None:
+    if message.get("timestamp") is None:
         raise ValidationError("timestamp is required to replay in time order")
-    at = coerce(stamp, "timestamp")
+    call = validation.stage_change(user_id, group_id, message.get("stage"),
+                                   message.get("reason"), timestamp=message.get("timestamp"))
     message_id = message.get("messageId")
-    if not isinstance(message_id, str) or not message_id:
-        message_id = "line:" + hashlib.sha1(line.strip().encode()).hexdigest()
-    call = Call("stage", "" if user_id is None else str(user_id), at,
-                None if group_id is None else str(group_id), event=stage,
-                data={"reason": reason})
-    return message_id, to_micros(at), call
-
+    if isinstance(message_id, str) and message_id:
+        message_id = validation.identifier("messageId", message_id)
+    else:
+        text = line.strip().encode("utf-8", "surrogatepass")
+        message_id = "line:" + hashlib.sha1(text).hexdigest()
+    return message_id, to_micros(call.at), call
 
 
 def import_jsonl(

@@ -416,11 +416,11 @@ class Outbox:
         with self.store.read() as tx:
             return tx.due(destination, wall_micros())
 
-    def waiting(self) -> tuple[int, int, int | None, int]:
+    def waiting(self, timeout: float | None = None) -> tuple[int, int, int | None, int]:
         """``(pending rows, of which due now, next due time, failed rows)`` for the
         destinations this process delivers to now (a paused Segment's rows wait for a
-        Client that sends)."""
-        with self.store.read() as tx:
+        Client that sends); ``timeout`` bounds the wait for the read connection."""
+        with self.store.read(timeout) as tx:
             return tx.waiting(self.destinations(), wall_micros())
 
     def orphans(self) -> list[dict[str, Any]]:

@@ -9,36 +9,18 @@ NOTHING``, so a second process racing on the same subject records nothing.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from .evaluator import holds, measure
+from .ids import decode_names, qualification_id
 from .models import Qualification, StageChange
 from .rules import EventCondition, Rule
 from .scoring import Score, Scoring, compute
 from .stages import FIRST_STAGE, rank
-from .store import SHADOW_MARK, Transaction
+from .store import Transaction
 from .timestamps import to_micros
-
-_NAMESPACE = uuid.UUID("5b0c1c4e-7f7e-4a8e-9d55-2f1f6f1a9c3e")
-#: Shadow qualifications' ids come from a namespace of their own: no shadow key can give
-#: a live id, whatever the rule's name holds.
-_SHADOW_NAMESPACE = uuid.UUID("0d3c8f52-6a1e-4c1b-b7f4-9e2a5d6c8b10")
-
-
-def qualification_id(rule: str, subject_type: str, subject_id: str, round_: int = 0, *,
-                     firing: int = 0, shadow: bool = False) -> str:
-    """The stable id of a subject's qualification for a rule in a round (and a firing of a
-    re-arming rule), live or shadow (also its Segment messageId). Live ids of the first
-    firing are those of earlier releases."""
-    key = f"{rule}\x1f{subject_type}\x1f{subject_id}"
-    if round_:
-        key += f"\x1f{round_}"
-    if firing:
-        key += f"\x1ffiring\x1f{firing}"
-    return str(uuid.uuid5(_SHADOW_NAMESPACE if shadow else _NAMESPACE, key))
 
 
 class Subject(NamedTuple):
@@ -51,7 +33,7 @@ class Subject(NamedTuple):
     round: int = 0
     #: When the current round began (events before it do not count), or None.
     since: int | None = None
-    done: frozenset[str] = frozenset()
+    done: frozenset[str | tuple[str]] = frozenset()
 
     @classmethod
     def from_columns(cls, subject_type: str, subject_id: str, columns: tuple[Any, ...]
@@ -59,7 +41,7 @@ class Subject(NamedTuple):
         """Build from a snapshot's ``traits, stage, round, round start, rules met``."""
         traits_json, stage, round_, since, done = columns
         return cls(subject_type, subject_id, traits_json or "{}", stage, round_, since,
-                   frozenset(done.split("\x1f")) if done else frozenset())
+                   decode_names(done))
 
 
 def load_subjects(
@@ -199,10 +181,11 @@ def qualify(
     return created
 
 
-def done_key(rule: Rule) -> str:
-    """How a rule appears in :attr:`Subject.done`: its name, marked when it is a shadow rule
-    (a shadow qualification does not stop the live rule of the same name)."""
-    return SHADOW_MARK + rule.name if rule.shadow else rule.name
+def done_key(rule: Rule) -> str | tuple[str]:
+    """How a rule appears in :attr:`Subject.done`: its name, or ``(name,)`` for a shadow rule
+    (a shadow qualification does not stop the live rule of the same name, whatever the
+    names hold)."""
+    return (rule.name,) if rule.shadow else rule.name
 
 
 def moves_forward(current: str, target: str) -> bool:

@@ -35,6 +35,15 @@ from typing import Any
 import attrs
 
 from .errors import RuleError
+from .limits import (
+    MAX_BOUND,
+    MAX_DURATION,
+    MAX_ID_LENGTH,
+    MAX_RULE_DEPTH,
+    MAX_TEXT_LENGTH,
+    shown,
+    text_problem,
+)
 from .stages import STAGES
 
 if sys.version_info >= (3, 11):
@@ -58,7 +67,7 @@ OPERATORS = (
     + PRESENCE_OPERATORS
 )
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_DURATION = re.compile(r"^\s*([0-9]{1,12})\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -67,22 +76,32 @@ def _allowed(names: Iterable[str]) -> str:
 
 
 def parse_duration(value: str | timedelta, *, key: str = "within") -> timedelta:
-    """Turn ``"14d"`` (units s, m, h, d, w) or a positive ``timedelta`` into a ``timedelta``.
+    """Turn ``"14d"`` (units s, m, h, d, w) or a positive ``timedelta`` into a ``timedelta``
+    of at most :data:`~pqlsdk.limits.MAX_DURATION` (36500 days).
 
     >>> parse_duration("2w")
     datetime.timedelta(days=14)
     """
     if isinstance(value, timedelta):
-        if value <= timedelta(0):
-            raise RuleError(f"must be a positive duration (got {value!r})", key=key)
-        return value
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match or int(match.group(1)) == 0:
-        raise RuleError(
-            f"must be a duration like '30m', '14d' or '2w' (units s, m, h, d, w) (got {value!r})",
-            key=key,
-        )
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        duration = value
+    else:
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if not match or int(match.group(1)) == 0:
+            raise RuleError(
+                "must be a duration like '30m', '14d' or '2w' (units s, m, h, d, w) "
+                f"(got {shown(value)})",
+                key=key,
+            )
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        if seconds > MAX_DURATION.total_seconds():
+            duration = MAX_DURATION + timedelta(seconds=1)  # refused just below
+        else:
+            duration = timedelta(seconds=seconds)
+    if duration <= timedelta(0):
+        raise RuleError(f"must be a positive duration (got {shown(value)})", key=key)
+    if duration > MAX_DURATION:
+        raise RuleError(f"must be at most {MAX_DURATION.days}d (got {shown(value)})", key=key)
+    return duration
 
 
 def format_duration(value: timedelta) -> str:
@@ -100,15 +119,51 @@ def _is_number(value: Any) -> bool:
 
 def _check_operand(op: str, bound: Any) -> None:
     if op in COMPARISON_OPERATORS and not (_is_number(bound) or isinstance(bound, str)):
-        raise RuleError(f"must be a number or a string (got {bound!r})", key=op)
+        raise RuleError(f"must be a number or a string (got {shown(bound)})", key=op)
     if op in MEMBERSHIP_OPERATORS and not (isinstance(bound, list | tuple) and bound):
-        raise RuleError(f"must be a non-empty list of values (got {bound!r})", key=op)
+        raise RuleError(f"must be a non-empty list of values (got {shown(bound)})", key=op)
     if op == "exists" and not isinstance(bound, bool):
-        raise RuleError(f"must be true or false (got {bound!r})", key=op)
+        raise RuleError(f"must be true or false (got {shown(bound)})", key=op)
     if op == "ends_with" and not isinstance(bound, str):
-        raise RuleError(f"must be a string (got {bound!r})", key=op)
+        raise RuleError(f"must be a string (got {shown(bound)})", key=op)
     if op in ("equals", "not_equals", "contains") and isinstance(bound, dict):
-        raise RuleError(f"must be a plain value, not a table (got {bound!r})", key=op)
+        raise RuleError(f"must be a plain value, not a table (got {shown(bound)})", key=op)
+    _check_value(op, bound)
+
+
+def _check_value(key: str, root: Any) -> None:
+    """An operand's numbers finite and its text valid (no NUL, no lone surrogate), nested
+    lists and tables included (walked without recursion, to a bounded depth)."""
+    stack = [(root, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_RULE_DEPTH:
+            raise RuleError(f"must be nested at most {MAX_RULE_DEPTH} levels deep", key=key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RuleError(f"must be a finite number (got {value!r})", key=key)
+        if isinstance(value, int) and value.bit_length() > 1024:  # more than a float holds
+            raise RuleError(f"must be a number below 2**1024 in size (got {shown(value)})",
+                            key=key)
+        if isinstance(value, str):
+            problem = text_problem(value, MAX_TEXT_LENGTH)
+            if problem:
+                raise RuleError(problem, key=key)
+        elif isinstance(value, list | tuple):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, Mapping):
+            for name, item in value.items():
+                _check_key(name)
+                stack.append((item, depth + 1))
+
+
+def _check_key(key: Any) -> str:
+    """A key of a rules table: valid text; raises naming the bad key."""
+    if not isinstance(key, str):
+        raise RuleError(f"keys must be strings (got {shown(key)} of type {type(key).__name__})")
+    problem = text_problem(key, MAX_ID_LENGTH)
+    if problem:
+        raise RuleError(f"key {problem}")
+    return key
 
 
 def _compare(op: str, value: Any, bound: Any) -> bool:
@@ -141,7 +196,7 @@ class Check:
     @classmethod
     def of(cls, ops: Mapping[str, Any]) -> Check:
         """Validate ``{"gte": 50}``-style operators (``in_`` is accepted for ``in``)."""
-        normalized = {("in" if k == "in_" else k): v for k, v in ops.items()}
+        normalized = {("in" if _check_key(k) == "in_" else k): v for k, v in ops.items()}
         if not normalized:
             raise RuleError(f"needs at least one operator; allowed: {_allowed(OPERATORS)}")
         for op, bound in normalized.items():
@@ -196,9 +251,10 @@ def _where(value: Mapping[str, Any] | None) -> tuple[tuple[str, Check], ...]:
         raise RuleError(f"must be a table of property = value (got {value!r})", key="where")
     out = []
     for prop, spec in value.items():
-        if not isinstance(prop, str) or not prop:
-            raise RuleError(f"property names must be non-empty strings (got {prop!r})",
-                            key="where")
+        if not isinstance(prop, str) or not prop or text_problem(prop, MAX_ID_LENGTH):
+            raise RuleError(
+                f"property names must be non-empty strings of at most {MAX_ID_LENGTH} "
+                f"characters, without NUL or lone surrogates (got {shown(prop)})", key="where")
         try:
             if isinstance(spec, Mapping):
                 check = Check.of(spec)
@@ -233,7 +289,10 @@ def describe_where(where: tuple[tuple[str, Check], ...]) -> str:
 def _non_empty_str(key: str):
     def validate(_inst: Any, _attr: Any, value: Any) -> None:
         if not isinstance(value, str) or not value.strip():
-            raise RuleError(f"must be a non-empty string (got {value!r})", key=key)
+            raise RuleError(f"must be a non-empty string (got {shown(value)})", key=key)
+        problem = text_problem(value, MAX_ID_LENGTH)
+        if problem:
+            raise RuleError(problem, key=key)
 
     return validate
 
@@ -319,10 +378,13 @@ class EventCondition:
 
 
 def _check_bound(key: str, value: Any, *, whole: bool) -> None:
-    ok = _is_number(value) and value >= 0 and (not whole or float(value).is_integer())
+    """A count's bound is a whole number, a sum's any number: finite, from 0 to
+    :data:`~pqlsdk.limits.MAX_BOUND` (2**53), so that the store compares it exactly."""
+    ok = (_is_number(value) and 0 <= value <= MAX_BOUND
+          and (not whole or float(value).is_integer()))
     if not ok:
         kind = "a whole number" if whole else "a number"
-        raise RuleError(f"must be {kind} >= 0 (got {value!r})", key=key)
+        raise RuleError(f"must be {kind} >= 0 and <= 2**53 (got {shown(value)})", key=key)
 
 
 @attrs.frozen
@@ -395,6 +457,15 @@ def _cheapest_first(conditions: tuple[Condition, ...]) -> tuple[Condition, ...]:
     return tuple(sorted(conditions, key=_cost))
 
 
+def _depth(parts: Iterable[Any]) -> int:
+    """A group's nesting level (a leaf is 0), refused beyond
+    :data:`~pqlsdk.limits.MAX_RULE_DEPTH`: evaluation walks conditions recursively."""
+    depth = 1 + max((getattr(part, "depth", 0) for part in parts), default=0)
+    if depth > MAX_RULE_DEPTH:
+        raise RuleError(f"conditions may nest all/any/not at most {MAX_RULE_DEPTH} levels deep")
+    return depth
+
+
 @attrs.frozen
 class AllOf:
     """Every condition holds."""
@@ -402,10 +473,16 @@ class AllOf:
     conditions: tuple[Condition, ...]
     #: The same conditions, cheapest first: the order the hot path checks them in.
     by_cost: tuple[Condition, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: Nesting level of all/any/not (at most MAX_RULE_DEPTH).
+    depth: int = attrs.field(init=False, eq=False, repr=False)
 
     @by_cost.default
     def _by_cost(self) -> tuple[Condition, ...]:
         return _cheapest_first(self.conditions)
+
+    @depth.default
+    def _depth(self) -> int:
+        return _depth(self.conditions)
 
 
 @attrs.frozen
@@ -415,10 +492,16 @@ class AnyOf:
     conditions: tuple[Condition, ...]
     #: The same conditions, cheapest first: the order the hot path checks them in.
     by_cost: tuple[Condition, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: Nesting level of all/any/not (at most MAX_RULE_DEPTH).
+    depth: int = attrs.field(init=False, eq=False, repr=False)
 
     @by_cost.default
     def _by_cost(self) -> tuple[Condition, ...]:
         return _cheapest_first(self.conditions)
+
+    @depth.default
+    def _depth(self) -> int:
+        return _depth(self.conditions)
 
 
 @attrs.frozen
@@ -426,6 +509,12 @@ class Not:
     """The condition does not hold."""
 
     condition: Condition
+    #: Nesting level of all/any/not (at most MAX_RULE_DEPTH).
+    depth: int = attrs.field(init=False, eq=False, repr=False)
+
+    @depth.default
+    def _depth(self) -> int:
+        return _depth((self.condition,))
 
 
 Condition = EventCondition | TraitCondition | ScoreCondition | AllOf | AnyOf | Not
@@ -773,12 +862,44 @@ def _refuse_unknown(data: Mapping[str, Any], allowed: Iterable[str]) -> None:
             raise RuleError(f"unknown key; allowed: {_allowed(allowed)}", key=key)
 
 
+def check_tables(root: Any, source: str | None = None) -> None:
+    """Before anything is built from a dict (or a TOML file's tables): every key a string,
+    every text valid (no NUL, no lone surrogate, at most MAX_TEXT_LENGTH characters) and
+    the nesting bounded, walked without recursion; raises :class:`RuleError` naming the
+    path (``rules[0].all[1].event``)."""
+    stack: list[tuple[Any, str, int]] = [(root, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > _MAX_TABLE_DEPTH:
+            raise RuleError(f"nested too deeply (all/any/not at most {MAX_RULE_DEPTH} levels)",
+                            source=source, key=path or None)
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                try:
+                    _check_key(key)
+                except RuleError as exc:
+                    raise exc.within(source=source, key=path or None) from None
+                shown_key = key if len(key) <= 40 else key[:37] + "..."
+                stack.append((item, f"{path}.{shown_key}" if path else shown_key, depth + 1))
+        elif isinstance(value, list | tuple):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            problem = text_problem(value, MAX_TEXT_LENGTH)
+            if problem:
+                raise RuleError(problem, source=source, key=path or None)
+
+
+#: Raw nesting a rules dict may have: two levels (a table, its list) per level of conditions.
+_MAX_TABLE_DEPTH = 2 * MAX_RULE_DEPTH + 8
+
+
 def rule_from_dict(data: Mapping[str, Any]) -> Rule:
     """Build one :class:`Rule` from its TOML/dict shape."""
     if not isinstance(data, Mapping):
-        raise RuleError(f"each rule must be a table (got {data!r})")
+        raise RuleError(f"each rule must be a table (got {shown(data)})")
     name = data.get("name")
     try:
+        check_tables(data)
         _non_empty_str("name")(None, None, name)
         _refuse_unknown(data, _RULE_KEYS)
         parts: list[Condition] = []
@@ -855,15 +976,7 @@ def load_rules(source: Any, scoring: Any = None) -> RuleSet:
     if source is None:
         return RuleSet((), scoring=_scoring(scoring, "rules"))
     if isinstance(source, str | os.PathLike):
-        name = os.fspath(source)
-        try:
-            with open(name, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise RuleError("no such rules file", source=name) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise RuleError(f"not valid TOML: {exc}", source=name) from None
-        return _ruleset_from_dict(data, name)
+        return _ruleset_from_dict(_read_toml(source), os.fsdecode(source))
     if isinstance(source, Mapping):
         return _ruleset_from_dict(source, "rules")
     if isinstance(source, list | tuple):
@@ -874,6 +987,29 @@ def load_rules(source: Any, scoring: Any = None) -> RuleSet:
         "rules must be a path to a TOML file, a dict in its shape, or a list of pqlsdk.Rule "
         f"(got {type(source).__name__})"
     )
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A TOML file's tables; any way the file cannot be read or parsed is a RuleError."""
+    name = os.fsdecode(path)
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise RuleError("no such rules file", source=name) from None
+    except IsADirectoryError:
+        raise RuleError("is a directory; give the path of a TOML rules file",
+                        source=name) from None
+    except OSError as exc:
+        raise RuleError(f"cannot be read ({exc.strerror or exc})", source=name) from None
+    except UnicodeDecodeError as exc:
+        raise RuleError(f"not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+                        f"{exc.start}); a TOML file is UTF-8 text", source=name) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RuleError(f"not valid TOML: {exc}", source=name) from None
+    except (ValueError, RecursionError) as exc:  # NUL in the path, huge numbers, deep nesting
+        raise RuleError(f"not a readable TOML rules file ({shown(str(exc), 120)})",
+                        source=name) from None
 
 
 def _located(build: Any, data: Any, source: str, index: int) -> Rule:
@@ -887,6 +1023,8 @@ def _located(build: Any, data: Any, source: str, index: int) -> Rule:
 
 
 def _ruleset_from_dict(data: Mapping[str, Any], source: str) -> RuleSet:
+    # each rule is checked by rule_from_dict, so that its errors name it
+    check_tables({key: value for key, value in data.items() if key != "rules"}, source)
     for key in data:
         if key not in ("rules", "scoring"):
             raise RuleError("unknown top-level key; allowed: rules, scoring", source=source,

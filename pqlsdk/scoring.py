@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import attrs
 
 from .errors import RuleError
+from .limits import MAX_BOUND, shown
 from .rules import (
     OPERATORS,
     Check,
@@ -35,6 +36,7 @@ from .rules import (
     _is_number,
     _refuse_unknown,
     _where,
+    check_tables,
     describe_where,
     format_duration,
     parse_duration,
@@ -44,8 +46,9 @@ from .rules import (
 
 
 def _points(value: Any, key: str = "points") -> float:
-    if not _is_number(value):
-        raise RuleError(f"must be a number, negative allowed (got {value!r})", key=key)
+    if not _is_number(value) or not -MAX_BOUND <= value <= MAX_BOUND:
+        raise RuleError(f"must be a finite number from -2**53 to 2**53, negative allowed "
+                        f"(got {shown(value)})", key=key)
     return value
 
 
@@ -213,8 +216,9 @@ _BEHAVIOR_KEYS = ("event", "points", "max", "within", "where")
 def scoring_from_dict(data: Any) -> Scoring:
     """Build :class:`Scoring` from the ``[scoring]`` table; errors name ``scoring.KEY``."""
     if not isinstance(data, Mapping):
-        raise RuleError(f"must be a table (got {data!r})", key="scoring")
+        raise RuleError(f"must be a table (got {shown(data)})", key="scoring")
     try:
+        check_tables(data)
         _refuse_unknown(data, ("half_life", "behavior", "fit"))
         half_life = (parse_duration(data["half_life"], key="half_life")
                      if "half_life" in data else None)
@@ -245,8 +249,8 @@ def _behavior_line(data: Mapping[str, Any]) -> BehaviorLine:
     if "points" not in data:
         raise RuleError("is required", key="points")
     cap = data.get("max")
-    if cap is not None and (not _is_number(cap) or cap <= 0):
-        raise RuleError(f"must be a number > 0 (got {cap!r})", key="max")
+    if cap is not None and (not _is_number(cap) or not 0 < cap <= MAX_BOUND):
+        raise RuleError(f"must be a number > 0 and <= 2**53 (got {shown(cap)})", key="max")
     within = parse_duration(data["within"]) if "within" in data else None
     return BehaviorLine(name, _points(data["points"]), cap, within, _where(data.get("where")))
 

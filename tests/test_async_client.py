@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -224,3 +225,29 @@ def test_named_callbacks_register_on_the_async_client_as_on_the_client(db_path):
     assert seen == ["ada"]
     with sqlite3.connect(db_path) as conn:  # nothing is left for the name in the outbox
         assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+
+
+def test_close_keeps_its_deadline_behind_a_call_that_hangs(db_path):
+    release, entered = threading.Event(), threading.Event()
+
+    def crm(q):
+        entered.set()
+        release.wait(30)
+
+    async def main():
+        client = pqlsdk.AsyncClient(db_path, REPORTS, on_qualified={"crm": crm})
+        client.client._worker.stop(1)  # only the flush below delivers, in the writer thread
+        for minute in range(3):
+            await client.track("ada", "report_generated",
+                               timestamp=T0 + timedelta(minutes=minute))
+        stuck = asyncio.create_task(client.flush())  # no timeout: runs the hanging callback
+        await asyncio.to_thread(entered.wait, 10)
+        started = time.monotonic()
+        assert await client.flush(timeout=0.5) is False
+        assert await client.close(timeout=1) is False
+        elapsed = time.monotonic() - started
+        release.set()
+        await stuck
+        return elapsed
+
+    assert asyncio.run(main()) < 4

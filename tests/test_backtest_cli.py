@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 from datetime import timedelta
 
@@ -103,6 +104,31 @@ def test_import_creates_accounts_and_refuses_bad_stage_lines(tmp_path):
     with pqlsdk.Client(db) as client:
         assert [(h.to_stage, h.source) for h in client.history(account_id="acme")] == [
             ("lead", "first_seen"), ("opportunity", "import")]
+
+
+def test_stage_lines_meet_the_same_edge_checks_as_the_api(tmp_path):
+    at = "2026-10-01T00:00:00Z"
+    source = tmp_path / "crm.jsonl"
+    source.write_text("\n".join(json.dumps(m) for m in [
+        {"type": "stage", "userId": "a\u0000b", "stage": "sql", "timestamp": at},
+        {"type": "stage", "userId": "x" * 5000, "stage": "sql", "timestamp": at},
+        {"type": "stage", "userId": "ada", "stage": "sql", "timestamp": at,
+         "reason": "r\u0000"},
+        {"type": "stage", "userId": "ada", "stage": "sql", "timestamp": at,
+         "messageId": "m\u0000"},
+        {"type": "stage", "userId": "ada", "stage": "sql", "timestamp": at,
+         "reason": "budget approved", "messageId": "crm-1"},
+    ]) + "\n")
+    db = str(tmp_path / "pql.db")
+    result = CliRunner().invoke(main, ["import", str(source), "--db", db])
+    assert result.exit_code == 2
+    for line, name in ((1, "user_id"), (2, "user_id"), (3, "reason"), (4, "messageId")):
+        assert re.search(rf"line {line}: {name}\b", result.output), result.output
+    with pqlsdk.Client(db) as client:  # only the good line was imported, and it is reachable
+        assert [(h.to_stage, h.reason) for h in client.history("ada")] == [
+            ("lead", None), ("sql", "budget approved")]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT user_id FROM users").fetchall() == [("ada",)]
 
 
 def test_backtest_prints_a_table_and_json(imported):

@@ -118,7 +118,8 @@ def test_an_oversized_message_fails_alone_and_its_batch_goes_out(
     client = make_client(None, segment=segment_client, forward_events=True)
     client._worker.stop(0)  # rows are written with no delivery; flush() sends one batch
     client.track("a", "report_generated")
-    client.track("big", "report_generated", {"blob": "x" * 40_000})
+    # properties may hold 32 KiB (the edge's limit); with the message around them, over it
+    client.track("big", "report_generated", {"blob": "x" * 32_700})
     client.track("c", "report_generated")
     assert client.flush() is False
     assert segment_server.requests == 1
@@ -222,7 +223,7 @@ def test_a_segment_client_with_send_false_keeps_rows_pending(make_client, segmen
         client = make_client(ONE, segment=quiet, sync_mode=True)
     assert "send=False" in caplog.text
     client.track("a", "report_generated")
-    assert client.flush() is False
+    assert client.flush() is True  # nothing this Client sends is left: Segment is off
     [row] = client.deliveries(status="pending")
     assert (row.destination, row.attempts) == ("segment", 0)
     assert segment_server.requests == 0
@@ -384,6 +385,36 @@ def test_close_while_another_process_holds_the_lock_keeps_its_deadline(make_clie
         locker.stdin.close()
         locker.wait(10)
         locker.stdout.close()
+
+
+def test_flush_and_close_keep_their_deadline_while_a_report_holds_the_read_connection(
+        make_client):
+    def crm(q):
+        raise ConnectionError("down: the row stays pending, so flush keeps looking")
+
+    client = make_client(ONE, on_qualified={"crm": crm}, max_backoff=0.01,
+                         max_retries=10_000)
+    client.track("a", "report_generated")
+    held, release = threading.Event(), threading.Event()
+
+    def long_report():  # what funnel(), backtest() or suggest() over a big file does
+        with client.store.read():
+            held.set()
+            release.wait(30)
+
+    report = threading.Thread(target=long_report)
+    report.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        assert client.flush(timeout=0.5) is False
+        assert client.close(timeout=1) is False
+        assert time.monotonic() - started < 4
+    finally:
+        release.set()
+        report.join(10)
+    with pytest.raises(pqlsdk.StoreClosed):
+        client.status("a")
 
 
 def status_and_report_do_not_wait(client) -> bool:

@@ -14,7 +14,6 @@ from .base import FunnelRows, StageCounts
 from .sqlite import (
     MIGRATIONS,
     PAYLOAD_FORMAT,
-    SHADOW_MARK,
     SYNCHRONOUS,
     Store,
     Transaction,
@@ -25,7 +24,6 @@ from .sqlite import (
 __all__ = [
     "MIGRATIONS",
     "PAYLOAD_FORMAT",
-    "SHADOW_MARK",
     "SYNCHRONOUS",
     "FunnelRows",
     "SchemaTooNew",

@@ -51,8 +51,9 @@ class Store(Protocol):
     def write(self) -> AbstractContextManager[Transaction]:
         """One write transaction, committed on success (not retried)."""
 
-    def read(self) -> AbstractContextManager[Transaction]:
-        """Queries that see the latest commit and wait for no writer."""
+    def read(self, timeout: float | None = None) -> AbstractContextManager[Transaction]:
+        """Queries that see the latest commit and wait for no writer (``timeout``: for the
+        read connection, then :class:`~pqlsdk.StoreBusy`)."""
 
     def wait_for_rows(self, timeout: float) -> bool:
         """Block until outbox rows were written elsewhere (PostgreSQL NOTIFY) or

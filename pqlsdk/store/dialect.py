@@ -162,6 +162,13 @@ def to_postgres(sql: str) -> Statement:
     text = re.sub(r"\bgroup_concat\(", "string_agg(", text)
     text = re.sub(r"\bchar\((\d+)\)", r"chr(\1)", text)
     text = re.sub(r"\bCASE WHEN (\w+)\.shadow THEN", r"CASE WHEN \1.shadow <> 0 THEN", text)
+    # the rules a subject met, as a JSON array (a shadow rule's as [name])
+    text = text.replace("THEN json_array(rule) ELSE rule END",
+                        "THEN json_build_array(rule) ELSE to_json(rule) END")
+    text = _rewrite_calls(text, "json_group_array", lambda inner: f"json_agg({inner})::text")
+    # a trait by any name (SQLite reads it with json_each)
+    text = re.sub(r"\(SELECT value FROM json_each\((\w+)\) WHERE key = (:\w+)\)",
+                  r"((\1)::jsonb -> \2)", text)
     text = re.sub(r"\browid\b", "seq", text)
     text = _rewrite_calls(text, "json_group_object",
                           lambda inner: f"json_object_agg({inner})::text")

@@ -461,10 +461,15 @@ class PostgresStore:
                 raise
 
     @contextmanager
-    def read(self) -> Iterator[PgTransaction]:
-        """Queries on the read connection, each statement seeing the latest commit."""
+    def read(self, timeout: float | None = None) -> Iterator[PgTransaction]:
+        """Queries on the read connection, each statement seeing the latest commit; it
+        serves one thread at a time, and ``timeout`` bounds the wait for it
+        (:class:`~pqlsdk.StoreBusy` past it)."""
         self._check_open()
-        with self.read_lock:
+        if not self.read_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise StoreBusy(f"the read connection was busy (a long report) for more than "
+                            f"{timeout:g} s", path=self.where)
+        try:
             self._check_open()
             try:
                 with self._connection(read=True) as conn:
@@ -480,6 +485,8 @@ class PostgresStore:
                 if _is_psycopg_error(exc):
                     raise translate(exc, self.where) from exc
                 raise
+        finally:
+            self.read_lock.release()
 
     # -- migrations -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from .. import ids
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
 from ..evaluator import fold
 from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
@@ -37,10 +39,10 @@ from .base import FunnelRows, StageCounts
 
 T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
-#: How a shadow rule's name is marked among the rules a subject met (see ``Subject.done``).
-SHADOW_MARK = "\x1e"
 #: Larger than any timestamp: stands for "never" inside min().
 _NEVER = 2**62
+#: A trait name a JSON path spells as it is, in every SQLite version.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -316,10 +318,27 @@ def _convert_payload(kind: str, text: str) -> str | None:
     return None
 
 
+def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
+    """Qualification ids from an unambiguous encoding (:mod:`pqlsdk.ids`): a stored
+    qualification whose rule or subject holds ``\x1f`` takes its JSON-form id, so that its
+    legacy id no longer blocks the different qualification it collided with. Every other id
+    stays as it was; pending deliveries follow their qualification's new id."""
+    rows = db.execute(
+        "SELECT id, rule, subject_type, subject_id, round, shadow FROM qualifications "
+        "WHERE instr(rule, char(31)) OR instr(subject_type, char(31)) "
+        "OR instr(subject_id, char(31))"
+    ).fetchall()
+    for old, rule, subject_type, subject_id, round_, shadow in rows:
+        new = ids.json_form_id(rule, subject_type, subject_id, round_, shadow=bool(shadow))
+        db.execute("UPDATE qualifications SET id = ? WHERE id = ?", (new, old))
+        db.execute("UPDATE outbox SET payload = replace(payload, ?1, ?2) "
+                   "WHERE instr(payload, ?1)", (old, new))
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
-    _outbox_claims_and_payload_format,
+    _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
 ]
 
 
@@ -532,13 +551,20 @@ class Store:
         return False
 
     @contextmanager
-    def read(self) -> Iterator[Transaction]:
+    def read(self, timeout: float | None = None) -> Iterator[Transaction]:
         """Queries outside a write transaction, on the read connection: each sees the
         latest commit, and none waits for a write (another thread's or another process's).
+
+        The read connection serves one thread at a time; ``timeout`` bounds the wait for it
+        (a long report on another thread), raising :class:`~pqlsdk.StoreBusy` past it, so
+        that ``flush(timeout=)`` and ``close(timeout=)`` keep their deadlines.
         """
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
-        with self.read_lock:
+        if not self.read_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise StoreBusy(f"the read connection stayed in use by another thread (a long "
+                            f"report) for more than {timeout:g} s", path=self.path)
+        try:
             if self.closed:
                 raise StoreClosed("this pqlsdk Client is closed; make a new one")
             try:
@@ -547,6 +573,10 @@ class Store:
                 if not _store_error(exc):
                     raise
                 raise self.translate(exc) from exc
+        finally:
+            if self.closed and self.read_db is not self.db:
+                _close(self.read_db)  # close() did not wait for this thread: it closes
+            self.read_lock.release()
 
     def checkpoint(self) -> None:
         """Copy the WAL into the file and truncate it to zero bytes (after :meth:`forget
@@ -671,11 +701,11 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _subject_columns(alias: str, subject_type: str, key: str) -> str:
-    # rules met this round; a shadow rule's as SHADOW_MARK + name (its own space)
+    # rules met this round, as a JSON array: a shadow rule's as [name] (its own space)
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
-        f"(SELECT group_concat(CASE WHEN q.shadow THEN char(30) || rule ELSE rule END, "
-        f"char(31)) FROM qualifications q "
+        f"(SELECT json_group_array(CASE WHEN q.shadow THEN json_array(rule) ELSE rule END) "
+        f"FROM qualifications q "
         f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
@@ -746,7 +776,7 @@ class Transaction:
     def user_snapshot(self, user_id: str) -> tuple[Any, ...] | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, then for the user and for its account ``traits JSON, stage, round,
-        round start, rules met this round`` (joined by ``\x1f``). ``None`` for an unknown
+        round start, rules met this round`` (a JSON array). ``None`` for an unknown
         user."""
         return self.conn.execute(_USER_SNAPSHOT, (user_id,)).fetchone()
 
@@ -1208,7 +1238,12 @@ class Transaction:
             f"first_{stage} AS s{k}" if until is None
             else f"CASE WHEN first_{stage} <= :until THEN first_{stage} END AS s{k}"
             for k, stage in enumerate(STAGES))
-        group = "NULL" if by is None else "json_extract(traits, :path)"
+        if by is None:
+            group = "NULL"
+        elif _PLAIN_KEY.fullmatch(by):
+            group = "json_extract(traits, :path)"
+        else:  # any other trait name: a JSON path cannot spell every key, json_each can
+            group = "(SELECT value FROM json_each(traits) WHERE key = :by)"
         nexts = []
         for k in range(count - 1):
             later = ", ".join(f"coalesce(CASE WHEN s{j} >= s{k} THEN s{j} END, {_NEVER})"
@@ -1246,7 +1281,8 @@ class Transaction:
             f"n AS (SELECT grp, {', '.join(columns)} FROM q GROUP BY grp) "
             f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp), "
             f"(SELECT json_group_object(k, median) FROM a) FROM n",
-            {"until": until, "since": since, "path": f'$."{by}"'}).fetchall()
+            {"until": until, "since": since, "by": by,
+             "path": f'$."{by}"'}).fetchall()
         groups = []
         for row in rows:
             middle = json.loads(row[-2] or "{}")  # at most one median per stage: tiny
