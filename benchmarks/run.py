@@ -23,6 +23,7 @@ import delivery
 import embedded_file
 import evaluate
 import import_bench
+import postgres
 import scoring
 import sustained
 
@@ -42,6 +43,7 @@ SUITE = [
     ("backtest", lambda quick: backtest_bench.measure(quick, rounds=3 if quick else 11,
                                                       calls=150 if quick else 300)),
     ("sustained", sustained.measure),
+    ("PostgreSQL", postgres.measure),
 ]
 
 

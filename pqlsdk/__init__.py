@@ -21,6 +21,7 @@ from .errors import (
     StoreCorrupt,
     StoreError,
     StoreFull,
+    StoreUnavailable,
     UnknownSubject,
     ValidationError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "Status",
     "StoreBusy",
     "StoreClosed",
+    "StoreUnavailable",
     "StoreCorrupt",
     "StoreError",
     "StoreFull",

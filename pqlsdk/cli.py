@@ -24,6 +24,7 @@ from .filecheck import diagnose
 from .importer import ImportStopped, import_jsonl, open_source
 from .reports import format_backtest, format_funnel, format_rule_report, format_suggestions
 from .rules import RuleSet, load_rules
+from .store import is_postgres
 from .timestamps import coerce, to_micros
 
 
@@ -86,13 +87,13 @@ def _when(value: str | None, name: str) -> datetime | None:
 
 
 def _open(db: str, rules: str | None, *, must_exist: bool = True, **options: Any) -> Client:
-    if must_exist and db != ":memory:" and not os.path.exists(db):
-        raise BadInput(f"no database at {db} (pass --db, or import some history first)")
+    if must_exist:
+        _must_exist(db)
     return Client(db, rules=rules, **options)
 
 
 def _must_exist(db: str) -> None:
-    if db != ":memory:" and not os.path.exists(db):
+    if db != ":memory:" and not is_postgres(db) and not os.path.exists(db):
         raise BadInput(f"no database at {db} (pass --db, or import some history first)")
 
 
@@ -434,6 +435,9 @@ def doctor(db: str, busy_timeout: float, as_json: bool) -> None:
         pqlsdk doctor --db pql.db
         sqlite3 pql.db ".recover" | sqlite3 recovered.db && pqlsdk doctor --db recovered.db
     """
+    if is_postgres(db):
+        raise BadInput("doctor checks a SQLite file; on PostgreSQL use the server's own "
+                       "tools (amcheck, pg_stat_user_tables)")
     _must_exist(db)
     report = diagnose(db, busy_timeout)
     if as_json:
@@ -442,6 +446,37 @@ def doctor(db: str, busy_timeout: float, as_json: bool) -> None:
         click.echo(report.text())
     if report.problems:
         sys.exit(1)
+
+
+@main.command(name="copy")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target")
+@click.option("--schema", default="pqlsdk", show_default=True,
+              help="The PostgreSQL schema pqlsdk's tables live in.")
+def copy_(source: str, target: str, schema: str) -> None:
+    """Copy an embedded SQLite file into PostgreSQL: events, users, accounts, history,
+    qualifications, rollups, import bookkeeping and the outbox rows still pending.
+
+    Idempotent and resumable: run it again after a stop and it goes on where it stopped;
+    on a finished copy it adds nothing. Stop the application's delivery (or the
+    application) first, so that pending rows are not delivered from both stores.
+
+    \b
+    Example:
+        pqlsdk copy pql.db postgresql://app@db:5432/app
+    """
+    from .copy import copy_file, total_rows
+
+    if not is_postgres(target):
+        raise BadInput(f"the target must be a postgresql:// URL (got {target!r})")
+    if sys.stderr.isatty():
+        with click.progressbar(length=total_rows(source), label="copying",
+                               file=sys.stderr) as bar:
+            result = copy_file(source, target, schema=schema, progress=bar.update)
+    else:
+        result = copy_file(source, target, schema=schema)
+    for table, count in result.copied.items():
+        click.echo(f"{table}: {count} row(s) copied")
 
 
 @main.command()

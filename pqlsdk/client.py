@@ -31,7 +31,7 @@ from .retention import Pruner, Retention, check_windows, parse_retention, projec
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import CallbackSink, callback_name, event_message, reset_http_session
-from .store import SYNCHRONOUS, Store, Transaction
+from .store import SYNCHRONOUS, Store, Transaction, open_store
 from .suggest import Suggestion
 from .timestamps import now, to_micros
 from .validation import Call
@@ -65,7 +65,15 @@ class Client:
     >>> client.track("u1", "report_generated", {"report": "pipeline"})
     []
 
-    :param database: a path, ``":memory:"`` or a ``sqlite_utils.Database``.
+    :param database: a path, ``":memory:"`` or a ``sqlite_utils.Database`` (the embedded
+        SQLite default); or a PostgreSQL URL (``postgresql://...``, ``postgres://...``) or
+        a ``psycopg_pool.ConnectionPool``, for a fleet of app servers sharing one store.
+    :param schema: on PostgreSQL, the schema pqlsdk's tables live in (created if missing).
+    :param connect_timeout: on PostgreSQL, seconds to wait for a connection.
+    :param statement_timeout: on PostgreSQL, seconds a statement may run (None: the
+        server's setting); past it the call raises :class:`~pqlsdk.StoreUnavailable`.
+    :param lock_timeout: on PostgreSQL, seconds to wait for a row lock (None: the server's
+        setting); past it the call raises :class:`~pqlsdk.StoreBusy`.
     :param rules: a TOML path, a dict in the file's shape, or a list of :class:`Rule`.
     :param on_qualified: a callable, a list of them, or ``{"name": callable}``, called with
         each new :class:`Qualification` (see :meth:`on_qualified` for names).
@@ -116,6 +124,10 @@ class Client:
         synchronous: str = "normal",
         retention: str | timedelta | None = None,
         send: bool = True,
+        schema: str = "pqlsdk",
+        connect_timeout: float = 10.0,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring)
         keep = parse_retention(retention)
@@ -161,7 +173,10 @@ class Client:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self._qualify = functools.partial(qualify, scoring=self.rules.scoring)
-        self.store = Store(database, busy_timeout=busy_timeout, synchronous=synchronous)
+        self.store: Store = open_store(
+            database, busy_timeout=busy_timeout, synchronous=synchronous, schema=schema,
+            connect_timeout=connect_timeout, statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
                               lease=delivery_lease, send=send)
@@ -314,8 +329,7 @@ class Client:
         return validation.group(user_id, account_id, traits, timestamp=timestamp)
 
     def _record(self, call: Call) -> list[Qualification]:
-        with self.store.write() as tx:
-            created, queued = self.apply(tx, call)
+        created, queued = self.store.transact(lambda tx: self.apply(tx, call))
         _log_created(created)
         self._dispatch(queued)
         return created
@@ -326,6 +340,7 @@ class Client:
         rows were written)``. Deliver with :meth:`deliver_pending` after the commit;
         ``deliver=False`` writes no outbox rows (a backfill)."""
         ts = to_micros(call.at)
+        tx.lock_subjects(call.user_id, call.account_id)
         user, account = load_subjects(tx, call.user_id, call.account_id, ts)
         account_id = account.id if account else None
         moves: list[tuple[StageChange, Qualification]] = []
@@ -378,13 +393,19 @@ class Client:
             subjects = list(tx.subjects())
         created: list[Qualification] = []
         for start in range(0, len(subjects), EVALUATE_CHUNK):
-            with self.store.write() as tx:
+            chunk = subjects[start:start + EVALUATE_CHUNK]
+
+            def evaluate_chunk(tx: Transaction, chunk: list[tuple[str, str]] = chunk
+                               ) -> tuple[list[Qualification], bool]:
                 found: list[Qualification] = []
                 moves: list[tuple[StageChange, Qualification]] = []
-                for subject_type, subject_id in subjects[start:start + EVALUATE_CHUNK]:
+                for subject_type, subject_id in chunk:
+                    tx.lock_subject(subject_type, subject_id)
                     found += self._evaluate_subject(tx, subject_type, subject_id, at, until,
                                                     moves)
-                queued = self._enqueue(tx, found, moves, "evaluate", "", None)
+                return found, self._enqueue(tx, found, moves, "evaluate", "", None)
+
+            found, queued = self.store.transact(evaluate_chunk)
             created += found
             _log_created(found)
             self._dispatch(queued)
@@ -464,17 +485,19 @@ class Client:
         validation.free_text("reason", reason)
         at = validation.moment(timestamp)
         ts = to_micros(at)
-        with self.store.write() as tx:
+        def move(tx: Transaction) -> tuple[StageChange | None, bool]:
             if subject_type == "user":
+                tx.lock_subjects(subject_id, None)
                 subject = load_subjects(tx, subject_id, None, ts)[0]
                 member: str | None = subject_id
                 account = tx.account_of(subject_id)
             else:
+                tx.lock_subject("account", subject_id)
                 tx.add_account(subject_id, ts)
                 subject = load_subject(tx, "account", subject_id)
                 member, account = tx.latest_user(subject_id, ts), subject_id
             if subject.stage == stage:
-                return None
+                return None, False
             tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "manual",
                             reason)
             change = StageChange(subject_type, subject_id, subject.stage, stage, at, "manual",
@@ -485,7 +508,10 @@ class Client:
                                                wall_micros())
             if rows:
                 tx.enqueue(rows)
-        self._dispatch(bool(rows))
+            return change, bool(rows)
+
+        change, queued = self.store.transact(move)
+        self._dispatch(queued)
         return change
 
     def apply_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> bool:

@@ -90,6 +90,11 @@ class StoreBusy(StoreError):
     ``busy_timeout=`` (``--busy-timeout``) more time."""
 
 
+class StoreUnavailable(StoreError):
+    """The PostgreSQL server could not be reached, went away, or a statement ran past
+    ``statement_timeout``; nothing of the failed call was written. Retry later."""
+
+
 class StoreFull(StoreError):
     """The disk (or a quota, or ``max_page_count``) is full; free space and retry."""
 

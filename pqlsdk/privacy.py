@@ -36,41 +36,39 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
     history), ``qualifications`` (its own, and the account ones its events completed),
     ``staged`` (messages of an unfinished import) and ``pending_deliveries``. Raises
     :class:`~pqlsdk.UnknownSubject` for a user pqlsdk does not know."""
-    db = store.read_db  # the read connection, which store.read() guards
-    with store.read():
-        users = list(db["users"].rows_where("user_id = ?", [user_id]))
-        staged = list(db["import_staging"].rows_where("user_id = ?", [user_id],
-                                                      order_by="ts, line_no"))
+    with store.read() as tx:
+        users = tx.rows("users", "user_id = ?", [user_id])
+        staged = tx.rows("import_staging", "user_id = ?", [user_id], order_by="ts, line_no")
         if not users and not staged:
             raise UnknownSubject(f"no user {user_id!r} has been seen")
         events = [
             {"event": row["event"], "timestamp": _iso(row["ts"]),
              "properties": json.loads(row["properties"]), "account_id": row["account_id"],
              "message_id": row["message_id"]}
-            for row in db["events"].rows_where("user_id = ?", [user_id], order_by="ts, id")]
+            for row in tx.rows("events", "user_id = ?", [user_id], order_by="ts, id")]
         stages = [
             {"from_stage": row["from_stage"], "to_stage": row["to_stage"],
              "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"]}
-            for row in db["stage_changes"].rows_where(
-                "subject_type = 'user' AND subject_id = ?", [user_id], order_by="at, id")]
+            for row in tx.rows("stage_changes", "subject_type = 'user' AND subject_id = ?",
+                               [user_id], order_by="at, id")]
         qualifications = [
             {"id": row["id"], "rule": row["rule"], "stage": row["stage"],
              "subject_type": row["subject_type"], "subject_id": row["subject_id"],
              "account_id": row["account_id"], "qualified_at": _iso(row["qualified_at"]),
              "evidence": json.loads(row["evidence"])}
-            for row in db["qualifications"].rows_where(
-                "(subject_type = 'user' AND subject_id = ?) OR user_id = ?",
+            for row in tx.rows(
+                "qualifications", "(subject_type = 'user' AND subject_id = ?) OR user_id = ?",
                 [user_id, user_id], order_by="qualified_at, rowid")]
         deliveries = [
             {"destination": row["destination"], "kind": row["kind"],
              "status": row["status"], "payload": json.loads(row["payload"])}
-            for row in db["outbox"].rows_where("user_id = ?", [user_id], order_by="id")]
+            for row in tx.rows("outbox", "user_id = ?", [user_id], order_by="id")]
         pruned = [
             {"event": row["event"], "account_id": row["account_id"],
              "properties": json.loads(row["properties"]), "count": row["n"],
              "first": _iso(row["first_ts"]), "last": _iso(row["last_ts"])}
-            for row in db["event_rollups"].rows_where("user_id = ?", [user_id],
-                                                       order_by="event, first_ts")]
+            for row in tx.rows("event_rollups", "user_id = ?", [user_id],
+                                  order_by="event, first_ts")]
     user = users[0] if users else None
     return {
         "user_id": user_id,

@@ -104,6 +104,18 @@ class Worker:
         self._stop = threading.Event()
         self._lanes: dict[str, Lane] = {}
         self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+
+    def _listen(self) -> None:
+        """On PostgreSQL: wake the lanes as soon as any process on any host writes outbox
+        rows (LISTEN/NOTIFY), so an idle worker does not wait a poll interval."""
+        store = self.outbox.store
+        while not self._stop.is_set() and not store.closed:
+            try:
+                if store.wait_for_rows(self.poll_interval) and not self._stop.is_set():
+                    self.wake()
+            except StoreClosed:
+                return
 
     @property
     def running(self) -> bool:
@@ -114,6 +126,12 @@ class Worker:
         """Start (or nudge) the lane of every destination this process delivers to."""
         if self._stop.is_set():
             return
+        if self.outbox.store.engine == "postgresql" and self._listener is None:
+            with self._lock:
+                if self._listener is None:
+                    self._listener = threading.Thread(target=self._listen, daemon=True,
+                                                      name="pqlsdk-delivery:listen")
+                    self._listener.start()
         for destination in self.outbox.destinations():
             lane = self._lanes.get(destination)
             if lane is None:

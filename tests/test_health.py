@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from freezegun import freeze_time
 
 import pqlsdk
@@ -114,6 +115,7 @@ def test_health_of_an_in_memory_client_has_no_file_size():
     assert health.destinations == ()
 
 
+@pytest.mark.sqlite_only  # traces the SQLite connections' statements
 def test_health_does_not_count_events(make_client):
     client = make_client(REPORTS)
     statements = []

@@ -19,6 +19,9 @@ from .conftest import count_rows
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 RULES = [pqlsdk.Rule("busy", pqlsdk.event("report_generated", at_least=101))]
 
+#: the SQLite file itself (PRAGMAs, bytes, locks): not a contract of the PostgreSQL store
+pytestmark = pytest.mark.sqlite_only
+
 
 def build(path: str) -> None:
     """A file whose events_user index spans many leaves, ``m-ada`` (101 events) in the

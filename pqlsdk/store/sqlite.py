@@ -1,4 +1,5 @@
-"""The SQLite store: schema, migrations and every SQL statement pqlsdk runs.
+"""The SQLite store: schema, migrations and every SQL statement pqlsdk runs (the
+PostgreSQL store runs the same statements, rewritten by :mod:`pqlsdk.store.dialect`).
 
 One connection per Client, guarded by a lock; WAL, ``synchronous=NORMAL`` and a busy
 timeout; every write is one short ``BEGIN IMMEDIATE`` transaction (:meth:`Store.write`),
@@ -21,20 +22,22 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, TypeVar
 
 import sqlite_utils
 
-from . import ids
-from .errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
-from .evaluator import fold
-from .filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
-from .rules import EventCondition
-from .stages import FIRST_STAGE, STAGES
+from .. import ids
+from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
+from ..evaluator import fold
+from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
+from ..rules import EventCondition
+from ..stages import FIRST_STAGE, STAGES
+from .base import FunnelRows, StageCounts
 
+T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
 #: Larger than any timestamp: stands for "never" inside min().
 _NEVER = 2**62
@@ -435,24 +438,11 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-class StageCounts(NamedTuple):
-    """One stage of the funnel as the store counts it."""
-
-    entered: int
-    moved_on: int
-    #: The median microseconds in stage of those who moved on (None if nobody did).
-    median: float | None
-
-
-class FunnelRows(NamedTuple):
-    """:meth:`Transaction.funnel_rows`: per stage for all subjects, and per group."""
-
-    overall: list[StageCounts]
-    groups: list[tuple[Any, list[StageCounts]]]
-
-
 class Store:
     """pqlsdk's SQLite file. Use :meth:`write` for changes and :meth:`read` for queries."""
+
+    #: Which engine this store runs on (``"sqlite"`` or ``"postgresql"``).
+    engine = "sqlite"
 
     def __init__(
         self,
@@ -548,6 +538,17 @@ class Store:
         if self.corrupt is not None:
             raise self.corrupt
         return self._write
+
+    def transact(self, work: Callable[[Transaction], T]) -> T:
+        """Run ``work(tx)`` in one write transaction and commit (on SQLite it never needs
+        running again: ``BEGIN IMMEDIATE`` serializes every writer)."""
+        with self.write() as tx:
+            return work(tx)
+
+    def wait_for_rows(self, timeout: float) -> bool:
+        """PostgreSQL wakes an idle delivery worker on NOTIFY; a file has no such signal
+        (the worker polls): always False, at once."""
+        return False
 
     @contextmanager
     def read(self, timeout: float | None = None) -> Iterator[Transaction]:
@@ -738,6 +739,22 @@ class Transaction:
                         hashlib.sha256).digest()[:16]
 
     # -- events, users, accounts ----------------------------------------------------------
+
+    def lock_subjects(self, user_id: str, account_id: str | None) -> None:
+        """Serialize this call with every other on the same user and account. On SQLite the
+        write transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
+
+    def lock_subject(self, subject_type: str, subject_id: str) -> None:
+        """Serialize on one user or account (see :meth:`lock_subjects`)."""
+
+    def rows(self, table: str, where: str, args: Sequence[Any], order_by: str | None = None
+             ) -> list[dict[str, Any]]:
+        """The rows of one of pqlsdk's tables matching ``where`` (SQL with ``?`` marks;
+        ``table``, ``where`` and ``order_by`` come from pqlsdk's code, never from input)."""
+        cursor = self.conn.execute(
+            f"SELECT * FROM {table} WHERE {where}"
+            + (f" ORDER BY {order_by}" if order_by else ""), list(args))
+        return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     def insert_event(
         self,
@@ -1419,3 +1436,4 @@ def _fold(
 ) -> float:
     """Count, distinct-count or sum ``(properties JSON, how many events)`` rows."""
     return fold(((json.loads(text), n) for text, n in rows), condition, limit, matches)
+
