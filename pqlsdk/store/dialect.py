@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 
@@ -26,39 +26,34 @@ class Statement(NamedTuple):
 _WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 
 
-def _matching(sql: str, start: int) -> int:
-    """The index of the parenthesis closing the one at ``start``."""
-    depth = 0
-    quoted = False
+def _outside_quotes(sql: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """``(index, character, parenthesis depth after it)`` of each character of ``sql``
+    from ``start`` that is outside a quoted string."""
+    depth, quoted = 0, False
     for i in range(start, len(sql)):
         ch = sql[i]
         if ch == "'":
             quoted = not quoted
-        elif quoted:
             continue
-        elif ch == "(":
+        if quoted:
+            continue
+        if ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
-            if depth == 0:
-                return i
+        yield i, ch, depth
+
+
+def _matching(sql: str, start: int) -> int:
+    """The index of the parenthesis closing the one at ``start``."""
+    for i, ch, depth in _outside_quotes(sql, start):
+        if ch == ")" and depth == 0:
+            return i
     raise ValueError(f"unbalanced parentheses in {sql!r}")
 
 
 def _top_level_commas(text: str) -> int:
-    depth, count, quoted = 0, 0, False
-    for ch in text:
-        if ch == "'":
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            count += 1
-    return count
+    return sum(1 for _, ch, depth in _outside_quotes(text) if ch == "," and depth == 0)
 
 
 def _rewrite_calls(sql: str, name: str, rewrite: Callable[[str], str | None]) -> str:
