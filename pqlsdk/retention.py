@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 from .errors import PqlError, RuleError, StoreClosed, ValidationError
-from .rules import AllOf, AnyOf, Condition, EventCondition, Not, RuleSet, parse_duration
+from .rules import Condition, EventCondition, RuleSet, parse_duration, walk
 from .rules import format_duration as _format
 from .store import Store
 
@@ -59,13 +59,7 @@ def parse_retention(value: str | timedelta | None) -> timedelta | None:
 
 
 def _event_conditions(condition: Condition) -> Iterable[EventCondition]:
-    if isinstance(condition, EventCondition):
-        yield condition
-    elif isinstance(condition, AllOf | AnyOf):
-        for part in condition.conditions:
-            yield from _event_conditions(part)
-    elif isinstance(condition, Not):
-        yield from _event_conditions(condition.condition)
+    return (c for c in walk(condition) if isinstance(c, EventCondition))
 
 
 def check_windows(ruleset: RuleSet, keep: timedelta) -> None:

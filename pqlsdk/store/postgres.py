@@ -400,6 +400,19 @@ class PostgresStore:
             if self.lock_timeout is not None:
                 conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout * 1000)}")
 
+    @contextmanager
+    def _in_transaction(self, conn: Any) -> Iterator[PgTransaction]:
+        """BEGIN on ``conn``; COMMIT when the block ends, ROLLBACK when it raises."""
+        try:
+            self._begin(conn)
+            yield PgTransaction(_Connection(conn))  # type: ignore[arg-type]
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != 0:
+                with suppress(Exception):
+                    conn.execute("ROLLBACK")
+            raise
+
     def _check_open(self) -> None:
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
@@ -414,19 +427,11 @@ class PostgresStore:
                 self._check_open()
                 try:
                     with self._connection(read=False) as conn:
-                        try:
-                            if migrate:
-                                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                            self._begin(conn)
-                            tx = PgTransaction(_Connection(conn))  # type: ignore[arg-type]
+                        if migrate:
+                            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+                        with self._in_transaction(conn) as tx:
                             result = work(tx)
-                            conn.execute("COMMIT")
-                            return result
-                        except BaseException:
-                            if not conn.closed and conn.info.transaction_status != 0:
-                                with suppress(Exception):
-                                    conn.execute("ROLLBACK")
-                            raise
+                        return result
                 except Exception as exc:
                     if not _is_psycopg_error(exc):
                         raise
@@ -445,16 +450,8 @@ class PostgresStore:
         with self.lock:
             self._check_open()
             try:
-                with self._connection(read=False) as conn:
-                    self._begin(conn)
-                    try:
-                        yield PgTransaction(_Connection(conn))  # type: ignore[arg-type]
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if not conn.closed and conn.info.transaction_status != 0:
-                            with suppress(Exception):
-                                conn.execute("ROLLBACK")
-                        raise
+                with self._connection(read=False) as conn, self._in_transaction(conn) as tx:
+                    yield tx
             except Exception as exc:
                 if _is_psycopg_error(exc):
                     raise translate(exc, self.where) from exc
