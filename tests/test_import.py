@@ -16,7 +16,7 @@ import pqlsdk
 from pqlsdk.importer import import_jsonl
 
 from .conftest import count_rows
-from .history import RULES, apply_live, messages, outcome
+from .history import RULES, apply_live, messages, outcome, tied_messages
 
 HISTORY = messages(4000)
 
@@ -41,15 +41,43 @@ def live(tmp_path_factory):
     return result
 
 
-def test_replay_of_a_shuffled_file_equals_live(tmp_path, live):
+def test_replay_of_a_shuffled_file_equals_live(tmp_path, live, make_client, monkeypatch):
     shuffled = HISTORY[:]
     random.Random(3).shuffle(shuffled)
     source = write_jsonl(tmp_path / "history.jsonl", shuffled)
-    client = pqlsdk.Client(str(tmp_path / "replay.db"), rules=RULES)
+    client = make_client(RULES)
+    monkeypatch.setattr(pqlsdk.importer, "CHUNK", 700)  # six runs spilled and merged
     result = import_jsonl(client, source)
     assert (result.read, result.applied, result.errors) == (4000, 4000, ())
     assert outcome(client) == live
-    client.close()
+
+
+def test_replay_with_timestamps_shared_by_one_user_equals_live(tmp_path, make_client):
+    # Six users, 40% of messages at the same instant as the one before: a user's or an
+    # account's later event at the same microsecond must not count for the earlier one.
+    rules = {**RULES, "rules": [*RULES["rules"], {"name": "reads_quietly", "all": [
+        {"event": "report_generated", "at_least": 3},
+        {"event": "page_viewed", "at_most": 4}]}]}
+    history = tied_messages(1500)
+    live = pqlsdk.Client(str(tmp_path / "live.db"), rules=rules)
+    apply_live(live, history)
+    expected = outcome(live)
+    live.close()
+    assert len(expected[0]) > 10
+    source = write_jsonl(tmp_path / "history.jsonl", history)
+    client = make_client(rules)
+    result = import_jsonl(client, source)
+    assert (result.applied, result.errors) == (1500, ())
+    assert outcome(client) == expected
+
+
+def test_replay_of_a_file_in_time_order_equals_live(tmp_path, live, make_client):
+    ordered = sorted(HISTORY, key=lambda m: pqlsdk.timestamps.coerce(m["timestamp"]))
+    source = write_jsonl(tmp_path / "history.jsonl", ordered)
+    client = make_client(RULES)
+    result = import_jsonl(client, source)
+    assert (result.read, result.applied, result.errors) == (4000, 4000, ())
+    assert outcome(client) == live
 
 
 def test_reimporting_the_same_file_adds_nothing(tmp_path):
@@ -249,15 +277,15 @@ def test_a_message_that_fails_to_apply_is_reported_and_its_batch_still_lands(tmp
                                                                              monkeypatch):
     source = write_jsonl(tmp_path / "h.jsonl", HISTORY[:300])
     client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
-    victim = HISTORY[150]
-    apply = client.apply
+    victim = pqlsdk.timestamps.to_micros(pqlsdk.timestamps.coerce(HISTORY[150]["timestamp"]))
+    insert_events = type(client.store._tx).insert_events
 
-    def failing(tx, call, **options):
-        if call.at == pqlsdk.timestamps.coerce(victim["timestamp"]):
+    def failing(tx, rows):
+        if any(row[4] == victim for row in rows):
             raise OverflowError("a value the store cannot hold")
-        return apply(tx, call, **options)
+        return insert_events(tx, rows)
 
-    monkeypatch.setattr(client, "apply", failing)
+    monkeypatch.setattr(type(client.store._tx), "insert_events", failing)
     result = import_jsonl(client, source)
     assert result.errors == ((151, "a value out of range (a value the store cannot hold), "
                                    "e.g. a timestamp past year 1 or 9999 in UTC"),)

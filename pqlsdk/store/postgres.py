@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
 from ..stages import STAGES
 from .dialect import bind, to_postgres
-from .sqlite import Transaction
+from .sqlite import IMPORT_CHECKPOINTS, Transaction
 
 if TYPE_CHECKING:
     import psycopg_pool
@@ -37,7 +37,7 @@ T = TypeVar("T")
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: How many times a transaction is retried before the error reaches the caller.
@@ -109,8 +109,11 @@ _V2 = [
     "EXECUTE FUNCTION outbox_notify()",
 ]
 
+#: (issue 21) imports resume from a checkpoint per source file, not a staging row per message
+_V3_IMPORT_CHECKPOINTS = [IMPORT_CHECKPOINTS]
+
 #: (statements, the oldest package schema generation that can still use the result)
-MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1)]
+MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_V3_IMPORT_CHECKPOINTS, 1)]
 
 
 def _psycopg() -> Any:

@@ -335,10 +335,25 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
                    "WHERE instr(payload, ?1)", (old, new))
 
 
+def _import_checkpoints(db: sqlite_utils.Database) -> None:
+    """(issue 21) An import resumes from a checkpoint per source file (the last message
+    applied, in replay order) instead of a staging row per message. ``import_staging`` is
+    no longer written (kept one release for files an older version left half-imported;
+    ``import_done`` still remembers identify/group/stage message ids)."""
+    db.execute(IMPORT_CHECKPOINTS)
+
+
+#: The table behind :meth:`Transaction.import_checkpoint` (both engines).
+IMPORT_CHECKPOINTS = (
+    "CREATE TABLE import_checkpoints (source TEXT PRIMARY KEY, ts BIGINT NOT NULL, "
+    "line_no BIGINT NOT NULL, applied BIGINT NOT NULL, updated_at BIGINT NOT NULL)")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
     _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
+    _import_checkpoints,  # issue 21
 ]
 
 
@@ -1197,6 +1212,58 @@ class Transaction:
             rows,
         )
         return self.conn.total_changes - before
+
+    def insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store ``(message id, user id, account id, event, ts, properties JSON)`` rows in
+        one ``executemany`` (an import's batch; the ids were checked new: a duplicate
+        raises)."""
+        self.conn.executemany(
+            "INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
+            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def imported(self, message_ids: list[str]) -> set[str]:
+        """Which of ``message_ids`` are stored already (an event's, or an imported
+        identify/group/stage's) or belong to a forgotten user: an import skips them."""
+        found: set[str] = set()
+        for start in range(0, len(message_ids), 500):
+            chunk = message_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(m for (m,) in self.conn.execute(
+                f"SELECT message_id FROM events WHERE message_id IN ({marks}) UNION ALL "
+                f"SELECT message_id FROM import_done WHERE message_id IN ({marks})",
+                chunk + chunk))
+        if message_ids and self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
+            hashes = {self.forgotten_hash(m): m for m in message_ids}
+            keys = list(hashes)
+            for start in range(0, len(keys), 500):
+                part = keys[start:start + 500]
+                marks = ",".join("?" * len(part))
+                found.update(hashes[bytes(h)] for (h,) in self.conn.execute(
+                    f"SELECT hash FROM forgotten WHERE hash IN ({marks})", part))
+        return found
+
+    def remember_imported(self, rows: list[tuple[str, str | None]]) -> None:
+        """Remember ``(message id, user id)`` of imported identify/group/stage messages (a
+        track is remembered by its event's message id)."""
+        self.conn.executemany("INSERT INTO import_done (message_id, user_id) VALUES (?, ?) "
+                              "ON CONFLICT DO NOTHING", rows)
+
+    def import_checkpoint(self, source: str) -> tuple[int, int, int] | None:
+        """``(ts, line number, messages applied)`` of the last message an import of
+        ``source`` (a digest of the file) applied, in replay order, or None."""
+        row = self.conn.execute("SELECT ts, line_no, applied FROM import_checkpoints "
+                                "WHERE source = ?", (source,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def set_import_checkpoint(self, source: str, ts: int, line: int, applied: int,
+                              now: int) -> None:
+        """Record, in the batch's own transaction, how far an import of ``source`` got."""
+        self.conn.execute(
+            "INSERT INTO import_checkpoints (source, ts, line_no, applied, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET ts = excluded.ts, "
+            "line_no = excluded.line_no, applied = excluded.applied, "
+            "updated_at = excluded.updated_at", (source, ts, line, applied, now))
 
     def staged_count(self) -> int:
         """Messages waiting for replay."""
