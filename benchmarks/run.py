@@ -34,7 +34,9 @@ import import_bench
 import postgres
 import results
 import scoring
+import statements
 import sustained
+import threads
 
 import funnel
 import track
@@ -48,6 +50,8 @@ SUITE = [
     ("scoring", lambda quick: scoring.measure(quick, rounds=3 if quick else 11)),
     ("import", import_bench.measure),
     ("four processes", concurrency.measure),
+    ("threads", lambda quick: threads.measure(quick, rounds=3 if quick else 7)),
+    ("statements", statements.measure),
     ("evaluate", evaluate.measure),
     ("funnel", funnel.measure),
     ("embedded file", lambda quick: embedded_file.measure(quick, rounds=5 if quick else 11)),

@@ -20,6 +20,7 @@ import sqlite_utils
 from . import backtest as backtests
 from . import privacy, reports, validation
 from . import suggest as suggestions
+from .commits import SharedCommits
 from .errors import DeliveryNameWarning, StoreBusy, UnknownSubject, ValidationError
 from .evaluator import measure
 from .health import Health, build_health
@@ -98,6 +99,10 @@ class Client:
         values, sums and scores without a window stay exact. A rule whose window is longer
         is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
+    :param shared_commits: calls made at the same time from several threads are applied
+        by one of them in one transaction (each in a savepoint of its own) and each returns
+        once that transaction committed (see the README's "Threads"); ``False``: one
+        transaction per call.
     :param send: ``False`` records, evaluates, stores qualifications and runs callbacks but
         never contacts Segment: Segment's outbox rows are written and stay pending (see
         :meth:`health`), for environments that must send nothing remotely; :meth:`flush`
@@ -128,6 +133,7 @@ class Client:
         connect_timeout: float = 10.0,
         statement_timeout: float | None = None,
         lock_timeout: float | None = None,
+        shared_commits: bool = True,
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring)
         keep = parse_retention(retention)
@@ -177,6 +183,8 @@ class Client:
             database, busy_timeout=busy_timeout, synchronous=synchronous, schema=schema,
             connect_timeout=connect_timeout, statement_timeout=statement_timeout,
             lock_timeout=lock_timeout)
+        self._shared_commits = shared_commits
+        self._commits = SharedCommits(self.store)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
                               lease=delivery_lease, send=send)
@@ -329,7 +337,8 @@ class Client:
         return validation.group(user_id, account_id, traits, timestamp=timestamp)
 
     def _record(self, call: Call) -> list[Qualification]:
-        created, queued = self.store.transact(lambda tx: self.apply(tx, call))
+        run = self._commits.run if self._shared_commits else self.store.transact
+        created, queued = run(lambda tx: self.apply(tx, call))
         _log_created(created)
         self._dispatch(queued)
         return created
@@ -980,6 +989,7 @@ def _forget_after_fork(client: Client) -> None:
         if child is None or child._closed:
             return
         child.store.reopen_after_fork()
+        child._commits = SharedCommits(child.store)
         child._worker = Worker(child._outbox, child._worker.poll_interval)
         child._outbox.after_fork()
         child._closing = threading.Event()

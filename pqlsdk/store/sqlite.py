@@ -753,6 +753,21 @@ class Transaction:
         return hmac.new(self._forget_key, message_id.encode("utf-8", "surrogatepass"),
                         hashlib.sha256).digest()[:16]
 
+    # -- savepoints (shared commits: one per call of a batch) ------------------------------
+
+    def savepoint(self) -> None:
+        """Mark where the next call of a shared batch starts."""
+        self.conn.execute("SAVEPOINT pqlsdk_call")
+
+    def release_savepoint(self) -> None:
+        """Keep what the call did since :meth:`savepoint`."""
+        self.conn.execute("RELEASE SAVEPOINT pqlsdk_call")
+
+    def rollback_to_savepoint(self) -> None:
+        """Undo what the call did since :meth:`savepoint` (the others of the batch stay)."""
+        self.conn.execute("ROLLBACK TO SAVEPOINT pqlsdk_call")
+        self.conn.execute("RELEASE SAVEPOINT pqlsdk_call")
+
     # -- events, users, accounts ----------------------------------------------------------
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
