@@ -32,7 +32,7 @@ from .retention import Pruner, Retention, check_windows, parse_retention, projec
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import CallbackSink, callback_name, event_message, reset_http_session
-from .store import SYNCHRONOUS, Store, Transaction, open_store
+from .store import EVENT_REF_FORMAT, SYNCHRONOUS, Store, Transaction, open_store
 from .suggest import Suggestion
 from .timestamps import now, to_micros
 from .validation import Call
@@ -353,9 +353,11 @@ class Client:
         user, account = load_subjects(tx, call.user_id, call.account_id, ts)
         account_id = account.id if account else None
         moves: list[tuple[StageChange, Qualification]] = []
+        event_id = None
         if call.kind == "track":
-            if not tx.insert_event(call.message_id, call.user_id, account_id, call.event, ts,
-                                   call.data_json):
+            event_id = tx.insert_event(call.message_id, call.user_id, account_id, call.event,
+                                       ts, call.data_json)
+            if event_id is None:
                 return [], False
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
@@ -376,16 +378,22 @@ class Client:
                                     at=call.at, moves=moves)
         if not deliver or not (created or self.forward_events):
             return created, False
-        message = None
-        if self.forward_events:
-            fields: dict[str, Any] = (
-                {"event": call.event, "properties": json.loads(call.data_json)}
-                if call.kind == "track"
-                else {"traits": call.data} if call.kind == "identify"
-                else {"groupId": account_id, "traits": call.data})
-            message = event_message(call.kind, call.user_id, _iso(call.at),
-                                    call.message_id or _new_id(), account_id, **fields)
-        return created, self._enqueue(tx, created, moves, call.kind, call.user_id, message)
+        queued = self._enqueue(tx, created, moves, call.kind, call.user_id, None)
+        if not self.forward_events:
+            return created, queued
+        stamp = wall_micros()
+        if event_id is not None:  # a reference to the event row, built at delivery
+            tx.enqueue([self._outbox.event_row(
+                event_id, None if call.message_id else _new_id(), call.user_id, stamp)],
+                EVENT_REF_FORMAT)
+            return created, True
+        fields: dict[str, Any] = (
+            {"traits": call.data} if call.kind == "identify"
+            else {"groupId": account_id, "traits": call.data})
+        message = event_message(call.kind, call.user_id, _iso(call.at), _new_id(), account_id,
+                                **fields)
+        tx.enqueue([self._outbox.segment_row(call.kind, call.user_id, message, stamp)])
+        return created, True
 
     def deliver_pending(self) -> None:
         """After an :meth:`apply` that wrote outbox rows: deliver (``sync_mode``) or wake the

@@ -2,7 +2,8 @@
 
 Copies events, users, accounts (traits, stage, rounds), stage history, qualifications,
 pruned-event rollups, the import bookkeeping, forgotten ids and the outbox rows still
-pending or failed. Idempotent and resumable: each table is copied in chunks in the file's
+pending or failed (a mirrored track's row, which refers to its event by the file's id,
+goes as the message itself). Idempotent and resumable: each table is copied in chunks in the file's
 id order, each chunk committed with how far it got (table ``copy_progress``, per source
 file), so a stopped copy resumes where it stopped and a second run adds nothing. Rows keyed
 by their own id (users, accounts, qualifications, import ids) are inserted unless there.
@@ -14,12 +15,16 @@ by their own id (users, accounts, qualifications, import ids) are inserted unles
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .sinks import event_message
 from .store.postgres import PostgresStore
+from .store.sqlite import EVENT_REF_FORMAT, PAYLOAD_FORMAT
 from .store.sqlite import Store as SqliteStore
+from .timestamps import from_micros
 
 #: Rows per transaction.
 CHUNK = 5_000
@@ -94,6 +99,31 @@ def copy_file(path: str, database: Any, *, schema: str = "pqlsdk",
         target.close()
 
 
+def _portable(source: sqlite3.Connection, columns: list[str], row: tuple[Any, ...]
+              ) -> tuple[Any, ...]:
+    """An outbox row as the server can deliver it: a mirrored track's reference to its
+    event row (format 2: event ids differ once copied) becomes the message itself (format
+    1), built from the file's event; one whose event is gone keeps an id no event has, so
+    it fails alone at delivery as it would have here."""
+    at = {name: n for n, name in enumerate(columns)}
+    if row[at["format"]] != EVENT_REF_FORMAT:
+        return row
+    payload = json.loads(row[at["payload"]])
+    event = source.execute("SELECT message_id, user_id, account_id, event, ts, properties "
+                           "FROM events WHERE id = ?", (payload.get("event_id"),)).fetchone()
+    values = list(row)
+    if event is None:
+        values[at["payload"]] = json.dumps({"event_id": 0})
+        return tuple(values)
+    message_id, user_id, account_id, name, ts, properties = event
+    message = event_message("track", user_id, from_micros(ts).isoformat(
+        timespec="milliseconds"), message_id or payload.get("message_id"), account_id,
+        event=name, properties=json.loads(properties))
+    values[at["payload"]] = json.dumps([message])
+    values[at["format"]] = PAYLOAD_FORMAT
+    return tuple(values)
+
+
 def total_rows(path: str) -> int:
     """How many rows :func:`copy_file` reads from the file (for a progress bar)."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
@@ -127,6 +157,8 @@ def _copy_table(source: sqlite3.Connection, target: PostgresStore, key: str, tab
             return copied
         last = rows[-1][0]
         values = [row[1:] for row in rows]
+        if table == "outbox":
+            values = [_portable(source, columns, row) for row in values]
 
         def write(tx: Any, values: list[tuple[Any, ...]] = values, last: int = last) -> int:
             raw = tx.conn.raw

@@ -34,10 +34,11 @@ from .sinks import (
     NotAttempted,
     Retry,
     SegmentSink,
+    event_message,
     qualification_messages,
     stage_messages,
 )
-from .store import PAYLOAD_FORMAT, Store, StoreClosed
+from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed
 from .timestamps import from_micros
 
 log = logging.getLogger("pqlsdk")
@@ -68,13 +69,18 @@ class PassResult(NamedTuple):
 
 def _decode(row: dict[str, Any]) -> Any:
     """A row's payload, or :class:`Undeliverable` if this release cannot read it."""
-    if row.get("format") != PAYLOAD_FORMAT:
+    if row.get("format") not in (PAYLOAD_FORMAT, EVENT_REF_FORMAT):
         raise Undeliverable(f"outbox payload format {row.get('format')!r} is not "
-                            f"{PAYLOAD_FORMAT}, the one this pqlsdk reads")
+                            f"{PAYLOAD_FORMAT} or {EVENT_REF_FORMAT}, the ones this pqlsdk "
+                            f"reads")
     try:
         payload = json.loads(row["payload"])
     except (TypeError, ValueError) as exc:
         raise Undeliverable(f"outbox payload is not JSON: {exc}") from None
+    if row.get("format") == EVENT_REF_FORMAT:
+        if not (isinstance(payload, dict) and type(payload.get("event_id")) is int):
+            raise Undeliverable("a mirrored event's row must name its event_id")
+        return payload
     if row["kind"] == "qualification":
         if not (isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str)):
             raise Undeliverable("a qualification row must name its qualification_id")
@@ -270,8 +276,20 @@ class Outbox:
     @staticmethod
     def segment_row(kind: str, user_id: str, message: dict[str, Any], now: int
                     ) -> tuple[str, str, str | None, str, int]:
-        """An outbox row mirroring one track/identify/group call to Segment."""
+        """An outbox row mirroring one identify/group call to Segment (the message itself:
+        these calls have no event row to refer to)."""
         return (SEGMENT, kind, user_id, json.dumps([message], default=json_default), now)
+
+    @staticmethod
+    def event_row(event_id: int, message_id: str | None, user_id: str, now: int
+                  ) -> tuple[str, str, str | None, str, int]:
+        """An outbox row mirroring one track call to Segment, of
+        :data:`~pqlsdk.store.EVENT_REF_FORMAT`: a reference to the event row and the
+        ``messageId`` the call did not give (None when the event row holds it); the
+        message is built from the event row when it is delivered."""
+        payload = (f'{{"event_id": {int(event_id)}}}' if message_id is None
+                   else json.dumps({"event_id": event_id, "message_id": message_id}))
+        return (SEGMENT, "track", user_id, payload, now)
 
     # -- delivering -------------------------------------------------------------------------
 
@@ -333,6 +351,7 @@ class Outbox:
                 payloads[index] = _decode(row)
             except Undeliverable as exc:
                 results[index] = exc
+        self._build_events(rows, payloads, results)
         named = {p["qualification_id"] for i, p in payloads.items()
                  if rows[i]["kind"] == "qualification"}
         found: dict[str, Qualification] = {}
@@ -362,6 +381,35 @@ class Outbox:
             for (index, _), outcome in zip(items, outcomes, strict=True):
                 results[index] = outcome
         return results
+
+    def _build_events(self, rows: list[dict[str, Any]], payloads: dict[int, Any],
+                      results: list[Exception | None]) -> None:
+        """Replace each mirrored event's reference (format 2) by its Segment message, read
+        from the event row in one query; a row whose event is gone (pruned by retention)
+        fails alone."""
+        refs = [i for i in payloads if rows[i].get("format") == EVENT_REF_FORMAT]
+        if not refs:
+            return
+        with self.store.read() as tx:
+            events = tx.events_by_id(sorted({payloads[i]["event_id"] for i in refs}))
+        for index in refs:  # replaced in place: the rows keep their order
+            payload = payloads[index]
+            event = events.get(payload["event_id"])
+            if event is None:
+                del payloads[index]
+                results[index] = Undeliverable(
+                    f"its event (id {payload['event_id']}) is no longer stored (pruned by "
+                    f"retention before it was delivered)")
+                continue
+            message_id, user_id, account_id, name, ts, properties = event
+            try:
+                payloads[index] = [event_message(
+                    "track", user_id, from_micros(ts).isoformat(timespec="milliseconds"),
+                    message_id or payload.get("message_id"), account_id, event=name,
+                    properties=json.loads(properties))]
+            except Exception as exc:  # a damaged row fails alone
+                del payloads[index]
+                results[index] = Undeliverable(f"its event cannot be read: {exc}")
 
     def _settle(self, rows: list[dict[str, Any]], results: list[Exception | None],
                 token: str) -> int:

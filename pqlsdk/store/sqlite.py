@@ -273,6 +273,11 @@ def _shadow_and_rule_versions(db: sqlite_utils.Database) -> None:
 #: Format 1: a qualification row holds ``{"qualification_id", "moved_to"}``; every other
 #: row holds the list of Segment messages it sends.
 PAYLOAD_FORMAT = 1
+#: (issue 21) Format 2: a ``forward_events`` track row holds a reference to its event row
+#: and what that row lacks, ``{"event_id", "message_id"}`` (the Segment ``messageId`` when
+#: the call gave none); its message is built from the event row at delivery. Rows of format
+#: 1 still deliver.
+EVENT_REF_FORMAT = 2
 
 
 def _outbox_claims_and_payload_format(db: sqlite_utils.Database) -> None:
@@ -794,14 +799,15 @@ class Transaction:
         event: str,
         ts: int,
         properties: str,
-    ) -> bool:
-        """Store one event; False when ``message_id`` was already stored (nothing changes)."""
-        cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO events (message_id, user_id, account_id, event, ts, "
-            "properties) VALUES (?, ?, ?, ?, ?, ?)",
+    ) -> int | None:
+        """Store one event and return its id; None when ``message_id`` was already stored
+        (nothing changes)."""
+        rows = self.conn.execute(
+            "INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
             (message_id, user_id, account_id, event, ts, properties),
-        )
-        return cursor.rowcount == 1
+        ).fetchall()
+        return rows[0][0] if rows else None
 
     def user_snapshot(self, user_id: str) -> tuple[Any, ...] | None:
         """In one statement, what evaluating a user and its account needs: the user's
@@ -984,13 +990,28 @@ class Transaction:
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]]) -> None:
-        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once."""
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]],
+                payload_format: int = PAYLOAD_FORMAT) -> None:
+        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once, their
+        payloads of ``payload_format``."""
         self.conn.executemany(
             "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
-            f"created_at, format) VALUES (?, ?, ?, ?, ?5, ?5, {PAYLOAD_FORMAT})",
+            f"created_at, format) VALUES (?, ?, ?, ?, ?5, ?5, {int(payload_format)})",
             rows,
         )
+
+    def events_by_id(self, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+        """``id -> (message_id, user_id, account_id, event, ts, properties)`` of the events
+        still stored among ``ids`` (a mirrored track's row, at delivery)."""
+        found: dict[int, tuple[Any, ...]] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.conn.execute(
+                    f"SELECT id, message_id, user_id, account_id, event, ts, properties "
+                    f"FROM events WHERE id IN ({marks})", part):
+                found[row[0]] = tuple(row[1:])
+        return found
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
