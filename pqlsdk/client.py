@@ -22,6 +22,7 @@ from . import suggest as suggestions
 from .calls import Call
 from .engine import Engine, known_subject
 from .errors import DeliveryNameWarning, StoreBusy, ValidationError
+from .explain import explain_lines
 from .facts import SubjectFacts, load_subject
 from .health import Health, build_health
 from .models import Qualification, StageChange, Status
@@ -621,7 +622,7 @@ class Client:
                 account = tx.account_of(subject_id)
                 if account is not None:
                     statuses.append(self.engine.status(tx, "account", account, until))
-        return "\n".join(line for status in statuses for line in _explain_lines(status))
+        return "\n".join(line for status in statuses for line in explain_lines(status))
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -846,18 +847,3 @@ def _forget_after_fork(client: Client) -> None:
 
 def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:
     return validation.subject(user_id, account_id)
-
-
-def _explain_lines(status: Status) -> list[str]:
-    lines = [f"{status.subject_type} {status.subject_id}: stage {status.stage}"]
-    for qualification in status.qualifications:
-        when = qualification.qualified_at.strftime("%Y-%m-%d %H:%M UTC")
-        lines.append(f"  ✓ {qualification.rule}: qualified {when} → {qualification.stage}")
-        lines += qualification.evidence.lines("      ")
-    for name, progress in status.progress.items():
-        lines.append(f"  ✗ {name}: not yet")
-        lines += progress.lines("      ")
-    if len(lines) == 1:
-        lines.append("  (no rules for this subject)")
-    return lines
-

@@ -35,11 +35,11 @@ from .calls import Call
 from .errors import UnknownSubject
 from .evaluator import measure
 from .facts import Subject, SubjectFacts, load_subject, load_subjects
+from .messages import call_message
 from .models import Qualification, StageChange, Status
 from .outbox import Outbox, wall_micros
 from .qualifier import done_key, qualify
 from .rules import Rule, RuleSet
-from .sinks import event_message
 from .store import Transaction
 from .timestamps import to_micros
 
@@ -133,15 +133,7 @@ class Engine:
                                     at=call.at, moves=moves)
         if not deliver or not (created or self.forward_events):
             return Outcome(tuple(created), tuple(moves))
-        message = None
-        if self.forward_events:
-            fields: dict[str, Any] = (
-                {"event": call.event, "properties": json.loads(call.data_json)}
-                if call.kind == "track"
-                else {"traits": call.data} if call.kind == "identify"
-                else {"groupId": account_id, "traits": call.data})
-            message = event_message(call.kind, call.user_id, _iso(call.at),
-                                    call.message_id or _new_id(), account_id, **fields)
+        message = call_message(call, account_id) if self.forward_events else None
         queued = self._enqueue(tx, created, moves, call.kind, call.user_id, message)
         return Outcome(tuple(created), tuple(moves), queued=queued)
 
@@ -280,10 +272,6 @@ def merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]
     text = json.dumps(merged, sort_keys=True)
     tx.set_traits(subject.type, subject.id, text)
     return subject._replace(traits_json=text), changed
-
-
-def _iso(at: datetime) -> str:
-    return at.isoformat(timespec="milliseconds")
 
 
 def _new_id() -> str:
