@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from .facts import Subject, load_subject
 from .models import Qualification, StageChange
-from .qualifier import Subject, load_subject
 from .rules import Rule
 from .store import Transaction
 from .timestamps import from_micros

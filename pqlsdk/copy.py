@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .sinks import event_message
+from .messages import event_message
 from .store.postgres import PostgresStore
 from .store.sqlite import EVENT_REF_FORMAT, PAYLOAD_FORMAT
 from .store.sqlite import Store as SqliteStore

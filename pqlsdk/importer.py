@@ -42,10 +42,11 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
-from . import bulk, validation
-from .client import Call, Client
+from . import bulk, calls, validation
+from .calls import Call
+from .client import Client
+from .engine import Outcome
 from .errors import PqlError, StoreError, ValidationError
-from .models import Qualification
 from .outbox import wall_micros
 from .runs import SortedRuns
 from .store import Transaction
@@ -206,7 +207,7 @@ def _text_check(*values: str | None) -> None:
             value.encode("utf-8")
 
 
-def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
+def parse_message(line: str) -> tuple[str, int, Call] | str:
     """``(message id, timestamp, validated call)``, or the other message type to skip, for
     one JSONL line; raises :class:`ValidationError` saying what is wrong with it."""
     try:
@@ -234,17 +235,17 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
     if not isinstance(context, dict):
         context = {}
     if kind == "track":
-        call = client.prepare_track(user_id, message.get("event"), message.get("properties"),
-                                    account_id=context.get("groupId"), timestamp=at,
-                                    message_id=message.get("messageId"))
+        call = calls.prepare_track(user_id, message.get("event"), message.get("properties"),
+                                   account_id=context.get("groupId"), timestamp=at,
+                                   message_id=message.get("messageId"))
     elif kind == "identify":
-        call = client.prepare_identify(user_id, message.get("traits"), timestamp=at,
-                                       account_id=context.get("groupId"))
+        call = calls.prepare_identify(user_id, message.get("traits"), timestamp=at,
+                                      account_id=context.get("groupId"))
     else:
         if message.get("groupId") is None:
             raise ValidationError("groupId is required for a group message")
-        call = client.prepare_group(user_id, message.get("groupId"), message.get("traits"),
-                                    timestamp=at)
+        call = calls.prepare_group(user_id, message.get("groupId"), message.get("traits"),
+                                   timestamp=at)
     message_id = message.get("messageId")
     if isinstance(message_id, str) and message_id:
         message_id = validation.identifier("messageId", message_id)
@@ -264,7 +265,7 @@ def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
         raise ValidationError("a stage message needs exactly one of userId or groupId")
     if message.get("timestamp") is None:
         raise ValidationError("timestamp is required to replay in time order")
-    call = validation.stage_change(user_id, group_id, message.get("stage"),
+    call = calls.prepare_stage(user_id, group_id, message.get("stage"),
                                    message.get("reason"), timestamp=message.get("timestamp"))
     message_id = message.get("messageId")
     if isinstance(message_id, str) and message_id:
@@ -320,10 +321,10 @@ class Message(NamedTuple):
                           self.event or "", self.data)
 
 
-def _message(number: int, raw: bytes | str, client: Client) -> Message | str:
+def _message(number: int, raw: bytes | str) -> Message | str:
     """The message of one line, or the other message type to skip; raises whatever makes
     the line bad."""
-    parsed = parse_message(_decode(raw), client)
+    parsed = parse_message(_decode(raw))
     if isinstance(parsed, str):
         return parsed
     message_id, ts, call = parsed
@@ -338,8 +339,9 @@ class _Import:
 
     def __init__(self, client: Client, strict: bool, deliver: bool) -> None:
         self.client, self.store, self.strict, self.deliver = client, client.store, strict, deliver
+        self.engine = client.engine
+        self.engine = client.engine
         self.errors: list[tuple[int, str]] = []
-        self.rules = bulk.Rules(client._by_event, client._qualify)
         self.applied = self.qualified = self.failed = 0
 
     def bad(self, number: int, reason: str) -> None:
@@ -360,7 +362,7 @@ class _Import:
                 digest.update(raw if isinstance(raw, bytes)
                               else raw.encode("utf-8", "surrogatepass"))
                 try:
-                    message = _message(number, raw, self.client)
+                    message = _message(number, raw)
                 except Exception as exc:  # a bad line, whatever it holds: reported, not fatal
                     self.bad(number, describe(exc))
                     continue
@@ -428,9 +430,7 @@ class _Import:
             if message.message_id not in known:
                 known.add(message.message_id)  # the same id twice in a file: once
                 fresh.append(message)
-        created: list[Qualification] = []
-        moves: list[bulk.Move] = []
-        queued = False
+        outcome = Outcome()
         tracks: list[bulk.Track] = []
         whole = not (self.deliver and self.client.forward_events)  # a mirror row per call
         for message in fresh:
@@ -438,25 +438,15 @@ class _Import:
                 tracks.append(message.track())
                 continue
             if tracks:
-                result = bulk.apply_tracks(tx, self.rules, tracks)
-                created += result.qualifications
-                moves += result.moves
+                outcome = outcome.merge(self.engine.replay_tracks(tx, tracks,
+                                                                  deliver=self.deliver))
                 tracks = []
-            call = message.call()
-            if message.kind == "stage":
-                queued |= self.client.apply_stage(tx, call, deliver=self.deliver)
-            else:
-                made, wrote = self.client.apply(tx, call, deliver=self.deliver)
-                created += made
-                queued |= wrote
+            outcome = outcome.merge(self.engine.replay(tx, message.call(),
+                                                       deliver=self.deliver))
         if tracks:
-            result = bulk.apply_tracks(tx, self.rules, tracks)
-            created += result.qualifications
-            moves += result.moves
+            outcome = outcome.merge(self.engine.replay_tracks(tx, tracks, deliver=self.deliver))
         tx.remember_imported([(m.message_id, m.user_id) for m in fresh if m.kind != "track"])
-        if self.deliver and created:
-            queued |= self.client._enqueue(tx, created, moves, "evaluate", "", None)
         last = batch[-1]
         tx.set_import_checkpoint(key, last.ts, last.line, self.applied + len(fresh),
                                  wall_micros())
-        return len(fresh), len(created), queued
+        return len(fresh), len(outcome.qualifications), outcome.queued

@@ -27,17 +27,9 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from .messages import event_message, qualification_messages, stage_messages
 from .models import Qualification, StageChange, json_default
-from .sinks import (
-    CallbackSink,
-    Fatal,
-    NotAttempted,
-    Retry,
-    SegmentSink,
-    event_message,
-    qualification_messages,
-    stage_messages,
-)
+from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
 from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed
 from .timestamps import from_micros
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+from pqlsdk.messages import event_message
 from pqlsdk.outbox import Outbox
-from pqlsdk.sinks import event_message
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 
