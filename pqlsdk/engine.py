@@ -119,10 +119,12 @@ class Engine:
                 return Outcome(applied=False)
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
-                                    account_id=account_id, at=call.at, moves=moves)
+                                    account_id=account_id, at=call.at, moves=moves,
+                                    event=(call.event, call.data_json))
             if account is not None and account_rules:
                 created += self._qualify(tx, account_rules, account, user_id=call.user_id,
-                                         account_id=account_id, at=call.at, moves=moves)
+                                         account_id=account_id, at=call.at, moves=moves,
+                                         event=(call.event, call.data_json))
         elif call.kind == "identify":
             user, changed = merge_traits(tx, user, call.data)
             created = self._qualify(tx, self.rules.reading_traits("user", changed), user,

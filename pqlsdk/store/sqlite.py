@@ -836,8 +836,9 @@ class Transaction:
             "UPDATE users SET account_id = ? WHERE user_id = ?", (account_id, user_id)
         )
 
-    def add_account(self, account_id: str, ts: int) -> None:
-        """Record an account (a ``lead`` from ``ts``), unless it is known already."""
+    def add_account(self, account_id: str, ts: int) -> bool:
+        """Record an account (a ``lead`` from ``ts``), unless it is known already; True if
+        it was new."""
         cursor = self.conn.execute(
             "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen, first_lead) "
             "VALUES (?, '{}', ?, ?2)",
@@ -846,6 +847,8 @@ class Transaction:
         if cursor.rowcount:
             self.add_stage_change("account", account_id, None, FIRST_STAGE, ts, "first_seen",
                                   None)
+            return True
+        return False
 
     # -- lifecycle ------------------------------------------------------------------------
 
