@@ -7,8 +7,8 @@
 Each row keeps its figure as printed and, where the figure holds one, its ratio to the
 baseline measured in the same run (``1.23x``, ``= 0.52x the baseline rate``, ``= 0.25``).
 Only ratios are compared: absolute times differ from machine to machine and minute to
-minute. Rows are matched by engine, section and label (numbers in parentheses, such as a
-setup time, are left out of the match).
+minute. Rows are matched by engine, section and label, whatever numbers the label holds (a
+parenthesis with a number in it, such as a setup time or a goal, is left out).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ FORMAT = 1
 _EQUALS_X = re.compile(r"=\s*(\d[\d,]*\.?\d*)x")
 _FIRST_X = re.compile(r"(?<![\w.])(\d[\d,]*\.?\d*)x\b")
 _EQUALS = re.compile(r"=\s*(\d[\d,]*\.\d+)(?!\s*[a-zA-Z/%])")
-_PARENS = re.compile(r"\s*\([^()]*\)")
+_PARENS = re.compile(r"\s*\([^()]*\d[^()]*\)")
+_DIGITS = re.compile(r"\d[\d,.]*")
 
 
 class Row(NamedTuple):
@@ -48,7 +49,7 @@ class Row(NamedTuple):
     @property
     def key(self) -> tuple[str, str, str]:
         """What matches this row with the same row of another run."""
-        return self.engine, self.section, _PARENS.sub("", self.what).strip()
+        return self.engine, self.section, _DIGITS.sub("#", _PARENS.sub("", self.what)).strip()
 
 
 def ratio(figure: str) -> float | None:
@@ -129,12 +130,12 @@ def compare(old: list[Row], new: list[Row]) -> list[str]:
     "worse"/"better" where the row says which way is good."""
     before, after = _keyed(old), _keyed(new)
     keys = list(after) + [k for k in before if k not in after]
-    width = max((len(f"{k[1]}: {k[2]}") for k in keys), default=0) + 2
+    labels = {key: f"{key[1]}: {(after.get(key) or before[key]).what}" for key in keys}
+    width = max((len(label) for label in labels.values()), default=0) + 2
     lines = [f"{'engine':<11}{'row':<{width}}{'old':>9}{'new':>9}  change"]
     for key in keys:
         was, now = before.get(key), after.get(key)
-        engine, section, what, _ = key
-        label = f"{section}: {what}"
+        engine, label = key[0], labels[key]
         a = was.ratio if was else None
         b = now.ratio if now else None
         if was is None or now is None:

@@ -6,7 +6,8 @@ same result as live calls in time order (replay = live):
 
 1. Walk the batch in order, resolving each event's account as the live call would (the
    call's ``account_id``, else the user's current one) and creating or moving users and
-   accounts at the moment they first appear (one snapshot read per user per batch).
+   accounts at the moment they first appear (one snapshot read per user per batch, which
+   also gives the user and its account as evaluation needs them).
 2. Insert the events in one ``executemany``.
 3. Evaluate, in time order, only the rules each event can change, for its user and its
    account, with each subject read once and read again only after a qualification changed
@@ -74,9 +75,15 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
         if (user_id, track.account_id) not in locked:  # row locks on PostgreSQL, held to commit
             tx.lock_subjects(user_id, track.account_id)
             locked.add((user_id, track.account_id))
-        if user_id not in accounts:
+        if user_id not in accounts:  # one read gives the user and its account
             row = tx.user_snapshot(user_id)
-            accounts[user_id] = _NEW if row is None else row[0]
+            accounts[user_id] = _NEW if row is None else row.account_id
+            if row is not None:
+                subjects.setdefault(("user", user_id), Subject.from_row("user", user_id,
+                                                                        row.user))
+                if row.account_id is not None and row.account is not None:
+                    subjects.setdefault(("account", row.account_id), Subject.from_row(
+                        "account", row.account_id, row.account))
         current = accounts[user_id]
         account = track.account_id if track.account_id is not None else (
             None if current is _NEW else current)
@@ -85,11 +92,13 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
             seen.clear()
         if current is _NEW:
             tx.add_user(user_id, track.account_id, ts)
-            if track.account_id is not None:
-                tx.add_account(track.account_id, ts)
-        elif track.account_id is not None and track.account_id != current:
-            tx.move_user(user_id, track.account_id)
-            tx.add_account(track.account_id, ts)
+            subjects.setdefault(("user", user_id), Subject("user", user_id))
+        if track.account_id is not None and track.account_id != current:
+            if current is not _NEW:
+                tx.move_user(user_id, track.account_id)
+            if tx.add_account(track.account_id, ts):
+                subjects.setdefault(("account", track.account_id),
+                                    Subject("account", track.account_id))
         accounts[user_id] = account
         pending.append((track, account))
         seen.add(("u", user_id, ts))
