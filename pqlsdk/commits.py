@@ -40,7 +40,9 @@ class _Request(Generic[T]):
         self.error: BaseException | None = None
         self.done = False
         self.lead = False  # asked to apply the next batch
-        self.wake = threading.Event()
+        #: Set when the request is done or asked to lead; made only for a caller that waits
+        #: (a lone call, the common case, never needs one).
+        self.wake: threading.Event | None = None
 
 
 def _driver_error(exc: BaseException) -> bool:
@@ -79,9 +81,12 @@ class SharedCommits:
         with self._mutex:
             self._queue.append(request)
             lead = not self._leading
-            self._leading = True
+            if lead:
+                self._leading = True
+            else:
+                request.wake = threading.Event()
         if not lead:
-            request.wake.wait()
+            request.wake.wait()  # type: ignore[union-attr]
         if not request.done:  # leading now: batches until this call's is committed
             try:
                 while not request.done:
@@ -97,7 +102,7 @@ class SharedCommits:
             if self._queue:
                 following = self._queue[0]
                 following.lead = True
-                following.wake.set()
+                following.wake.set()  # type: ignore[union-attr]  # it waits: it has one
             else:
                 self._leading = False
 
@@ -117,7 +122,8 @@ class SharedCommits:
             raise
         finally:
             for request in batch:
-                request.wake.set()
+                if request.wake is not None:
+                    request.wake.set()
 
     def apply(self, batch: list[_Request[Any]]) -> None:
         """Apply ``batch`` in one transaction, each call in a savepoint; fill in each
