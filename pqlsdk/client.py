@@ -458,6 +458,7 @@ class Client:
                 SubjectFacts(tx, load_subject(tx, subject, subject_id)._replace(since=None),
                              until, self.rules.scoring).score("total")
                 for subject_id in tx.all_subjects(subject)
+                if tx.enter(subject, subject_id)
             ]
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -1005,6 +1006,7 @@ def _forget_after_fork(client: Client) -> None:
 
 
 def _known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
+    tx.enter(subject_type, subject_id)  # what follows reads this subject's tenant
     row = tx.subject_snapshot(subject_type, subject_id)
     if row is None:
         raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
