@@ -43,7 +43,8 @@ def test_rows_carry_the_tenant_of_the_call(make_client):
     assert _tenants(client, "accounts", "tenant_key IS NOT NULL", []) == ["acme"]
     assert _tenants(client, "stage_changes", "subject_type = 'account'", []) == [
         "acme", "acme"]  # first seen, then mql
-    assert _tenants(client, "user_directory", "tenant_key IS NOT NULL", []) == ["ada", "solo"]  # the user id
+    # the directory is keyed by the user id
+    assert _tenants(client, "user_directory", "tenant_key IS NOT NULL", []) == ["ada", "solo"]
 
 
 def test_group_into_a_new_account_moves_the_users_history(make_client):

@@ -378,6 +378,15 @@ TENANT_INDEXES = [
 ]
 
 
+def fill_tenant_keys(conn: sqlite3.Connection) -> None:
+    """Give rows written without a tenant key (by an earlier release, or by a bulk load of
+    raw rows) the one pqlsdk would have written, and every user its directory row."""
+    conn.execute("INSERT OR IGNORE INTO user_directory (tenant_key, account_id) "
+                 "SELECT user_id, account_id FROM users")
+    for table, value in TENANT_BACKFILL.items():
+        conn.execute(f"UPDATE {table} SET tenant_key = {value} WHERE tenant_key IS NULL")
+
+
 def _tenant_keys(db: sqlite_utils.Database) -> None:
     """Issue 19, ready to shard: every table of a tenant's rows carries ``tenant_key`` (the
     account the user belongs to, else the user; an account's own rows, the account), and
@@ -388,11 +397,9 @@ def _tenant_keys(db: sqlite_utils.Database) -> None:
     engines.)"""
     db.execute("CREATE TABLE user_directory (tenant_key TEXT PRIMARY KEY, account_id TEXT) "
                "WITHOUT ROWID")
-    db.execute("INSERT INTO user_directory (tenant_key, account_id) "
-               "SELECT user_id, account_id FROM users")
-    for table, value in TENANT_BACKFILL.items():
+    for table in TENANT_BACKFILL:
         db.execute(f"ALTER TABLE {table} ADD COLUMN tenant_key TEXT")
-        db.execute(f"UPDATE {table} SET tenant_key = {value}")
+    fill_tenant_keys(db.conn)
     for name, on in TENANT_INDEXES:
         db.execute(f"DROP INDEX IF EXISTS {name}")
         db.execute(f"CREATE INDEX {name} ON {on}")
