@@ -127,6 +127,12 @@ def _scenarios(client: pqlsdk.Client, failing: list[int]) -> None:
     client.track("bob", "report_generated", account_id="acme", timestamp=AT)  # "team"
     client.identify("bob", {"plan": "free"}, timestamp=AT)
     client.track("bob", "report_generated", timestamp=AT)  # its account, found by user id
+    # the named calls that change a user's tenant: each of their statements binds one
+    # tenant too (the one it reads from; the rows it moves go to the new one)
+    client.track("cy", "report_generated", timestamp=AT)
+    client.group("cy", "acme", timestamp=AT)  # from its own tenant into acme's
+    client.track("dee", "report_generated", account_id="globex", timestamp=AT)
+    client.group("dee", "acme", timestamp=AT)  # from globex's into acme's
     client.set_stage("ada", stage="unqualified", reason="no budget", timestamp=AT)
     client.set_stage(account_id="acme", stage="opportunity", timestamp=AT)
     client.set_stage("solo", stage="sql", timestamp=AT)
@@ -162,7 +168,7 @@ def test_every_statement_of_a_call_touches_one_partition_of_each_table(sharded):
         client.store.on_statement = None
         client.close()
     # solo: 2 reports (a retry counted once) and a plan; bob: 2 reports by its 2nd; acme: a
-    # size of 120, and 3 reports by bob's 2nd (ada 1, bob 2)
+    # size of 120, and 3 reports by bob's 2nd (ada 1, bob 2); cy and dee: 1 report each
     assert sorted(delivered) == ["big_company", "big_plan", "reporter", "reporter", "team"]
 
     checked: dict[str, int] = {}
@@ -184,6 +190,7 @@ def test_every_statement_of_a_call_touches_one_partition_of_each_table(sharded):
                if sql.startswith(("DELETE FROM outbox", "UPDATE outbox SET lease_until = NULL"))]
     assert any(s.startswith("DELETE FROM outbox WHERE tenant_key") for s in settles)
     assert any("last_error" in s for s in settles)  # the failed attempt was rescheduled
+    assert any(sql.startswith("UPDATE events SET tenant_key") for sql, _ in recorder.statements)
     assert not [sql for sql, _ in recorder.statements if "pg_advisory" in sql.lower()]
 
 

@@ -94,6 +94,7 @@ def test_a_user_moving_to_another_account_takes_its_history_and_leaves_the_old_a
     assert _tenants(client, "events", "user_id = 'ada'", []) == [
         "acme", "acme", "acme", "acme", "globex", "globex"]
     assert client.status(account_id="acme").qualifications[0].rule == "team"
+    assert len(client.export("ada")["events"]) == 4  # its own history, each event once
     # forget finds every copy
     client.forget("ada")
     assert _tenants(client, "events", "user_id = 'ada'", []) == []
