@@ -187,3 +187,46 @@ def test_postgres_migration_fills_tenant_keys_and_keeps_the_previous_release_wri
         assert _tenants(client, "events", "user_id = 'cy'", []) == ["cy", "cy"]
     finally:
         client.close()
+
+
+def test_a_user_moving_while_another_host_tracks_it_loses_and_strands_nothing(pg_schema):
+    """Two hosts at once: one keeps moving ada between two accounts, the other keeps
+    tracking ada. Every event is stored once in ada's tenant (none left behind in the tenant
+    it was read from), and each account keeps exactly the events recorded with it."""
+    import threading
+
+    url, schema = pg_schema
+    mover = pqlsdk.Client(url, schema=schema, rules=RULES)
+    tracker = pqlsdk.Client(url, schema=schema, rules=RULES)
+    try:
+        mover.track("ada", "signed_up", account_id="acme", timestamp=AT)
+        failures: list[BaseException] = []
+
+        def run(work) -> None:
+            try:
+                work()
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        moves = threading.Thread(target=run, args=(lambda: [
+            mover.group("ada", ("globex", "acme")[n % 2], timestamp=AT) for n in range(30)],))
+        tracks = threading.Thread(target=run, args=(lambda: [
+            tracker.track("ada", "report_generated", timestamp=AT, message_id=f"t{n}")
+            for n in range(60)],))
+        moves.start()
+        tracks.start()
+        moves.join(timeout=120)
+        tracks.join(timeout=120)
+        assert not failures
+        events = mover.export("ada")["events"]
+        assert len(events) == 61 and len({e["message_id"] for e in events}) == 61
+        with psycopg.connect(url) as conn:
+            stray = conn.execute(
+                f"SELECT count(*) FROM {schema}.events WHERE user_id = 'ada' "
+                f"AND tenant_key <> coalesce(account_id, user_id) AND tenant_key <> "
+                f"(SELECT coalesce(account_id, tenant_key) FROM {schema}.user_directory "
+                f"WHERE tenant_key = 'ada')").fetchone()[0]
+        assert stray == 0  # each row is ada's (in its tenant) or an account's original
+    finally:
+        mover.close()
+        tracker.close()
