@@ -801,30 +801,38 @@ _SUBJECT_SNAPSHOT = {
 #: What moves with a user into another tenant (:meth:`Transaction.move_user`): its own
 #: rows. The outbox rows already written stay where they are (a claim has their key).
 _MOVES = [
-    "UPDATE users SET tenant_key = :new, account_id = :account "
-    "WHERE tenant_key = :old AND user_id = :user",
     # the old account's rules keep counting what the user did in it (they count the events
     # recorded with the account): those stay, and the user takes a copy; the user's copy of
-    # what it did in the new account (if it was there before) gives way to the originals
+    # what it did in the new account (if it was there before) gives way to the originals.
+    # Rows move by INSERT ... SELECT and DELETE, never by updating the tenant key (which a
+    # sharded engine does not allow for its distribution column); an event whose message
+    # id the new tenant already holds is stored there once, as track() would.
     "DELETE FROM events WHERE tenant_key = :old AND user_id = :user AND account_id = :new",
-    "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
-    "AND account_id = :new",
     "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
     "properties) SELECT :new, message_id, user_id, account_id, event, ts, properties "
-    "FROM events WHERE tenant_key = :old AND user_id = :user AND account_id = :old "
-    "ORDER BY id",
-    "UPDATE events SET tenant_key = :new WHERE tenant_key = :old AND user_id = :user "
+    "FROM events WHERE tenant_key = :old AND user_id = :user ORDER BY id",
+    "DELETE FROM events WHERE tenant_key = :old AND user_id = :user "
     "AND (account_id IS NULL OR account_id <> :old)",
+    "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
+    "AND account_id = :new",
     "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
     "first_ts, last_ts) SELECT :new, user_id, account_id, event, properties, n, first_ts, "
-    "last_ts FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
-    "AND account_id = :old",
-    "UPDATE event_rollups SET tenant_key = :new WHERE tenant_key = :old AND user_id = :user "
+    "last_ts FROM event_rollups WHERE tenant_key = :old AND user_id = :user ORDER BY id",
+    "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
     "AND (account_id IS NULL OR account_id <> :old)",
-    "UPDATE qualifications SET tenant_key = :new WHERE tenant_key = :old "
-    "AND subject_type = 'user' AND subject_id = :user",
-    "UPDATE stage_changes SET tenant_key = :new WHERE tenant_key = :old "
-    "AND subject_type = 'user' AND subject_id = :user",
+    "INSERT INTO stage_changes (tenant_key, subject_type, subject_id, from_stage, to_stage, "
+    "at, source, reason) SELECT :new, subject_type, subject_id, from_stage, to_stage, at, "
+    "source, reason FROM stage_changes WHERE tenant_key = :old AND subject_type = 'user' "
+    "AND subject_id = :user ORDER BY id",
+    "DELETE FROM stage_changes WHERE tenant_key = :old AND subject_type = 'user' "
+    "AND subject_id = :user",
+]
+#: Rows of a moving user read and written back (their keys are unique without the tenant
+#: key on SQLite, so they leave the old tenant before they enter the new one).
+_MOVED_ROWS: list[tuple[str, str, str | None]] = [
+    ("users", "tenant_key = ? AND user_id = ?", None),
+    ("qualifications", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?",
+     "qualified_at, rowid"),
 ]
 
 
@@ -963,9 +971,22 @@ class Transaction:
         holds both accounts' row locks, see :meth:`lock_subjects`); from here on this
         transaction is on the new tenant."""
         old = self.tenant_for("user", user_id)
-        for sql in _MOVES:
-            self.conn.execute(sql, {"old": old, "new": account_id, "account": account_id,
-                                    "user": user_id})
+        if old == account_id:  # a user id that is also the account's: the same tenant
+            self.conn.execute("UPDATE users SET account_id = ?1 WHERE tenant_key = ?1 "
+                              "AND user_id = ?2", (account_id, user_id))
+        else:
+            for sql in _MOVES:
+                self.conn.execute(sql, {"old": old, "new": account_id, "user": user_id})
+            for table, where, order in _MOVED_ROWS:
+                rows = self.rows(table, where, [old, user_id], order)
+                self.conn.execute(f"DELETE FROM {table} WHERE {where}", (old, user_id))
+                for row in rows:
+                    row["tenant_key"] = account_id
+                    if table == "users":
+                        row["account_id"] = account_id
+                    names = ", ".join(row)
+                    self.conn.execute(f"INSERT INTO {table} ({names}) VALUES "
+                                      f"({', '.join('?' * len(row))})", list(row.values()))
         self.conn.execute("UPDATE user_directory SET account_id = ? WHERE tenant_key = ?",
                           (account_id, user_id))
         self.tenant, self.tenant_user = account_id, user_id
