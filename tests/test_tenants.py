@@ -121,7 +121,7 @@ def test_an_older_file_gets_tenant_keys_from_its_data(tmp_path, monkeypatch):
         INSERT INTO accounts (account_id, traits, first_seen) VALUES ('acme', '{}', 1);
         INSERT INTO events (message_id, user_id, account_id, event, ts, properties) VALUES
             ('m1', 'ada', 'acme', 'x', 1, '{}'), ('m2', 'ada', NULL, 'x', 1, '{}'),
-            ('m3', 'solo', NULL, 'x', 1, '{}');
+            ('m3', 'solo', NULL, 'x', 1, '{}'), ('m4', 'ada', 'globex', 'x', 1, '{}');
         INSERT INTO stage_changes (subject_type, subject_id, to_stage, at, source) VALUES
             ('user', 'ada', 'lead', 1, 'first_seen'), ('account', 'acme', 'lead', 1, 'x');
         INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, created_at)
@@ -131,13 +131,17 @@ def test_an_older_file_gets_tenant_keys_from_its_data(tmp_path, monkeypatch):
     conn.close()
     client = pqlsdk.Client(path, rules=RULES)
     try:
-        assert _tenants(client, "events", "tenant_key IS NOT NULL", []) == ["acme", "acme", "solo"]
+        # ada is in acme now: its events are there (m4, recorded in globex before it moved,
+        # as a copy: globex keeps the original, which its rules count)
+        assert _tenants(client, "events", "tenant_key IS NOT NULL", []) == [
+            "acme", "acme", "acme", "globex", "solo"]
         assert _tenants(client, "users", "tenant_key IS NOT NULL", []) == ["acme", "solo"]
         assert _tenants(client, "stage_changes", "tenant_key IS NOT NULL", []) == ["acme", "acme"]
         assert _tenants(client, "outbox", "tenant_key IS NOT NULL", []) == ["solo"]
         assert client.status("ada").subject_id == "ada"
         assert client.track("ada", "report_generated", timestamp=AT) == []
-        assert _tenants(client, "events", "user_id = 'ada'", []) == ["acme"] * 3
+        assert _tenants(client, "events", "user_id = 'ada'", []) == ["acme"] * 4 + ["globex"]
+        assert len(client.export("ada")["events"]) == 4
     finally:
         client.close()
 
@@ -153,7 +157,8 @@ def test_postgres_migration_fills_tenant_keys_and_keeps_the_previous_release_wri
         "('ada', 'acme', '{}', 1), ('solo', NULL, '{}', 1)",
         "INSERT INTO accounts (account_id, traits, first_seen) VALUES ('acme', '{}', 1)",
         "INSERT INTO events (message_id, user_id, account_id, event, ts, properties) VALUES "
-        "('m1', 'ada', 'acme', 'x', 1, '{}'), ('m2', 'solo', NULL, 'x', 1, '{}')",
+        "('m1', 'ada', 'acme', 'x', 1, '{}'), ('m2', 'solo', NULL, 'x', 1, '{}'), "
+        "('m0', 'ada', 'globex', 'x', 0, '{}')",
         "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
         "account_id, qualified_at, evidence) VALUES ('q1', 'r', 'pql', 'account', 'acme', "
         f"'ada', 'acme', 1, '{EVIDENCE}'), ('q2', 'r', 'pql', 'user', 'solo', 'solo', NULL, 1, "
@@ -165,7 +170,8 @@ def test_postgres_migration_fills_tenant_keys_and_keeps_the_previous_release_wri
             conn.execute(sql)
     client = pqlsdk.Client(url, schema=schema, rules=RULES)  # migrates to this release
     try:
-        assert _tenants(client, "events", "tenant_key IS NOT NULL", []) == ["acme", "solo"]
+        assert _tenants(client, "events", "tenant_key IS NOT NULL", []) == [
+            "acme", "acme", "globex", "solo"]  # m0: globex's, and a copy in ada's tenant
         assert _tenants(client, "qualifications", "tenant_key IS NOT NULL", []) == ["acme", "solo"]
         assert _tenants(client, "user_directory", "tenant_key IS NOT NULL", []) == ["ada", "solo"]
         with psycopg.connect(url, autocommit=True) as conn:  # the previous release, still up

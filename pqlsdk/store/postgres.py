@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
 from ..stages import STAGES
 from .dialect import bind, to_postgres
-from .sqlite import TENANT_BACKFILL, TENANT_INDEXES, Transaction, canonical
+from .sqlite import TENANT_BACKFILL, TENANT_COPIES, TENANT_INDEXES, Transaction, canonical
 
 if TYPE_CHECKING:
     import psycopg_pool
@@ -185,7 +185,10 @@ _V3 = [
     "CREATE TABLE user_directory (tenant_key TEXT PRIMARY KEY, account_id TEXT)",
     "INSERT INTO user_directory (tenant_key, account_id) SELECT user_id, account_id FROM users",
     *[f"ALTER TABLE {table} ADD COLUMN tenant_key TEXT" for table in TENANT_BACKFILL],
-    *[f"UPDATE {table} SET tenant_key = {value}" for table, value in TENANT_BACKFILL.items()],
+    "DROP INDEX events_message_id",  # unique per tenant from here (the copies below)
+    *TENANT_COPIES,
+    *[f"UPDATE {table} SET tenant_key = {value} WHERE tenant_key IS NULL"
+      for table, value in TENANT_BACKFILL.items()],
     *[f"ALTER TABLE {table} ALTER COLUMN tenant_key SET NOT NULL" for table in TENANT_BACKFILL],
     *[f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, ADD PRIMARY KEY (tenant_key, {key})"
       for table, key in (("events", "id"), ("users", "user_id"), ("accounts", "account_id"),
@@ -195,7 +198,6 @@ _V3 = [
     "ALTER TABLE qualifications DROP CONSTRAINT "
     "qualifications_subject_type_subject_id_round_rule_shadow_key, "
     "ADD UNIQUE (tenant_key, subject_type, subject_id, round, rule, shadow)",
-    "DROP INDEX events_message_id",
     "CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id)",
     "DROP INDEX users_account",
     "CREATE INDEX users_account ON users(tenant_key, account_id) WHERE account_id IS NOT NULL",

@@ -355,14 +355,27 @@ def canonical(subject_type: str, alias: str = "events") -> str:
 TENANT_BACKFILL = {
     "users": "coalesce(account_id, user_id)",
     "accounts": "account_id",
-    "events": _USER_TENANT.format(user="user_id"),
-    "event_rollups": _USER_TENANT.format(user="user_id"),
+    # an event recorded with an account is that account's (where its rules count it); one
+    # recorded without, its user's
+    "events": "coalesce(account_id, " + _USER_TENANT.format(user="user_id") + ")",
+    "event_rollups": "coalesce(account_id, " + _USER_TENANT.format(user="user_id") + ")",
     "qualifications": _SUBJECT_TENANT,
     "stage_changes": _SUBJECT_TENANT,
     "outbox": "coalesce(" + _USER_TENANT.format(user="user_id") + ", '')",
     "import_staging": "coalesce(user_id, '')",
     "import_done": "coalesce(user_id, '')",
 }
+#: Before :data:`TENANT_BACKFILL`: a user now in another account than one it recorded
+#: events with gets a copy of them in its tenant (what ``Transaction.move_user`` does).
+TENANT_COPIES = [
+    f"INSERT INTO {table} (tenant_key, {columns}) SELECT "
+    + _USER_TENANT.format(user="user_id") + f", {columns} FROM {table} "
+    "WHERE tenant_key IS NULL AND account_id IS NOT NULL AND account_id <> "
+    + _USER_TENANT.format(user="user_id")
+    for table, columns in (
+        ("events", "message_id, user_id, account_id, event, ts, properties"),
+        ("event_rollups", "user_id, account_id, event, properties, n, first_ts, last_ts"))
+]
 #: (index, SQL after ``ON``) of the tenant-led indexes both engines carry (issue 19).
 TENANT_INDEXES = [
     ("events_user", "events(tenant_key, user_id, event, ts)"),
@@ -381,6 +394,8 @@ def fill_tenant_keys(conn: sqlite3.Connection) -> None:
     raw rows) the one pqlsdk would have written, and every user its directory row."""
     conn.execute("INSERT OR IGNORE INTO user_directory (tenant_key, account_id) "
                  "SELECT user_id, account_id FROM users")
+    for sql in TENANT_COPIES:
+        conn.execute(sql)
     for table, value in TENANT_BACKFILL.items():
         conn.execute(f"UPDATE {table} SET tenant_key = {value} WHERE tenant_key IS NULL")
 
@@ -397,11 +412,11 @@ def _tenant_keys(db: sqlite_utils.Database) -> None:
                "WITHOUT ROWID")
     for table in TENANT_BACKFILL:
         db.execute(f"ALTER TABLE {table} ADD COLUMN tenant_key TEXT")
+    db.execute("DROP INDEX events_message_id")  # unique per tenant from here (copies)
     fill_tenant_keys(db.conn)
     for name, on in TENANT_INDEXES:
         db.execute(f"DROP INDEX IF EXISTS {name}")
         db.execute(f"CREATE INDEX {name} ON {on}")
-    db.execute("DROP INDEX events_message_id")
     db.execute("CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id) "
                "WHERE message_id IS NOT NULL")
     db.execute("CREATE INDEX users_account ON users(tenant_key, account_id) "
