@@ -136,6 +136,9 @@ BEGIN
   ELSIF TG_TABLE_NAME IN ('qualifications', 'stage_changes') THEN
     IF NEW.subject_type = 'account' THEN NEW.tenant_key := NEW.subject_id; RETURN NEW; END IF;
     who := NEW.subject_id;
+  ELSIF TG_TABLE_NAME IN ('events', 'event_rollups') THEN
+    IF NEW.account_id IS NOT NULL THEN NEW.tenant_key := NEW.account_id; RETURN NEW; END IF;
+    who := NEW.user_id;
   ELSE
     who := NEW.user_id;
   END IF;
