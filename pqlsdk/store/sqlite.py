@@ -1454,12 +1454,13 @@ class Transaction:
             (limit,),
         ).fetchall()
 
-    def finish_staged(self, message_ids: list[str], remember: list[tuple[str, str]]) -> None:
-        """Replayed: unstage ``message_ids``; remember the ``(message id, user id)`` of
-        ``remember`` (identify and group: a track is remembered by its event's message
-        id)."""
-        self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
-                              [(m,) for m in message_ids])
+    def finish_staged(self, staged: list[tuple[str, str]], remember: list[tuple[str, str]]
+                      ) -> None:
+        """Replayed: unstage the ``(message id, user id)`` of ``staged`` (staging rows are
+        keyed by their user); remember those of ``remember`` (identify and group: a track
+        is remembered by its event's message id)."""
+        self.conn.executemany("DELETE FROM import_staging WHERE tenant_key = coalesce(?2, '') "
+                              "AND message_id = ?1", staged)
         self.conn.executemany("INSERT OR IGNORE INTO import_done (tenant_key, message_id, "
                               "user_id) VALUES (coalesce(?2, ''), ?1, ?2)", remember)
 
