@@ -384,7 +384,7 @@ class _Import:
                     except Exception as exc:
                         self.bad(row[7], describe(exc))
                         with self.store.write() as tx:
-                            tx.finish_staged([row[0]], [])
+                            tx.finish_staged([(row[0], row[3])], [])
                         continue
                     done, found, queued = done + one, found + more, queued or wrote
             applied += done
@@ -408,6 +408,6 @@ class _Import:
                 outcome = self.engine.replay(tx, call, deliver=self.deliver)
                 queued |= outcome.queued
                 qualified += len(outcome.qualifications)
-            tx.finish_staged([row[0] for row in rows],
+            tx.finish_staged([(row[0], row[3]) for row in rows],
                              [(row[0], row[3]) for row in rows if row[2] != "track"])
         return len(rows), qualified, queued

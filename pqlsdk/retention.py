@@ -151,10 +151,10 @@ class Retention:
                 if key in existing:
                     rollup_id, old_n, old_first, old_last = existing[key]
                     updates.append((old_n + n, min(old_first, first), max(old_last, latest),
-                                    rollup_id))
+                                    key[0], rollup_id))
                 else:
                     inserts.append((*key, n, first, latest))
-            tx.fold_events([row[0] for row in rows], updates, inserts)
+            tx.fold_events([(row[1], row[0]) for row in rows], updates, inserts)
         return last, len(rows)
 
     def prune(self, store: Store, now: int, chunk: int = BULK_CHUNK) -> int:

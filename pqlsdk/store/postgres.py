@@ -136,6 +136,9 @@ BEGIN
   ELSIF TG_TABLE_NAME IN ('qualifications', 'stage_changes') THEN
     IF NEW.subject_type = 'account' THEN NEW.tenant_key := NEW.subject_id; RETURN NEW; END IF;
     who := NEW.subject_id;
+  ELSIF TG_TABLE_NAME IN ('events', 'event_rollups') THEN
+    IF NEW.account_id IS NOT NULL THEN NEW.tenant_key := NEW.account_id; RETURN NEW; END IF;
+    who := NEW.user_id;
   ELSE
     who := NEW.user_id;
   END IF;
@@ -199,6 +202,10 @@ _V3 = [
     "qualifications_subject_type_subject_id_round_rule_shadow_key, "
     "ADD UNIQUE (tenant_key, subject_type, subject_id, round, rule, shadow)",
     "CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id)",
+    # what reads by id alone across tenants (the retention sweep, a delivery naming its
+    # qualifications) keeps an index now that the primary keys lead with the tenant
+    "CREATE INDEX events_id ON events(id)",
+    "CREATE INDEX qualifications_id ON qualifications(id)",
     "DROP INDEX users_account",
     "CREATE INDEX users_account ON users(tenant_key, account_id) WHERE account_id IS NOT NULL",
     *[f"DROP INDEX IF EXISTS {name}" for name, _ in TENANT_INDEXES],

@@ -1404,17 +1404,18 @@ class Transaction:
             "last_ts "
             f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
 
-    def fold_events(self, event_ids: list[int], updates: list[tuple[int, int, int, int]],
+    def fold_events(self, events: list[tuple[str, int]],
+                    updates: list[tuple[int, int, int, str, int]],
                     inserts: list[tuple[Any, ...]]) -> None:
-        """Delete the pruned events; ``updates``: ``(n, first ts, last ts, rollup id)``;
-        ``inserts``: ``(tenant key, user id, account id, event, properties, n, first ts, last
-        ts)``."""
+        """Delete the pruned events (``(tenant key, id)``); ``updates``: ``(n, first ts,
+        last ts, tenant key, rollup id)``; ``inserts``: ``(tenant key, user id, account id,
+        event, properties, n, first ts, last ts)``."""
         self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
-                              "WHERE id = ?", updates)
+                              "WHERE tenant_key = ? AND id = ?", updates)
         self.conn.executemany(
             "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
             "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-        self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in event_ids])
+        self.conn.executemany("DELETE FROM events WHERE tenant_key = ? AND id = ?", events)
 
     # -- import ---------------------------------------------------------------------------
 
@@ -1453,12 +1454,13 @@ class Transaction:
             (limit,),
         ).fetchall()
 
-    def finish_staged(self, message_ids: list[str], remember: list[tuple[str, str]]) -> None:
-        """Replayed: unstage ``message_ids``; remember the ``(message id, user id)`` of
-        ``remember`` (identify and group: a track is remembered by its event's message
-        id)."""
-        self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
-                              [(m,) for m in message_ids])
+    def finish_staged(self, staged: list[tuple[str, str]], remember: list[tuple[str, str]]
+                      ) -> None:
+        """Replayed: unstage the ``(message id, user id)`` of ``staged`` (staging rows are
+        keyed by their user); remember those of ``remember`` (identify and group: a track
+        is remembered by its event's message id)."""
+        self.conn.executemany("DELETE FROM import_staging WHERE tenant_key = coalesce(?2, '') "
+                              "AND message_id = ?1", staged)
         self.conn.executemany("INSERT OR IGNORE INTO import_done (tenant_key, message_id, "
                               "user_id) VALUES (coalesce(?2, ''), ?1, ?2)", remember)
 
