@@ -255,8 +255,8 @@ class Client:
         registered (``"crm"``) or as shown in :meth:`deliveries` (``"callback:crm"``).
         Failed rows among them become pending again."""
         old, new = _destination(old_name, "old_name"), _destination(new_name, "new_name")
-        with self.store.write() as tx:
-            moved = tx.retarget(old, new, wall_micros())
+        now = wall_micros()
+        moved = self.store.transact(lambda tx: tx.retarget(old, new, now))
         self._dispatch(bool(moved))
         return moved
 
@@ -810,8 +810,8 @@ class Client:
 
     def retry_failed(self) -> int:
         """Make every failed delivery pending again (due now); return how many."""
-        with self.store.write() as tx:
-            revived = tx.retry_failed(wall_micros())
+        now = wall_micros()
+        revived = self.store.transact(lambda tx: tx.retry_failed(now))
         self._dispatch(bool(revived))
         return revived
 

@@ -37,7 +37,7 @@ from .sinks import (
     qualification_messages,
     stage_messages,
 )
-from .store import PAYLOAD_FORMAT, Store, StoreClosed
+from .store import PAYLOAD_FORMAT, Store, StoreClosed, Transaction
 from .timestamps import from_micros
 
 log = logging.getLogger("pqlsdk")
@@ -187,9 +187,13 @@ class Renewer:
                 tokens = sorted(self._tokens)
             if not tokens:
                 continue
+            until = wall_micros() + int(self.lease * 1e6)
+
+            def renew(tx: Transaction, tokens: list[str] = tokens, until: int = until) -> None:
+                tx.renew(tokens, until)
+
             try:
-                with self.store.write() as tx:
-                    tx.renew(tokens, wall_micros() + int(self.lease * 1e6))
+                self.store.transact(renew)
             except StoreClosed:
                 return
             except Exception:
@@ -297,8 +301,8 @@ class Outbox:
         self.renewer.hold(token)
         try:
             size = self._claim_size(destination)
-            with self.store.write() as tx:
-                rows = tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
+            rows = self.store.transact(lambda tx: tx.claim(
+                destination, now, now + int(self.lease * 1e6), size, token))
             if not rows:
                 return PassResult(0, 0)
             started = time.monotonic()
@@ -371,24 +375,31 @@ class Outbox:
         failures: list[tuple[dict[str, Any], Exception, bool]] = []
         skipped: list[int] = []
         now = wall_micros()
-        with self.store.write() as tx:
+        waits: list[int] = []
+        for row, error in zip(rows, results, strict=True):
+            if error is None:
+                continue
+            if isinstance(error, NotAttempted):
+                skipped.append(row["id"])
+                continue
+            final = (isinstance(error, Fatal | Undeliverable)
+                     or row["attempts"] >= self.max_retries)
+            wait = self._backoff(row["attempts"])
+            if isinstance(error, Retry) and error.retry_after is not None:
+                wait = int(error.retry_after * 1e6)
+            failures.append((row, error, final))
+            waits.append(wait)
+
+        def settle(tx: Transaction) -> int:  # run again as a whole if the store retries
             delivered = tx.acknowledge(done, token) if done else 0
-            for row, error in zip(rows, results, strict=True):
-                if error is None:
-                    continue
-                if isinstance(error, NotAttempted):
-                    skipped.append(row["id"])
-                    continue
-                final = (isinstance(error, Fatal | Undeliverable)
-                         or row["attempts"] >= self.max_retries)
-                wait = self._backoff(row["attempts"])
-                if isinstance(error, Retry) and error.retry_after is not None:
-                    wait = int(error.retry_after * 1e6)
+            for (row, error, final), wait in zip(failures, waits, strict=True):
                 tx.reschedule([row["id"]], token, now + wait,
                               f"{type(error).__name__}: {error}", final)
-                failures.append((row, error, final))
             if skipped:
                 tx.release(skipped, token)
+            return delivered
+
+        delivered = self.store.transact(settle)
         for row, error, final in failures:
             self._report(error, row, final)
         return delivered

@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
-from ..stages import STAGES
+from ..stages import FIRST_STAGE, STAGES
 from .dialect import bind, to_postgres
-from .sqlite import Transaction
+from .sqlite import _USER_SNAPSHOT, Transaction
 
 if TYPE_CHECKING:
     import psycopg_pool
@@ -40,6 +40,8 @@ T = TypeVar("T")
 SCHEMA_VERSION = 2
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
+#: libpq's PGRES_TUPLES_OK: a statement's result that holds rows.
+_TUPLES_OK = 2
 #: How many times a transaction is retried before the error reaches the caller.
 MAX_RETRIES = 20
 
@@ -148,27 +150,45 @@ def _is_psycopg_error(exc: BaseException) -> bool:
 
 
 class _Cursor:
-    """The part of a ``sqlite3.Cursor`` the shared statements use."""
+    """The part of a ``sqlite3.Cursor`` the shared statements use. In a pipelined
+    transaction a statement's result is awaited only when it is read."""
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, conn: _Connection) -> None:
         self._cursor = cursor
+        self._conn = conn
+
+    def _ready(self) -> Any:
+        if self._cursor.pgresult is None:
+            self._conn.sync()
+        return self._cursor
+
+    def _rows(self) -> Any:
+        """The cursor if its statement returned rows, else None (without building the
+        cursor's ``description``, which costs more than the fetch)."""
+        cursor = self._ready()
+        result = cursor.pgresult
+        return cursor if result is not None and result.status == _TUPLES_OK else None
 
     @property
     def rowcount(self) -> int:
+        self._conn.sync()
         return int(self._cursor.rowcount)
 
     @property
     def description(self) -> Any:
-        return self._cursor.description
+        return self._ready().description
 
     def fetchone(self) -> Any:
-        return self._cursor.fetchone() if self._cursor.description else None
+        cursor = self._rows()
+        return cursor.fetchone() if cursor is not None else None
 
     def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall() if self._cursor.description else []
+        cursor = self._rows()
+        return cursor.fetchall() if cursor is not None else []
 
     def fetchmany(self, size: int) -> list[Any]:
-        return self._cursor.fetchmany(size) if self._cursor.description else []
+        cursor = self._rows()
+        return cursor.fetchmany(size) if cursor is not None else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -176,11 +196,36 @@ class _Cursor:
 
 class _Connection:
     """A psycopg connection that takes the store's SQLite-dialect statements (rewritten by
-    :func:`~pqlsdk.store.dialect.to_postgres`) and counts changes as ``sqlite3`` does."""
+    :func:`~pqlsdk.store.dialect.to_postgres`) and counts changes as ``sqlite3`` does.
 
-    def __init__(self, conn: Any) -> None:
+    With a ``pipeline`` (psycopg's pipeline mode), a statement is sent without waiting for
+    its answer: statements whose result nobody reads travel with the next one that is read,
+    so a whole ``track()`` takes a few round trips, not one per statement."""
+
+    def __init__(self, conn: Any, pipeline: Any = None) -> None:
         self.raw = conn
-        self.total_changes = 0
+        self.pipeline = pipeline
+        #: Statements run so far (a prefetched result is good until the next one).
+        self.statements = 0
+        self._counted = 0
+        self._uncounted: list[Any] = []
+        self._unsynced = False
+
+    def sync(self) -> None:
+        """Send what is queued and wait for every answer (a no-op outside a pipeline, or
+        when nothing was sent since the last time)."""
+        if self.pipeline is not None and self._unsynced:
+            self._unsynced = False
+            self.pipeline.sync()
+
+    @property
+    def total_changes(self) -> int:
+        """Rows changed by this transaction's statements so far (as ``sqlite3``'s)."""
+        if self._uncounted:
+            self.sync()
+            self._counted += sum(max(c.rowcount, 0) for c in self._uncounted)
+            self._uncounted.clear()
+        return self._counted
 
     def execute(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None
                 ) -> _Cursor:
@@ -188,8 +233,8 @@ class _Connection:
         cursor = self.raw.cursor()
         if not statement.skip:
             cursor.execute(statement.sql, bind(statement, args))
-            self.total_changes += max(cursor.rowcount, 0)
-        return _Cursor(cursor)
+            self._sent(cursor)
+        return _Cursor(cursor, self)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> _Cursor:
         statement = to_postgres(sql)
@@ -197,32 +242,73 @@ class _Connection:
         rows = list(rows)
         if rows and not statement.skip:
             cursor.executemany(statement.sql, [bind(statement, row) for row in rows])
-            self.total_changes += max(cursor.rowcount, 0)
-        return _Cursor(cursor)
+            self._sent(cursor)
+        return _Cursor(cursor, self)
+
+    def _sent(self, cursor: Any) -> None:
+        self.statements += 1
+        self._uncounted.append(cursor)
+        self._unsynced = self.pipeline is not None
+
+
+class _Snapshot(NamedTuple):
+    """A user's snapshot read with its lock: good until the transaction's next statement."""
+
+    user_id: str
+    statements: int
+    row: tuple[Any, ...] | None
 
 
 class PgTransaction(Transaction):
     """The store's statements on PostgreSQL: those of the SQLite store, plus the subject
-    row locks and the few statements whose spelling differs."""
+    row locks and the few statements whose spelling differs.
+
+    With ``speculate`` (the first attempt of :meth:`PostgresStore.transact`), an insert
+    that may meet a row already there (an event's message id, a qualification) is sent as
+    a plain ``INSERT`` whose answer is not awaited: if the row was there, the transaction
+    fails with a unique violation and ``transact`` runs it again without speculating (then
+    each such insert is ``ON CONFLICT DO NOTHING`` and its row count read)."""
 
     conn: Any
+
+    def __init__(self, conn: Any, *, speculate: bool = False) -> None:
+        super().__init__(conn)
+        self.speculate = speculate
+        self._snapshot: _Snapshot | None = None
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
         """Serialize this call with every other call on the same subjects: a row lock on the
         account's row, then on the user's (one fixed order, so no deadlock between two such
-        calls). A subject without a row yet is serialized by its first insert."""
+        calls). A subject without a row yet is serialized by its first insert.
+
+        Two statements in one round trip (with the transaction's BEGIN): the account's lock,
+        then the user's, taken by the statement that reads the user's snapshot (what
+        :meth:`user_snapshot` returns next). Should that statement wait for the user's lock,
+        the user's row it returns is the one committed, but the rules it lists as met may
+        miss one recorded meanwhile: a second record of that rule then fails on the unique
+        key and the transaction runs again (see :meth:`PostgresStore.transact`)."""
         while True:
-            account = account_id
-            if account is None:
-                account = self.account_of(user_id)
-            if account is not None:
-                self.conn.execute("SELECT 1 FROM accounts WHERE account_id = ? FOR UPDATE",
-                                  (account,))
-            row = self.conn.execute("SELECT account_id FROM users WHERE user_id = ? FOR UPDATE",
-                                    (user_id,)).fetchone()
+            locked = self.conn.execute(
+                "WITH t AS (SELECT coalesce(?1, (SELECT account_id FROM users "
+                "WHERE user_id = ?2)) AS id) "
+                "SELECT id, (SELECT 1 FROM accounts WHERE account_id = t.id FOR UPDATE) "
+                "FROM t", (account_id, user_id))
+            snapshot = self.conn.execute(_USER_SNAPSHOT + " FOR UPDATE OF u", (user_id,))
+            account = locked.fetchone()[0]
+            row = snapshot.fetchone()
+            self._snapshot = _Snapshot(user_id, self.conn.statements, row)
             # the user was moved to another account meanwhile: lock that one first
             if account_id is not None or row is None or row[0] == account:
                 return
+
+    def user_snapshot(self, user_id: str) -> tuple[Any, ...] | None:
+        """See :meth:`Transaction.user_snapshot` (read with the locks when it comes right
+        after :meth:`lock_subjects`)."""
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None and snapshot.user_id == user_id and (
+                snapshot.statements == self.conn.statements):
+            return snapshot.row
+        return super().user_snapshot(user_id)
 
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
         """A row lock on one user's or account's row (see :meth:`lock_subjects`)."""
@@ -231,6 +317,40 @@ class PgTransaction(Transaction):
         else:
             self.conn.execute("SELECT 1 FROM accounts WHERE account_id = ? FOR UPDATE",
                               (subject_id,))
+
+    def insert_event(self, message_id: str | None, user_id: str, account_id: str | None,
+                     event: str, ts: int, properties: str) -> bool:
+        """See :meth:`Transaction.insert_event`. An event without a message id cannot meet
+        one already stored, and a speculating transaction finds out at commit (see the
+        class): either way the insert is sent without waiting for its answer."""
+        if message_id is not None and not self.speculate:
+            return super().insert_event(message_id, user_id, account_id, event, ts,
+                                        properties)
+        self.conn.execute(
+            "INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, user_id, account_id, event, ts, properties))
+        return True
+
+    def insert_qualification(self, row: dict[str, Any]) -> bool:
+        """See :meth:`Transaction.insert_qualification` (speculative: see the class)."""
+        if not self.speculate:
+            return super().insert_qualification(row)
+        self.conn.execute(
+            "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
+            "account_id, qualified_at, evidence, round, rule_version, shadow) VALUES (:id, "
+            ":rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
+            ":qualified_at, :evidence, :round, :rule_version, :shadow)", row)
+        return True
+
+    def add_account(self, account_id: str, ts: int) -> None:
+        """See :meth:`Transaction.add_account`: one statement, whose answer is not awaited."""
+        self.conn.execute(
+            "WITH a AS (INSERT INTO accounts (account_id, traits, first_seen, first_lead) "
+            "VALUES (?1, '{}', ?2, ?2) ON CONFLICT DO NOTHING RETURNING account_id) "
+            "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
+            "source) SELECT 'account', account_id, NULL, ?3, ?2, 'first_seen' FROM a",
+            (account_id, ts, FIRST_STAGE))
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
@@ -401,12 +521,16 @@ class PostgresStore:
                 conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout * 1000)}")
 
     @contextmanager
-    def _in_transaction(self, conn: Any) -> Iterator[PgTransaction]:
-        """BEGIN on ``conn``; COMMIT when the block ends, ROLLBACK when it raises."""
+    def _in_transaction(self, conn: Any, *, pipeline: bool = False, speculate: bool = False
+                        ) -> Iterator[PgTransaction]:
+        """BEGIN on ``conn``; COMMIT when the block ends, ROLLBACK when it raises. With
+        ``pipeline``, in psycopg's pipeline mode (see :class:`_Connection`): BEGIN travels
+        with the first statement that is read, and COMMIT with whatever is still queued."""
         try:
-            self._begin(conn)
-            yield PgTransaction(_Connection(conn))  # type: ignore[arg-type]
-            conn.execute("COMMIT")
+            with conn.pipeline() if pipeline else nullcontext() as pipe:
+                self._begin(conn)
+                yield PgTransaction(_Connection(conn, pipe), speculate=speculate)
+                conn.execute("COMMIT")
         except BaseException:
             if not conn.closed and conn.info.transaction_status != 0:
                 with suppress(Exception):
@@ -417,11 +541,14 @@ class PostgresStore:
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
 
-    def transact(self, work: Callable[[PgTransaction], T], *, migrate: bool = False) -> T:
+    def transact(self, work: Callable[[PgTransaction], T], *, migrate: bool = False,
+                 pipeline: bool = True) -> T:
         """Run ``work(tx)`` in one transaction and commit; run it again (a new transaction)
         after a serialization failure, a deadlock or a lost race to create a row. Nothing
-        of a failed attempt is kept."""
+        of a failed attempt is kept. ``pipeline=False`` for work that uses ``COPY`` (which
+        psycopg's pipeline mode cannot carry)."""
         self._check_open()
+        speculate = pipeline = pipeline and not migrate
         for attempt in range(MAX_RETRIES + 1):
             with self.lock:
                 self._check_open()
@@ -429,7 +556,8 @@ class PostgresStore:
                     with self._connection(read=False) as conn:
                         if migrate:
                             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                        with self._in_transaction(conn) as tx:
+                        with self._in_transaction(conn, pipeline=pipeline,
+                                                  speculate=speculate) as tx:
                             result = work(tx)
                         return result
                 except Exception as exc:
@@ -437,6 +565,8 @@ class PostgresStore:
                         raise
                     state = getattr(exc, "sqlstate", None)
                     if state in RETRYABLE and attempt < MAX_RETRIES:
+                        if state == "23505":  # perhaps a speculative insert: run it safely
+                            speculate = False
                         time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                         continue
                     raise translate(exc, self.where) from exc
