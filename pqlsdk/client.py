@@ -912,6 +912,7 @@ class Client:
         # that it is not left leased until the lease runs out
         delivered = self.flush(timeout - min(timeout * 0.25, CLOSE_GRACE))
         self._closing.set()
+        self._outbox.stop_claiming()
         if self._pruner is not None:
             self._pruner.stop(max(0.0, deadline - time.monotonic()))
         self._worker.stop(max(0.0, deadline - time.monotonic()))

@@ -230,12 +230,20 @@ class Outbox:
         #: Notified after each settled claim (``settled`` counts them): ``flush`` waits on it.
         self.progress = threading.Condition()
         self.settled = 0
+        #: Set by :meth:`stop_claiming` (the Client is closing): no new claims.
+        self.stopping = threading.Event()
 
     def after_fork(self) -> None:
         """In a forked child: its own lease renewer, locks and measurements."""
         self.renewer = Renewer(self.store, self.lease)
         self._lock = threading.Lock()
         self.progress = threading.Condition()
+        self.stopping = threading.Event()
+
+    def stop_claiming(self) -> None:
+        """The Client is closing: claim nothing more, and give back at once what a claim
+        running now takes (so that no row waits out a lease this process will not use)."""
+        self.stopping.set()
 
     def add_sink(self, destination: str, sink: Sink) -> None:
         """Deliver ``destination``'s rows to ``sink`` from now on."""
@@ -301,9 +309,18 @@ class Outbox:
         self.renewer.hold(token)
         try:
             size = self._claim_size(destination)
-            rows = self.store.transact(lambda tx: tx.claim(
-                destination, now, now + int(self.lease * 1e6), size, token))
+
+            def claim(tx: Transaction) -> list[dict[str, Any]]:
+                if self.stopping.is_set():
+                    return []
+                return tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
+
+            rows = self.store.transact(claim)
             if not rows:
+                return PassResult(0, 0)
+            if self.stopping.is_set():  # close() began during the claim: give the rows back
+                ids = [row["id"] for row in rows]
+                self.store.transact(lambda tx: tx.release(ids, token))
                 return PassResult(0, 0)
             started = time.monotonic()
             results = self._deliver_rows(sink, rows)
