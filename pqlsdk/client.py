@@ -507,7 +507,7 @@ class Client:
                 rows = self._outbox.stage_rows([(change, member, account, _new_id())],
                                                wall_micros())
             if rows:
-                tx.enqueue(rows)
+                self._outbox.write(tx, rows)
             return change, bool(rows)
 
         change, queued = self.store.transact(move)
@@ -541,7 +541,7 @@ class Client:
                              "import", reason)
         rows = self._outbox.stage_rows([(change, member, account, _new_id())], wall_micros())
         if rows:
-            tx.enqueue(rows)
+            self._outbox.write(tx, rows)
         return bool(rows)
 
     def history(self, user_id: str | None = None, *, account_id: str | None = None
@@ -774,7 +774,7 @@ class Client:
         if mirror is not None:
             rows.append(self._outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:
-            tx.enqueue(rows)
+            self._outbox.write(tx, rows)
         return bool(rows)
 
     def _dispatch(self, queued: bool) -> None:

@@ -291,6 +291,16 @@ class Outbox:
         """The destinations this process delivers to now (Segment not while paused)."""
         return [name for name, sink in self.sinks.items() if not sink.paused]
 
+    def write(self, tx: Transaction, rows: list[tuple[str, str, str | None, str, int]]
+              ) -> None:
+        """Add new rows in ``tx``. Other processes' idle workers are woken for them (on
+        PostgreSQL, after the commit) only if some are for a destination this process does
+        not deliver now: this process's own workers are woken by the caller, and a wake-up
+        per write would have every process of a fleet look at the outbox on every call."""
+        sinks = self.sinks
+        tx.enqueue(rows, announce=any(row[0] not in sinks or sinks[row[0]].paused
+                                      for row in rows))
+
     def deliver_once(self) -> int:
         """One pass over every destination in the calling thread, each settled as soon as
         its sink returns; return how many rows were claimed."""

@@ -271,3 +271,51 @@ def test_a_forked_child_connects_anew_and_leaves_the_parents_session_alone(pg_sc
         users = sorted(u for (u,) in conn.execute(f"SELECT user_id FROM {schema}.events"))
     assert users == ["child", "parent", "parent"]
     client.close()
+
+
+def _listening(url: str, schema: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = %s)",
+                            (f"LISTEN {schema}_outbox",)).fetchone()[0]
+
+
+def test_rows_this_process_does_not_send_wake_an_idle_process_at_once(pg_schema,
+                                                                       segment_server):
+    """A process that does not send to Segment (``send=False``) announces its Segment rows
+    after the commit; a sending process's idle worker delivers them at once, not after its
+    60 s poll. (Rows a process delivers itself are not announced: see the README.)"""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    url, schema = pg_schema
+    pg.PostgresStore(url, schema=schema).close()
+    script = textwrap.dedent(f"""
+        import sys, pqlsdk
+        from segment.analytics import Client as SegmentClient
+        segment = SegmentClient(write_key="k", host={segment_server.url!r}, sync_mode=True)
+        client = pqlsdk.Client({url!r}, schema={schema!r}, segment=segment, poll_interval=60)
+        client.flush(timeout=0)  # starts its delivery worker, which listens
+        sys.stdin.readline()
+        client.close(timeout=5)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, text=True)
+    try:
+        # nothing signals that the child's LISTEN has run: look, for at most 30 s
+        deadline = time.monotonic() + 30
+        while not _listening(url, schema):
+            assert time.monotonic() < deadline, "the child never listened"
+            time.sleep(0.05)
+        from segment.analytics import Client as SegmentClient
+
+        quiet = SegmentClient(write_key="k", host=segment_server.url, sync_mode=True)
+        writer = pqlsdk.Client(url, schema=schema, rules=RULES, segment=quiet, send=False)
+        for _ in range(40):
+            writer.track("ada", "report_generated", timestamp=AT)
+        assert segment_server.arrived.wait(20), "the idle process was not woken"
+        writer.close(timeout=0)
+    finally:
+        child.stdin.close()
+        child.wait(30)
+    assert [m["userId"] for m in segment_server.messages if m["type"] == "track"] == ["ada"]

@@ -37,7 +37,7 @@ T = TypeVar("T")
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: libpq's PGRES_TUPLES_OK: a statement's result that holds rows.
@@ -111,8 +111,17 @@ _V2 = [
     "EXECUTE FUNCTION outbox_notify()",
 ]
 
+_V3 = [
+    # issue 19p: a NOTIFY inside a write transaction holds the server's one notification
+    # lock through the commit's flush, so every transaction that wrote an outbox row
+    # committed alone (no group commit across a fleet). The writer now notifies after its
+    # commit, and only for rows it does not deliver itself; the previous release's workers
+    # still find rows by polling.
+    "DROP TRIGGER outbox_notify ON outbox",
+]
+
 #: (statements, the oldest package schema generation that can still use the result)
-MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1)]
+MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_V3, 1)]
 
 
 def _psycopg() -> Any:
@@ -274,7 +283,15 @@ class PgTransaction(Transaction):
     def __init__(self, conn: Any, *, speculate: bool = False) -> None:
         super().__init__(conn)
         self.speculate = speculate
+        #: Set by :meth:`enqueue` with ``announce``: notify listeners after the commit.
+        self.announce = False
         self._snapshot: _Snapshot | None = None
+
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
+                announce: bool = False) -> None:
+        """See :meth:`Transaction.enqueue`."""
+        super().enqueue(rows, announce=announce)
+        self.announce = self.announce or announce
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
         """Serialize this call with every other call on the same subjects: a row lock on the
@@ -463,6 +480,7 @@ class PostgresStore:
             self.where = "PostgreSQL pool"
         self.lock = threading.RLock()
         self.read_lock = threading.RLock()
+        self.listen_lock = threading.Lock()
         self._held: tuple[Any, ...] = ()
         self._conn: Any = None
         self._read_conn: Any = None
@@ -529,8 +547,11 @@ class PostgresStore:
         try:
             with conn.pipeline() if pipeline else nullcontext() as pipe:
                 self._begin(conn)
-                yield PgTransaction(_Connection(conn, pipe), speculate=speculate)
+                tx = PgTransaction(_Connection(conn, pipe), speculate=speculate)
+                yield tx
                 conn.execute("COMMIT")
+                if tx.announce:  # outside the transaction: see _V3
+                    conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
         except BaseException:
             if not conn.closed and conn.info.transaction_status != 0:
                 with suppress(Exception):
@@ -676,6 +697,7 @@ class PostgresStore:
         _INHERITED.extend(inherited)
         self._conn = self._read_conn = self._listen = None
         self.lock, self.read_lock, self._held = threading.RLock(), threading.RLock(), ()
+        self.listen_lock = threading.Lock()
         if self.pool is not None:
             _INHERITED.append(self.pool)
             self.pool = _child_pool(self.pool)
@@ -697,10 +719,13 @@ class PostgresStore:
         any process on any host); True if one came."""
         self._check_open()
         try:
-            if self._listen is None or self._listen.closed:
-                self._listen = self._connect()
-                self._listen.execute(f"LISTEN {self.schema}_outbox")
-            for _ in self._listen.notifies(timeout=timeout, stop_after=1):
+            with self.listen_lock:  # close() takes it: no connection is opened after close
+                self._check_open()
+                if self._listen is None or self._listen.closed:
+                    self._listen = self._connect()
+                    self._listen.execute(f"LISTEN {self.schema}_outbox")
+                listen = self._listen
+            for _ in listen.notifies(timeout=timeout, stop_after=1):
                 return True
         except Exception as exc:
             if _is_psycopg_error(exc):
@@ -712,7 +737,7 @@ class PostgresStore:
         """Close this store's connections (not an application's pool)."""
         self.closed = True
         for lock, attr in ((self.read_lock, "_read_conn"), (self.lock, "_conn"),
-                           (self.read_lock, "_listen")):
+                           (self.listen_lock, "_listen")):
             if lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
                 try:
                     conn = getattr(self, attr, None)

@@ -954,8 +954,11 @@ class Transaction:
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]]) -> None:
-        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once."""
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
+                announce: bool = False) -> None:
+        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once.
+        ``announce``: wake other processes' idle delivery workers after the commit (on
+        PostgreSQL; a file has no such signal: workers there poll)."""
         self.conn.executemany(
             "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
             f"created_at, format) VALUES (?, ?, ?, ?, ?5, ?5, {PAYLOAD_FORMAT})",
