@@ -553,7 +553,14 @@ class PostgresStore:
                 if tx.announce:  # outside the transaction: see _V3
                     conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
         except BaseException:
-            if not conn.closed and conn.info.transaction_status != 0:
+            if pipeline and not conn.closed:
+                # after an aborted pipeline psycopg's record of the session's prepared
+                # statements can be out of step with the server's ("prepared statement
+                # ... does not exist" on the next use): a failed transaction's connection
+                # is not used again (the server rolls it back; the next one connects anew)
+                with suppress(Exception):
+                    conn.close()
+            elif not conn.closed and conn.info.transaction_status != 0:
                 with suppress(Exception):
                     conn.execute("ROLLBACK")
             raise
