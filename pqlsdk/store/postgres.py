@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
 from ..stages import FIRST_STAGE, STAGES
+from .base import UserRow
 from .dialect import bind, to_postgres
-from .sqlite import _USER_SNAPSHOT, Transaction
+from .sqlite import _USER_SNAPSHOT, Transaction, user_row
 
 if TYPE_CHECKING:
     import psycopg_pool
@@ -265,7 +266,7 @@ class _Snapshot(NamedTuple):
 
     user_id: str
     statements: int
-    row: tuple[Any, ...] | None
+    row: UserRow | None
 
 
 class PgTransaction(Transaction):
@@ -312,13 +313,13 @@ class PgTransaction(Transaction):
                 "FROM t", (account_id, user_id))
             snapshot = self.conn.execute(_USER_SNAPSHOT + " FOR UPDATE OF u", (user_id,))
             account = locked.fetchone()[0]
-            row = snapshot.fetchone()
+            row = user_row(snapshot.fetchone())
             self._snapshot = _Snapshot(user_id, self.conn.statements, row)
             # the user was moved to another account meanwhile: lock that one first
-            if account_id is not None or row is None or row[0] == account:
+            if account_id is not None or row is None or row.account_id == account:
                 return
 
-    def user_snapshot(self, user_id: str) -> tuple[Any, ...] | None:
+    def user_snapshot(self, user_id: str) -> UserRow | None:
         """See :meth:`Transaction.user_snapshot` (read with the locks when it comes right
         after :meth:`lock_subjects`)."""
         snapshot, self._snapshot = self._snapshot, None
@@ -553,16 +554,14 @@ class PostgresStore:
                 if tx.announce:  # outside the transaction: see _V3
                     conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
         except BaseException:
-            if pipeline and not conn.closed:
-                # after an aborted pipeline psycopg's record of the session's prepared
-                # statements can be out of step with the server's ("prepared statement
-                # ... does not exist" on the next use): a failed transaction's connection
-                # is not used again (the server rolls it back; the next one connects anew)
+            # A failed transaction's connection is not used again: closing it rolls the
+            # transaction back, and after an aborted pipeline psycopg's record of the
+            # session's prepared statements can be out of step with the server's
+            # ("prepared statement ... does not exist" on a later call). The next
+            # transaction connects anew (a pool replaces a connection returned closed).
+            if not conn.closed:
                 with suppress(Exception):
                     conn.close()
-            elif not conn.closed and conn.info.transaction_status != 0:
-                with suppress(Exception):
-                    conn.execute("ROLLBACK")
             raise
 
     def _check_open(self) -> None:
