@@ -101,19 +101,33 @@ def _track_vs_bare(url: str, rounds: int, calls: int) -> list[tuple[str, str]]:
     with psycopg.connect(url, autocommit=True) as conn:
         table = _bare_table(conn)
         sides = _Sides(url, f"bench_{uuid.uuid4().hex[:8]}", 0, table)
-        ratios, base = [], []
+        ratios, base, cpu = [], [], []
+        backends = {"track": [sides.client.store._conn.info.backend_pid],
+                    "bare": [sides.bare_conn.info.backend_pid]}
+
+        def timed(kind: str) -> tuple[float, float]:
+            """(seconds, client + server CPU seconds) of ``calls`` calls."""
+            cpu_before = time.process_time() + _cpu_seconds(backends[kind])
+            took = sum(sides.run(kind, calls))
+            return took, time.process_time() + _cpu_seconds(backends[kind]) - cpu_before
+
         for _ in range(rounds):
-            bare = sum(sides.run("bare", calls))
-            ours = sum(sides.run("track", calls))
-            bare = (bare + sum(sides.run("bare", calls))) / 2
+            bare, bare_cpu = timed("bare")
+            ours, ours_cpu = timed("track")
+            again, again_cpu = timed("bare")
+            bare, bare_cpu = (bare + again) / 2, (bare_cpu + again_cpu) / 2
             ratios.append(ours / bare)
             base.append(bare / calls)
+            if bare_cpu > 0:
+                cpu.append(ours_cpu / bare_cpu)
         sides.close()
         conn.execute(f"DROP TABLE {table}")
     return [
         ("bare autocommit INSERT, one index (baseline)",
          f"{statistics.median(base) * 1e6:.0f} us/call"),
         ("track() vs bare INSERT, time per call (goal <= 1.5x)", _ratio_rows(ratios)),
+        ("track() vs bare INSERT, CPU per call (client + server process)",
+         _ratio_rows(cpu) if cpu else "not measured"),
     ]
 
 

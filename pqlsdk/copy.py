@@ -1,13 +1,14 @@
 """``pqlsdk copy pql.db postgresql://...``: move an embedded file into PostgreSQL.
 
-Copies events, users, accounts (traits, stage, rounds), stage history, qualifications,
-pruned-event rollups, the import bookkeeping, forgotten ids and the outbox rows still
-pending or failed. Each chunk of a table travels by ``COPY ... FROM STDIN`` into a
-temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` moves it into
-the table, in one transaction with how far the copy got (table ``copy_progress``, per source
-file). So it is idempotent and resumable: a stopped copy resumes where it stopped and a
-second run adds nothing. Rows keyed by their own id (users, accounts, qualifications, import
-ids) are inserted unless there; the others resume by the file's row id.
+Copies the user directory, events, users, accounts (traits, stage, rounds), stage history,
+qualifications, pruned-event rollups, the import bookkeeping, forgotten ids and the outbox
+rows still pending or failed, each row with its tenant key as the file has it. Each chunk of
+a table travels by ``COPY ... FROM STDIN`` into a temporary staging table, then ``INSERT ...
+SELECT ... ON CONFLICT DO NOTHING`` moves it into the table, in one transaction with how far
+the copy got (table ``copy_progress``, per source file). So it is idempotent and resumable:
+a stopped copy resumes where it stopped and a second run adds nothing. Rows keyed by their
+own id (users, accounts, qualifications, import ids) are inserted unless there; the others
+resume by the file's row id.
 
     >>> copy_file("pql.db", "postgresql://app@db/app")
     CopyResult(copied={'events': 1200, ...})
@@ -41,25 +42,27 @@ class Table(NamedTuple):
 _STAGES = ["first_lead", "first_mql", "first_pql", "first_sql", "first_opportunity",
            "first_customer"]
 TABLES: list[Table] = [
-    Table("users", ["user_id", "account_id", "traits", "first_seen", "stage", "round",
-                    "round_since", *_STAGES]),
-    Table("accounts", ["account_id", "traits", "first_seen", "stage", "round", "round_since",
-                       *_STAGES]),
-    Table("events", ["message_id", "user_id", "account_id", "event", "ts", "properties"],
-          resume=True),
-    Table("stage_changes", ["subject_type", "subject_id", "from_stage", "to_stage", "at",
-                            "source", "reason"], resume=True),
-    Table("qualifications", ["id", "rule", "stage", "subject_type", "subject_id", "user_id",
-                             "account_id", "qualified_at", "evidence", "round",
-                             "rule_version", "shadow"]),
-    Table("event_rollups", ["user_id", "account_id", "event", "properties", "n", "first_ts",
-                            "last_ts"], resume=True),
-    Table("import_done", ["message_id", "user_id"]),
-    Table("import_staging", ["message_id", "ts", "line_no", "kind", "user_id", "account_id",
-                             "event", "data"]),
+    Table("user_directory", ["tenant_key", "account_id"]),
+    Table("users", ["tenant_key", "user_id", "account_id", "traits", "first_seen", "stage",
+                    "round", "round_since", *_STAGES]),
+    Table("accounts", ["tenant_key", "account_id", "traits", "first_seen", "stage", "round",
+                       "round_since", *_STAGES]),
+    Table("events", ["tenant_key", "message_id", "user_id", "account_id", "event", "ts",
+                     "properties"], resume=True),
+    Table("stage_changes", ["tenant_key", "subject_type", "subject_id", "from_stage",
+                            "to_stage", "at", "source", "reason"], resume=True),
+    Table("qualifications", ["tenant_key", "id", "rule", "stage", "subject_type",
+                             "subject_id", "user_id", "account_id", "qualified_at",
+                             "evidence", "round", "rule_version", "shadow"]),
+    Table("event_rollups", ["tenant_key", "user_id", "account_id", "event", "properties", "n",
+                            "first_ts", "last_ts"], resume=True),
+    Table("import_done", ["tenant_key", "message_id", "user_id"]),
+    Table("import_staging", ["tenant_key", "message_id", "ts", "line_no", "kind", "user_id",
+                             "account_id", "event", "data"]),
     Table("forgotten", ["hash"]),
-    Table("outbox", ["destination", "kind", "user_id", "payload", "status", "attempts",
-                     "next_attempt_at", "last_error", "created_at", "format"], resume=True),
+    Table("outbox", ["tenant_key", "destination", "kind", "user_id", "payload", "status",
+                     "attempts", "next_attempt_at", "last_error", "created_at", "format"],
+          resume=True),
 ]
 
 

@@ -31,6 +31,7 @@ from .messages import qualification_messages, stage_messages
 from .models import Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
 from .store import PAYLOAD_FORMAT, Store, StoreClosed, Transaction
+from .store.base import OutboxKey
 from .timestamps import from_micros
 
 log = logging.getLogger("pqlsdk")
@@ -322,7 +323,7 @@ class Outbox:
             if not rows:
                 return PassResult(0, 0)
             if self.stopping.is_set():  # close() began during the claim: give the rows back
-                ids = [row["id"] for row in rows]
+                ids = [_key(row) for row in rows]
                 self.store.transact(lambda tx: tx.release(ids, token))
                 return PassResult(0, 0)
             started = time.monotonic()
@@ -391,16 +392,16 @@ class Outbox:
                 token: str) -> int:
         """Acknowledge, reschedule or fail each row (only those still ours); tell
         ``on_error`` of each failed attempt with the row's status after it."""
-        done = [row["id"] for row, error in zip(rows, results, strict=True) if error is None]
+        done = [_key(row) for row, error in zip(rows, results, strict=True) if error is None]
         failures: list[tuple[dict[str, Any], Exception, bool]] = []
-        skipped: list[int] = []
+        skipped: list[OutboxKey] = []
         now = wall_micros()
         waits: list[int] = []
         for row, error in zip(rows, results, strict=True):
             if error is None:
                 continue
             if isinstance(error, NotAttempted):
-                skipped.append(row["id"])
+                skipped.append(_key(row))
                 continue
             final = (isinstance(error, Fatal | Undeliverable)
                      or row["attempts"] >= self.max_retries)
@@ -413,7 +414,7 @@ class Outbox:
         def settle(tx: Transaction) -> int:  # run again as a whole if the store retries
             delivered = tx.acknowledge(done, token) if done else 0
             for (row, error, final), wait in zip(failures, waits, strict=True):
-                tx.reschedule([row["id"]], token, now + wait,
+                tx.reschedule([_key(row)], token, now + wait,
                               f"{type(error).__name__}: {error}", final)
             if skipped:
                 tx.release(skipped, token)
@@ -472,6 +473,11 @@ class Outbox:
                         "is registered under: register it under that name, or hand them to "
                         "another with client.retarget(%r, NEW_NAME)", count, destination,
                         destination)
+
+
+def _key(row: dict[str, Any]) -> OutboxKey:
+    """How a claimed row is settled: by its tenant and id."""
+    return OutboxKey(row["tenant_key"], row["id"])
 
 
 def _exists(stored: list[dict[str, Any]], qualification_id: str) -> bool:

@@ -24,21 +24,34 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
-from ..stages import FIRST_STAGE, STAGES
+from ..stages import STAGES
 from .base import UserRow
 from .dialect import bind, to_postgres
-from .sqlite import _USER_SNAPSHOT, Transaction, user_row
+from .sqlite import (
+    _USER_SNAPSHOT,
+    INSERT_EVENT,
+    INSERT_QUALIFICATION,
+    TENANT_BACKFILL,
+    TENANT_COPIES,
+    TENANT_INDEXES,
+    Transaction,
+    canonical,
+    user_row,
+)
 
 if TYPE_CHECKING:
     import psycopg_pool
 
 T = TypeVar("T")
+#: ``on_statement(sql, arguments)``: called with each statement the store runs through its
+#: shared statements, as sent to the server (see ``PostgresStore.on_statement``).
+StatementHook = Callable[[str, dict[str, Any]], None]
 
 #: Schema generations of the PostgreSQL store. Each entry: (what it applies, the oldest
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: libpq's PGRES_TUPLES_OK: a statement's result that holds rows.
@@ -112,17 +125,140 @@ _V2 = [
     "EXECUTE FUNCTION outbox_notify()",
 ]
 
+#: Tables that hold one tenant's rows (each carries ``tenant_key``; see :data:`_V3`).
+TENANT_TABLES = [*TENANT_BACKFILL, "user_directory"]
+#: Tables that are not a tenant's (the schema's version, the random forget key, forgotten
+#: ids' keyed hashes, the delivery lanes): on a sharded engine, reference tables. No
+#: statement of track, identify, group, set_stage, status or an outbox ack touches them.
+GLOBAL_TABLES = ["schema_version", "pqlsdk_meta", "forgotten", "outbox_lanes"]
+
+#: A row written without a tenant key (by the previous release, during a rolling deploy)
+#: gets the one this release would have written.
+_FILL_TENANT_KEY = """CREATE FUNCTION fill_tenant_key() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE who TEXT;
+BEGIN
+  IF TG_TABLE_NAME = 'accounts' THEN
+    NEW.tenant_key := NEW.account_id; RETURN NEW;
+  ELSIF TG_TABLE_NAME IN ('import_staging', 'import_done') THEN
+    NEW.tenant_key := coalesce(NEW.user_id, ''); RETURN NEW;
+  ELSIF TG_TABLE_NAME = 'users' THEN
+    NEW.tenant_key := coalesce(NEW.account_id, NEW.user_id);
+    INSERT INTO user_directory (tenant_key, account_id) VALUES (NEW.user_id, NEW.account_id)
+      ON CONFLICT (tenant_key) DO UPDATE SET account_id = excluded.account_id;
+    RETURN NEW;
+  ELSIF TG_TABLE_NAME IN ('qualifications', 'stage_changes') THEN
+    IF NEW.subject_type = 'account' THEN NEW.tenant_key := NEW.subject_id; RETURN NEW; END IF;
+    who := NEW.subject_id;
+  ELSE
+    who := NEW.user_id;
+  END IF;
+  NEW.tenant_key := coalesce((SELECT d.account_id FROM user_directory d
+                              WHERE d.tenant_key = who), who, '');
+  RETURN NEW;
+END $$"""
+#: The previous release ties a user to another account by updating ``users.account_id``
+#: alone: move the user's rows to the new tenant as this release does (Transaction.move_user).
+_MOVE_TENANT = """CREATE FUNCTION move_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.tenant_key := coalesce(NEW.account_id, NEW.user_id);
+  UPDATE user_directory SET account_id = NEW.account_id WHERE tenant_key = NEW.user_id;
+  DELETE FROM events WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+    AND account_id = NEW.tenant_key;
+  DELETE FROM event_rollups WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+    AND account_id = NEW.tenant_key;
+  INSERT INTO events (tenant_key, message_id, user_id, account_id, event, ts, properties)
+    SELECT NEW.tenant_key, message_id, user_id, account_id, event, ts, properties FROM events
+    WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND account_id = OLD.tenant_key ORDER BY id ON CONFLICT DO NOTHING;
+  UPDATE events SET tenant_key = NEW.tenant_key
+    WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND (account_id IS NULL OR account_id <> OLD.tenant_key);
+  INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, first_ts,
+                             last_ts)
+    SELECT NEW.tenant_key, user_id, account_id, event, properties, n, first_ts, last_ts
+    FROM event_rollups WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND account_id = OLD.tenant_key;
+  UPDATE event_rollups SET tenant_key = NEW.tenant_key
+    WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND (account_id IS NULL OR account_id <> OLD.tenant_key);
+  UPDATE qualifications SET tenant_key = NEW.tenant_key WHERE tenant_key = OLD.tenant_key
+    AND subject_type = 'user' AND subject_id = NEW.user_id;
+  UPDATE stage_changes SET tenant_key = NEW.tenant_key WHERE tenant_key = OLD.tenant_key
+    AND subject_type = 'user' AND subject_id = NEW.user_id;
+  RETURN NEW;
+END $$"""
+
+# issue 19, ready to shard: every tenant table carries the tenant key (the account the user
+# belongs to at the time of the call, else the user; an account's rows, the account), and
+# every primary and unique key includes it; ``user_directory`` (keyed by the user id) says
+# which tenant a user is in. Expand only: the previous release keeps working (the triggers
+# fill and move tenant keys for it; its lookups by user id lose their indexes); contracting
+# (dropping the triggers) is for the release after this one.
 _V3 = [
+    "CREATE TABLE user_directory (tenant_key TEXT PRIMARY KEY, account_id TEXT)",
+    "INSERT INTO user_directory (tenant_key, account_id) SELECT user_id, account_id FROM users",
+    *[f"ALTER TABLE {table} ADD COLUMN tenant_key TEXT" for table in TENANT_BACKFILL],
+    "DROP INDEX events_message_id",  # unique per tenant from here (the copies below)
+    *TENANT_COPIES,
+    *[f"UPDATE {table} SET tenant_key = {value} WHERE tenant_key IS NULL"
+      for table, value in TENANT_BACKFILL.items()],
+    *[f"ALTER TABLE {table} ALTER COLUMN tenant_key SET NOT NULL" for table in TENANT_BACKFILL],
+    *[f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, ADD PRIMARY KEY (tenant_key, {key})"
+      for table, key in (("events", "id"), ("users", "user_id"), ("accounts", "account_id"),
+                         ("qualifications", "id"), ("outbox", "id"), ("stage_changes", "id"),
+                         ("import_staging", "message_id"), ("import_done", "message_id"),
+                         ("event_rollups", "id"))],
+    "ALTER TABLE qualifications DROP CONSTRAINT "
+    "qualifications_subject_type_subject_id_round_rule_shadow_key, "
+    "ADD UNIQUE (tenant_key, subject_type, subject_id, round, rule, shadow)",
+    "CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id)",
+    "DROP INDEX users_account",
+    "CREATE INDEX users_account ON users(tenant_key, account_id) WHERE account_id IS NOT NULL",
+    *[f"DROP INDEX IF EXISTS {name}" for name, _ in TENANT_INDEXES],
+    *[f"CREATE INDEX {name} ON {on}" for name, on in TENANT_INDEXES],
+    _FILL_TENANT_KEY,
+    *[f"CREATE TRIGGER {table}_tenant_key BEFORE INSERT ON {table} FOR EACH ROW "
+      f"WHEN (NEW.tenant_key IS NULL) EXECUTE FUNCTION fill_tenant_key()"
+      for table in TENANT_BACKFILL],
+    _MOVE_TENANT,
+    "CREATE TRIGGER users_move_tenant BEFORE UPDATE OF account_id ON users FOR EACH ROW "
+    "WHEN (OLD.account_id IS DISTINCT FROM NEW.account_id AND OLD.tenant_key = NEW.tenant_key) "
+    "EXECUTE FUNCTION move_tenant()",
+]
+
+_V4 = [
     # issue 19p: a NOTIFY inside a write transaction holds the server's one notification
     # lock through the commit's flush, so every transaction that wrote an outbox row
     # committed alone (no group commit across a fleet). The writer now notifies after its
     # commit, and only for rows it does not deliver itself; the previous release's workers
     # still find rows by polling.
-    "DROP TRIGGER outbox_notify ON outbox",
+    "DROP TRIGGER IF EXISTS outbox_notify ON outbox",
 ]
 
 #: (statements, the oldest package schema generation that can still use the result)
-MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_V3, 1)]
+MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_V3, 1), (_V4, 1)]
+
+
+def partition_statements(partitions: int) -> list[str]:
+    """Turn every tenant table of a new, empty schema into one ``PARTITION BY HASH
+    (tenant_key)`` into ``partitions`` parts, with the same columns, defaults, identities,
+    keys and indexes (PostgreSQL refuses a primary or unique key without the partition
+    column, as a sharded engine does). The check that pqlsdk is ready to shard: see
+    ``PostgresStore(partitions=...)``."""
+    out = []
+    for table in TENANT_TABLES:
+        out += [
+            f"ALTER TABLE {table} RENAME TO {table}_flat",
+            f"CREATE TABLE {table} (LIKE {table}_flat INCLUDING ALL) "
+            f"PARTITION BY HASH (tenant_key)",
+            *[f"CREATE TABLE {table}_p{n} PARTITION OF {table} "
+              f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {n})"
+              for n in range(partitions)],
+            f"DROP TABLE {table}_flat",
+        ]
+    # (no trigger: those of a new schema serve the previous release's writes, and the
+    # outbox's NOTIFY is sent after the commit since migration 4)
+    return out
 
 
 def _psycopg() -> Any:
@@ -212,9 +348,11 @@ class _Connection:
     its answer: statements whose result nobody reads travel with the next one that is read,
     so a whole ``track()`` takes a few round trips, not one per statement."""
 
-    def __init__(self, conn: Any, pipeline: Any = None) -> None:
+    def __init__(self, conn: Any, pipeline: Any = None,
+                 on_statement: StatementHook | None = None) -> None:
         self.raw = conn
         self.pipeline = pipeline
+        self.on_statement = on_statement
         #: Statements run so far (a prefetched result is good until the next one).
         self.statements = 0
         self._counted = 0
@@ -242,7 +380,10 @@ class _Connection:
         statement = to_postgres(sql)
         cursor = self.raw.cursor()
         if not statement.skip:
-            cursor.execute(statement.sql, bind(statement, args))
+            bound = bind(statement, args)
+            if self.on_statement is not None:
+                self.on_statement(statement.sql, bound)
+            cursor.execute(statement.sql, bound)
             self._sent(cursor)
         return _Cursor(cursor, self)
 
@@ -251,7 +392,11 @@ class _Connection:
         cursor = self.raw.cursor()
         rows = list(rows)
         if rows and not statement.skip:
-            cursor.executemany(statement.sql, [bind(statement, row) for row in rows])
+            many = [bind(statement, row) for row in rows]
+            if self.on_statement is not None:
+                for bound in many:
+                    self.on_statement(statement.sql, bound)
+            cursor.executemany(statement.sql, many)
             self._sent(cursor)
         return _Cursor(cursor, self)
 
@@ -259,6 +404,10 @@ class _Connection:
         self.statements += 1
         self._uncounted.append(cursor)
         self._unsynced = self.pipeline is not None
+
+
+#: :data:`~pqlsdk.store.sqlite.INSERT_EVENT` without its ``OR IGNORE`` (see PgTransaction).
+_PLAIN_INSERT_EVENT = INSERT_EVENT.replace("INSERT OR IGNORE", "INSERT", 1)
 
 
 class _Snapshot(NamedTuple):
@@ -295,29 +444,40 @@ class PgTransaction(Transaction):
         self.announce = self.announce or announce
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
-        """Serialize this call with every other call on the same subjects: a row lock on the
-        account's row, then on the user's (one fixed order, so no deadlock between two such
-        calls). A subject without a row yet is serialized by its first insert.
+        """Serialize this call with every other call on the same subjects, and bind it to
+        the user's tenant: a row lock on the account's row (both accounts', in id order,
+        when the call moves the user to another one), then on the user's directory row
+        (one fixed order, so no deadlock between two such calls). A subject without a row
+        yet is serialized by its first insert. Each statement binds one tenant key.
 
-        Two statements in one round trip (with the transaction's BEGIN): the account's lock,
-        then the user's, taken by the statement that reads the user's snapshot (what
-        :meth:`user_snapshot` returns next). Should that statement wait for the user's lock,
-        the user's row it returns is the one committed, but the rules it lists as met may
-        miss one recorded meanwhile: a second record of that rule then fails on the unique
-        key and the transaction runs again (see :meth:`PostgresStore.transact`)."""
+        Two round trips (the first with the transaction's BEGIN): the directory read, then
+        the account locks, the directory row's lock and the user's snapshot (what
+        :meth:`user_snapshot` returns next), read after the locks were granted."""
         while True:
-            locked = self.conn.execute(
-                "WITH t AS (SELECT coalesce(?1, (SELECT account_id FROM users "
-                "WHERE user_id = ?2)) AS id) "
-                "SELECT id, (SELECT 1 FROM accounts WHERE account_id = t.id FOR UPDATE) "
-                "FROM t", (account_id, user_id))
-            snapshot = self.conn.execute(_USER_SNAPSHOT + " FOR UPDATE OF u", (user_id,))
-            account = locked.fetchone()[0]
-            row = user_row(snapshot.fetchone())
-            self._snapshot = _Snapshot(user_id, self.conn.statements, row)
-            # the user was moved to another account meanwhile: lock that one first
-            if account_id is not None or row is None or row.account_id == account:
-                return
+            row = self.conn.execute(
+                "SELECT account_id FROM user_directory WHERE tenant_key = ?",
+                (user_id,)).fetchone()
+            current = row[0] if row else None
+            for account in sorted({a for a in (current, account_id) if a is not None}):
+                self._lock_account(account)
+            tenant = (current or user_id) if row is not None else (account_id or user_id)
+            if row is not None:
+                locked = self.conn.execute(
+                    "SELECT account_id FROM user_directory WHERE tenant_key = ? FOR UPDATE",
+                    (user_id,))
+                snapshot = self.conn.execute(_USER_SNAPSHOT, {"tenant": tenant, "id": user_id})
+                again = locked.fetchone()
+                if again is None or again[0] != current:
+                    continue  # moved (or forgotten) meanwhile: lock its account first
+                self._snapshot = _Snapshot(user_id, self.conn.statements,
+                                           user_row(snapshot.fetchone()))
+            self.tenant = tenant
+            self.tenant_user = user_id
+            return
+
+    def _lock_account(self, account_id: str) -> None:
+        self.conn.execute("SELECT 1 FROM accounts WHERE tenant_key = ?1 AND account_id = ?1 "
+                          "FOR UPDATE", (account_id,))
 
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """See :meth:`Transaction.user_snapshot` (read with the locks when it comes right
@@ -333,8 +493,8 @@ class PgTransaction(Transaction):
         if subject_type == "user":
             self.lock_subjects(subject_id, None)
         else:
-            self.conn.execute("SELECT 1 FROM accounts WHERE account_id = ? FOR UPDATE",
-                              (subject_id,))
+            self._lock_account(subject_id)
+            self.enter("account", subject_id)
 
     def insert_event(self, message_id: str | None, user_id: str, account_id: str | None,
                      event: str, ts: int, properties: str) -> bool:
@@ -344,31 +504,17 @@ class PgTransaction(Transaction):
         if message_id is not None and not self.speculate:
             return super().insert_event(message_id, user_id, account_id, event, ts,
                                         properties)
-        self.conn.execute(
-            "INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (message_id, user_id, account_id, event, ts, properties))
+        self.conn.execute(_PLAIN_INSERT_EVENT, (self.tenant_for("user", user_id), message_id,
+                                                user_id, account_id, event, ts, properties))
         return True
 
     def insert_qualification(self, row: dict[str, Any]) -> bool:
         """See :meth:`Transaction.insert_qualification` (speculative: see the class)."""
         if not self.speculate:
             return super().insert_qualification(row)
-        self.conn.execute(
-            "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence, round, rule_version, shadow) VALUES (:id, "
-            ":rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
-            ":qualified_at, :evidence, :round, :rule_version, :shadow)", row)
+        self.conn.execute(INSERT_QUALIFICATION, {
+            **row, "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])})
         return True
-
-    def add_account(self, account_id: str, ts: int) -> None:
-        """See :meth:`Transaction.add_account`: one statement, whose answer is not awaited."""
-        self.conn.execute(
-            "WITH a AS (INSERT INTO accounts (account_id, traits, first_seen, first_lead) "
-            "VALUES (?1, '{}', ?2, ?2) ON CONFLICT DO NOTHING RETURNING account_id) "
-            "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
-            "source) SELECT 'account', account_id, NULL, ?3, ?2, 'first_seen' FROM a",
-            (account_id, ts, FIRST_STAGE))
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
@@ -414,6 +560,7 @@ class PgTransaction(Transaction):
         cursor.execute(
             f"SELECT e.event, j.key, j.value, e.{column}, min(e.ts) FROM events e, "
             f"jsonb_each(e.properties::jsonb) j WHERE e.ts <= %s AND e.{column} IS NOT NULL "
+            f"AND {canonical(subject_type, 'e')} "
             f"AND e.properties != '{{}}' AND (jsonb_typeof(j.value) = 'string' OR "
             f"(jsonb_typeof(j.value) = 'number' AND j.value::text !~ '[.eE]')) "
             f"GROUP BY e.event, j.key, j.value, e.{column}", (until,))
@@ -445,7 +592,12 @@ def _register_loaders(conn: Any) -> None:
 
 class PostgresStore:
     """pqlsdk's tables in a PostgreSQL schema. Use :meth:`transact` (or :meth:`write`) for
-    changes and :meth:`read` for queries."""
+    changes and :meth:`read` for queries.
+
+    ``partitions=N`` (the ready-to-shard check, for tests): a schema this store creates gets
+    every tenant table ``PARTITION BY HASH (tenant_key)`` into ``N`` parts (an existing
+    schema is left as it is). :attr:`on_statement` records each statement of the shared
+    statements with its arguments."""
 
     engine = "postgresql"
 
@@ -458,6 +610,7 @@ class PostgresStore:
         statement_timeout: float | None = None,
         lock_timeout: float | None = None,
         schema_version: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         _psycopg()
         if not schema.replace("_", "").isalnum() or schema[0].isdigit():
@@ -468,6 +621,11 @@ class PostgresStore:
         self.lock_timeout = lock_timeout
         #: The schema generation this package declares (tests stand in older releases).
         self.schema_version = SCHEMA_VERSION if schema_version is None else schema_version
+        #: A new schema's tenant tables are made ``PARTITION BY HASH (tenant_key)`` into
+        #: this many parts (the ready-to-shard check; None: plain tables).
+        self.partitions = partitions
+        #: Called with each statement of a call and its arguments (tests record them).
+        self.on_statement: StatementHook | None = None
         self.closed = False
         self.corrupt: StoreError | None = None
         self.path: str | None = None
@@ -548,10 +706,11 @@ class PostgresStore:
         try:
             with conn.pipeline() if pipeline else nullcontext() as pipe:
                 self._begin(conn)
-                tx = PgTransaction(_Connection(conn, pipe), speculate=speculate)
+                tx = PgTransaction(_Connection(conn, pipe, self.on_statement),
+                                   speculate=speculate)
                 yield tx
                 conn.execute("COMMIT")
-                if tx.announce:  # outside the transaction: see _V3
+                if tx.announce:  # outside the transaction: see _V4
                     conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
         except BaseException:
             # A failed transaction's connection is not used again: closing it rolls the
@@ -630,7 +789,7 @@ class PostgresStore:
                     if self.pool is not None:
                         self._begin(conn)
                     try:
-                        yield PgTransaction(_Connection(conn))  # type: ignore[arg-type]
+                        yield PgTransaction(_Connection(conn, on_statement=self.on_statement))  # type: ignore[arg-type]
                     finally:
                         if self.pool is not None and not conn.closed:
                             with suppress(Exception):
@@ -658,6 +817,7 @@ class PostgresStore:
             raise SchemaTooNew(
                 f"the database needs pqlsdk schema generation {minimum} or newer, and this "
                 f"pqlsdk has {self.schema_version}; upgrade pqlsdk to use it", path=self.where)
+        fresh = version == 0
         while version < min(self.schema_version, len(MIGRATIONS)):
             statements, minimum = MIGRATIONS[version]
             for sql in statements:
@@ -668,6 +828,9 @@ class PostgresStore:
             version += 1
             conn.execute("UPDATE schema_version SET version = %s, min_version = "
                          "greatest(min_version, %s) WHERE one = 1", (version, minimum))
+        if fresh and self.partitions is not None and version == len(MIGRATIONS):
+            for sql in partition_statements(self.partitions):
+                conn.execute(sql)
 
     def record_minimum(self, minimum: int) -> None:
         """Record that the database now needs package schema generation ``minimum`` (what a
