@@ -7,8 +7,11 @@ same result as live calls in time order (replay = live):
 1. Walk the batch in order, resolving each event's account as the live call would (the
    call's ``account_id``, else the user's current one) and creating or moving users and
    accounts at the moment they first appear (one snapshot read per user per batch, which
-   also gives the user and its account as evaluation needs them).
-2. Insert the events in one ``executemany``.
+   also gives the user and its account as evaluation needs them). Moving a user takes its
+   stored events to the account's tenant, so the events pending before a move are stored
+   (and evaluated) first.
+2. Insert the events in one ``executemany``, each in its user's tenant at the time (the
+   account it counted for, else the user).
 3. Evaluate, in time order, only the rules each event can change, for its user and its
    account, with each subject read once and read again only after a qualification changed
    it. Rule checks count events up to the evaluated event's timestamp, so the later events
@@ -95,6 +98,10 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
             subjects.setdefault(("user", user_id), Subject("user", user_id))
         if track.account_id is not None and track.account_id != current:
             if current is not _NEW:
+                # the move takes the user's stored events to the new tenant: store the
+                # pending ones first (evaluated in order, as they come before this one)
+                _flush(tx, rules, pending, subjects, out)
+                seen.clear()
                 tx.move_user(user_id, track.account_id)
             if tx.add_account(track.account_id, ts):
                 subjects.setdefault(("account", track.account_id),
@@ -113,8 +120,9 @@ def _flush(tx: Transaction, rules: Rules, pending: list[tuple[Track, str | None]
     """Insert the pending events in one statement, then evaluate them in order."""
     if not pending:
         return
-    tx.insert_events([(t.message_id, t.user_id, account, t.event, t.ts, t.properties)
-                      for t, account in pending])
+    # an event's tenant is its user's at the time: the account it counted for, else the user
+    tx.insert_events([(account or t.user_id, t.message_id, t.user_id, account, t.event, t.ts,
+                       t.properties) for t, account in pending])
     conn = tx.conn
     for track, account in pending:
         user_rules, account_rules = rules.by_event.get(track.event, ((), ()))

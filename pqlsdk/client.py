@@ -255,8 +255,8 @@ class Client:
         registered (``"crm"``) or as shown in :meth:`deliveries` (``"callback:crm"``).
         Failed rows among them become pending again."""
         old, new = _destination(old_name, "old_name"), _destination(new_name, "new_name")
-        with self.store.write() as tx:
-            moved = tx.retarget(old, new, wall_micros())
+        now = wall_micros()
+        moved = self.store.transact(lambda tx: tx.retarget(old, new, now))
         self._dispatch(bool(moved))
         return moved
 
@@ -392,11 +392,13 @@ class Client:
         validation.subject_type(subject)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
-            return [
-                SubjectFacts(tx, load_subject(tx, subject, subject_id)._replace(since=None),
-                             until, self.rules.scoring).score("total")
-                for subject_id in tx.all_subjects(subject)
-            ]
+            totals = []
+            for subject_id in tx.all_subjects(subject):
+                tx.enter(subject, subject_id)  # what follows reads this subject's tenant
+                facts = SubjectFacts(tx, load_subject(tx, subject, subject_id)._replace(
+                    since=None), until, self.rules.scoring)
+                totals.append(facts.score("total"))
+            return totals
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -668,8 +670,8 @@ class Client:
 
     def retry_failed(self) -> int:
         """Make every failed delivery pending again (due now); return how many."""
-        with self.store.write() as tx:
-            revived = tx.retry_failed(wall_micros())
+        now = wall_micros()
+        revived = self.store.transact(lambda tx: tx.retry_failed(now))
         self._dispatch(bool(revived))
         return revived
 
@@ -770,6 +772,7 @@ class Client:
         # that it is not left leased until the lease runs out
         delivered = self.flush(timeout - min(timeout * 0.25, CLOSE_GRACE))
         self._closing.set()
+        self._outbox.stop_claiming()
         if self._pruner is not None:
             self._pruner.stop(max(0.0, deadline - time.monotonic()))
         self._worker.stop(max(0.0, deadline - time.monotonic()))

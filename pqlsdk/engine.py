@@ -111,11 +111,14 @@ class Engine:
         user, account = load_subjects(tx, call.user_id, call.account_id, ts)
         account_id = account.id if account else None
         moves: list[Move] = []
-        event_id = None
+        # a mirrored track's outbox row refers to its event by message id: the event row
+        # keeps the one generated for Segment when the call gave none
+        mirror_id = (call.message_id or _new_id()) if (
+            call.kind == "track" and self.forward_events and deliver) else None
+        message_id = mirror_id or call.message_id
         if call.kind == "track":
-            event_id = tx.insert_event(call.message_id, call.user_id, account_id, call.event,
-                                       ts, call.data_json)
-            if event_id is None:
+            if not tx.insert_event(message_id, call.user_id, account_id, call.event, ts,
+                                   call.data_json):
                 return Outcome(applied=False)
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
@@ -141,11 +144,12 @@ class Engine:
         # a mirrored track refers to its event row (its message is built at delivery);
         # identify and group have no event row: their row holds the message
         message = (call_message(call, account_id)
-                   if self.forward_events and event_id is None else None)
+                   if self.forward_events and mirror_id is None else None)
         queued = self._enqueue(tx, created, moves, call.kind, call.user_id, message)
-        if self.forward_events and event_id is not None:
-            tx.enqueue([self.outbox.event_row(event_id, None if call.message_id else _new_id(),
-                                              call.user_id, wall_micros())], EVENT_REF_FORMAT)
+        if mirror_id is not None:
+            self.outbox.write(tx, [self.outbox.event_row(mirror_id, call.user_id,
+                                                         wall_micros())],
+                              payload_format=EVENT_REF_FORMAT)
             queued = True
         return Outcome(tuple(created), tuple(moves), queued=queued)
 
@@ -207,7 +211,7 @@ class Engine:
             rows = self.outbox.stage_rows([(change, member, account, _new_id())],
                                           wall_micros())
         if rows:
-            tx.enqueue(rows)
+            self.outbox.write(tx, rows)
         return Outcome(stage_change=change, queued=bool(rows))
 
     # -- evaluation -----------------------------------------------------------------------
@@ -271,12 +275,14 @@ class Engine:
         if mirror is not None:
             rows.append(self.outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:
-            tx.enqueue(rows)
+            self.outbox.write(tx, rows)
         return bool(rows)
 
 
 def known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
-    """A subject that has been seen; raises :class:`UnknownSubject` otherwise."""
+    """A subject that has been seen; raises :class:`UnknownSubject` otherwise. The
+    transaction is bound to its tenant from here (what follows reads this subject)."""
+    tx.enter(subject_type, subject_id)
     row = tx.subject_snapshot(subject_type, subject_id)
     if row is None:
         raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")

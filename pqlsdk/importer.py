@@ -15,8 +15,8 @@
 3. **Resume.** Each batch's transaction also records a checkpoint for the file (a digest
    of its lines): the last message applied. Killed at any point, a re-run reads the file
    again and skips what the checkpoint covers; re-importing a file adds nothing (an event
-   already stored, by its message id, or an identify/group/stage already imported is
-   skipped whatever file it comes from).
+   already stored, by its message id in its user's tenant as a live call's, or an
+   identify/group/stage already imported is skipped whatever file it comes from).
 
 The input is read as bytes, plain or gzipped (known by its magic bytes, as Segment's
 archives are), and decoded line by line. A bad line stops nothing that was good, whatever it
@@ -340,7 +340,6 @@ class _Import:
     def __init__(self, client: Client, strict: bool, deliver: bool) -> None:
         self.client, self.store, self.strict, self.deliver = client, client.store, strict, deliver
         self.engine = client.engine
-        self.engine = client.engine
         self.errors: list[tuple[int, str]] = []
         self.applied = self.qualified = self.failed = 0
 
@@ -424,11 +423,13 @@ class _Import:
         stored, or a forgotten user's, is skipped), the tracks in bulk, each other message
         through the same path as the live call; then move the checkpoint past the last.
         Returns ``(applied, qualifications, outbox rows written)``."""
-        known = tx.imported(list({m.message_id for m in batch}))
+        # a message id is its user's (live calls dedupe it in the user's tenant)
+        known = tx.imported(list({(m.user_id or "", m.message_id) for m in batch}))
         fresh: list[Message] = []
         for message in batch:
-            if message.message_id not in known:
-                known.add(message.message_id)  # the same id twice in a file: once
+            mine = (message.user_id or "", message.message_id)
+            if mine not in known:
+                known.add(mine)  # the same user's id twice in a file: once
                 fresh.append(message)
         outcome = Outcome()
         tracks: list[bulk.Track] = []

@@ -30,7 +30,8 @@ import attrs
 from .messages import event_message, qualification_messages, stage_messages
 from .models import Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
-from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed
+from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed, Transaction
+from .store.base import OutboxKey
 from .timestamps import from_micros
 
 log = logging.getLogger("pqlsdk")
@@ -70,8 +71,9 @@ def _decode(row: dict[str, Any]) -> Any:
     except (TypeError, ValueError) as exc:
         raise Undeliverable(f"outbox payload is not JSON: {exc}") from None
     if row.get("format") == EVENT_REF_FORMAT:
-        if not (isinstance(payload, dict) and type(payload.get("event_id")) is int):
-            raise Undeliverable("a mirrored event's row must name its event_id")
+        if not (isinstance(payload, dict) and isinstance(payload.get("message_id"), str)
+                and isinstance(row.get("user_id"), str)):
+            raise Undeliverable("a mirrored event's row must name its user and message_id")
         return payload
     if row["kind"] == "qualification":
         if not (isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str)):
@@ -185,9 +187,13 @@ class Renewer:
                 tokens = sorted(self._tokens)
             if not tokens:
                 continue
+            until = wall_micros() + int(self.lease * 1e6)
+
+            def renew(tx: Transaction, tokens: list[str] = tokens, until: int = until) -> None:
+                tx.renew(tokens, until)
+
             try:
-                with self.store.write() as tx:
-                    tx.renew(tokens, wall_micros() + int(self.lease * 1e6))
+                self.store.transact(renew)
             except StoreClosed:
                 return
             except Exception:
@@ -224,12 +230,20 @@ class Outbox:
         #: Notified after each settled claim (``settled`` counts them): ``flush`` waits on it.
         self.progress = threading.Condition()
         self.settled = 0
+        #: Set by :meth:`stop_claiming` (the Client is closing): no new claims.
+        self.stopping = threading.Event()
 
     def after_fork(self) -> None:
         """In a forked child: its own lease renewer, locks and measurements."""
         self.renewer = Renewer(self.store, self.lease)
         self._lock = threading.Lock()
         self.progress = threading.Condition()
+        self.stopping = threading.Event()
+
+    def stop_claiming(self) -> None:
+        """The Client is closing: claim nothing more, and give back at once what a claim
+        running now takes (so that no row waits out a lease this process will not use)."""
+        self.stopping.set()
 
     def add_sink(self, destination: str, sink: Sink) -> None:
         """Deliver ``destination``'s rows to ``sink`` from now on."""
@@ -273,21 +287,29 @@ class Outbox:
         return (SEGMENT, kind, user_id, json.dumps([message], default=json_default), now)
 
     @staticmethod
-    def event_row(event_id: int, message_id: str | None, user_id: str, now: int
+    def event_row(message_id: str, user_id: str, now: int
                   ) -> tuple[str, str, str | None, str, int]:
         """An outbox row mirroring one track call to Segment, of
-        :data:`~pqlsdk.store.EVENT_REF_FORMAT`: a reference to the event row and the
-        ``messageId`` the call did not give (None when the event row holds it); the
-        message is built from the event row when it is delivered."""
-        payload = (f'{{"event_id": {int(event_id)}}}' if message_id is None
-                   else json.dumps({"event_id": event_id, "message_id": message_id}))
-        return (SEGMENT, "track", user_id, payload, now)
+        :data:`~pqlsdk.store.EVENT_REF_FORMAT`: the event's message id (the row's user and
+        the message id find the event row in the user's tenant); the message is built from
+        the event row when it is delivered."""
+        return (SEGMENT, "track", user_id, json.dumps({"message_id": message_id}), now)
 
     # -- delivering -------------------------------------------------------------------------
 
     def destinations(self) -> list[str]:
         """The destinations this process delivers to now (Segment not while paused)."""
         return [name for name, sink in self.sinks.items() if not sink.paused]
+
+    def write(self, tx: Transaction, rows: list[tuple[str, str, str | None, str, int]], *,
+              payload_format: int = PAYLOAD_FORMAT) -> None:
+        """Add new rows in ``tx``. Other processes' idle workers are woken for them (on
+        PostgreSQL, after the commit) only if some are for a destination this process does
+        not deliver now: this process's own workers are woken by the caller, and a wake-up
+        per write would have every process of a fleet look at the outbox on every call."""
+        sinks = self.sinks
+        tx.enqueue(rows, announce=any(row[0] not in sinks or sinks[row[0]].paused
+                                      for row in rows), payload_format=payload_format)
 
     def deliver_once(self) -> int:
         """One pass over every destination in the calling thread, each settled as soon as
@@ -307,9 +329,18 @@ class Outbox:
         self.renewer.hold(token)
         try:
             size = self._claim_size(destination)
-            with self.store.write() as tx:
-                rows = tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
+
+            def claim(tx: Transaction) -> list[dict[str, Any]]:
+                if self.stopping.is_set():
+                    return []
+                return tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
+
+            rows = self.store.transact(claim)
             if not rows:
+                return PassResult(0, 0)
+            if self.stopping.is_set():  # close() began during the claim: give the rows back
+                ids = [_key(row) for row in rows]
+                self.store.transact(lambda tx: tx.release(ids, token))
                 return PassResult(0, 0)
             started = time.monotonic()
             results = self._deliver_rows(sink, rows)
@@ -377,28 +408,28 @@ class Outbox:
     def _build_events(self, rows: list[dict[str, Any]], payloads: dict[int, Any],
                       results: list[Exception | None]) -> None:
         """Replace each mirrored event's reference (format 2) by its Segment message, read
-        from the event row in one query; a row whose event is gone (pruned by retention)
-        fails alone."""
+        from the event row (one query per user, in the user's tenant); a row whose event is
+        gone (pruned by retention) fails alone."""
         refs = [i for i in payloads if rows[i].get("format") == EVENT_REF_FORMAT]
         if not refs:
             return
         with self.store.read() as tx:
-            events = tx.events_by_id(sorted({payloads[i]["event_id"] for i in refs}))
+            events = tx.events_by_message(sorted({
+                (rows[i]["user_id"], payloads[i]["message_id"]) for i in refs}))
         for index in refs:  # replaced in place: the rows keep their order
-            payload = payloads[index]
-            event = events.get(payload["event_id"])
+            user_id, message_id = rows[index]["user_id"], payloads[index]["message_id"]
+            event = events.get((user_id, message_id))
             if event is None:
                 del payloads[index]
                 results[index] = Undeliverable(
-                    f"its event (id {payload['event_id']}) is no longer stored (pruned by "
+                    f"its event (message id {message_id}) is no longer stored (pruned by "
                     f"retention before it was delivered)")
                 continue
-            message_id, user_id, account_id, name, ts, properties = event
+            account_id, name, ts, properties = event
             try:
                 payloads[index] = [event_message(
                     "track", user_id, from_micros(ts).isoformat(timespec="milliseconds"),
-                    message_id or payload.get("message_id"), account_id, event=name,
-                    properties=json.loads(properties))]
+                    message_id, account_id, event=name, properties=json.loads(properties))]
             except Exception as exc:  # a damaged row fails alone
                 del payloads[index]
                 results[index] = Undeliverable(f"its event cannot be read: {exc}")
@@ -407,28 +438,35 @@ class Outbox:
                 token: str) -> int:
         """Acknowledge, reschedule or fail each row (only those still ours); tell
         ``on_error`` of each failed attempt with the row's status after it."""
-        done = [row["id"] for row, error in zip(rows, results, strict=True) if error is None]
+        done = [_key(row) for row, error in zip(rows, results, strict=True) if error is None]
         failures: list[tuple[dict[str, Any], Exception, bool]] = []
-        skipped: list[int] = []
+        skipped: list[OutboxKey] = []
         now = wall_micros()
-        with self.store.write() as tx:
+        waits: list[int] = []
+        for row, error in zip(rows, results, strict=True):
+            if error is None:
+                continue
+            if isinstance(error, NotAttempted):
+                skipped.append(_key(row))
+                continue
+            final = (isinstance(error, Fatal | Undeliverable)
+                     or row["attempts"] >= self.max_retries)
+            wait = self._backoff(row["attempts"])
+            if isinstance(error, Retry) and error.retry_after is not None:
+                wait = int(error.retry_after * 1e6)
+            failures.append((row, error, final))
+            waits.append(wait)
+
+        def settle(tx: Transaction) -> int:  # run again as a whole if the store retries
             delivered = tx.acknowledge(done, token) if done else 0
-            for row, error in zip(rows, results, strict=True):
-                if error is None:
-                    continue
-                if isinstance(error, NotAttempted):
-                    skipped.append(row["id"])
-                    continue
-                final = (isinstance(error, Fatal | Undeliverable)
-                         or row["attempts"] >= self.max_retries)
-                wait = self._backoff(row["attempts"])
-                if isinstance(error, Retry) and error.retry_after is not None:
-                    wait = int(error.retry_after * 1e6)
-                tx.reschedule([row["id"]], token, now + wait,
+            for (row, error, final), wait in zip(failures, waits, strict=True):
+                tx.reschedule([_key(row)], token, now + wait,
                               f"{type(error).__name__}: {error}", final)
-                failures.append((row, error, final))
             if skipped:
                 tx.release(skipped, token)
+            return delivered
+
+        delivered = self.store.transact(settle)
         for row, error, final in failures:
             self._report(error, row, final)
         return delivered
@@ -481,6 +519,11 @@ class Outbox:
                         "is registered under: register it under that name, or hand them to "
                         "another with client.retarget(%r, NEW_NAME)", count, destination,
                         destination)
+
+
+def _key(row: dict[str, Any]) -> OutboxKey:
+    """How a claimed row is settled: by its tenant and id."""
+    return OutboxKey(row["tenant_key"], row["id"])
 
 
 def _exists(stored: list[dict[str, Any]], qualification_id: str) -> bool:

@@ -35,7 +35,7 @@ import attrs
 from .errors import PqlError, RuleError, StoreClosed, ValidationError
 from .rules import Condition, EventCondition, RuleSet, parse_duration, walk
 from .rules import format_duration as _format
-from .store import Store
+from .store import Store, Transaction
 
 log = logging.getLogger("pqlsdk")
 
@@ -123,13 +123,16 @@ class Retention:
         """Fold and remove the old events among the next ``chunk`` by id, in one
         transaction: ``(the last id scanned or None at the end, events removed)``."""
         cutoff = self.cutoff(now)
-        with store.write() as tx:
+
+        def fold(tx: Transaction) -> tuple[int | None, int]:  # may run again: see transact
             last, rows = tx.events_to_prune(after_id, chunk, cutoff)
             if not rows:
                 return last, 0
-            groups: dict[tuple[Any, ...], list[int]] = {}  # key -> [n, first, last]
-            for _, user_id, account_id, event, ts, properties in rows:
-                key = (user_id, account_id, event, self._key(event, properties))
+            # key: (tenant, user, account, event, kept properties) -> [n, first, last]; the
+            # tenant too: a user who changed accounts left the old one a copy of its events
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for _, tenant, user_id, account_id, event, ts, properties in rows:
+                key = (tenant, user_id, account_id, event, self._key(event, properties))
                 group = groups.get(key)
                 if group is None:
                     groups[key] = [1, ts, ts]
@@ -138,22 +141,24 @@ class Retention:
                     group[1] = min(group[1], ts)
                     group[2] = max(group[2], ts)
             existing: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
-            pairs = {(k[0], k[2]) for k in groups}
-            for (rollup_id, user_id, account_id, event, properties, n, first,
+            pairs = {(k[1], k[3]) for k in groups}
+            for (rollup_id, tenant, user_id, account_id, event, properties, n, first,
                  latest) in tx.rollups_of({user for user, _ in pairs}):
                 if (user_id, event) in pairs:
-                    existing[(user_id, account_id, event, properties)] = (rollup_id, n, first,
-                                                                          latest)
+                    existing[(tenant, user_id, account_id, event, properties)] = (
+                        rollup_id, n, first, latest)
             updates, inserts = [], []
             for key, (n, first, latest) in groups.items():
                 if key in existing:
                     rollup_id, old_n, old_first, old_last = existing[key]
                     updates.append((old_n + n, min(old_first, first), max(old_last, latest),
-                                    rollup_id))
+                                    key[0], rollup_id))
                 else:
                     inserts.append((*key, n, first, latest))
-            tx.fold_events([row[0] for row in rows], updates, inserts)
-        return last, len(rows)
+            tx.fold_events([(row[1], row[0]) for row in rows], updates, inserts)
+            return last, len(rows)
+
+        return store.transact(fold)
 
     def prune(self, store: Store, now: int, chunk: int = BULK_CHUNK) -> int:
         """One full sweep: fold and remove every event older than the retention as of

@@ -1,5 +1,6 @@
-"""forward_events=True: a track's outbox row refers to its event row; the Segment message is
-built when it is delivered (issue 21), in order, with identify and group still carried."""
+"""forward_events=True: a track's outbox row refers to its event row by message id; the
+Segment message is built when it is delivered (issue 21), in order, with identify and group
+still carried, wherever the user's rows moved meanwhile."""
 
 from __future__ import annotations
 
@@ -26,8 +27,12 @@ def test_a_track_row_holds_a_reference_and_delivers_the_same_message(
     writer.identify("ada", {"plan": "trial"}, timestamp=T0 + timedelta(seconds=1))
     writer.track("ada", "export", timestamp=T0 + timedelta(seconds=2), message_id="evt-9")
     first, identify, last = stored_payloads(writer)
-    assert first[:2] == ("track", 2) and set(first[2]) == {"event_id", "message_id"}
-    assert last == ("track", 2, {"event_id": first[2]["event_id"] + 1})  # its id is stored
+    assert first[:2] == ("track", 2) and set(first[2]) == {"message_id"}
+    assert last == ("track", 2, {"message_id": "evt-9"})
+    with writer.store.read() as tx:  # the event row keeps the id generated for Segment
+        stored = [row["message_id"] for row in tx.rows("events", "user_id = ?", ["ada"],
+                                                       order_by="id")]
+    assert stored == [first[2]["message_id"], "evt-9"]
     assert identify[:2] == ("identify", 1) and identify[2][0]["traits"] == {"plan": "trial"}
     writer.close()
 
@@ -73,3 +78,22 @@ def test_a_row_whose_event_was_pruned_fails_alone(make_client, segment_server,
     assert sent["userId"] == "bob"
     [failed] = sender.deliveries(status="failed")
     assert failed.user_id == "ada" and "no longer stored" in failed.last_error
+
+
+def test_a_row_delivers_after_its_user_moved_to_another_account(make_client, segment_server,
+                                                                segment_client):
+    """A move re-inserts a user's rows in the new account's tenant (under new row ids): the
+    row finds its event there by message id."""
+    writer = make_client(None, segment=segment_client, forward_events=True, send=False)
+    writer.track("ada", "signup", {"plan": "free"}, timestamp=T0)  # in its own tenant
+    writer.track("ada", "invite", account_id="acme", timestamp=T0 + timedelta(seconds=1))
+    writer.group("ada", "globex", timestamp=T0 + timedelta(seconds=2))  # moves again
+    writer.close()
+    sender = make_client(None, segment=segment_client, forward_events=True, sync_mode=True)
+    assert sender.flush()
+    sent = [(m["type"], m.get("event"), m.get("properties"), m["context"].get("groupId"))
+            for m in segment_server.messages]
+    assert sent == [("track", "signup", {"plan": "free"}, None),
+                    ("track", "invite", {}, "acme"),
+                    ("group", None, None, "globex")]
+    assert sender.deliveries(status="failed") == []

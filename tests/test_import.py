@@ -281,7 +281,7 @@ def test_a_message_that_fails_to_apply_is_reported_and_its_batch_still_lands(tmp
     insert_events = type(client.store._tx).insert_events
 
     def failing(tx, rows):
-        if any(row[4] == victim for row in rows):
+        if any(row[5] == victim for row in rows):  # (tenant, id, user, account, event, ts)
             raise OverflowError("a value the store cannot hold")
         return insert_events(tx, rows)
 
@@ -355,3 +355,37 @@ def test_gzip_on_stdin_is_read_too(tmp_path):
                            "--json"], input=data, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["applied"] == 50
+
+
+def test_tracks_that_move_users_between_accounts_land_where_live_puts_them(tmp_path,
+                                                                           make_client):
+    """A track naming another account moves its user (and the user's stored events) to that
+    account's tenant mid-batch: the events of the batch before it go along, as live."""
+    history = []
+    for n, message in enumerate(messages(1200, seed=5)):
+        if message["type"] == "track" and n % 7 == 0:  # the user's account at the time
+            message = {**message, "context": {"groupId": f"acct-{n % 3}"}}
+        history.append(message)
+
+    def placed(client):
+        with client.store.read() as tx:
+            rows = tx.rows("events", "user_id IS NOT NULL", [])
+        return sorted((r["tenant_key"], r["user_id"], r["account_id"] or "", r["message_id"])
+                      for r in rows)
+
+    live = pqlsdk.Client(str(tmp_path / "live.db"), rules=RULES)
+    for m in history:
+        if m["type"] == "track":
+            live.track(m["userId"], m["event"], m["properties"], timestamp=m["timestamp"],
+                       message_id=m["messageId"],
+                       account_id=m.get("context", {}).get("groupId"))
+        else:
+            apply_live(live, [m])
+    expected = outcome(live), placed(live)
+    live.close()
+    moved = {(t, u) for t, u, _, _ in expected[1] if t != u}
+    assert len(moved) > 10 and len(expected[0][0]) > 10  # users moved and qualified
+    client = make_client(RULES)
+    result = import_jsonl(client, write_jsonl(tmp_path / "h.jsonl", history))
+    assert (result.applied, result.errors) == (1200, ())
+    assert (outcome(client), placed(client)) == expected

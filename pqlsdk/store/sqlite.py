@@ -33,7 +33,7 @@ from .. import ids
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
 from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
 from ..stages import FIRST_STAGE, STAGES
-from .base import FunnelRows, PropertyRow, StageCounts, SubjectRow, UserRow
+from .base import FunnelRows, OutboxKey, PropertyRow, StageCounts, SubjectRow, UserRow
 
 T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -271,10 +271,11 @@ def _shadow_and_rule_versions(db: sqlite_utils.Database) -> None:
 #: Format 1: a qualification row holds ``{"qualification_id", "moved_to"}``; every other
 #: row holds the list of Segment messages it sends.
 PAYLOAD_FORMAT = 1
-#: (issue 21) Format 2: a ``forward_events`` track row holds a reference to its event row
-#: and what that row lacks, ``{"event_id", "message_id"}`` (the Segment ``messageId`` when
-#: the call gave none); its message is built from the event row at delivery. Rows of format
-#: 1 still deliver.
+#: (issue 21) Format 2: a ``forward_events`` track row refers to its event row by the
+#: event's message id, ``{"message_id"}`` (the event row keeps the ``messageId`` generated
+#: for Segment when the call gave none); the row's user and the message id find the event
+#: in the user's tenant at delivery, wherever the user moved since. Rows of format 1 still
+#: deliver.
 EVENT_REF_FORMAT = 2
 
 
@@ -338,6 +339,94 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
                    "WHERE instr(payload, ?1)", (old, new))
 
 
+#: The tenant key of the rows of a user: its account now, else the user itself (SQL on
+#: ``user_directory``; ``{user}`` is the column or parameter holding the user id).
+_USER_TENANT = ("coalesce((SELECT d.account_id FROM user_directory d "
+                "WHERE d.tenant_key = {user}), {user})")
+#: The tenant key of a subject's rows (qualifications, stage changes).
+_SUBJECT_TENANT = ("CASE WHEN subject_type = 'account' THEN subject_id ELSE "
+                   + _USER_TENANT.format(user="subject_id") + " END")
+
+
+def canonical(subject_type: str, alias: str = "events") -> str:
+    """For a read across tenants, the condition that keeps each event once per subject type:
+    a user's events where the user is now (a user that changed accounts left the old one a
+    copy of what it did there), an account's where the account is."""
+    if subject_type == "account":
+        return f"{alias}.tenant_key = {alias}.account_id"
+    return f"{alias}.tenant_key = " + _USER_TENANT.format(user=f"{alias}.user_id")
+
+
+#: Issue 19 (ready to shard): how migrations fill ``tenant_key`` in rows written before it.
+TENANT_BACKFILL = {
+    "users": "coalesce(account_id, user_id)",
+    "accounts": "account_id",
+    # an event recorded with an account is that account's (where its rules count it); one
+    # recorded without, its user's
+    "events": "coalesce(account_id, " + _USER_TENANT.format(user="user_id") + ")",
+    "event_rollups": "coalesce(account_id, " + _USER_TENANT.format(user="user_id") + ")",
+    "qualifications": _SUBJECT_TENANT,
+    "stage_changes": _SUBJECT_TENANT,
+    "outbox": "coalesce(" + _USER_TENANT.format(user="user_id") + ", '')",
+    "import_staging": "coalesce(user_id, '')",
+    "import_done": "coalesce(user_id, '')",
+}
+#: Before :data:`TENANT_BACKFILL`: a user now in another account than one it recorded
+#: events with gets a copy of them in its tenant (what ``Transaction.move_user`` does).
+TENANT_COPIES = [
+    f"INSERT INTO {table} (tenant_key, {columns}) SELECT "
+    + _USER_TENANT.format(user="user_id") + f", {columns} FROM {table} "
+    "WHERE tenant_key IS NULL AND account_id IS NOT NULL AND account_id <> "
+    + _USER_TENANT.format(user="user_id")
+    for table, columns in (
+        ("events", "message_id, user_id, account_id, event, ts, properties"),
+        ("event_rollups", "user_id, account_id, event, properties, n, first_ts, last_ts"))
+]
+#: (index, SQL after ``ON``) of the tenant-led indexes both engines carry (issue 19).
+TENANT_INDEXES = [
+    ("events_user", "events(tenant_key, user_id, event, ts)"),
+    ("events_account", "events(tenant_key, account_id, event, ts) WHERE account_id IS NOT NULL"),
+    ("stage_changes_subject", "stage_changes(tenant_key, subject_type, subject_id, to_stage, at)"),
+    ("event_rollups_user", "event_rollups(tenant_key, user_id, event)"),
+    ("event_rollups_account",
+     "event_rollups(tenant_key, account_id, event) WHERE account_id IS NOT NULL"),
+    ("import_staging_user", "import_staging(tenant_key, user_id)"),
+    ("import_done_user", "import_done(tenant_key, user_id) WHERE user_id IS NOT NULL"),
+]
+
+
+def fill_tenant_keys(conn: sqlite3.Connection) -> None:
+    """Give rows written without a tenant key (by an earlier release, or by a bulk load of
+    raw rows) the one pqlsdk would have written, and every user its directory row."""
+    conn.execute("INSERT OR IGNORE INTO user_directory (tenant_key, account_id) "
+                 "SELECT user_id, account_id FROM users")
+    for sql in TENANT_COPIES:
+        conn.execute(sql)
+    for table, value in TENANT_BACKFILL.items():
+        conn.execute(f"UPDATE {table} SET tenant_key = {value} WHERE tenant_key IS NULL")
+
+
+def _tenant_keys(db: sqlite_utils.Database) -> None:
+    """Issue 19, ready to shard: every table of a tenant's rows carries ``tenant_key`` (the
+    account the user belongs to, else the user; an account's own rows, the account), and
+    ``user_directory`` says which tenant each user is in now (its ``tenant_key`` is the user
+    id: the one lookup a call makes before it knows its tenant). Indexes are led by the
+    tenant key, and a message id is unique per tenant. (The rowid primary keys stay: SQLite
+    needs them for its ids; a file is one shard. The statements are the same on both
+    engines.)"""
+    db.execute("CREATE TABLE user_directory (tenant_key TEXT PRIMARY KEY, account_id TEXT) "
+               "WITHOUT ROWID")
+    for table in TENANT_BACKFILL:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN tenant_key TEXT")
+    db.execute("DROP INDEX events_message_id")  # unique per tenant from here (copies)
+    fill_tenant_keys(db.conn)
+    for name, on in TENANT_INDEXES:
+        db.execute(f"DROP INDEX IF EXISTS {name}")
+        db.execute(f"CREATE INDEX {name} ON {on}")
+    db.execute("CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id) "
+               "WHERE message_id IS NOT NULL")
+    db.execute("CREATE INDEX users_account ON users(tenant_key, account_id) "
+               "WHERE account_id IS NOT NULL")
 def _import_checkpoints(db: sqlite_utils.Database) -> None:
     """(issue 21) An import resumes from a checkpoint per source file (the last message
     applied, in replay order) instead of a staging row per message. ``import_staging`` is
@@ -356,7 +445,8 @@ IMPORT_CHECKPOINTS = (
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
     _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
-    _import_checkpoints,  # issue 21
+    _tenant_keys,  # issue 19: the tenant key
+    _import_checkpoints,  # issue 21: import checkpoints
 ]
 
 
@@ -585,6 +675,7 @@ class Store:
         try:
             if self.closed:
                 raise StoreClosed("this pqlsdk Client is closed; make a new one")
+            self._read_tx.reset()
             try:
                 yield self._read_tx
             except sqlite3.Error as exc:
@@ -677,6 +768,7 @@ class _Write:
                 _close(self.db)
                 raise StoreClosed("this pqlsdk Client is closed; make a new one")
             self.conn.execute("BEGIN IMMEDIATE")
+            self.tx.reset()
         except BaseException as exc:
             if self.store.closed:  # close() did not wait for this thread: it closes
                 _close(self.db)
@@ -723,8 +815,8 @@ def _subject_columns(alias: str, subject_type: str, key: str) -> str:
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
         f"(SELECT json_group_array(CASE WHEN q.shadow THEN json_array(rule) ELSE rule END) "
-        f"FROM qualifications q "
-        f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
+        f"FROM qualifications q WHERE q.tenant_key = :tenant "
+        f"AND q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
 
@@ -732,12 +824,73 @@ def _subject_columns(alias: str, subject_type: str, key: str) -> str:
 _USER_SNAPSHOT = (
     f"SELECT u.account_id, {_subject_columns('u', 'user', 'user_id')}, "
     f"{_subject_columns('a', 'account', 'account_id')} "
-    "FROM users u LEFT JOIN accounts a ON a.account_id = u.account_id WHERE u.user_id = ?"
+    "FROM users u LEFT JOIN accounts a ON a.tenant_key = :tenant "
+    "AND a.account_id = u.account_id WHERE u.tenant_key = :tenant AND u.user_id = :id"
 )
 _SUBJECT_SNAPSHOT = {
-    kind: f"SELECT {_subject_columns('s', kind, key)} FROM {table} s WHERE s.{key} = ?"
+    kind: f"SELECT {_subject_columns('s', kind, key)} FROM {table} s "
+          f"WHERE s.tenant_key = :tenant AND s.{key} = :id"
     for kind, (table, key) in _TABLES.items()
 }
+#: What moves with a user into another tenant (:meth:`Transaction.move_user`): its own
+#: rows. The outbox rows already written stay where they are (a claim has their key).
+_MOVES = [
+    # the old account's rules keep counting what the user did in it (they count the events
+    # recorded with the account): those stay, and the user takes a copy; the user's copy of
+    # what it did in the new account (if it was there before) gives way to the originals.
+    # Rows move by INSERT ... SELECT and DELETE, never by updating the tenant key (which a
+    # sharded engine does not allow for its distribution column); an event whose message
+    # id the new tenant already holds is stored there once, as track() would.
+    "DELETE FROM events WHERE tenant_key = :old AND user_id = :user AND account_id = :new",
+    "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
+    "properties) SELECT :new, message_id, user_id, account_id, event, ts, properties "
+    "FROM events WHERE tenant_key = :old AND user_id = :user ORDER BY id",
+    "DELETE FROM events WHERE tenant_key = :old AND user_id = :user "
+    "AND (account_id IS NULL OR account_id <> :old)",
+    "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
+    "AND account_id = :new",
+    "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
+    "first_ts, last_ts) SELECT :new, user_id, account_id, event, properties, n, first_ts, "
+    "last_ts FROM event_rollups WHERE tenant_key = :old AND user_id = :user ORDER BY id",
+    "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
+    "AND (account_id IS NULL OR account_id <> :old)",
+    "INSERT INTO stage_changes (tenant_key, subject_type, subject_id, from_stage, to_stage, "
+    "at, source, reason) SELECT :new, subject_type, subject_id, from_stage, to_stage, at, "
+    "source, reason FROM stage_changes WHERE tenant_key = :old AND subject_type = 'user' "
+    "AND subject_id = :user ORDER BY id",
+    "DELETE FROM stage_changes WHERE tenant_key = :old AND subject_type = 'user' "
+    "AND subject_id = :user",
+]
+#: Rows of a moving user read and written back (their keys are unique without the tenant
+#: key on SQLite, so they leave the old tenant before they enter the new one).
+_MOVED_ROWS: list[tuple[str, str, str | None]] = [
+    ("users", "tenant_key = ? AND user_id = ?", None),
+    ("qualifications", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?",
+     "qualified_at, rowid"),
+]
+
+
+def user_row(row: tuple[Any, ...] | None) -> UserRow | None:
+    """A :data:`_USER_SNAPSHOT` result row as a :class:`UserRow` (None: an unknown user)."""
+    if row is None:
+        return None
+    return UserRow(row[0], SubjectRow(*row[1:6]),
+                   None if row[0] is None else SubjectRow(*row[6:11]))
+
+
+#: Store one event (the PostgreSQL store may send it as a plain INSERT: see its
+#: ``PgTransaction``).
+INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
+    "properties) VALUES (?, ?, ?, ?, ?, ?, ?)")
+#: Record a qualification (without its ``ON CONFLICT DO NOTHING``).
+INSERT_QUALIFICATION = (
+    "INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, subject_id, "
+    "user_id, account_id, qualified_at, evidence, round, rule_version, shadow) VALUES "
+    "(:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
+    ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow)")
+
+_INSERT_QUALIFICATION_ONCE = INSERT_QUALIFICATION + " ON CONFLICT DO NOTHING"
 
 
 class Transaction:
@@ -746,6 +899,43 @@ class Transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._forget_key: bytes | None = None
+        #: The tenant of this transaction's call (see :meth:`enter`), and whose it is.
+        self.tenant: str | None = None
+        self.tenant_user: str | None = None
+
+    def reset(self) -> None:
+        """A new transaction: no tenant yet."""
+        self.tenant = self.tenant_user = None
+
+    # -- tenants --------------------------------------------------------------------------
+
+    def tenant_of(self, user_id: str) -> str | None:
+        """The tenant a known user's rows are in (its account, else itself); None for a user
+        never seen. Routed by the user id (``user_directory``)."""
+        row = self.conn.execute(
+            "SELECT coalesce(account_id, tenant_key) FROM user_directory WHERE tenant_key = ?",
+            (user_id,)).fetchone()
+        return row[0] if row else None
+
+    def enter(self, subject_type: str, subject_id: str) -> str:
+        """Bind this transaction to the subject's tenant (an account's is itself; a user's,
+        its account now, else itself) and return it: every later statement about the
+        subject filters by it."""
+        if subject_type == "account":
+            self.tenant, self.tenant_user = subject_id, None
+        else:
+            self.tenant = self.tenant_of(subject_id) or subject_id
+            self.tenant_user = subject_id
+        return self.tenant
+
+    def tenant_for(self, subject_type: str, subject_id: str) -> str:
+        """The tenant key of a subject's rows: the one :meth:`enter` bound when it is that
+        subject's, else looked up."""
+        if subject_type == "account":
+            return subject_id
+        if subject_id == self.tenant_user and self.tenant is not None:
+            return self.tenant
+        return self.tenant_of(subject_id) or subject_id
 
     def forgotten_hash(self, message_id: str) -> bytes:
         """The keyed hash by which a forgotten message id is remembered (HMAC-SHA-256 with
@@ -774,11 +964,18 @@ class Transaction:
     # -- events, users, accounts ----------------------------------------------------------
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
-        """Serialize this call with every other on the same user and account. On SQLite the
-        write transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
+        """Serialize this call with every other on the same user and account, and bind it to
+        the user's tenant (a new user's: ``account_id``, else itself). On SQLite the write
+        transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
+        self.tenant = self.tenant_of(user_id) or account_id or user_id
+        self.tenant_user = user_id
 
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
-        """Serialize on one user or account (see :meth:`lock_subjects`)."""
+        """Serialize on one user or account and bind its tenant (see :meth:`lock_subjects`)."""
+        if subject_type == "user":
+            self.lock_subjects(subject_id, None)
+        else:
+            self.enter("account", subject_id)
 
     def rows(self, table: str, where: str, args: Sequence[Any], order_by: str | None = None
              ) -> list[dict[str, Any]]:
@@ -797,51 +994,76 @@ class Transaction:
         event: str,
         ts: int,
         properties: str,
-    ) -> int | None:
-        """Store one event and return its id; None when ``message_id`` was already stored
-        (nothing changes)."""
-        rows = self.conn.execute(
-            "INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-            (message_id, user_id, account_id, event, ts, properties),
-        ).fetchall()
-        return rows[0][0] if rows else None
+    ) -> bool:
+        """Store one event; False when ``message_id`` was already stored (nothing changes)."""
+        cursor = self.conn.execute(
+            INSERT_EVENT,
+            (self.tenant_for("user", user_id), message_id, user_id, account_id, event, ts,
+             properties),
+        )
+        return cursor.rowcount == 1
 
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, the user's row and its account's. ``None`` for an unknown user."""
-        row = self.conn.execute(_USER_SNAPSHOT, (user_id,)).fetchone()
-        if row is None:
-            return None
-        return UserRow(row[0], SubjectRow(*row[1:6]),
-                       None if row[0] is None else SubjectRow(*row[6:11]))
+        return user_row(self.conn.execute(
+            _USER_SNAPSHOT, {"tenant": self.tenant_for("user", user_id), "id": user_id}
+        ).fetchone())
 
     def subject_snapshot(self, subject_type: str, subject_id: str) -> SubjectRow | None:
         """One user's or account's row, or ``None``."""
-        row = self.conn.execute(_SUBJECT_SNAPSHOT[subject_type], (subject_id,)).fetchone()
+        row = self.conn.execute(
+            _SUBJECT_SNAPSHOT[subject_type],
+            {"tenant": self.tenant_for(subject_type, subject_id), "id": subject_id}).fetchone()
         return None if row is None else SubjectRow(*row)
 
     def add_user(self, user_id: str, account_id: str | None, ts: int) -> None:
-        """Record a user seen for the first time: a ``lead`` from ``ts``."""
+        """Record a user seen for the first time: a ``lead`` from ``ts``, in the tenant of
+        ``account_id`` (else its own), which this transaction is on from here."""
+        tenant = self.tenant = account_id or user_id
+        self.tenant_user = user_id
+        self.conn.execute("INSERT INTO user_directory (tenant_key, account_id) VALUES (?, ?)",
+                          (user_id, account_id))
         self.conn.execute(
-            "INSERT INTO users (user_id, account_id, traits, first_seen, first_lead) "
-            "VALUES (?, ?, '{}', ?, ?3)",
-            (user_id, account_id, ts),
+            "INSERT INTO users (tenant_key, user_id, account_id, traits, first_seen, "
+            "first_lead) VALUES (?, ?, ?, '{}', ?, ?4)",
+            (tenant, user_id, account_id, ts),
         )
         self.add_stage_change("user", user_id, None, FIRST_STAGE, ts, "first_seen", None)
 
     def move_user(self, user_id: str, account_id: str) -> None:
-        """Tie the user to ``account_id`` from now on."""
-        self.conn.execute(
-            "UPDATE users SET account_id = ? WHERE user_id = ?", (account_id, user_id)
-        )
+        """Tie the user to ``account_id`` from now on: the one call that changes a user's
+        tenant. The user's own rows (its row, events, pruned-event rollups, qualifications
+        and stage history) move to the account's tenant in this transaction (the caller
+        holds both accounts' row locks, see :meth:`lock_subjects`); from here on this
+        transaction is on the new tenant."""
+        old = self.tenant_for("user", user_id)
+        if old == account_id:  # a user id that is also the account's: the same tenant
+            self.conn.execute("UPDATE users SET account_id = ?1 WHERE tenant_key = ?1 "
+                              "AND user_id = ?2", (account_id, user_id))
+        else:
+            for sql in _MOVES:
+                self.conn.execute(sql, {"old": old, "new": account_id, "user": user_id})
+            for table, where, order in _MOVED_ROWS:
+                rows = self.rows(table, where, [old, user_id], order)
+                self.conn.execute(f"DELETE FROM {table} WHERE {where}", (old, user_id))
+                for row in rows:
+                    row["tenant_key"] = account_id
+                    if table == "users":
+                        row["account_id"] = account_id
+                    names = ", ".join(row)
+                    self.conn.execute(f"INSERT INTO {table} ({names}) VALUES "
+                                      f"({', '.join('?' * len(row))})", list(row.values()))
+        self.conn.execute("UPDATE user_directory SET account_id = ? WHERE tenant_key = ?",
+                          (account_id, user_id))
+        self.tenant, self.tenant_user = account_id, user_id
 
     def add_account(self, account_id: str, ts: int) -> bool:
         """Record an account (a ``lead`` from ``ts``), unless it is known already; True if
         it was new."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen, first_lead) "
-            "VALUES (?, '{}', ?, ?2)",
+            "INSERT OR IGNORE INTO accounts (tenant_key, account_id, traits, first_seen, "
+            "first_lead) VALUES (?1, ?1, '{}', ?2, ?2)",
             (account_id, ts),
         )
         if cursor.rowcount:
@@ -856,9 +1078,10 @@ class Transaction:
                          to_stage: str, at: int, source: str, reason: str | None) -> None:
         """Append to the subject's history (:meth:`change_stage` also moves the subject)."""
         self.conn.execute(
-            "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
-            "source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (subject_type, subject_id, from_stage, to_stage, at, source, reason),
+            "INSERT INTO stage_changes (tenant_key, subject_type, subject_id, from_stage, "
+            "to_stage, at, source, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.tenant_for(subject_type, subject_id), subject_type, subject_id, from_stage,
+             to_stage, at, source, reason),
         )
 
     def change_stage(self, subject_type: str, subject_id: str, from_stage: str,
@@ -871,33 +1094,31 @@ class Transaction:
             sql = f"UPDATE {table} SET stage = :to, {column} = coalesce({column}, :at)"
         else:
             sql = f"UPDATE {table} SET stage = :to, round = round + 1, round_since = :at"
-        self.conn.execute(f"{sql} WHERE {key} = :id",
-                          {"to": to_stage, "at": at, "id": subject_id})
+        self.conn.execute(f"{sql} WHERE tenant_key = :tenant AND {key} = :id",
+                          {"to": to_stage, "at": at, "id": subject_id,
+                           "tenant": self.tenant_for(subject_type, subject_id)})
         self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
                               reason)
 
     def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's stage changes, oldest first."""
         cursor = self.conn.execute(
-            "SELECT * FROM stage_changes WHERE subject_type = ? AND subject_id = ? "
-            "ORDER BY at, id",
-            (subject_type, subject_id),
+            "SELECT * FROM stage_changes WHERE tenant_key = ? AND subject_type = ? "
+            "AND subject_id = ? ORDER BY at, id",
+            (self.tenant_for(subject_type, subject_id), subject_type, subject_id),
         )
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     def set_traits(self, subject_type: str, subject_id: str, traits_json: str) -> None:
         """Replace the stored traits (a JSON object) of an existing user or account."""
-        sql = (
-            "UPDATE users SET traits = ? WHERE user_id = ?"
-            if subject_type == "user"
-            else "UPDATE accounts SET traits = ? WHERE account_id = ?"
-        )
-        self.conn.execute(sql, (traits_json, subject_id))
+        table, key = _TABLES[subject_type]
+        self.conn.execute(f"UPDATE {table} SET traits = ? WHERE tenant_key = ? AND {key} = ?",
+                          (traits_json, self.tenant_for(subject_type, subject_id), subject_id))
 
     def account_of(self, user_id: str) -> str | None:
         """The account the user belongs to now, if any."""
         row = self.conn.execute(
-            "SELECT account_id FROM users WHERE user_id = ?", (user_id,)
+            "SELECT account_id FROM user_directory WHERE tenant_key = ?", (user_id,)
         ).fetchone()
         return row[0] if row else None
 
@@ -911,11 +1132,12 @@ class Transaction:
     def latest_user(self, account_id: str, until: int) -> str | None:
         """The account's user with the latest event up to ``until`` (or any member)."""
         row = self.conn.execute(
-            "SELECT user_id FROM events WHERE account_id = ? AND ts <= ? "
+            "SELECT user_id FROM events WHERE tenant_key = ?1 AND account_id = ?1 AND ts <= ?2 "
             "ORDER BY ts DESC LIMIT 1",
             (account_id, until),
         ).fetchone() or self.conn.execute(
-            "SELECT user_id FROM users WHERE account_id = ? LIMIT 1", (account_id,)
+            "SELECT user_id FROM users WHERE tenant_key = ?1 AND account_id = ?1 LIMIT 1",
+            (account_id,)
         ).fetchone()
         return row[0] if row else None
 
@@ -924,24 +1146,45 @@ class Transaction:
         bookkeeping included, and remember the keyed hashes of its message ids so that no
         import brings them back; return how many message ids were remembered."""
         self.conn.execute("PRAGMA secure_delete = ON")  # whatever changed it since
+        tenant = self.enter("user", user_id)
+        # every tenant holding rows of the user: its own, and each account it was in (the
+        # accounts it left keep a copy of its events there; see move_user)
+        tenants = [tenant, *sorted({row[0] for row in self.conn.execute(
+            "SELECT DISTINCT account_id FROM events WHERE tenant_key = ?1 AND user_id = ?2 "
+            "AND account_id IS NOT NULL UNION SELECT DISTINCT account_id FROM event_rollups "
+            "WHERE tenant_key = ?1 AND user_id = ?2 AND account_id IS NOT NULL",
+            (tenant, user_id))} - {tenant})]
+        args = {"user": user_id, "tenant": tenant}
         ids = [row[0] for row in self.conn.execute(
-            "SELECT message_id FROM events WHERE user_id = ?1 AND message_id IS NOT NULL "
-            "UNION SELECT message_id FROM import_staging WHERE user_id = ?1 "
-            "UNION SELECT message_id FROM import_done WHERE user_id = ?1", (user_id,))]
+            "SELECT message_id FROM events WHERE tenant_key = :tenant AND user_id = :user "
+            "AND message_id IS NOT NULL "
+            "UNION SELECT message_id FROM import_staging WHERE tenant_key = :user "
+            "AND user_id = :user "
+            "UNION SELECT message_id FROM import_done WHERE tenant_key = :user "
+            "AND user_id = :user", args)]
         self.conn.executemany("INSERT OR IGNORE INTO forgotten (hash) VALUES (?)",
                               [(self.forgotten_hash(m),) for m in ids])
         for sql in (
-            "DELETE FROM import_staging WHERE user_id = ?",
-            "DELETE FROM import_done WHERE user_id = ?",
-            "DELETE FROM events WHERE user_id = ?",
-            "DELETE FROM event_rollups WHERE user_id = ?",
-            "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ?",
-            "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
-            "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
-            "DELETE FROM outbox WHERE user_id = ?",
-            "DELETE FROM users WHERE user_id = ?",
+            "DELETE FROM import_staging WHERE tenant_key = :user AND user_id = :user",
+            "DELETE FROM import_done WHERE tenant_key = :user AND user_id = :user",
+            "DELETE FROM qualifications WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            "DELETE FROM stage_changes WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            "DELETE FROM users WHERE tenant_key = :tenant AND user_id = :user",
+            "DELETE FROM user_directory WHERE tenant_key = :user",
         ):
-            self.conn.execute(sql, (user_id,))
+            self.conn.execute(sql, args)
+        for where in [*tenants, user_id, ""]:  # outbox rows: where they were written
+            for sql in (
+                "DELETE FROM events WHERE tenant_key = :tenant AND user_id = :user",
+                "DELETE FROM event_rollups WHERE tenant_key = :tenant AND user_id = :user",
+                # an account's qualification the user completed keeps no trace of who
+                "UPDATE qualifications SET user_id = '(forgotten)' WHERE tenant_key = :tenant "
+                "AND user_id = :user",
+                "DELETE FROM outbox WHERE tenant_key = :tenant AND user_id = :user",
+            ):
+                self.conn.execute(sql, {"user": user_id, "tenant": where})
         return len(ids)
 
     # -- qualifications -------------------------------------------------------------------
@@ -949,11 +1192,8 @@ class Transaction:
     def insert_qualification(self, row: dict[str, Any]) -> bool:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
-            "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence, round, rule_version, shadow) VALUES (:id, "
-            ":rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
-            ":qualified_at, :evidence, :round, :rule_version, :shadow) ON CONFLICT DO NOTHING",
-            row,
+            _INSERT_QUALIFICATION_ONCE,
+            {**row, "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])},
         )
         return cursor.rowcount == 1
 
@@ -986,34 +1226,46 @@ class Transaction:
             sql += " AND rule = ?"
             args.append(rule)
         if subject is not None:
-            sql += " AND subject_type = ? AND subject_id = ?"
-            args.extend(subject)
+            sql += " AND tenant_key = ? AND subject_type = ? AND subject_id = ?"
+            args.extend((self.tenant_for(*subject), *subject))
         cursor = self.conn.execute(sql + " ORDER BY qualified_at, rowid", args)
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]],
-                payload_format: int = PAYLOAD_FORMAT) -> None:
-        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once, their
-        payloads of ``payload_format``."""
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
+                announce: bool = False, payload_format: int = PAYLOAD_FORMAT) -> None:
+        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once, in
+        the tenant of their user (the call's), their payloads of ``payload_format``.
+        ``announce``: wake other processes' idle delivery workers after the commit (on
+        PostgreSQL; a file has no such signal: its workers poll)."""
         self.conn.executemany(
-            "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
-            f"created_at, format) VALUES (?, ?, ?, ?, ?5, ?5, {int(payload_format)})",
-            rows,
+            "INSERT INTO outbox (tenant_key, destination, kind, user_id, payload, "
+            f"next_attempt_at, created_at, format) VALUES (?, ?, ?, ?, ?, ?6, ?6, "
+            f"{int(payload_format)})",
+            [(self.tenant_for("user", row[2]) if row[2] else "", *row) for row in rows],
         )
 
-    def events_by_id(self, ids: list[int]) -> dict[int, tuple[Any, ...]]:
-        """``id -> (message_id, user_id, account_id, event, ts, properties)`` of the events
-        still stored among ``ids`` (a mirrored track's row, at delivery)."""
-        found: dict[int, tuple[Any, ...]] = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self.conn.execute(
-                    f"SELECT id, message_id, user_id, account_id, event, ts, properties "
-                    f"FROM events WHERE id IN ({marks})", part):
-                found[row[0]] = tuple(row[1:])
+    def events_by_message(self, refs: list[tuple[str, str]]
+                          ) -> dict[tuple[str, str], tuple[Any, ...]]:
+        """``(user id, message id) -> (account_id, event, ts, properties)`` of the events
+        still stored among ``refs`` (mirrored tracks' rows, at delivery), each read in its
+        user's tenant now (where all of a user's events are, whatever accounts it moved
+        between): one statement per user."""
+        found: dict[tuple[str, str], tuple[Any, ...]] = {}
+        by_user: dict[str, list[str]] = {}
+        for user_id, message_id in refs:
+            by_user.setdefault(user_id, []).append(message_id)
+        for user_id, message_ids in by_user.items():
+            tenant = self.tenant_of(user_id) or user_id
+            for start in range(0, len(message_ids), 500):
+                part = message_ids[start:start + 500]
+                marks = ",".join("?" * len(part))
+                for row in self.conn.execute(
+                        f"SELECT message_id, account_id, event, ts, properties FROM events "
+                        f"WHERE tenant_key = ? AND user_id = ? AND message_id IN ({marks})",
+                        [tenant, user_id, *part]):
+                    found[(user_id, row[0])] = tuple(row[1:])
         return found
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
@@ -1041,31 +1293,34 @@ class Transaction:
             "UPDATE outbox SET lease_until = ? WHERE claim = ? AND status = 'pending'",
             [(lease_until, token) for token in tokens])
 
-    def acknowledge(self, ids: list[int], token: str) -> int:
+    def acknowledge(self, keys: list[OutboxKey], token: str) -> int:
         """The destination took these rows: they are done (and removed), those still
-        claimed under ``token``; return how many were."""
+        claimed under ``token``; return how many were. Each statement binds the row's
+        tenant."""
         before = self.conn.total_changes
-        self.conn.executemany("DELETE FROM outbox WHERE id = ? AND claim = ?",
-                              [(i, token) for i in ids])
+        self.conn.executemany(
+            "DELETE FROM outbox WHERE tenant_key = ? AND id = ? AND claim = ?",
+            [(key.tenant_key, key.id, token) for key in keys])
         return self.conn.total_changes - before
 
-    def reschedule(self, ids: list[int], token: str, next_attempt_at: int, error: str,
+    def reschedule(self, keys: list[OutboxKey], token: str, next_attempt_at: int, error: str,
                    failed: bool) -> None:
         """A delivery failed: try again at ``next_attempt_at``, or keep the rows as failed
         (only rows still claimed under ``token``)."""
         self.conn.executemany(
             "UPDATE outbox SET lease_until = NULL, claim = NULL, next_attempt_at = ?, "
-            "last_error = ?, status = ? WHERE id = ? AND claim = ?",
-            [(next_attempt_at, error, "failed" if failed else "pending", i, token)
-             for i in ids],
+            "last_error = ?, status = ? WHERE tenant_key = ? AND id = ? AND claim = ?",
+            [(next_attempt_at, error, "failed" if failed else "pending", key.tenant_key,
+              key.id, token) for key in keys],
         )
 
-    def release(self, ids: list[int], token: str) -> None:
+    def release(self, keys: list[OutboxKey], token: str) -> None:
         """Give back claimed rows that were not attempted: due as before, the attempt
         uncounted (only rows still claimed under ``token``)."""
         self.conn.executemany(
             "UPDATE outbox SET lease_until = NULL, claim = NULL, attempts = attempts - 1 "
-            "WHERE id = ? AND claim = ?", [(i, token) for i in ids])
+            "WHERE tenant_key = ? AND id = ? AND claim = ?",
+            [(key.tenant_key, key.id, token) for key in keys])
 
     def outbox_rows(self, status: str | None = None, destinations: list[str] | None = None,
                     exclude: list[str] | None = None) -> list[dict[str, Any]]:
@@ -1150,14 +1405,16 @@ class Transaction:
         """``(ts, properties)`` of the subject's ``event`` events in ``[since, until]``, newest
         first, at most ``limit``."""
         column = "user_id" if subject_type == "user" else "account_id"
-        sql = f"SELECT ts, properties FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
-        args: list[Any] = [subject_id, event, until]
+        tenant = self.tenant_for(subject_type, subject_id)
+        sql = (f"SELECT ts, properties FROM events WHERE tenant_key = ? AND {column} = ? "
+               f"AND event = ? AND ts <= ?")
+        args: list[Any] = [tenant, subject_id, event, until]
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
         args.append(-1 if limit is None else limit)
         live = self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall()
-        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
         pruned = self.conn.execute(f"SELECT last_ts, properties, n {rolled} "
                                    "ORDER BY last_ts DESC", rolled_args).fetchall()
         if not pruned:
@@ -1174,15 +1431,18 @@ class Transaction:
         that name fall in ``[since, until]`` (the newest ``limit`` at most), each weighted
         ``0.5 ** (age / half_life)`` when a half-life is given. One statement for all."""
         column = "user_id" if subject_type == "user" else "account_id"
+        tenant = self.tenant_for(subject_type, subject_id)
         parts, args = [], []
         for event, since, half_life, limit in lines:
             weight = "1" if half_life is None else "power(0.5, (? - ts) * 1.0 / ?)"
-            inner = f"SELECT ts FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
-            inner_args: list[Any] = [subject_id, event, until]
+            inner = (f"SELECT ts FROM events WHERE tenant_key = ? AND {column} = ? "
+                     f"AND event = ? AND ts <= ?")
+            inner_args: list[Any] = [tenant, subject_id, event, until]
             if since is not None:
                 inner += " AND ts >= ?"
                 inner_args.append(since)
-            rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+            rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until,
+                                                 since)
             rolled_weight = ("n" if half_life is None
                              else "n * power(0.5, (? - last_ts) * 1.0 / ?)")
             parts.append(f"((SELECT total({weight}) FROM ({inner} ORDER BY ts DESC LIMIT ?)) "
@@ -1197,96 +1457,83 @@ class Transaction:
     def events_to_prune(self, after_id: int, chunk: int, cutoff: int
                         ) -> tuple[int | None, list[tuple[Any, ...]]]:
         """Scan the next ``chunk`` events by id after ``after_id``: ``(the last id scanned,
-        or None at the end; those older than cutoff as (id, user id, account id, event, ts,
-        properties JSON))``. A sweep by id reads a bounded slice per call, with no index on
-        time (which every track() would pay for)."""
+        or None at the end; those older than cutoff as (id, tenant key, user id, account id,
+        event, ts, properties JSON))``. A sweep by id reads a bounded slice per call, with no
+        index on time (which every track() would pay for)."""
         last = self.conn.execute(
             "SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
             (after_id, chunk)).fetchone()[0]
         if last is None:
             return None, []
         rows = self.conn.execute(
-            "SELECT id, user_id, account_id, event, ts, properties FROM events "
+            "SELECT id, tenant_key, user_id, account_id, event, ts, properties FROM events "
             "WHERE id > ? AND id <= ? AND ts < ? ORDER BY id", (after_id, last, cutoff)
         ).fetchall()
         return last, rows
 
     def rollups_of(self, user_ids: set[str]) -> list[tuple[Any, ...]]:
-        """``(id, user id, account id, event, properties JSON, n, first ts, last ts)`` of
-        these users' rollups."""
+        """``(id, tenant key, user id, account id, event, properties JSON, n, first ts, last
+        ts)`` of these users' rollups."""
         marks = ",".join("?" * len(user_ids))
         return self.conn.execute(
-            "SELECT id, user_id, account_id, event, properties, n, first_ts, last_ts "
+            "SELECT id, tenant_key, user_id, account_id, event, properties, n, first_ts, "
+            "last_ts "
             f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
 
-    def fold_events(self, event_ids: list[int], updates: list[tuple[int, int, int, int]],
+    def fold_events(self, events: list[tuple[str, int]],
+                    updates: list[tuple[int, int, int, str, int]],
                     inserts: list[tuple[Any, ...]]) -> None:
-        """Delete the pruned events; ``updates``: ``(n, first ts, last ts, rollup id)``;
-        ``inserts``: ``(user id, account id, event, properties, n, first ts, last ts)``."""
+        """Delete the pruned events (``(tenant key, id)``); ``updates``: ``(n, first ts,
+        last ts, tenant key, rollup id)``; ``inserts``: ``(tenant key, user id, account id,
+        event, properties, n, first ts, last ts)``."""
         self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
-                              "WHERE id = ?", updates)
+                              "WHERE tenant_key = ? AND id = ?", updates)
         self.conn.executemany(
-            "INSERT INTO event_rollups (user_id, account_id, event, properties, n, first_ts, "
-            "last_ts) VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
-        self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in event_ids])
+            "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
+            "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
+        self.conn.executemany("DELETE FROM events WHERE tenant_key = ? AND id = ?", events)
 
     # -- import ---------------------------------------------------------------------------
 
-    def stage_messages(self, rows: list[tuple[Any, ...]]) -> int:
-        """Stage validated messages ``(message id, ts, line number, kind, user id, account
-        id, event, data JSON)`` for replay, unless already staged or imported or of a
-        forgotten user; return how many were new."""
-        if rows and self.conn.execute("SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
-            hashes = {self.forgotten_hash(row[0]): row for row in rows}
-            marks = ",".join("?" * len(hashes))
-            gone = {h for (h,) in self.conn.execute(
-                f"SELECT hash FROM forgotten WHERE hash IN ({marks})", list(hashes))}
-            rows = [row for h, row in hashes.items() if h not in gone]
-        before = self.conn.total_changes
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO import_staging (message_id, ts, line_no, kind, user_id, "
-            "account_id, event, data) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
-            "WHERE NOT EXISTS (SELECT 1 FROM import_done WHERE message_id = ?1) "
-            "AND NOT EXISTS (SELECT 1 FROM events WHERE message_id = ?1)",
-            rows,
-        )
-        return self.conn.total_changes - before
-
     def insert_events(self, rows: list[tuple[Any, ...]]) -> None:
-        """Store ``(message id, user id, account id, event, ts, properties JSON)`` rows in
-        one ``executemany`` (an import's batch; the ids were checked new: a duplicate
-        raises)."""
-        self.conn.executemany(
-            "INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
-            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        """Store ``(tenant key, message id, user id, account id, event, ts, properties
+        JSON)`` rows in one ``executemany`` (an import's batch; the ids were checked new: a
+        duplicate raises)."""
+        self.conn.executemany(INSERT_EVENT.replace("INSERT OR IGNORE", "INSERT", 1), rows)
 
-    def imported(self, message_ids: list[str]) -> set[str]:
-        """Which of ``message_ids`` are stored already (an event's, or an imported
-        identify/group/stage's) or belong to a forgotten user: an import skips them."""
-        found: set[str] = set()
-        for start in range(0, len(message_ids), 500):
-            chunk = message_ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(m for (m,) in self.conn.execute(
-                f"SELECT message_id FROM events WHERE message_id IN ({marks}) UNION ALL "
-                f"SELECT message_id FROM import_done WHERE message_id IN ({marks})",
-                chunk + chunk))
-        if message_ids and self.conn.execute(
+    def imported(self, messages: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of the ``(user id, message id)`` pairs are stored already (an event in the
+        user's tenant now, where its events are whatever accounts it moved between, as a
+        live call's message id is deduplicated; or an imported identify/group/stage
+        message, remembered under the user) or belong to a forgotten user: an import skips
+        them. Each pair is looked up in its own tenant (by its key, as the staging of
+        earlier releases did), 400 pairs a statement."""
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(messages), 400):
+            part = messages[start:start + 400]
+            pairs = ", ".join(["(?, ?)"] * len(part))
+            found.update((u, m) for u, m in self.conn.execute(
+                f"WITH w(u, m) AS (VALUES {pairs}) SELECT u, m FROM w WHERE EXISTS (SELECT 1 "
+                f"FROM events e WHERE e.tenant_key = {_USER_TENANT.format(user='w.u')} AND "
+                f"e.message_id = w.m) OR EXISTS (SELECT 1 FROM import_done i WHERE "
+                f"i.tenant_key = w.u AND i.message_id = w.m)",
+                [value for pair in part for value in pair]))
+        if messages and self.conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
-            hashes = {self.forgotten_hash(m): m for m in message_ids}
+            hashes = {self.forgotten_hash(m): (u, m) for u, m in messages}
             keys = list(hashes)
             for start in range(0, len(keys), 500):
-                part = keys[start:start + 500]
-                marks = ",".join("?" * len(part))
+                hashed = keys[start:start + 500]
+                marks = ",".join("?" * len(hashed))
                 found.update(hashes[bytes(h)] for (h,) in self.conn.execute(
-                    f"SELECT hash FROM forgotten WHERE hash IN ({marks})", part))
+                    f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed))
         return found
 
     def remember_imported(self, rows: list[tuple[str, str | None]]) -> None:
-        """Remember ``(message id, user id)`` of imported identify/group/stage messages (a
-        track is remembered by its event's message id)."""
-        self.conn.executemany("INSERT INTO import_done (message_id, user_id) VALUES (?, ?) "
-                              "ON CONFLICT DO NOTHING", rows)
+        """Remember ``(message id, user id)`` of imported identify/group/stage messages,
+        keyed by their user (a track is remembered by its event's message id)."""
+        self.conn.executemany("INSERT INTO import_done (tenant_key, message_id, user_id) "
+                              "VALUES (coalesce(?2, ''), ?1, ?2) ON CONFLICT DO NOTHING", rows)
 
     def import_checkpoint(self, source: str) -> tuple[int, int, int] | None:
         """``(ts, line number, messages applied)`` of the last message an import of
@@ -1303,28 +1550,6 @@ class Transaction:
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET ts = excluded.ts, "
             "line_no = excluded.line_no, applied = excluded.applied, "
             "updated_at = excluded.updated_at", (source, ts, line, applied, now))
-
-    def staged_count(self) -> int:
-        """Messages waiting for replay."""
-        return self.conn.execute("SELECT count(*) FROM import_staging").fetchone()[0]
-
-    def staged_batch(self, limit: int) -> list[tuple[Any, ...]]:
-        """The next staged messages to replay, in time order (columns as staged, the line
-        number last)."""
-        return self.conn.execute(
-            "SELECT message_id, ts, kind, user_id, account_id, event, data, line_no "
-            "FROM import_staging ORDER BY ts, line_no LIMIT ?",
-            (limit,),
-        ).fetchall()
-
-    def finish_staged(self, message_ids: list[str], remember: list[tuple[str, str]]) -> None:
-        """Replayed: unstage ``message_ids``; remember the ``(message id, user id)`` of
-        ``remember`` (identify and group: a track is remembered by its event's message
-        id)."""
-        self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
-                              [(m,) for m in message_ids])
-        self.conn.executemany("INSERT OR IGNORE INTO import_done (message_id, user_id) "
-                              "VALUES (?, ?)", remember)
 
     # -- reports --------------------------------------------------------------------------
 
@@ -1446,7 +1671,8 @@ class Transaction:
         where = "" if events is None else f"event IN ({','.join('?' * len(events))}) AND "
         cursor = self.conn.execute(
             f"SELECT {column}, event, ts, {text} FROM events WHERE {where}"
-            f"ts <= ? AND {column} IS NOT NULL ORDER BY {column}, ts, id",
+            f"ts <= ? AND {column} IS NOT NULL AND {canonical(subject_type)} "
+            f"ORDER BY {column}, ts, id",
             (*with_properties, *(events or ()), until))
         while rows := cursor.fetchmany(10_000):
             yield from rows
@@ -1460,6 +1686,7 @@ class Transaction:
         cursor = self.conn.execute(
             f"SELECT e.event, j.key, j.atom, e.{column}, min(e.ts) FROM events e, "
             f"json_each(e.properties) j WHERE e.ts <= ? AND e.{column} IS NOT NULL "
+            f"AND {canonical(subject_type, 'e')} "
             f"AND j.type IN ('text', 'integer') AND e.properties != '{{}}' "
             f"GROUP BY e.event, j.key, j.atom, e.{column}", (until,))
         while rows := cursor.fetchmany(10_000):
@@ -1479,7 +1706,8 @@ class Transaction:
         column = "user_id" if subject_type == "user" else "account_id"
         return dict(self.conn.execute(
             f"SELECT {column}, min(ts) FROM events WHERE event = ? AND ts <= ? "
-            f"AND {column} IS NOT NULL GROUP BY {column}", (event, until)).fetchall())
+            f"AND {column} IS NOT NULL AND {canonical(subject_type)} GROUP BY {column}",
+            (event, until)).fetchall())
 
     def all_traits(self, subject_type: str) -> dict[str, str]:
         """Every user's (or account's) traits JSON, by id."""
@@ -1493,8 +1721,9 @@ class Transaction:
         """How many of the subject's ``event`` events fall in ``[since, until]``, its
         rollups' included (the live events counted up to ``limit``)."""
         column = "user_id" if subject_type == "user" else "account_id"
-        sql, args = _events_where(column, subject_id, event, until, since)
-        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        tenant = self.tenant_for(subject_type, subject_id)
+        sql, args = _events_where(tenant, column, subject_id, event, until, since)
+        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
         args.append(-1 if limit is None else limit)
         return int(self.conn.execute(
             f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
@@ -1506,32 +1735,34 @@ class Transaction:
         """The properties of the subject's ``event`` events in ``[since, until]``: each
         event's, then each rollup's (with how many events it holds)."""
         column = "user_id" if subject_type == "user" else "account_id"
-        sql, args = _events_where(column, subject_id, event, until, since)
+        tenant = self.tenant_for(subject_type, subject_id)
+        sql, args = _events_where(tenant, column, subject_id, event, until, since)
         for (text,) in self.conn.execute(f"SELECT properties {sql}", args):
             yield PropertyRow(text, 1)
-        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
         for text, n in self.conn.execute(f"SELECT properties, n {rolled}", rolled_args):
             yield PropertyRow(text, n)
 
 
-def _events_where(column: str, subject_id: str, event: str, until: int, since: int | None
-                  ) -> tuple[str, list[Any]]:
-    """``FROM ... WHERE ...`` of a subject's ``event`` events in ``[since, until]``, and its
-    arguments."""
-    sql = f"FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
-    args: list[Any] = [subject_id, event, until]
+def _events_where(tenant: str, column: str, subject_id: str, event: str, until: int,
+                  since: int | None) -> tuple[str, list[Any]]:
+    """``FROM ... WHERE ...`` of a subject's ``event`` events in ``[since, until]`` (in its
+    tenant), and its arguments."""
+    sql = f"FROM events WHERE tenant_key = ? AND {column} = ? AND event = ? AND ts <= ?"
+    args: list[Any] = [tenant, subject_id, event, until]
     if since is not None:
         sql += " AND ts >= ?"
         args.append(since)
     return sql, args
 
 
-def _rollups_where(column: str, subject_id: str, event: str, until: int, since: int | None
-                   ) -> tuple[str, list[Any]]:
+def _rollups_where(tenant: str, column: str, subject_id: str, event: str, until: int,
+                   since: int | None) -> tuple[str, list[Any]]:
     """``FROM ... WHERE ...`` of a subject's rollups of ``event`` that reach into
     ``[since, until]`` (a rollup straddling ``since`` counts whole), and its arguments."""
-    sql = f"FROM event_rollups WHERE {column} = ? AND event = ? AND first_ts <= ?"
-    args: list[Any] = [subject_id, event, until]
+    sql = (f"FROM event_rollups WHERE tenant_key = ? AND {column} = ? AND event = ? "
+           f"AND first_ts <= ?")
+    args: list[Any] = [tenant, subject_id, event, until]
     if since is not None:
         sql += " AND last_ts >= ?"
         args.append(since)
