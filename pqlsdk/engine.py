@@ -185,7 +185,7 @@ class Engine:
             rows = self.outbox.stage_rows([(change, member, account, _new_id())],
                                           wall_micros())
         if rows:
-            tx.enqueue(rows)
+            self.outbox.write(tx, rows)
         return Outcome(stage_change=change, queued=bool(rows))
 
     # -- evaluation -----------------------------------------------------------------------
@@ -249,7 +249,7 @@ class Engine:
         if mirror is not None:
             rows.append(self.outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:
-            tx.enqueue(rows)
+            self.outbox.write(tx, rows)
         return bool(rows)
 
 

@@ -20,8 +20,7 @@ def forget(store: Store, user_id: str) -> None:
     """Erase ``user_id`` in one transaction (see :meth:`pqlsdk.Client.forget`), then
     checkpoint the WAL and truncate it: with ``secure_delete`` on, the deleted rows are
     overwritten in the file, and the WAL's older copies of them are gone."""
-    with store.write() as tx:
-        tx.forget_user(user_id)
+    store.transact(lambda tx: tx.forget_user(user_id))
     store.checkpoint()
 
 

@@ -851,6 +851,29 @@ _MOVED_ROWS: list[tuple[str, str, str | None]] = [
 ]
 
 
+def user_row(row: tuple[Any, ...] | None) -> UserRow | None:
+    """A :data:`_USER_SNAPSHOT` result row as a :class:`UserRow` (None: an unknown user)."""
+    if row is None:
+        return None
+    return UserRow(row[0], SubjectRow(*row[1:6]),
+                   None if row[0] is None else SubjectRow(*row[6:11]))
+
+
+#: Store one event (the PostgreSQL store may send it as a plain INSERT: see its
+#: ``PgTransaction``).
+INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
+    "properties) VALUES (?, ?, ?, ?, ?, ?, ?)")
+#: Record a qualification (without its ``ON CONFLICT DO NOTHING``).
+INSERT_QUALIFICATION = (
+    "INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, subject_id, "
+    "user_id, account_id, qualified_at, evidence, round, rule_version, shadow) VALUES "
+    "(:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
+    ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow)")
+
+_INSERT_QUALIFICATION_ONCE = INSERT_QUALIFICATION + " ON CONFLICT DO NOTHING"
+
+
 class Transaction:
     """The statements pqlsdk runs, on one connection; obtained from :meth:`Store.write`."""
 
@@ -940,8 +963,7 @@ class Transaction:
     ) -> bool:
         """Store one event; False when ``message_id`` was already stored (nothing changes)."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, "
-            "ts, properties) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            INSERT_EVENT,
             (self.tenant_for("user", user_id), message_id, user_id, account_id, event, ts,
              properties),
         )
@@ -950,13 +972,9 @@ class Transaction:
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, the user's row and its account's. ``None`` for an unknown user."""
-        row = self.conn.execute(
+        return user_row(self.conn.execute(
             _USER_SNAPSHOT, {"tenant": self.tenant_for("user", user_id), "id": user_id}
-        ).fetchone()
-        if row is None:
-            return None
-        return UserRow(row[0], SubjectRow(*row[1:6]),
-                       None if row[0] is None else SubjectRow(*row[6:11]))
+        ).fetchone())
 
     def subject_snapshot(self, subject_type: str, subject_id: str) -> SubjectRow | None:
         """One user's or account's row, or ``None``."""
@@ -1138,11 +1156,7 @@ class Transaction:
     def insert_qualification(self, row: dict[str, Any]) -> bool:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
-            "INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, subject_id, "
-            "user_id, account_id, qualified_at, evidence, round, rule_version, shadow) VALUES "
-            "(:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
-            ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow) "
-            "ON CONFLICT DO NOTHING",
+            _INSERT_QUALIFICATION_ONCE,
             {**row, "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])},
         )
         return cursor.rowcount == 1
@@ -1183,9 +1197,12 @@ class Transaction:
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]]) -> None:
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
+                announce: bool = False) -> None:
         """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once, in
-        the tenant of their user (the call's)."""
+        the tenant of their user (the call's). ``announce``: wake other processes' idle
+        delivery workers after the commit (on PostgreSQL; a file has no such signal: its
+        workers poll)."""
         self.conn.executemany(
             "INSERT INTO outbox (tenant_key, destination, kind, user_id, payload, "
             f"next_attempt_at, created_at, format) VALUES (?, ?, ?, ?, ?, ?6, ?6, "
