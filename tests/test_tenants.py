@@ -236,3 +236,16 @@ def test_a_user_moving_while_another_host_tracks_it_loses_and_strands_nothing(pg
     finally:
         mover.close()
         tracker.close()
+
+
+def test_a_user_joining_an_account_of_the_same_name_keeps_everything(make_client):
+    """A user id that is also an account id: its own tenant and the account's are one."""
+    client = make_client(RULES)
+    for n in range(3):
+        client.track("x", "report_generated", timestamp=AT + timedelta(minutes=n))
+    client.group("x", "x", timestamp=AT + timedelta(hours=1))
+    created = client.track("x", "report_generated", timestamp=AT + timedelta(hours=2))
+    assert [q.rule for q in created] == ["reporter"]  # 4 reports, none lost or doubled
+    assert _tenants(client, "events", "user_id = 'x'", []) == ["x"] * 4
+    assert client.status("x").subject_id == "x"
+    assert len(client.history("x")) == 2  # first seen, then pql

@@ -1004,22 +1004,23 @@ class Transaction:
         holds both accounts' row locks, see :meth:`lock_subjects`); from here on this
         transaction is on the new tenant."""
         old = self.tenant_for("user", user_id)
-        if old == account_id:  # a user id that is also the account's: the same tenant
-            self.conn.execute("UPDATE users SET account_id = ?1 WHERE tenant_key = ?1 "
-                              "AND user_id = ?2", (account_id, user_id))
-        else:
+        # (a user id that is also the new account's id is in that tenant already: only its
+        # row changes; no statement updates users.account_id, which the previous release's
+        # trigger on PostgreSQL would take for a move of its own)
+        moved = _MOVED_ROWS if old != account_id else _MOVED_ROWS[:1]
+        if old != account_id:
             for sql in _MOVES:
                 self.conn.execute(sql, {"old": old, "new": account_id, "user": user_id})
-            for table, where, order in _MOVED_ROWS:
-                rows = self.rows(table, where, [old, user_id], order)
-                self.conn.execute(f"DELETE FROM {table} WHERE {where}", (old, user_id))
-                for row in rows:
-                    row["tenant_key"] = account_id
-                    if table == "users":
-                        row["account_id"] = account_id
-                    names = ", ".join(row)
-                    self.conn.execute(f"INSERT INTO {table} ({names}) VALUES "
-                                      f"({', '.join('?' * len(row))})", list(row.values()))
+        for table, where, order in moved:
+            rows = self.rows(table, where, [old, user_id], order)
+            self.conn.execute(f"DELETE FROM {table} WHERE {where}", (old, user_id))
+            for row in rows:
+                row["tenant_key"] = account_id
+                if table == "users":
+                    row["account_id"] = account_id
+                names = ", ".join(row)
+                self.conn.execute(f"INSERT INTO {table} ({names}) VALUES "
+                                  f"({', '.join('?' * len(row))})", list(row.values()))
         self.conn.execute("UPDATE user_directory SET account_id = ? WHERE tenant_key = ?",
                           (account_id, user_id))
         self.tenant, self.tenant_user = account_id, user_id
