@@ -355,13 +355,13 @@ class Client:
                 created += self._qualify(tx, account_rules, account, user_id=call.user_id,
                                          account_id=account_id, at=call.at, moves=moves)
         elif call.kind == "identify":
-            user, changed = _merge_traits(tx, user, call.data)
+            user, changed = _merge_traits(tx, user, call.data, ts)
             created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
                                     user_id=call.user_id, account_id=account_id, at=call.at,
                                     moves=moves)
         else:
             assert account is not None  # a group call always names its account
-            account, changed = _merge_traits(tx, account, call.data)
+            account, changed = _merge_traits(tx, account, call.data, ts)
             created = self._qualify(tx, self.rules.reading_traits("account", changed),
                                     account, user_id=call.user_id, account_id=account_id,
                                     at=call.at, moves=moves)
@@ -1015,9 +1015,10 @@ def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:
     return validation.subject(user_id, account_id)
 
 
-def _merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]
+def _merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any], ts: int
                   ) -> tuple[Subject, set[str]]:
-    """Merge ``traits`` into the subject's (null removes one); return it and what changed."""
+    """Merge ``traits`` into the subject's (null removes one), keeping each change in its
+    trait history at ``ts``; return it and what changed."""
     old = json.loads(subject.traits_json)
     changed = {k for k, v in traits.items() if old.get(k) != v}
     if not changed:
@@ -1025,6 +1026,9 @@ def _merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]
     merged = {k: v for k, v in {**old, **traits}.items() if v is not None}
     text = json.dumps(merged, sort_keys=True)
     tx.set_traits(subject.type, subject.id, text)
+    tx.record_traits(subject.type, subject.id,
+                     [(k, None if traits[k] is None else json.dumps(traits[k], sort_keys=True))
+                      for k in sorted(changed)], ts)
     return subject._replace(traits_json=text), changed
 
 

@@ -152,6 +152,8 @@ def qualify(
     for rule in pending:
         if not holds(rule.condition, facts):
             continue
+        if subject.since is not None and not _new_since(tx, rule, subject, scoring, ts):
+            continue  # a rejected lead needs something new since its rejection
         qualification = Qualification(
             id=qualification_id(rule.name, subject.type, subject.id, subject.round,
                                 shadow=rule.shadow),
@@ -179,6 +181,28 @@ def qualify(
                                           source), qualification))
             stage = rule.stage
     return created
+
+
+def reads(rule: Rule, scoring: Scoring | None) -> tuple[frozenset[str], frozenset[str]]:
+    """The events and traits a rule reads: its own, and those of the scores it tests
+    (behaviour lines' events, fit lines' traits)."""
+    events, traits = rule.events, rule.traits
+    if scoring is not None and rule.scores & {"behavior", "total"}:
+        events = events | scoring.events
+    if scoring is not None and rule.scores & {"fit", "total"}:
+        traits = traits | scoring.traits
+    return events, traits
+
+
+def _new_since(tx: Transaction, rule: Rule, subject: Subject, scoring: Scoring | None,
+               until: int) -> bool:
+    """Whether, since the subject's round began (a manual move to ``unqualified`` or
+    ``disqualified``), it did an event the rule reads or had a trait the rule reads changed
+    (SPEC §11): a rule that holds on traits (or a fit score) alone must not undo a sales
+    rejection a minute later."""
+    assert subject.since is not None
+    events, traits = reads(rule, scoring)
+    return tx.anything_new(subject.type, subject.id, events, traits, subject.since, until)
 
 
 def done_key(rule: Rule) -> str | tuple[str]:

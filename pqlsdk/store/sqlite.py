@@ -335,10 +335,23 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
                    "WHERE instr(payload, ?1)", (old, new))
 
 
+def _trait_history(db: sqlite_utils.Database) -> None:
+    """Issue 20: every change of a trait, with its moment (the value as JSON, NULL when it
+    was removed). A rejected lead qualifies again only on something new since the
+    rejection (a change of a trait the rule reads counts), and the funnel's ``by=`` groups
+    by the value a trait had when the subject entered a stage."""
+    db.execute(
+        "CREATE TABLE trait_changes (id INTEGER PRIMARY KEY, subject_type TEXT NOT NULL, "
+        "subject_id TEXT NOT NULL, trait TEXT NOT NULL, value TEXT, at INTEGER NOT NULL)")
+    db.execute("CREATE INDEX trait_changes_subject ON trait_changes(subject_type, "
+               "subject_id, trait, at)")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
     _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
+    _trait_history,  # issue 20
 ]
 
 
@@ -855,6 +868,40 @@ class Transaction:
         )
         self.conn.execute(sql, (traits_json, subject_id))
 
+    def record_traits(self, subject_type: str, subject_id: str,
+                      changes: list[tuple[str, str | None]], at: int) -> None:
+        """Keep each ``(trait, value JSON or None when removed)`` change in the subject's
+        trait history, at ``at``."""
+        self.conn.executemany(
+            "INSERT INTO trait_changes (subject_type, subject_id, trait, value, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(subject_type, subject_id, name, value, at) for name, value in changes])
+
+    def anything_new(self, subject_type: str, subject_id: str, events: Iterable[str],
+                     traits: Iterable[str], since: int, until: int) -> bool:
+        """Whether, in ``[since, until]``, the subject did one of ``events`` or had one of
+        ``traits`` changed (what a rejected lead needs before it qualifies again)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        events, traits = sorted(events), sorted(traits)
+        parts: list[str] = []
+        args: list[Any] = []
+        if events:
+            marks = ",".join("?" * len(events))
+            parts.append(f"EXISTS (SELECT 1 FROM events WHERE {column} = ? AND event IN "
+                         f"({marks}) AND ts >= ? AND ts <= ?)")
+            parts.append(f"EXISTS (SELECT 1 FROM event_rollups WHERE {column} = ? AND event "
+                         f"IN ({marks}) AND last_ts >= ? AND first_ts <= ?)")
+            args += [subject_id, *events, since, until] * 2
+        if traits:
+            marks = ",".join("?" * len(traits))
+            parts.append(f"EXISTS (SELECT 1 FROM trait_changes WHERE subject_type = ? AND "
+                         f"subject_id = ? AND trait IN ({marks}) AND at >= ? AND at <= ?)")
+            args += [subject_type, subject_id, *traits, since, until]
+        if not parts:
+            return False
+        return self.conn.execute(f"SELECT 1 WHERE {' OR '.join(parts)}",
+                                 args).fetchone() is not None
+
     def account_of(self, user_id: str) -> str | None:
         """The account the user belongs to now, if any."""
         row = self.conn.execute(
@@ -899,6 +946,7 @@ class Transaction:
             "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ?",
             "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
             "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
+            "DELETE FROM trait_changes WHERE subject_type = 'user' AND subject_id = ?",
             "DELETE FROM outbox WHERE user_id = ?",
             "DELETE FROM users WHERE user_id = ?",
         ):
