@@ -24,7 +24,7 @@ from .errors import DeliveryNameWarning, StoreBusy, UnknownSubject, ValidationEr
 from .evaluator import measure
 from .health import Health, build_health
 from .models import Qualification, StageChange, Status
-from .outbox import SEGMENT, Delivery, Outbox, wall_micros
+from .outbox import SEGMENT, STAGE_HOOK, Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
 from .retention import Pruner, Retention, check_windows, parse_retention, projection
@@ -221,16 +221,42 @@ class Client:
             self._worker.wake()  # rows an earlier run left for a callback of this name
         return callback
 
-    def _register(self, callback: Callback, name: str | None) -> None:
+    def on_stage_change(self, callback: Callable[[StageChange], Any] | None = None, *,
+                        name: str | None = None) -> Any:
+        """Register ``callback(change)`` for every stage move (a rule's, a manual
+        ``set_stage``, an imported stage line), each a :class:`StageChange`:
+        ``client.on_stage_change(fn)``, ``@client.on_stage_change`` or
+        ``@client.on_stage_change(name="crm")``.
+
+        Delivered like :meth:`on_qualified`: from the durable outbox, after the commit, at
+        least once, in order, retried with backoff when the callback raises. Its rows are
+        ``stage:NAME`` (``name``, else the callback's ``module.qualname``, with the same
+        warning and orphan rules). Moves made before a hook was registered are not
+        delivered to it; a subject's first entry (``first_seen``) is not a move.
+        """
+        _check_name(name)
+        if callback is None:
+            def decorator(fn: Callable[[StageChange], Any]) -> Callable[[StageChange], Any]:
+                return self.on_stage_change(fn, name=name)  # type: ignore[no-any-return]
+            return decorator
+        if not callable(callback):
+            raise ValidationError(f"on_stage_change needs a callable (got {callback!r})")
+        self._register(callback, name, STAGE_HOOK, "on_stage_change")
+        if not self.sync_mode and self._outbox.waiting()[0]:
+            self._worker.wake()
+        return callback
+
+    def _register(self, callback: Callable[[Any], Any], name: str | None,
+                  prefix: str = "callback:", method: str = "on_qualified") -> None:
         if name is not None:
-            destination = f"callback:{name}"
+            destination = f"{prefix}{name}"
             if destination in self._outbox.sinks:
                 raise ValidationError(
-                    f"name {name!r} is already registered with on_qualified; give each "
+                    f"name {name!r} is already registered with {method}; give each "
                     "callback its own name")
         else:
             qualname = callback_name(callback)
-            destination = f"callback:{qualname}"
+            destination = f"{prefix}{qualname}"
             why = ("a lambda" if "<lambda>" in qualname
                    else "a closure" if "<locals>" in qualname
                    else "a second callable of this qualname"
@@ -238,7 +264,7 @@ class Client:
             if why is not None:
                 destination = f"{destination}@{uuid.uuid4().hex[:12]}"
                 warnings.warn(
-                    f"on_qualified: {qualname} is {why}, so it has no stable identity: rows "
+                    f"{method}: {qualname} is {why}, so it has no stable identity: rows "
                     f"it leaves at exit will wait as orphaned. Register it with "
                     f"name=\"...\" to deliver them after a restart.",
                     DeliveryNameWarning, stacklevel=3)
@@ -470,9 +496,15 @@ class Client:
         account_id: str | None = None,
         reason: str | None = None,
         timestamp: datetime | str | None = None,
+        create: bool = False,
     ) -> StageChange | None:
         """Move a user (or an account) to ``stage`` by hand, in any direction, with the sales
         team's ``reason``; return the change, or None if it already was there.
+
+        A subject pqlsdk has never seen raises :class:`~pqlsdk.UnknownSubject` (a typo in an
+        id must not make a new lead), unless ``create=True`` (billing or a CRM may know an
+        account before its first event): it is then first seen as a ``lead`` at
+        ``timestamp`` and moved.
 
         ``unqualified`` (rejected for now) and ``disqualified`` (never a fit) start a new
         round: the subject may qualify again for its rules, counting only what it does from
@@ -483,16 +515,26 @@ class Client:
         subject_type, subject_id = _subject(user_id, account_id)
         validation.stage(stage)
         validation.free_text("reason", reason)
+        if not isinstance(create, bool):
+            raise ValidationError(f"create must be True or False (got {create!r})")
         at = validation.moment(timestamp)
         ts = to_micros(at)
         def move(tx: Transaction) -> tuple[StageChange | None, bool]:
             if subject_type == "user":
                 tx.lock_subjects(subject_id, None)
+                if not create and tx.subject_snapshot("user", subject_id) is None:
+                    raise UnknownSubject(
+                        f"no user {subject_id!r} has been seen; set_stage(..., "
+                        f"create=True) records it first (as a lead, then moves it)")
                 subject = load_subjects(tx, subject_id, None, ts)[0]
                 member: str | None = subject_id
                 account = tx.account_of(subject_id)
             else:
                 tx.lock_subject("account", subject_id)
+                if not create and tx.subject_snapshot("account", subject_id) is None:
+                    raise UnknownSubject(
+                        f"no account {subject_id!r} has been seen; set_stage(..., "
+                        f"create=True) records it first (as a lead, then moves it)")
                 tx.add_account(subject_id, ts)
                 subject = load_subject(tx, "account", subject_id)
                 member, account = tx.latest_user(subject_id, ts), subject_id
@@ -502,10 +544,10 @@ class Client:
                             reason)
             change = StageChange(subject_type, subject_id, subject.stage, stage, at, "manual",
                                  reason)
-            rows = []
+            stamp = wall_micros()
+            rows = self._outbox.hook_rows([(change, member)], stamp)
             if member is not None:
-                rows = self._outbox.stage_rows([(change, member, account, _new_id())],
-                                               wall_micros())
+                rows += self._outbox.stage_rows([(change, member, account, _new_id())], stamp)
             if rows:
                 tx.enqueue(rows)
             return change, bool(rows)
@@ -535,11 +577,14 @@ class Client:
         if subject.stage == stage:
             return False
         tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason)
-        if not deliver or member is None:
+        if not deliver:
             return False
         change = StageChange(subject_type, subject_id, subject.stage, stage, call.at,
                              "import", reason)
-        rows = self._outbox.stage_rows([(change, member, account, _new_id())], wall_micros())
+        stamp = wall_micros()
+        rows = self._outbox.hook_rows([(change, member)], stamp)
+        if member is not None:
+            rows += self._outbox.stage_rows([(change, member, account, _new_id())], stamp)
         if rows:
             tx.enqueue(rows)
         return bool(rows)
@@ -771,6 +816,7 @@ class Client:
         if created:
             moved = {q.id: change for change, q in moves}
             rows = self._outbox.qualification_rows(created, moved, stamp)
+            rows += self._outbox.hook_rows([(change, q.user_id) for change, q in moves], stamp)
         if mirror is not None:
             rows.append(self._outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:
@@ -938,7 +984,8 @@ def _destination(name: Any, argument: str) -> str:
         raise ValidationError(
             f"{argument} must be a destination name, e.g. 'crm' or 'callback:crm' "
             f"(got {name!r})")
-    return name if name == SEGMENT or name.startswith("callback:") else f"callback:{name}"
+    return (name if name == SEGMENT or name.startswith(("callback:", STAGE_HOOK))
+            else f"callback:{name}")
 def _log_created(created: list[Qualification]) -> None:
     """One ``pqlsdk`` log line per new qualification, with its id (after the commit)."""
     for q in created:

@@ -105,3 +105,14 @@ class StageChange:
         """Build from a ``stage_changes`` row."""
         return cls(row["subject_type"], row["subject_id"], row["from_stage"], row["to_stage"],
                    from_micros(row["at"]), row["source"], row["reason"])
+
+    def to_payload(self) -> dict[str, Any]:
+        """The change as an outbox row holds it (``at`` in microseconds)."""
+        row = attrs.asdict(self, recurse=False)
+        row["at"] = to_micros(self.at)
+        return row
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> StageChange:
+        """The inverse of :meth:`to_payload`."""
+        return cls(**{**payload, "at": from_micros(payload["at"])})

@@ -43,6 +43,9 @@ from .timestamps import from_micros
 log = logging.getLogger("pqlsdk")
 
 SEGMENT = "segment"
+#: Destinations of ``on_stage_change`` hooks are ``stage:NAME`` (``on_qualified``'s are
+#: ``callback:NAME``).
+STAGE_HOOK = "stage:"
 #: The most rows claimed per destination at a time (one Segment batch).
 CLAIM_LIMIT = 100
 #: First retry waits about this long (seconds); each further one twice as long.
@@ -78,6 +81,9 @@ def _decode(row: dict[str, Any]) -> Any:
     if row["kind"] == "qualification":
         if not (isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str)):
             raise Undeliverable("a qualification row must name its qualification_id")
+    elif row["kind"] == "stage_change":
+        if not (isinstance(payload, dict) and isinstance(payload.get("to_stage"), str)):
+            raise Undeliverable("a stage_change row must hold the change")
     elif not (isinstance(payload, list) and all(isinstance(m, dict) for m in payload)):
         raise Undeliverable("a Segment row must hold a list of messages")
     return payload
@@ -87,6 +93,8 @@ def _item(sink: Sink, row: dict[str, Any], payload: Any,
           found: dict[str, Qualification]) -> Any:
     """What a sink delivers for a row: a Qualification for a callback, Segment messages for
     Segment; None when a qualification is gone (erased by ``forget``): nothing to send."""
+    if row["kind"] == "stage_change":
+        return StageChange.from_payload(payload)
     if row["kind"] != "qualification":
         return payload  # Segment messages, built when the row was written
     q = found.get(payload["qualification_id"])
@@ -251,12 +259,21 @@ class Outbox:
         "Lead Qualified" and the lifecycle stage in one row, so they travel together.
         """
         rows: list[tuple[str, str, str | None, str, int]] = []
+        names = [name for name in self.sinks if not name.startswith(STAGE_HOOK)]
         for q in qualifications:
             moved = moves.get(q.id)
             payload = json.dumps({"qualification_id": q.id,
                                   "moved_to": moved.to_stage if moved else None})
-            rows += [(name, "qualification", q.user_id, payload, now) for name in self.sinks]
+            rows += [(name, "qualification", q.user_id, payload, now) for name in names]
         return rows
+
+    def hook_rows(self, changes: list[tuple[StageChange, str | None]], now: int
+                  ) -> list[tuple[str, str, str | None, str, int]]:
+        """Rows for the ``on_stage_change`` hooks: one per ``(change, user id)`` and hook
+        (the user id, the subject's or an account member's, lets ``forget`` find them)."""
+        names = [name for name in self.sinks if name.startswith(STAGE_HOOK)]
+        return [(name, "stage_change", user_id, json.dumps(change.to_payload()), now)
+                for change, user_id in changes for name in names]
 
     def stage_rows(self, moves: list[tuple[StageChange, str, str | None, str]], now: int
                    ) -> list[tuple[str, str, str | None, str, int]]:
