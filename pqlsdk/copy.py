@@ -38,7 +38,7 @@ _TABLES: list[tuple[str, list[str], str]] = [
                        "source", "reason"], "id"),
     ("qualifications", ["id", "rule", "stage", "subject_type", "subject_id", "user_id",
                         "account_id", "qualified_at", "evidence", "round", "rule_version",
-                        "shadow"], "ON CONFLICT DO NOTHING"),
+                        "shadow", "firing"], "ON CONFLICT DO NOTHING"),
     ("trait_changes", ["subject_type", "subject_id", "trait", "value", "at"], "id"),
     ("event_rollups", ["user_id", "account_id", "event", "properties", "n", "first_ts",
                        "last_ts"], "id"),

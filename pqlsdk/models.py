@@ -53,8 +53,9 @@ class Qualification:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Qualification:
-        """The inverse of :meth:`to_row` (store-only columns such as ``round`` are dropped)."""
-        values = {k: v for k, v in row.items() if k != "round"}
+        """The inverse of :meth:`to_row` (store-only columns, ``round`` and ``firing``, are
+        dropped)."""
+        values = {k: v for k, v in row.items() if k not in ("round", "firing")}
         values["qualified_at"] = from_micros(row["qualified_at"])
         values["evidence"] = Measurement.from_dict(json.loads(row["evidence"]))
         values["shadow"] = bool(row.get("shadow", False))

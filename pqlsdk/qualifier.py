@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from .evaluator import holds, measure
@@ -21,6 +21,8 @@ from .scoring import Score, Scoring, compute
 from .stages import FIRST_STAGE, rank
 from .store import Transaction
 from .timestamps import to_micros
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Subject(NamedTuple):
@@ -142,21 +144,26 @@ def qualify(
     """
     if subject.stage == "disqualified":
         return []
-    pending = [rule for rule in rules if done_key(rule) not in subject.done]
+    ts = to_micros(at)
+    pending = eligible(tx, rules, subject, ts)
     if not pending:
         return []
-    ts = to_micros(at)
     facts = SubjectFacts(tx, subject, ts, scoring)
     stage = subject.stage
     created = []
-    for rule in pending:
-        if not holds(rule.condition, facts):
+    for rule, firing, since in pending:
+        if since is not None:  # a re-armed rule counts only events after its last firing
+            if not holds(rule.condition, SubjectFacts(tx, subject._replace(since=since), ts,
+                                                      scoring)):
+                continue
+        elif not holds(rule.condition, facts):
             continue
-        if subject.since is not None and not _new_since(tx, rule, subject, scoring, ts):
+        if (firing == 0 and subject.since is not None
+                and not _new_since(tx, rule, subject, scoring, ts)):
             continue  # a rejected lead needs something new since its rejection
         qualification = Qualification(
             id=qualification_id(rule.name, subject.type, subject.id, subject.round,
-                                shadow=rule.shadow),
+                                firing=firing, shadow=rule.shadow),
             rule=rule.name,
             stage=rule.stage,
             subject_type=subject.type,
@@ -168,7 +175,8 @@ def qualify(
             rule_version=rule.version,
             shadow=rule.shadow,
         )
-        if not tx.insert_qualification({**qualification.to_row(), "round": subject.round}):
+        if not tx.insert_qualification({**qualification.to_row(), "round": subject.round,
+                                        "firing": firing}):
             continue
         if rule.shadow:
             continue  # recorded beside the live ones: no stage, no delivery, not returned
@@ -181,6 +189,41 @@ def qualify(
                                           source), qualification))
             stage = rule.stage
     return created
+
+
+class Eligible(NamedTuple):
+    """A rule a subject may meet now: which firing it would be, and from when its events
+    count (after the last firing, for ``rearm``), or None (the round's start)."""
+
+    rule: Rule
+    firing: int
+    since: int | None
+
+
+def eligible(tx: Transaction, rules: Iterable[Rule], subject: Subject, ts: int
+             ) -> list[Eligible]:
+    """The rules the subject may meet at ``ts``: those it has not met this round, and the
+    re-arming ones whose last firing is ``rearm``/``every`` behind (SPEC §11)."""
+    found: list[Eligible] = []
+    rearming: list[Rule] = []
+    for rule in rules:
+        if done_key(rule) not in subject.done:
+            found.append(Eligible(rule, 0, None))
+        elif rule.rearms is not None:
+            rearming.append(rule)
+    if rearming:
+        firings = tx.firings(subject.type, subject.id, subject.round)
+        for rule in rearming:
+            count, last = firings[(rule.name, rule.shadow)]
+            gap = rule.rearms
+            assert gap is not None
+            if ts < last + gap // _MICROSECOND:
+                continue
+            since = None
+            if rule.rearm is not None:  # only events after the last firing count
+                since = last + 1 if subject.since is None else max(last + 1, subject.since)
+            found.append(Eligible(rule, count, since))
+    return found
 
 
 def reads(rule: Rule, scoring: Scoring | None) -> tuple[frozenset[str], frozenset[str]]:

@@ -88,7 +88,8 @@ class RuleOutcome:
 
     A shadow rule's qualifications make a row of their own (``shadow`` True); ``versions``
     splits the row by the rule's definition, oldest first, so a change shows when it
-    happened."""
+    happened. ``qualified`` counts subjects; ``firings`` counts qualifications (more than
+    ``qualified`` when the rule re-arms, or a subject qualified again after a rejection)."""
 
     rule: str
     qualified: int
@@ -97,6 +98,7 @@ class RuleOutcome:
     top_reasons: tuple[tuple[str, int], ...]
     shadow: bool = False
     versions: tuple[VersionOutcome, ...] = ()
+    firings: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -132,15 +134,17 @@ def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
     ``rule_names`` are names or ``(name, shadow)`` pairs."""
     Key = tuple[str, bool]
     subjects: dict[Key, set] = defaultdict(set)
+    firings: dict[Key, set] = defaultdict(set)
     reached: dict[Key, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     reasons: dict[Key, Counter] = defaultdict(Counter)
     by_version: dict[Key, dict[str | None, dict[tuple[str, str], int]]] = defaultdict(
         lambda: defaultdict(dict))
     for (rule, subject_type, subject_id, to_stage, reason, shadow, version,
-         at) in tx.rule_outcomes(since):
+         at, qualification_id) in tx.rule_outcomes(since):
         key = (rule, bool(shadow))
         subject = (subject_type, subject_id)
         subjects[key].add(subject)
+        firings[key].add(qualification_id)
         by_version[key][version][subject] = at
         if to_stage is None:
             continue
@@ -158,6 +162,7 @@ def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
             tuple(reasons[(name, shadow)].most_common(3)),
             shadow,
             _versions(by_version[(name, shadow)], reached[(name, shadow)]),
+            len(firings[(name, shadow)]),
         )
         for name, shadow in keys
     ]

@@ -104,6 +104,15 @@ def parse_duration(value: str | timedelta, *, key: str = "within") -> timedelta:
     return duration
 
 
+def _optional_duration(value: Any, key: str) -> timedelta | None:
+    """A rule's ``rearm``/``every``: None, or a duration as :func:`parse_duration` reads it."""
+    if value is None:
+        return None
+    if not isinstance(value, str | timedelta):
+        raise RuleError(f"must be a duration like '30d' (got {shown(value)})", key=key)
+    return parse_duration(value, key=key)
+
+
 def format_duration(value: timedelta) -> str:
     """The shortest ``"14d"``-style spelling of a duration."""
     seconds = int(value.total_seconds())
@@ -557,6 +566,13 @@ class Rule:
     description: str = attrs.field(default="", kw_only=True)
     #: Evaluated and recorded live, but moves no stage and is never delivered.
     shadow: bool = attrs.field(default=False, kw_only=True)
+    #: Eligible again this long after its last firing, counting only events after it
+    #: (``"90d"`` or a ``timedelta``); None: the rule fires once per round.
+    rearm: timedelta | None = attrs.field(default=None, kw_only=True,
+                                          converter=lambda v: _optional_duration(v, "rearm"))
+    #: A rolling cooldown: at most one firing per this long, windows counting as usual.
+    every: timedelta | None = attrs.field(default=None, kw_only=True,
+                                          converter=lambda v: _optional_duration(v, "every"))
     #: Event names the rule reads: a ``track`` of any other event cannot change it.
     events: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
     #: Trait names the rule reads: an ``identify``/``group`` changing none of them cannot either.
@@ -577,6 +593,19 @@ class Rule:
     def _check_shadow(self, _attr: Any, value: Any) -> None:
         if not isinstance(value, bool):
             raise RuleError(f"must be true or false (got {value!r})", key="shadow")
+
+    @every.validator
+    def _check_every(self, _attr: Any, value: Any) -> None:
+        if value is not None and self.rearm is not None:
+            raise RuleError("give rearm (eligible again after the last firing, counting only "
+                            "later events) or every (a rolling cooldown), not both",
+                            key="every")
+
+    @property
+    def rearms(self) -> timedelta | None:
+        """How long after a firing the rule may fire again (``rearm`` or ``every``), or
+        None when it fires once per round."""
+        return self.rearm if self.rearm is not None else self.every
 
     #: The fingerprint of the rule's normalized definition (see :func:`rule_version`).
     version: str = attrs.field(init=False, eq=False, repr=False)
@@ -747,8 +776,11 @@ def rule_version(rule: Rule) -> str:
     >>> len(rule_version(Rule("a", event("signup"))))
     12
     """
-    normal = {"subject": rule.subject, "stage": rule.stage,
-              "condition": _normal(condition_to_dict(rule.condition))}
+    normal: dict[str, Any] = {"subject": rule.subject, "stage": rule.stage,
+                              "condition": _normal(condition_to_dict(rule.condition))}
+    for key in ("rearm", "every"):  # only when set: versions recorded before stay the same
+        if getattr(rule, key) is not None:
+            normal[key] = getattr(rule, key).total_seconds()
     text = json.dumps(normal, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -763,6 +795,9 @@ def rule_to_dict(rule: Rule) -> dict[str, Any]:
     out["stage"] = rule.stage
     if rule.shadow:
         out["shadow"] = True
+    for key in ("rearm", "every"):
+        if getattr(rule, key) is not None:
+            out[key] = format_duration(getattr(rule, key))
     condition = condition_to_dict(rule.condition)
     out.update(condition if set(condition) <= {"all", "any"} else {"all": [condition]})
     return out
@@ -806,7 +841,8 @@ def rule_to_toml(rule: Rule) -> str:
 
 # --- loading --------------------------------------------------------------------------------
 
-_RULE_KEYS = ("name", "description", "subject", "stage", "shadow", "all", "any")
+_RULE_KEYS = ("name", "description", "subject", "stage", "shadow", "rearm", "every", "all",
+              "any")
 _EVENT_KEYS = ("event", "at_least", "at_most", "within", "where", "distinct", "sum")
 _GROUP_KEYS = ("all", "any", "not")
 
@@ -920,6 +956,8 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
             stage=data.get("stage", "pql"),
             description=description,
             shadow=data.get("shadow", False),
+            rearm=data.get("rearm"),
+            every=data.get("every"),
         )
     except RuleError as exc:
         raise exc.within(rule=name if isinstance(name, str) else None) from None

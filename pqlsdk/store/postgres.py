@@ -37,7 +37,7 @@ T = TypeVar("T")
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: How many times a transaction is retried before the error reaches the caller.
@@ -117,8 +117,20 @@ _TRAIT_HISTORY = [
     "CREATE INDEX trait_changes_subject ON trait_changes(subject_type, subject_id, trait, at)",
 ]
 
+# issue 20: each firing of a re-arming rule is its own qualification (see the SQLite
+# store's _qualification_firings); the new key is made before the old one goes
+_QUALIFICATION_FIRINGS = [
+    "ALTER TABLE qualifications ADD COLUMN firing INTEGER NOT NULL DEFAULT 0",
+    "CREATE UNIQUE INDEX qualifications_once ON qualifications(subject_type, subject_id, "
+    "round, rule, shadow, firing)",
+    "DO $$ DECLARE c text; BEGIN SELECT conname INTO c FROM pg_constraint WHERE conrelid = "
+    "'qualifications'::regclass AND contype = 'u'; "
+    "EXECUTE format('ALTER TABLE qualifications DROP CONSTRAINT %I', c); END $$",
+]
+
 #: (statements, the oldest package schema generation that can still use the result)
-MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_TRAIT_HISTORY, 1)]
+MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_TRAIT_HISTORY, 1),
+                                           (_QUALIFICATION_FIRINGS, 1)]
 
 
 def _psycopg() -> Any:

@@ -347,11 +347,30 @@ def _trait_history(db: sqlite_utils.Database) -> None:
                "subject_id, trait, at)")
 
 
+def _qualification_firings(db: sqlite_utils.Database) -> None:
+    """Issue 20: a rule may re-arm (``rearm``/``every``), and each firing is its own
+    qualification, so ``firing`` joins the unique key. The table's UNIQUE constraint
+    cannot be altered in place: ``round`` (one of its columns) is rebuilt by
+    ``table.transform()``, which leaves that constraint out, and the key comes back as a
+    unique index with ``firing``. A release that predates this one keeps writing (firing
+    defaults to 0, its ``ON CONFLICT DO NOTHING`` meets the index)."""
+    table = db.table("qualifications")
+    order = [column.name for column in table.columns]
+    table.add_column("firing", int, not_null_default=0)
+    table.add_column("round_", int, not_null_default=0)
+    db.execute("UPDATE qualifications SET round_ = round")
+    table.transform(drop={"round"}, rename={"round_": "round"},
+                    column_order=[*order, "firing"])
+    db.execute("CREATE UNIQUE INDEX qualifications_once ON qualifications(subject_type, "
+               "subject_id, round, rule, shadow, firing)")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
     _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
     _trait_history,  # issue 20
+    _qualification_firings,  # issue 20
 ]
 
 
@@ -959,12 +978,23 @@ class Transaction:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
             "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence, round, rule_version, shadow) VALUES (:id, "
-            ":rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
-            ":qualified_at, :evidence, :round, :rule_version, :shadow) ON CONFLICT DO NOTHING",
-            row,
+            "account_id, qualified_at, evidence, round, rule_version, shadow, firing) VALUES "
+            "(:id, :rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
+            ":qualified_at, :evidence, :round, :rule_version, :shadow, :firing) "
+            "ON CONFLICT DO NOTHING",
+            {"firing": 0, **row},
         )
         return cursor.rowcount == 1
+
+    def firings(self, subject_type: str, subject_id: str, round_: int
+                ) -> dict[tuple[str, bool], tuple[int, int]]:
+        """Per ``(rule, shadow)`` the subject met this round: ``(how many firings, when
+        the last one was)``."""
+        rows = self.conn.execute(
+            "SELECT rule, shadow, count(*), max(qualified_at) FROM qualifications "
+            "WHERE subject_type = ? AND subject_id = ? AND round = ? GROUP BY rule, shadow",
+            (subject_type, subject_id, round_)).fetchall()
+        return {(rule, bool(shadow)): (count, last) for rule, shadow, count, last in rows}
 
     def qualifications_by_id(self, ids: set[str]) -> list[dict[str, Any]]:
         """The stored qualifications with these ids (those still there)."""
@@ -1346,10 +1376,10 @@ class Transaction:
         """Each qualification (since ``since``) with every later move of its subject to sql,
         opportunity, customer, unqualified or disqualified that the rule itself did not
         cause: ``(rule, subject_type, subject_id, to_stage, reason, shadow, rule_version,
-        qualified_at)``."""
+        qualified_at, qualification id)``."""
         return self.conn.execute(
             "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason, q.shadow, "
-            "q.rule_version, q.qualified_at "
+            "q.rule_version, q.qualified_at, q.id "
             "FROM qualifications q LEFT JOIN stage_changes sc "
             "ON sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id "
             "AND sc.at >= q.qualified_at AND sc.source != 'rule:' || q.rule "
