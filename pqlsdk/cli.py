@@ -300,6 +300,47 @@ def qualifications(db: str, busy_timeout: float, since: str | None, rule: str | 
 
 @main.command()
 @db_option
+@rules_option
+@click.option("--accept-within", help="The deadline, e.g. 2d (default: the rules file's "
+                                      "[lifecycle] accept_within).")
+@click.option("--as-of", help="Overdue as of this ISO-8601 time (default now).")
+@json_option
+@_guard
+def overdue(db: str, busy_timeout: float, rules: str | None, accept_within: str | None,
+            as_of: str | None, as_json: bool) -> None:
+    """Qualified leads sales has neither accepted (sql or later) nor rejected in time,
+    oldest first.
+
+    \b
+    Example:
+        pqlsdk overdue --db pql.db --rules pql_rules.toml
+        pqlsdk overdue --db pql.db --accept-within 2d --json
+    """
+    deadline: Any = accept_within
+    if deadline is None and rules is not None:
+        deadline = load_rules(rules).lifecycle.accept_within
+    if deadline is None:
+        raise BadInput("overdue needs a deadline: --accept-within 2d, or --rules with "
+                       "[lifecycle] accept_within")
+    with _open(db, None, busy_timeout=busy_timeout,
+               lifecycle={"accept_within": deadline}) as client:
+        found = client.overdue(as_of=_when(as_of, "as_of"))
+    _print_overdue(found, as_json)
+
+
+def _print_overdue(found: list[Any], as_json: bool) -> None:
+    if as_json:
+        _print_json([o.to_dict() for o in found])
+        return
+    click.echo(f"{'qualified at (UTC)':<20}{'due at (UTC)':<20}{'rule':<24}{'stage':<8}"
+               "subject")
+    for o in found:
+        click.echo(f"{o.qualified_at:%Y-%m-%d %H:%M}    {o.due_at:%Y-%m-%d %H:%M}    "
+                   f"{o.rule:<24}{o.stage:<8}{o.subject_type} {o.subject_id}")
+
+
+@main.command()
+@db_option
 @click.option("--since", help="Count entries at or after this ISO-8601 time.")
 @click.option("--until", help="Count moves up to this ISO-8601 time.")
 @click.option("--by", help="Split by a trait, e.g. lead_source.")

@@ -18,13 +18,13 @@ from typing import Any
 import sqlite_utils
 
 from . import backtest as backtests
-from . import privacy, reports, validation
+from . import handoff, privacy, reports, validation
 from . import suggest as suggestions
 from .errors import DeliveryNameWarning, StoreBusy, UnknownSubject, ValidationError
 from .evaluator import measure
 from .health import Health, build_health
-from .models import Qualification, StageChange, Status
-from .outbox import SEGMENT, STAGE_HOOK, Delivery, Outbox, wall_micros
+from .models import Overdue, Qualification, StageChange, Status
+from .outbox import OVERDUE_HOOK, SEGMENT, STAGE_HOOK, Delivery, Outbox, wall_micros
 from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
 from .retention import Pruner, Retention, check_windows, parse_retention, projection
@@ -98,6 +98,8 @@ class Client:
         values, sums and scores without a window stay exact. A rule whose window is longer
         is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
+    :param lifecycle: the ``[lifecycle]`` section as a dict (``{"accept_within": "2d"}``),
+        for rules given as Python objects.
     :param send: ``False`` records, evaluates, stores qualifications and runs callbacks but
         never contacts Segment: Segment's outbox rows are written and stay pending (see
         :meth:`health`), for environments that must send nothing remotely; :meth:`flush`
@@ -121,6 +123,7 @@ class Client:
         poll_interval: float = 1.0,
         busy_timeout: float = 30.0,
         scoring: dict[str, Any] | None = None,
+        lifecycle: dict[str, Any] | None = None,
         synchronous: str = "normal",
         retention: str | timedelta | None = None,
         send: bool = True,
@@ -129,7 +132,7 @@ class Client:
         statement_timeout: float | None = None,
         lock_timeout: float | None = None,
     ) -> None:
-        self.rules: RuleSet = load_rules(rules, scoring)
+        self.rules: RuleSet = load_rules(rules, scoring, lifecycle)
         keep = parse_retention(retention)
         self._retention: Retention | None = None
         if keep is not None:
@@ -183,6 +186,7 @@ class Client:
         self.send = send
         for name, callback in callbacks:
             self._register(callback, name)
+        self._outbox.periodic = self._periodic
         self._worker = Worker(self._outbox, poll_interval)
         self._closing = threading.Event()
         self._closed = False
@@ -245,6 +249,74 @@ class Client:
         if not self.sync_mode and self._outbox.waiting()[0]:
             self._worker.wake()
         return callback
+
+    def on_overdue(self, callback: Callable[[Overdue], Any] | None = None, *,
+                   name: str | None = None) -> Any:
+        """Register ``callback(overdue)`` for each qualified lead that sales has neither
+        accepted nor rejected within ``[lifecycle] accept_within``: ``client.on_overdue(fn)``,
+        ``@client.on_overdue`` or ``@client.on_overdue(name="slack")``.
+
+        Each overdue qualification is told of once (to every hook registered when it is
+        found), through the durable outbox like :meth:`on_qualified` (rows
+        ``overdue:NAME``). They are found by :meth:`evaluate` and by the delivery worker's
+        periodic pass (every minute, on the hook's lane; not in ``sync_mode``).
+        """
+        _check_name(name)
+        if callback is None:
+            def decorator(fn: Callable[[Overdue], Any]) -> Callable[[Overdue], Any]:
+                return self.on_overdue(fn, name=name)  # type: ignore[no-any-return]
+            return decorator
+        if not callable(callback):
+            raise ValidationError(f"on_overdue needs a callable (got {callback!r})")
+        self._register(callback, name, OVERDUE_HOOK, "on_overdue")
+        if not self.sync_mode:
+            self._worker.wake()  # its lane runs the periodic pass
+        return callback
+
+    def overdue(self, *, as_of: datetime | str | None = None) -> list[Overdue]:
+        """Qualified leads sales has neither accepted (moved to ``sql`` or later) nor
+        rejected within ``[lifecycle] accept_within`` as of ``as_of`` (default now),
+        oldest first. Raises :class:`ValidationError` without ``accept_within``.
+
+        >>> [o.subject_id for o in client.overdue()]
+        ['ada']
+        """
+        accept_within = self._accept_within()
+        until = _micros(as_of, "as_of")
+        with self.store.read() as tx:
+            return handoff.overdue(tx, accept_within, until)
+
+    def _accept_within(self) -> timedelta:
+        accept_within = self.rules.lifecycle.accept_within
+        if accept_within is None:
+            raise ValidationError(
+                "overdue needs a deadline: add [lifecycle] accept_within = \"2d\" to the "
+                "rules file (or Client(lifecycle={\"accept_within\": \"2d\"}))")
+        return accept_within
+
+    def _notify_overdue(self, as_of: int) -> int:
+        """Write ``on_overdue`` rows for overdue hand-offs not told of yet; how many."""
+        accept_within = self.rules.lifecycle.accept_within
+        if accept_within is None or not self._outbox.has_overdue_hooks():
+            return 0
+        total = 0
+        while True:
+            found = self.store.transact(lambda tx: handoff.notify(
+                tx, accept_within, as_of,
+                lambda rows: self._outbox.overdue_rows(rows, wall_micros())))
+            total += found
+            if found < handoff.NOTIFY_CHUNK:
+                break
+        self._dispatch(bool(total))
+        return total
+
+    def _periodic(self) -> None:
+        """The delivery worker's periodic pass: tell ``on_overdue`` of new overdue leads."""
+        try:
+            self._notify_overdue(_now_micros())
+        except Exception:
+            if not self.store.closed:
+                log.exception("pqlsdk: the periodic look for overdue leads failed")
 
     def _register(self, callback: Callable[[Any], Any], name: str | None,
                   prefix: str = "callback:", method: str = "on_qualified") -> None:
@@ -435,6 +507,7 @@ class Client:
             created += found
             _log_created(found)
             self._dispatch(queued)
+        self._notify_overdue(until)
         return created
 
     def _evaluate_subject(

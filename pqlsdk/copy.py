@@ -40,6 +40,8 @@ _TABLES: list[tuple[str, list[str], str]] = [
                         "account_id", "qualified_at", "evidence", "round", "rule_version",
                         "shadow", "firing"], "ON CONFLICT DO NOTHING"),
     ("trait_changes", ["subject_type", "subject_id", "trait", "value", "at"], "id"),
+    ("handoffs", ["qualification_id", "subject_type", "subject_id", "rule", "qualified_at",
+                  "notified_at"], "ON CONFLICT DO NOTHING"),
     ("event_rollups", ["user_id", "account_id", "event", "properties", "n", "first_ts",
                        "last_ts"], "id"),
     ("import_done", ["message_id", "user_id"], "ON CONFLICT DO NOTHING"),

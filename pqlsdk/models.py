@@ -117,3 +117,42 @@ class StageChange:
     def from_payload(cls, payload: dict[str, Any]) -> StageChange:
         """The inverse of :meth:`to_payload`."""
         return cls(**{**payload, "at": from_micros(payload["at"])})
+
+
+@attrs.frozen
+class Overdue:
+    """A qualified lead that sales has neither accepted (moved to ``sql`` or later) nor
+    rejected (``unqualified``/``disqualified``) within ``[lifecycle] accept_within``.
+
+    ``stage`` is the subject's stage when it was found overdue; ``qualified_at`` and
+    ``rule`` are the qualification's, ``qualification_id`` its id; ``due_at`` is when
+    the deadline passed.
+    """
+
+    subject_type: str
+    subject_id: str
+    stage: str
+    qualified_at: datetime
+    rule: str
+    qualification_id: str
+    due_at: datetime
+
+    def to_payload(self) -> dict[str, Any]:
+        """As an outbox row holds it (times in microseconds)."""
+        row = attrs.asdict(self, recurse=False)
+        row["qualified_at"] = to_micros(self.qualified_at)
+        row["due_at"] = to_micros(self.due_at)
+        return row
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Overdue:
+        """The inverse of :meth:`to_payload`."""
+        return cls(**{**payload, "qualified_at": from_micros(payload["qualified_at"]),
+                      "due_at": from_micros(payload["due_at"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (times as ISO-8601)."""
+        out = attrs.asdict(self, recurse=False)
+        out["qualified_at"] = self.qualified_at.isoformat()
+        out["due_at"] = self.due_at.isoformat()
+        return out

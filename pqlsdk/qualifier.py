@@ -181,6 +181,9 @@ def qualify(
         if rule.shadow:
             continue  # recorded beside the live ones: no stage, no delivery, not returned
         created.append(qualification)
+        if rank(rule.stage) < rank("sql") and rank(stage) < rank("sql"):
+            # a qualified lead waits for sales to accept or reject it (see handoff.py)
+            tx.open_handoff(qualification.id, subject.type, subject.id, rule.name, ts)
         if moves_forward(stage, rule.stage):
             source = f"rule:{rule.name}"
             tx.change_stage(subject.type, subject.id, stage, rule.stage, ts, source, None)

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from .handoff import HandoffTimes, handoff_times
 from .stages import STAGES
 from .store import StageCounts, Transaction
 from .timestamps import from_micros
@@ -41,12 +42,14 @@ class FunnelStage:
 
 @attrs.frozen
 class Funnel:
-    """Stage-to-stage conversion; ``segments`` splits it by the ``by`` trait's values."""
+    """Stage-to-stage conversion; ``segments`` splits it by the ``by`` trait's values;
+    ``handoff``: how long sales took to accept or reject the period's qualified leads."""
 
     subject_type: str
     by: str | None
     stages: tuple[FunnelStage, ...]
     segments: dict[str, tuple[FunnelStage, ...]] = attrs.field(factory=dict)
+    handoff: HandoffTimes = attrs.field(factory=HandoffTimes)
 
     def stage(self, name: str) -> FunnelStage:
         """The row of one stage."""
@@ -59,7 +62,8 @@ class Funnel:
                      else s.median_time.total_seconds()} for s in stages]
 
         return {"subject_type": self.subject_type, "by": self.by, "stages": rows(self.stages),
-                "segments": {k: rows(v) for k, v in self.segments.items()}}
+                "segments": {k: rows(v) for k, v in self.segments.items()},
+                "handoff": self.handoff.to_dict()}
 
 
 @attrs.frozen
@@ -113,7 +117,8 @@ def funnel(tx: Transaction, subject_type: str, since: int | None, until: int | N
     rows = tx.funnel_rows(subject_type, since, until, by)
     segments = {} if by is None else {
         _segment(value): _stages(parts) for value, parts in rows.groups}
-    return Funnel(subject_type, by, _stages(rows.overall), dict(sorted(segments.items())))
+    return Funnel(subject_type, by, _stages(rows.overall), dict(sorted(segments.items())),
+                  handoff_times(tx, subject_type, since, until))
 
 
 def _segment(value: Any) -> str:

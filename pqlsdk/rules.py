@@ -964,6 +964,30 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
 
 
 @attrs.frozen
+class Lifecycle:
+    """The ``[lifecycle]`` section: ``accept_within``, how long sales has to accept (move to
+    ``sql`` or later) or reject a qualified lead before it is overdue (None: no deadline)."""
+
+    accept_within: timedelta | None = None
+
+
+def lifecycle_from_dict(data: Any, source: str = "rules") -> Lifecycle:
+    """Build :class:`Lifecycle` from the ``[lifecycle]`` table (or a dict in its shape)."""
+    if data is None or isinstance(data, Lifecycle):
+        return data or Lifecycle()
+    if not isinstance(data, Mapping):
+        raise RuleError(f"must be a table (got {shown(data)})", source=source, key="lifecycle")
+    for key in data:
+        if key != "accept_within":
+            raise RuleError("unknown key; allowed: accept_within", source=source,
+                            key=f"lifecycle.{key}")
+    try:
+        return Lifecycle(_optional_duration(data.get("accept_within"), "accept_within"))
+    except RuleError as exc:
+        raise RuleError(exc.problem, source=source, key="lifecycle.accept_within") from None
+
+
+@attrs.frozen
 class RuleSet:
     """The validated rules of a Client (and its scoring model), indexed by what can change
     them."""
@@ -971,6 +995,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     source: str = "rules"
     scoring: Any = None  # pqlsdk.scoring.Scoring
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()
@@ -1004,7 +1029,7 @@ class RuleSet:
         return [r for r in self.rules if r.subject == subject and self.traits_of(r) & names]
 
 
-def load_rules(source: Any, scoring: Any = None) -> RuleSet:
+def load_rules(source: Any, scoring: Any = None, lifecycle: Any = None) -> RuleSet:
     """Load rules from a TOML path, a dict in the file's shape, or a list of :class:`Rule`
     (with ``scoring``, a :class:`~pqlsdk.scoring.Scoring` or a dict like ``[scoring]``).
 
@@ -1012,7 +1037,8 @@ def load_rules(source: Any, scoring: Any = None) -> RuleSet:
     'team_activation'
     """
     if source is None:
-        return RuleSet((), scoring=_scoring(scoring, "rules"))
+        return RuleSet((), scoring=_scoring(scoring, "rules"),
+                       lifecycle=lifecycle_from_dict(lifecycle))
     if isinstance(source, str | os.PathLike):
         return _ruleset_from_dict(_read_toml(source), os.fsdecode(source))
     if isinstance(source, Mapping):
@@ -1020,7 +1046,8 @@ def load_rules(source: Any, scoring: Any = None) -> RuleSet:
     if isinstance(source, list | tuple):
         rules = [r if isinstance(r, Rule) else _located(rule_from_dict, r, "rules", i)
                  for i, r in enumerate(source)]
-        return RuleSet(tuple(rules), scoring=_scoring(scoring, "rules"))
+        return RuleSet(tuple(rules), scoring=_scoring(scoring, "rules"),
+                       lifecycle=lifecycle_from_dict(lifecycle))
     raise RuleError(
         "rules must be a path to a TOML file, a dict in its shape, or a list of pqlsdk.Rule "
         f"(got {type(source).__name__})"
@@ -1064,14 +1091,16 @@ def _ruleset_from_dict(data: Mapping[str, Any], source: str) -> RuleSet:
     # each rule is checked by rule_from_dict, so that its errors name it
     check_tables({key: value for key, value in data.items() if key != "rules"}, source)
     for key in data:
-        if key not in ("rules", "scoring"):
-            raise RuleError("unknown top-level key; allowed: rules, scoring", source=source,
+        if key not in ("rules", "scoring", "lifecycle"):
+            raise RuleError("unknown top-level key; allowed: rules, scoring, lifecycle",
+                            source=source,
                             key=key)
     items = data.get("rules", [])
     if not isinstance(items, list):
         raise RuleError("must be an array of tables ([[rules]])", source=source, key="rules")
     rules = tuple(_located(rule_from_dict, item, source, i) for i, item in enumerate(items))
-    return RuleSet(rules, source, _scoring(data.get("scoring"), source))
+    return RuleSet(rules, source, _scoring(data.get("scoring"), source),
+                   lifecycle_from_dict(data.get("lifecycle"), source))
 
 
 def _scoring(data: Any, source: str) -> Any:

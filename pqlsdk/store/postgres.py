@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
 from ..stages import STAGES
 from .dialect import bind, to_postgres
-from .sqlite import Transaction
+from .sqlite import HANDOFF_BACKFILL, Transaction
 
 if TYPE_CHECKING:
     import psycopg_pool
@@ -37,7 +37,7 @@ T = TypeVar("T")
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: How many times a transaction is retried before the error reaches the caller.
@@ -128,9 +128,19 @@ _QUALIFICATION_FIRINGS = [
     "EXECUTE format('ALTER TABLE qualifications DROP CONSTRAINT %I', c); END $$",
 ]
 
+# issue 20: qualifications waiting for sales (see the SQLite store's _handoffs)
+_HANDOFFS = [
+    "CREATE TABLE handoffs (qualification_id TEXT PRIMARY KEY, subject_type TEXT NOT NULL, "
+    "subject_id TEXT NOT NULL, rule TEXT NOT NULL, qualified_at BIGINT NOT NULL, "
+    "notified_at BIGINT)",
+    "CREATE INDEX handoffs_time ON handoffs(qualified_at)",
+    "CREATE INDEX handoffs_subject ON handoffs(subject_type, subject_id)",
+    HANDOFF_BACKFILL,
+]
+
 #: (statements, the oldest package schema generation that can still use the result)
 MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_TRAIT_HISTORY, 1),
-                                           (_QUALIFICATION_FIRINGS, 1)]
+                                           (_QUALIFICATION_FIRINGS, 1), (_HANDOFFS, 1)]
 
 
 def _psycopg() -> Any:

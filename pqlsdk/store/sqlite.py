@@ -365,12 +365,44 @@ def _qualification_firings(db: sqlite_utils.Database) -> None:
                "subject_id, round, rule, shadow, firing)")
 
 
+#: A qualified lead stays open (waiting for sales) until its subject moves to one of these.
+SETTLING_STAGES = ("sql", "opportunity", "customer", "unqualified", "disqualified")
+
+#: The qualifications still waiting for sales, from what the store already holds (the
+#: handoff migration's backfill, the same text on both engines).
+HANDOFF_BACKFILL = (
+    "INSERT INTO handoffs (qualification_id, subject_type, subject_id, rule, qualified_at) "
+    "SELECT q.id, q.subject_type, q.subject_id, q.rule, q.qualified_at FROM qualifications q "
+    "WHERE q.shadow = 0 AND NOT EXISTS (SELECT 1 FROM stage_changes sc WHERE "
+    "sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id AND sc.at >= "
+    "q.qualified_at AND sc.to_stage IN ('sql', 'opportunity', 'customer', 'unqualified', "
+    "'disqualified')) AND (EXISTS (SELECT 1 FROM users u WHERE q.subject_type = 'user' AND "
+    "u.user_id = q.subject_id AND u.stage IN ('subscriber', 'lead', 'mql', 'pql')) OR "
+    "EXISTS (SELECT 1 FROM accounts a WHERE q.subject_type = 'account' AND a.account_id = "
+    "q.subject_id AND a.stage IN ('subscriber', 'lead', 'mql', 'pql')))"
+)
+
+
+def _handoffs(db: sqlite_utils.Database) -> None:
+    """Issue 20: the qualifications sales has not yet accepted (moved to ``sql`` or later)
+    nor rejected, for ``overdue()`` and ``on_overdue``: a row per open live qualification,
+    removed when its subject moves to a settling stage; ``notified_at`` once ``on_overdue``
+    rows were written for it. Kept small (only open ones), read by ``qualified_at``."""
+    db.execute("CREATE TABLE handoffs (qualification_id TEXT PRIMARY KEY, "
+               "subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, rule TEXT NOT NULL, "
+               "qualified_at INTEGER NOT NULL, notified_at INTEGER)")
+    db.execute("CREATE INDEX handoffs_time ON handoffs(qualified_at)")
+    db.execute("CREATE INDEX handoffs_subject ON handoffs(subject_type, subject_id)")
+    db.execute(HANDOFF_BACKFILL)
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
     _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
     _trait_history,  # issue 20
     _qualification_firings,  # issue 20
+    _handoffs,  # issue 20
 ]
 
 
@@ -866,6 +898,9 @@ class Transaction:
             sql = f"UPDATE {table} SET stage = :to, round = round + 1, round_since = :at"
         self.conn.execute(f"{sql} WHERE {key} = :id",
                           {"to": to_stage, "at": at, "id": subject_id})
+        if to_stage in SETTLING_STAGES:  # sales accepted or rejected its qualifications
+            self.conn.execute("DELETE FROM handoffs WHERE subject_type = ? AND subject_id = ?",
+                              (subject_type, subject_id))
         self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
                               reason)
 
@@ -966,6 +1001,7 @@ class Transaction:
             "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
             "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
             "DELETE FROM trait_changes WHERE subject_type = 'user' AND subject_id = ?",
+            "DELETE FROM handoffs WHERE subject_type = 'user' AND subject_id = ?",
             "DELETE FROM outbox WHERE user_id = ?",
             "DELETE FROM users WHERE user_id = ?",
         ):
@@ -985,6 +1021,62 @@ class Transaction:
             {"firing": 0, **row},
         )
         return cursor.rowcount == 1
+
+    def open_handoff(self, qualification_id: str, subject_type: str, subject_id: str,
+                     rule: str, qualified_at: int) -> None:
+        """A live qualification now waits for sales (see :meth:`overdue`)."""
+        self.conn.execute(
+            "INSERT INTO handoffs (qualification_id, subject_type, subject_id, rule, "
+            "qualified_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (qualification_id, subject_type, subject_id, rule, qualified_at))
+
+    def overdue(self, qualified_before: int, *, unnotified: bool = False,
+                limit: int | None = None) -> list[tuple[Any, ...]]:
+        """Open qualifications from before ``qualified_before``, oldest first:
+        ``(qualification id, subject type, subject id, subject's stage, rule, qualified
+        at)``; ``unnotified``: only those ``on_overdue`` was not told of yet."""
+        rows = self.conn.execute(
+            "SELECT h.qualification_id, h.subject_type, h.subject_id, h.rule, "
+            "h.qualified_at FROM handoffs h WHERE h.qualified_at <= ?"
+            + (" AND h.notified_at IS NULL" if unnotified else "")
+            + " ORDER BY h.qualified_at, h.qualification_id LIMIT ?",
+            (qualified_before, -1 if limit is None else limit)).fetchall()
+        stages = self._stages({(row[1], row[2]) for row in rows})
+        return [(qid, kind, sid, stages.get((kind, sid), FIRST_STAGE), rule, at)
+                for qid, kind, sid, rule, at in rows]
+
+    def _stages(self, subjects: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The current stage of each ``(subject type, subject id)``."""
+        found: dict[tuple[str, str], str] = {}
+        for kind, (table, key) in _TABLES.items():
+            ids = sorted(sid for t, sid in subjects if t == kind)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(((kind, sid), stage) for sid, stage in self.conn.execute(
+                    f"SELECT {key}, stage FROM {table} WHERE {key} IN ({marks})", chunk))
+        return found
+
+    def mark_notified(self, qualification_ids: list[str], at: int) -> None:
+        """``on_overdue`` rows were written for these open qualifications."""
+        self.conn.executemany("UPDATE handoffs SET notified_at = ? WHERE qualification_id = ?",
+                              [(at, qid) for qid in qualification_ids])
+
+    def settlements(self, subject_type: str, since: int | None, until: int | None
+                    ) -> list[tuple[str, int, str, int]]:
+        """Each live qualification (qualified in ``[since, until]``) with each later move
+        of its subject to a settling stage other than the rule's own: ``(qualification
+        id, qualified at, to stage, at)``, in time order."""
+        return self.conn.execute(
+            "SELECT q.id, q.qualified_at, sc.to_stage, sc.at FROM qualifications q "
+            "JOIN stage_changes sc ON sc.subject_type = q.subject_type "
+            "AND sc.subject_id = q.subject_id AND sc.at >= q.qualified_at "
+            "AND sc.source != 'rule:' || q.rule AND sc.to_stage IN ('sql', 'opportunity', "
+            "'customer', 'unqualified', 'disqualified') "
+            "WHERE q.shadow = 0 AND q.subject_type = ? AND q.qualified_at >= ? "
+            "AND q.qualified_at <= ? ORDER BY q.id, sc.at, sc.id",
+            (subject_type, -(2**62) if since is None else since,
+             2**62 if until is None else until)).fetchall()
 
     def firings(self, subject_type: str, subject_id: str, round_: int
                 ) -> dict[tuple[str, bool], tuple[int, int]]:
