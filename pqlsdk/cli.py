@@ -346,10 +346,13 @@ def _print_overdue(found: list[Any], as_json: bool) -> None:
 @click.option("--by", help="Split by a trait, e.g. lead_source.")
 @click.option("--subject", type=click.Choice(["user", "account"]), default="user",
               show_default=True)
+@click.option("--to", help="Also the share of each stage that reached this one, e.g. sql.")
+@click.option("--exclude-rejected", is_flag=True,
+              help="Leave out subjects now unqualified or disqualified.")
 @json_option
 @_guard
 def funnel(db: str, busy_timeout: float, since: str | None, until: str | None,
-           by: str | None, subject: str,
+           by: str | None, subject: str, to: str | None, exclude_rejected: bool,
            as_json: bool) -> None:
     """Stage-to-stage conversion: entered, moved on, conversion rate, median time in stage.
 
@@ -359,7 +362,8 @@ def funnel(db: str, busy_timeout: float, since: str | None, until: str | None,
     """
     with _open(db, None, busy_timeout=busy_timeout) as client:
         result = client.funnel(since=_when(since, "since"), until=_when(until, "until"),
-                               by=by, subject=subject)
+                               by=by, subject=subject, to=to,
+                               exclude_rejected=exclude_rejected)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_funnel(result))
 
 

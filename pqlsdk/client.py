@@ -31,6 +31,7 @@ from .retention import Pruner, Retention, check_windows, parse_retention, projec
 from .rules import Rule, RuleSet, load_rules
 from .scoring import Score
 from .sinks import CallbackSink, callback_name, event_message, reset_http_session
+from .stages import STAGES
 from .store import SYNCHRONOUS, Store, Transaction, open_store
 from .suggest import Suggestion
 from .timestamps import now, to_micros
@@ -712,20 +713,34 @@ class Client:
         until: datetime | str | None = None,
         by: str | None = None,
         subject: str = "user",
+        to: str | None = None,
+        exclude_rejected: bool = False,
     ) -> Funnel:
         """Per stage: how many subjects entered it (between ``since`` and ``until``), how
-        many went on to a later stage, the conversion rate and the median time in stage;
-        ``by="lead_source"`` splits it by a trait. ``subject="account"`` for accounts.
+        many went on to a later stage, the conversion rate (None for the last stage) and
+        the median time in stage; ``by="lead_source"`` splits it by the value the trait had
+        when each subject entered each stage. ``subject="account"`` for accounts.
+
+        ``to="sql"`` also gives, per stage before it, how many of those who entered went
+        on to reach ``sql`` (or a later stage) and that share (MQL→SQL, PQL→SQL);
+        ``exclude_rejected=True`` leaves out subjects now ``unqualified`` or
+        ``disqualified``. ``Funnel.handoff``: how long sales took to accept or reject.
 
         >>> client.funnel(by="lead_source").stage("mql").conversion
         0.25
         """
         validation.subject_type(subject)
         by = _optional_id("by", by)
+        if to is not None and (not isinstance(to, str) or to not in STAGES or to == STAGES[0]):
+            raise ValidationError(f"to must be one of {', '.join(STAGES[1:])} (got {to!r})")
+        if not isinstance(exclude_rejected, bool):
+            raise ValidationError(
+                f"exclude_rejected must be True or False (got {exclude_rejected!r})")
         lower = _bound(since, "since")
         upper = _bound(until, "until")
         with self.store.read() as tx:
-            return reports.funnel(tx, subject, lower, upper, by)
+            return reports.funnel(tx, subject, lower, upper, by, to=to,
+                                  exclude_rejected=exclude_rejected)
 
     def rule_report(self, *, since: datetime | str | None = None) -> list[RuleOutcome]:
         """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,

@@ -7,6 +7,7 @@ sales goes on to work (or rejects, and why).
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -29,8 +30,12 @@ class FunnelStage:
     """One stage of a :class:`Funnel`.
 
     ``entered``: subjects that entered the stage (in the period); ``moved_on``: of those,
-    how many later entered any later stage; ``conversion``: ``moved_on / entered``;
-    ``median_time``: the median time from entering this stage to entering a later one.
+    how many later entered any later stage; ``conversion``: ``moved_on / entered`` (None
+    for the last stage, which has no next one, and when nobody entered); ``median_time``:
+    the median time from entering this stage to entering a later one. With
+    ``funnel(to=...)``, ``reached``: of those who entered, how many then reached ``to`` (or
+    a later stage), and ``reach_rate``: ``reached / entered``; both None for ``to`` and
+    the stages after it.
     """
 
     stage: str
@@ -38,6 +43,8 @@ class FunnelStage:
     moved_on: int
     conversion: float | None
     median_time: timedelta | None
+    reached: int | None = None
+    reach_rate: float | None = None
 
 
 @attrs.frozen
@@ -50,6 +57,8 @@ class Funnel:
     stages: tuple[FunnelStage, ...]
     segments: dict[str, tuple[FunnelStage, ...]] = attrs.field(factory=dict)
     handoff: HandoffTimes = attrs.field(factory=HandoffTimes)
+    #: The target stage of ``reached``/``reach_rate`` (``funnel(to=...)``), or None.
+    to: str | None = None
 
     def stage(self, name: str) -> FunnelStage:
         """The row of one stage."""
@@ -61,7 +70,8 @@ class Funnel:
             return [{**attrs.asdict(s), "median_time": None if s.median_time is None
                      else s.median_time.total_seconds()} for s in stages]
 
-        return {"subject_type": self.subject_type, "by": self.by, "stages": rows(self.stages),
+        return {"subject_type": self.subject_type, "by": self.by, "to": self.to,
+                "stages": rows(self.stages),
                 "segments": {k: rows(v) for k, v in self.segments.items()},
                 "handoff": self.handoff.to_dict()}
 
@@ -112,24 +122,38 @@ class RuleOutcome:
 
 
 def funnel(tx: Transaction, subject_type: str, since: int | None, until: int | None,
-           by: str | None) -> Funnel:
+           by: str | None, *, to: str | None = None, exclude_rejected: bool = False
+           ) -> Funnel:
     """Build a :class:`Funnel` from the subjects' stage histories (aggregated in SQL)."""
-    rows = tx.funnel_rows(subject_type, since, until, by)
-    segments = {} if by is None else {
-        _segment(value): _stages(parts) for value, parts in rows.groups}
-    return Funnel(subject_type, by, _stages(rows.overall), dict(sorted(segments.items())),
-                  handoff_times(tx, subject_type, since, until))
+    rows = tx.funnel_rows(subject_type, since, until, by, to=to,
+                          exclude_rejected=exclude_rejected)
+    segments: dict[str, tuple[FunnelStage, ...]] = {}
+    if by is not None:
+        for value, parts in rows.groups:
+            segments[_segment(value)] = _stages(parts, to)
+    return Funnel(subject_type, by, _stages(rows.overall, to), dict(sorted(segments.items())),
+                  handoff_times(tx, subject_type, since, until), to)
 
 
 def _segment(value: Any) -> str:
-    return "(none)" if value is None else str(value)
+    """A group's name: the trait's JSON value as text, ``(none)`` when it was not set."""
+    if value is None:
+        return "(none)"
+    decoded = json.loads(value)
+    return "(none)" if decoded is None else str(decoded)
 
 
-def _stages(parts: list[StageCounts]) -> tuple[FunnelStage, ...]:
+def _stages(parts: list[StageCounts], to: str | None) -> tuple[FunnelStage, ...]:
+    last = len(STAGES) - 1
+    target = -1 if to is None else STAGES.index(to)  # no reach without a target
     return tuple(
-        FunnelStage(stage, entered, moved, moved / entered if entered else None,
-                    None if median is None else timedelta(microseconds=median))
-        for stage, (entered, moved, median) in zip(STAGES, parts, strict=True)
+        FunnelStage(stage, entered, moved,
+                    moved / entered if entered and k < last else None,
+                    None if median is None else timedelta(microseconds=median),
+                    reached if k < target else None,
+                    reached / entered if entered and k < target else None)
+        for k, (stage, (entered, moved, median, reached)) in enumerate(
+            zip(STAGES, parts, strict=True))
     )
 
 
@@ -191,12 +215,15 @@ def format_funnel(result: Funnel) -> str:
     for name, stages in groups:
         if result.by is not None:
             lines.append(f"{result.by} = {name}" if name != "all" else "all subjects")
+        reach = "" if result.to is None else f"{'to ' + result.to:>12}"
         lines.append(f"{'stage':<13}{'entered':>9}{'moved on':>10}{'conversion':>12}"
-                     f"{'median time':>14}")
+                     f"{'median time':>14}{reach}")
         for s in stages:
             rate = "-" if s.conversion is None else f"{s.conversion:.1%}"
+            to = "" if result.to is None else (
+                f"{'-':>12}" if s.reach_rate is None else f"{s.reach_rate:>12.1%}")
             lines.append(f"{s.stage:<13}{s.entered:>9}{s.moved_on:>10}{rate:>12}"
-                         f"{format_timespan(s.median_time):>14}")
+                         f"{format_timespan(s.median_time):>14}{to}")
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -115,6 +115,11 @@ _TRAIT_HISTORY = [
     "subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, trait TEXT NOT NULL, value TEXT, "
     "at BIGINT NOT NULL)",
     "CREATE INDEX trait_changes_subject ON trait_changes(subject_type, subject_id, trait, at)",
+    *(f"INSERT INTO trait_changes (subject_type, subject_id, trait, value, at) SELECT "
+      f"'{kind}', {key}, e.key, e.value::text, first_seen FROM {table}, "
+      f"jsonb_each(traits::jsonb) e WHERE jsonb_typeof(e.value) <> 'null'"
+      for kind, table, key in (("user", "users", "user_id"),
+                               ("account", "accounts", "account_id"))),
 ]
 
 # issue 20: each firing of a re-arming rule is its own qualification (see the SQLite

@@ -337,7 +337,8 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
 
 def _trait_history(db: sqlite_utils.Database) -> None:
     """Issue 20: every change of a trait, with its moment (the value as JSON, NULL when it
-    was removed). A rejected lead qualifies again only on something new since the
+    was removed); the traits already stored count as set when their subject was first
+    seen. A rejected lead qualifies again only on something new since the
     rejection (a change of a trait the rule reads counts), and the funnel's ``by=`` groups
     by the value a trait had when the subject entered a stage."""
     db.execute(
@@ -345,6 +346,17 @@ def _trait_history(db: sqlite_utils.Database) -> None:
         "subject_id TEXT NOT NULL, trait TEXT NOT NULL, value TEXT, at INTEGER NOT NULL)")
     db.execute("CREATE INDEX trait_changes_subject ON trait_changes(subject_type, "
                "subject_id, trait, at)")
+    # what was known before: each current trait, as of when the subject was first seen
+    for subject_type, (table, key) in _TABLES.items():
+        rows = db.execute(f"SELECT {key}, traits, first_seen FROM {table} "
+                          "WHERE traits != '{}'").fetchall()
+        db.conn.executemany(
+            "INSERT INTO trait_changes (subject_type, subject_id, trait, value, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(subject_type, subject_id, name, json.dumps(value, sort_keys=True), at)
+             for subject_id, traits, at in rows
+             for name, value in sorted(json.loads(traits or "{}").items())
+             if value is not None])
 
 
 def _qualification_firings(db: sqlite_utils.Database) -> None:
@@ -1393,76 +1405,82 @@ class Transaction:
     # -- reports --------------------------------------------------------------------------
 
     def funnel_rows(self, subject_type: str, since: int | None, until: int | None,
-                    by: str | None) -> FunnelRows:
-        """For all subjects and per group (the ``by`` trait's value; one group ``None``
-        without ``by``), per ordered stage: :class:`StageCounts`, in one pass.
+                    by: str | None, *, to: str | None = None,
+                    exclude_rejected: bool = False) -> FunnelRows:
+        """For all subjects and per group, per ordered stage: :class:`StageCounts`, in one
+        statement (medians included, computed in SQL: the interpreter is free for other
+        threads meanwhile).
 
         A subject entered a stage at its first move into it (in ``[since, until]``), and
-        moved on if it later entered any later stage. It reads each subject's first entry
-        per stage (kept on its row by :meth:`change_stage`). Everything, medians included,
-        is computed in SQL: the interpreter is free for other threads meanwhile.
+        moved on if it later entered any later stage; with ``to``, it reached ``to`` if at
+        or after entering the stage it entered ``to`` or a stage after it (counted for the
+        stages before ``to``). It reads each subject's first entry per stage (kept on its
+        row by :meth:`change_stage`). With ``by``, a subject's entry into a stage counts in
+        the group of the value the ``by`` trait had at that moment (its trait history;
+        groups are JSON texts, None when the trait was not set). ``exclude_rejected``
+        leaves out subjects now ``unqualified`` or ``disqualified``.
         """
-        table, _ = _TABLES[subject_type]
+        table, key = _TABLES[subject_type]
         count = len(STAGES)
+        target = count if to is None else STAGES.index(to)
         firsts = ", ".join(
             f"first_{stage} AS s{k}" if until is None
             else f"CASE WHEN first_{stage} <= :until THEN first_{stage} END AS s{k}"
             for k, stage in enumerate(STAGES))
+        where = (" WHERE stage NOT IN ('unqualified', 'disqualified')"
+                 if exclude_rejected else "")
+
+        def first_at_or_after(k: int, stages: range) -> str:
+            later = ", ".join(f"coalesce(CASE WHEN s{j} >= s{k} THEN s{j} END, {_NEVER})"
+                              for j in stages)
+            if len(stages) == 1:
+                return f"nullif({later}, {_NEVER})"
+            return f"nullif(min({later}), {_NEVER})"
+
+        extra = []
+        for k in range(count):
+            extra.append(f"{first_at_or_after(k, range(k + 1, count))} AS n{k}"
+                         if k < count - 1 else f"CAST(NULL AS BIGINT) AS n{k}")
+            extra.append(f"{first_at_or_after(k, range(max(target, k + 1), count))} AS r{k}"
+                         if to is not None and k < target else f"CAST(NULL AS BIGINT) AS r{k}")
+        entered = "s{k} IS NOT NULL" + ("" if since is None else " AND s{k} >= :since")
         if by is None:
             group = "NULL"
-        elif _PLAIN_KEY.fullmatch(by):
-            group = "json_extract(traits, :path)"
-        else:  # any other trait name: a JSON path cannot spell every key, json_each can
-            group = "(SELECT value FROM json_each(traits) WHERE key = :by)"
-        nexts = []
-        for k in range(count - 1):
-            later = ", ".join(f"coalesce(CASE WHEN s{j} >= s{k} THEN s{j} END, {_NEVER})"
-                              for j in range(k + 1, count))
-            nexts.append(f"nullif(min({later}, {_NEVER}), {_NEVER}) AS n{k}")
-        nexts.append(f"NULL AS n{count - 1}")
-        entered = "s{k} IS NOT NULL" + ("" if since is None else " AND s{k} >= :since")
-        columns = []
-        for k in range(count):
-            cond = entered.format(k=k)
-            columns += [
-                f"count(CASE WHEN {cond} THEN 1 END)",
-                f"count(CASE WHEN {cond} AND n{k} IS NOT NULL THEN 1 END)",
-            ]
-        waits = " UNION ALL ".join(
-            f"SELECT grp, {k} AS k, n{k} - s{k} AS d FROM q "
-            f"WHERE {entered.format(k=k)} AND n{k} IS NOT NULL" for k in range(count - 1))
-        # the medians of all subjects: ranks over every group (without ``by``, the one
-        # group's ranks are those already)
-        if by is None:
-            overall_rank, overall_pick = ", count(*) OVER (PARTITION BY grp, k) AS ac", "rn"
-        else:
-            overall_rank, overall_pick = (", row_number() OVER (PARTITION BY k ORDER BY d) "
-                                          "AS arn, count(*) OVER (PARTITION BY k) AS ac"), "arn"
+        else:  # the value the trait had when the subject entered the stage
+            group = ("(SELECT tc.value FROM trait_changes tc WHERE tc.subject_type = :kind "
+                     "AND tc.subject_id = q.sid AND tc.trait = :by AND tc.at <= q.s{k} "
+                     "ORDER BY tc.at DESC, tc.id DESC LIMIT 1)")
+        long = " UNION ALL ".join(
+            f"SELECT {group.format(k=k)} AS grp, {k} AS k, s{k} AS s, n{k} AS n, r{k} AS r "
+            f"FROM q WHERE {entered.format(k=k)}" for k in range(count))
         rows = self.conn.execute(
-            f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
-            f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p), "
-            f"w AS ({waits}), "
-            f"r AS (SELECT grp, k, d, row_number() OVER (PARTITION BY grp, k ORDER BY d) AS rn, "
-            f"count(*) OVER (PARTITION BY grp, k) AS c{overall_rank} FROM w), "
-            f"m AS (SELECT grp, k, avg(d) AS median FROM r "
-            f"WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
-            f"a AS (SELECT k, avg(d) AS median FROM r "
-            f"WHERE {overall_pick} IN ((ac + 1) / 2, (ac + 2) / 2) GROUP BY k), "
-            f"n AS (SELECT grp, {', '.join(columns)} FROM q GROUP BY grp) "
-            f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp), "
-            f"(SELECT json_group_object(k, median) FROM a) FROM n",
-            {"until": until, "since": since, "by": by,
-             "path": f'$."{by}"'}).fetchall()
-        groups = []
-        for row in rows:
-            middle = json.loads(row[-2] or "{}")  # at most one median per stage: tiny
-            groups.append((row[0], [StageCounts(row[1 + 2 * k], row[2 + 2 * k],
-                                                middle.get(str(k))) for k in range(count)]))
-        middle = json.loads(rows[0][-1] or "{}") if rows else {}
-        overall = [StageCounts(sum(parts[k].entered for _, parts in groups),
-                               sum(parts[k].moved_on for _, parts in groups),
-                               middle.get(str(k))) for k in range(count)]
-        return FunnelRows(overall, groups)
+            f"WITH p AS (SELECT {key} AS sid, {firsts} FROM {table}{where}), "
+            f"q AS MATERIALIZED (SELECT p.*, {', '.join(extra)} FROM p), "
+            f"l AS MATERIALIZED ({long}), "
+            "w AS (SELECT grp, k, n - s AS d, "
+            "row_number() OVER (PARTITION BY grp, k ORDER BY n - s) AS rn, "
+            "count(*) OVER (PARTITION BY grp, k) AS c, "
+            "row_number() OVER (PARTITION BY k ORDER BY n - s) AS arn, "
+            "count(*) OVER (PARTITION BY k) AS ac FROM l WHERE n IS NOT NULL), "
+            "m AS (SELECT grp, k, avg(d) AS median FROM w "
+            "WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
+            "a AS (SELECT k, avg(d) AS median FROM w "
+            "WHERE arn IN ((ac + 1) / 2, (ac + 2) / 2) GROUP BY k) "
+            "SELECT l.grp, l.k, count(*), count(l.n), count(l.r), "
+            "(SELECT m.median FROM m WHERE m.grp IS l.grp AND m.k = l.k), "
+            "(SELECT a.median FROM a WHERE a.k = l.k) FROM l GROUP BY l.grp, l.k",
+            {"until": until, "since": since, "by": by, "kind": subject_type}).fetchall()
+        empty = StageCounts(0, 0, None, 0)
+        grouped: dict[Any, list[StageCounts]] = {}
+        overall = [empty] * count
+        for grp, k, entered_n, moved, reached, median, all_median in rows:
+            grouped.setdefault(grp, [empty] * count)[k] = StageCounts(
+                entered_n, moved, None if median is None else float(median), reached)
+            before = overall[k]
+            overall[k] = StageCounts(before.entered + entered_n, before.moved_on + moved,
+                                     None if all_median is None else float(all_median),
+                                     before.reached + reached)
+        return FunnelRows(overall, list(grouped.items()))
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
