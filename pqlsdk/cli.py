@@ -449,6 +449,40 @@ def forget(user: str, db: str, busy_timeout: float) -> None:
 
 
 @main.command()
+@db_option
+@click.option("--stage", required=True,
+              help="Purge users now at this stage, e.g. disqualified.")
+@click.option("--older-than", required=True,
+              help="Who entered it at least this long ago, e.g. 180d.")
+@click.option("--as-of", help="Measure the age as of this ISO-8601 time (default now).")
+@click.option("--yes", "apply", is_flag=True,
+              help="Erase them (without it, a dry run lists who would go).")
+@json_option
+@_guard
+def purge(db: str, busy_timeout: float, stage: str, older_than: str, as_of: str | None,
+          apply: bool, as_json: bool) -> None:
+    """Erase old users of a stage the way forget does (a periodic purge of disqualified
+    leads). A dry run unless --yes.
+
+    \b
+    Example:
+        pqlsdk purge --db pql.db --stage disqualified --older-than 180d          # who
+        pqlsdk purge --db pql.db --stage disqualified --older-than 180d --yes    # erase
+    """
+    with _open(db, None, busy_timeout=busy_timeout) as client:
+        found = client.purge(stage=stage, older_than=older_than,
+                             as_of=_when(as_of, "as_of"), dry_run=not apply)
+    if as_json:
+        _print_json({"purged" if apply else "would_purge": found})
+        return
+    for user in found:
+        click.echo(user)
+    verb = "purged" if apply else "would purge (dry run; --yes to erase)"
+    click.echo(f"{verb}: {len(found)} user(s) at {stage} for {older_than} or more",
+               err=True)
+
+
+@main.command()
 @click.argument("user")
 @db_option
 @_guard

@@ -28,7 +28,7 @@ from .outbox import OVERDUE_HOOK, SEGMENT, STAGE_HOOK, Delivery, Outbox, wall_mi
 from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
 from .retention import Pruner, Retention, check_windows, parse_retention, projection
-from .rules import Rule, RuleSet, load_rules
+from .rules import Rule, RuleSet, load_rules, parse_duration
 from .scoring import Score
 from .sinks import CallbackSink, callback_name, event_message, reset_http_session
 from .stages import STAGES
@@ -571,6 +571,7 @@ class Client:
         reason: str | None = None,
         timestamp: datetime | str | None = None,
         create: bool = False,
+        criteria: dict[str, Any] | None = None,
     ) -> StageChange | None:
         """Move a user (or an account) to ``stage`` by hand, in any direction, with the sales
         team's ``reason``; return the change, or None if it already was there.
@@ -579,6 +580,10 @@ class Client:
         id must not make a new lead), unless ``create=True`` (billing or a CRM may know an
         account before its first event): it is then first seen as a ``lead`` at
         ``timestamp`` and moved.
+
+        ``criteria`` keeps sales' structured reasons beside ``reason``, e.g. BANT's
+        ``{"budget": False, "authority": True, "need": True, "timing": False}`` (a JSON
+        object; :meth:`rule_report` counts rejections by each criterion that is False).
 
         ``unqualified`` (rejected for now) and ``disqualified`` (never a fit) start a new
         round: the subject may qualify again for its rules, counting only what it does from
@@ -591,6 +596,8 @@ class Client:
         validation.free_text("reason", reason)
         if not isinstance(create, bool):
             raise ValidationError(f"create must be True or False (got {create!r})")
+        criteria_json = None if criteria is None else validation.json_object("criteria",
+                                                                             criteria)
         at = validation.moment(timestamp)
         ts = to_micros(at)
         def move(tx: Transaction) -> tuple[StageChange | None, bool]:
@@ -615,9 +622,10 @@ class Client:
             if subject.stage == stage:
                 return None, False
             tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "manual",
-                            reason)
+                            reason, criteria_json)
             change = StageChange(subject_type, subject_id, subject.stage, stage, at, "manual",
-                                 reason)
+                                 reason, None if criteria_json is None
+                                 else json.loads(criteria_json))
             stamp = wall_micros()
             rows = self._outbox.hook_rows([(change, member)], stamp)
             if member is not None:
@@ -636,7 +644,8 @@ class Client:
         inside ``tx``, creating the subject if it is new; history source ``import``.
         Returns whether outbox rows were written (never with ``deliver=False``)."""
         ts = to_micros(call.at)
-        stage, reason = call.event, call.data.get("reason")
+        stage, reason, criteria = call.event, call.data.get("reason"), call.data.get("criteria")
+        criteria_json = None if criteria is None else json.dumps(criteria, sort_keys=True)
         if call.user_id:
             subject_type, subject_id = "user", call.user_id
             subject = load_subjects(tx, subject_id, None, ts)[0]
@@ -650,11 +659,12 @@ class Client:
             member, account = tx.latest_user(subject_id, ts), subject_id
         if subject.stage == stage:
             return False
-        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason)
+        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason,
+                        criteria_json)
         if not deliver:
             return False
         change = StageChange(subject_type, subject_id, subject.stage, stage, call.at,
-                             "import", reason)
+                             "import", reason, criteria)
         stamp = wall_micros()
         rows = self._outbox.hook_rows([(change, member)], stamp)
         if member is not None:
@@ -685,6 +695,32 @@ class Client:
         (the rows are erased; retry to clear the WAL).
         """
         privacy.forget(self.store, _require_id("user_id", user_id))
+
+    def purge(self, *, stage: str, older_than: str | timedelta,
+              as_of: datetime | str | None = None, dry_run: bool = True) -> list[str]:
+        """The users now at ``stage`` (e.g. ``disqualified``) who entered it at least
+        ``older_than`` (``"180d"``) before ``as_of`` (default now), oldest id first; with
+        ``dry_run=False`` each is erased as :meth:`forget` erases a user (in chunked
+        transactions, then one WAL checkpoint). A dry run (the default) changes nothing.
+
+        >>> client.purge(stage="disqualified", older_than="180d")      # who would go
+        ['bob']
+        >>> client.purge(stage="disqualified", older_than="180d", dry_run=False)
+        """
+        validation.stage(stage)
+        age = parse_duration(older_than, key="older_than") if isinstance(
+            older_than, str | timedelta) else None
+        if age is None:
+            raise ValidationError(f"older_than must be a duration like '180d' (got "
+                                  f"{older_than!r})")
+        if not isinstance(dry_run, bool):
+            raise ValidationError(f"dry_run must be True or False (got {dry_run!r})")
+        before = _micros(as_of, "as_of") - age // timedelta(microseconds=1)
+        with self.store.read() as tx:
+            found = tx.users_in_stage_since(stage, before)
+        if not dry_run and found:
+            privacy.forget_many(self.store, found)
+        return found
 
     def prune(self, *, as_of: datetime | str | None = None) -> int:
         """Fold and remove every event older than the retention as of ``as_of`` (default

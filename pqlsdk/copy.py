@@ -35,7 +35,7 @@ _TABLES: list[tuple[str, list[str], str]] = [
                   "first_customer"], "ON CONFLICT DO NOTHING"),
     ("events", ["message_id", "user_id", "account_id", "event", "ts", "properties"], "id"),
     ("stage_changes", ["subject_type", "subject_id", "from_stage", "to_stage", "at",
-                       "source", "reason"], "id"),
+                       "source", "reason", "criteria"], "id"),
     ("qualifications", ["id", "rule", "stage", "subject_type", "subject_id", "user_id",
                         "account_id", "qualified_at", "evidence", "round", "rule_version",
                         "shadow", "firing"], "ON CONFLICT DO NOTHING"),

@@ -246,14 +246,15 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
 
 def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
     """A CRM's stage change: ``{"type": "stage", "userId" | "groupId": ..., "stage": ...,
-    "timestamp": ..., "reason": ..., "messageId": ...}``."""
+    "timestamp": ..., "reason": ..., "criteria": {...}, "messageId": ...}``."""
     user_id, group_id = message.get("userId"), message.get("groupId")
     if (user_id is None) == (group_id is None):
         raise ValidationError("a stage message needs exactly one of userId or groupId")
     if message.get("timestamp") is None:
         raise ValidationError("timestamp is required to replay in time order")
     call = validation.stage_change(user_id, group_id, message.get("stage"),
-                                   message.get("reason"), timestamp=message.get("timestamp"))
+                                   message.get("reason"), timestamp=message.get("timestamp"),
+                                   criteria=message.get("criteria"))
     message_id = message.get("messageId")
     if isinstance(message_id, str) and message_id:
         message_id = validation.identifier("messageId", message_id)

@@ -90,7 +90,8 @@ class StageChange:
 
     ``source`` is ``rule:NAME`` (a qualification moved it), ``manual`` (``set_stage``),
     ``import`` (a stage line of ``pqlsdk import``, a CRM's verdict) or ``first_seen`` (the
-    subject became a ``lead`` when pqlsdk first saw it).
+    subject became a ``lead`` when pqlsdk first saw it). ``criteria``: sales' structured
+    reasons beside ``reason`` (``{"budget": False, "authority": True}``), or None.
     """
 
     subject_type: str
@@ -100,12 +101,15 @@ class StageChange:
     at: datetime
     source: str
     reason: str | None = None
+    criteria: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> StageChange:
         """Build from a ``stage_changes`` row."""
+        criteria = row.get("criteria")
         return cls(row["subject_type"], row["subject_id"], row["from_stage"], row["to_stage"],
-                   from_micros(row["at"]), row["source"], row["reason"])
+                   from_micros(row["at"]), row["source"], row["reason"],
+                   None if criteria is None else json.loads(criteria))
 
     def to_payload(self) -> dict[str, Any]:
         """The change as an outbox row holds it (``at`` in microseconds)."""

@@ -25,6 +25,16 @@ def forget(store: Store, user_id: str) -> None:
     store.checkpoint()
 
 
+def forget_many(store: Store, user_ids: list[str], chunk: int = 200) -> None:
+    """Erase each of ``user_ids`` as :func:`forget` does (``pqlsdk purge``): ``chunk`` users
+    per transaction, then one checkpoint of the WAL."""
+    for start in range(0, len(user_ids), chunk):
+        with store.write() as tx:
+            for user_id in user_ids[start:start + chunk]:
+                tx.forget_user(user_id)
+    store.checkpoint()
+
+
 def _iso(value: int | None) -> str | None:
     return None if value is None else from_micros(value).isoformat()
 
@@ -48,7 +58,8 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
             for row in tx.rows("events", "user_id = ?", [user_id], order_by="ts, id")]
         stages = [
             {"from_stage": row["from_stage"], "to_stage": row["to_stage"],
-             "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"]}
+             "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"],
+             "criteria": None if row.get("criteria") is None else json.loads(row["criteria"])}
             for row in tx.rows("stage_changes", "subject_type = 'user' AND subject_id = ?",
                                [user_id], order_by="at, id")]
         qualifications = [

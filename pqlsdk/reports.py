@@ -113,6 +113,9 @@ class RuleOutcome:
     shadow: bool = False
     versions: tuple[VersionOutcome, ...] = ()
     firings: int = 0
+    #: Rejections (``unqualified``/``disqualified``) per criterion sales marked False in
+    #: ``set_stage(criteria=...)``, most common first.
+    rejected_by: dict[str, int] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -164,12 +167,13 @@ def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
     Key = tuple[str, bool]
     subjects: dict[Key, set] = defaultdict(set)
     firings: dict[Key, set] = defaultdict(set)
+    by_criterion: dict[Key, Counter] = defaultdict(Counter)
     reached: dict[Key, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     reasons: dict[Key, Counter] = defaultdict(Counter)
     by_version: dict[Key, dict[str | None, dict[tuple[str, str], int]]] = defaultdict(
         lambda: defaultdict(dict))
     for (rule, subject_type, subject_id, to_stage, reason, shadow, version,
-         at, qualification_id) in tx.rule_outcomes(since):
+         at, qualification_id, criteria) in tx.rule_outcomes(since):
         key = (rule, bool(shadow))
         subject = (subject_type, subject_id)
         subjects[key].add(subject)
@@ -180,6 +184,9 @@ def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
         reached[key][to_stage].add(subject)
         if to_stage in REJECTED and reason:
             reasons[key][reason] += 1
+        if to_stage in REJECTED and criteria:
+            unmet = [name for name, value in json.loads(criteria).items() if value is False]
+            by_criterion[key].update(unmet)
     wanted = [(n, False) if isinstance(n, str) else n for n in rule_names]
     keys = list(dict.fromkeys([*wanted, *sorted(subjects)]))
     return [
@@ -192,6 +199,7 @@ def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
             shadow,
             _versions(by_version[(name, shadow)], reached[(name, shadow)]),
             len(firings[(name, shadow)]),
+            dict(by_criterion[(name, shadow)].most_common()),
         )
         for name, shadow in keys
     ]

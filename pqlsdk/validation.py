@@ -226,13 +226,17 @@ def group(user_id: Any, account_id: Any, traits: Any = None, *, timestamp: Any =
 
 
 def stage_change(user_id: Any, account_id: Any, to_stage: Any, reason: Any = None, *,
-                 timestamp: Any = None) -> Call:
+                 timestamp: Any = None, criteria: Any = None) -> Call:
     """A validated manual stage change (an imported CRM line): a ``stage`` call of exactly
-    one of a user or an account, its ``event`` the stage, its ``data`` the reason."""
+    one of a user or an account, its ``event`` the stage, its ``data`` the reason and the
+    criteria (a JSON object, or None)."""
     subject_type, subject_id = subject(user_id, account_id)
+    data: dict[str, Any] = {"reason": free_text("reason", reason)}
+    if criteria is not None:
+        data["criteria"] = json.loads(json_object("criteria", criteria))
     return Call("stage", subject_id if subject_type == "user" else "", moment(timestamp),
                 subject_id if subject_type == "account" else None, event=stage(to_stage),
-                data={"reason": free_text("reason", reason)})
+                data=data)
 
 
 def subject(user_id: Any, account_id: Any) -> tuple[str, str]:

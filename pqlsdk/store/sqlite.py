@@ -408,6 +408,12 @@ def _handoffs(db: sqlite_utils.Database) -> None:
     db.execute(HANDOFF_BACKFILL)
 
 
+def _stage_criteria(db: sqlite_utils.Database) -> None:
+    """Issue 20: a stage change keeps sales' structured reasons beside the free text
+    (``criteria``, a JSON object such as ``{"budget": false}``)."""
+    db.execute("ALTER TABLE stage_changes ADD COLUMN criteria TEXT")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
@@ -415,6 +421,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _trait_history,  # issue 20
     _qualification_firings,  # issue 20
     _handoffs,  # issue 20
+    _stage_criteria,  # issue 20
 ]
 
 
@@ -890,16 +897,25 @@ class Transaction:
     # -- lifecycle ------------------------------------------------------------------------
 
     def add_stage_change(self, subject_type: str, subject_id: str, from_stage: str | None,
-                         to_stage: str, at: int, source: str, reason: str | None) -> None:
-        """Append to the subject's history (:meth:`change_stage` also moves the subject)."""
+                         to_stage: str, at: int, source: str, reason: str | None,
+                         criteria: str | None = None) -> None:
+        """Append to the subject's history (:meth:`change_stage` also moves the subject);
+        ``criteria``: sales' structured reasons as a JSON object, or None."""
+        if criteria is None:
+            self.conn.execute(
+                "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, "
+                "at, source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (subject_type, subject_id, from_stage, to_stage, at, source, reason))
+            return
         self.conn.execute(
             "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
-            "source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (subject_type, subject_id, from_stage, to_stage, at, source, reason),
+            "source, reason, criteria) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (subject_type, subject_id, from_stage, to_stage, at, source, reason, criteria),
         )
 
     def change_stage(self, subject_type: str, subject_id: str, from_stage: str,
-                     to_stage: str, at: int, source: str, reason: str | None) -> None:
+                     to_stage: str, at: int, source: str, reason: str | None,
+                     criteria: str | None = None) -> None:
         """Move a subject: its stage, its first entry into an ordered stage (what the funnel
         reads), a new round on a move to a side state, and its history row."""
         table, key = _TABLES[subject_type]
@@ -914,7 +930,7 @@ class Transaction:
             self.conn.execute("DELETE FROM handoffs WHERE subject_type = ? AND subject_id = ?",
                               (subject_type, subject_id))
         self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
-                              reason)
+                              reason, criteria)
 
     def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's stage changes, oldest first."""
@@ -1486,10 +1502,10 @@ class Transaction:
         """Each qualification (since ``since``) with every later move of its subject to sql,
         opportunity, customer, unqualified or disqualified that the rule itself did not
         cause: ``(rule, subject_type, subject_id, to_stage, reason, shadow, rule_version,
-        qualified_at, qualification id)``."""
+        qualified_at, qualification id, criteria JSON)``."""
         return self.conn.execute(
             "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason, q.shadow, "
-            "q.rule_version, q.qualified_at, q.id "
+            "q.rule_version, q.qualified_at, q.id, sc.criteria "
             "FROM qualifications q LEFT JOIN stage_changes sc "
             "ON sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id "
             "AND sc.at >= q.qualified_at AND sc.source != 'rule:' || q.rule "
@@ -1498,6 +1514,14 @@ class Transaction:
             "WHERE q.qualified_at >= ? ORDER BY q.rule",
             (since if since is not None else -(2**62),),
         ).fetchall()
+
+    def users_in_stage_since(self, stage: str, entered_before: int) -> list[str]:
+        """Users now at ``stage`` whose last move into it was at or before
+        ``entered_before`` (what ``purge`` removes)."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT u.user_id FROM users u WHERE u.stage = ? AND (SELECT max(sc.at) FROM "
+            "stage_changes sc WHERE sc.subject_type = 'user' AND sc.subject_id = u.user_id "
+            "AND sc.to_stage = ?) <= ? ORDER BY u.user_id", (stage, stage, entered_before))]
 
     def all_subjects(self, subject_type: str) -> list[str]:
         """Every user (or account) id."""
