@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from segment.analytics import Client as SegmentClient
 
 import pqlsdk
+from pqlsdk.messages import event_message
 from pqlsdk.outbox import wall_micros
-from pqlsdk.sinks import event_message
 
 from track import NOW, RULES, cli, per_call, populate
 

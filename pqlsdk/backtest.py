@@ -42,7 +42,8 @@ from typing import Any, NamedTuple
 import attrs
 
 from .errors import RuleError, ValidationError
-from .evaluator import fold, holds
+from .evaluator import holds
+from .facts import fold
 from .rules import (
     AllOf,
     Condition,

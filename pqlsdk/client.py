@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import threading
@@ -18,24 +17,25 @@ from typing import Any
 import sqlite_utils
 
 from . import backtest as backtests
-from . import handoff, privacy, reports, validation
+from . import calls, handoff, privacy, reports, validation
 from . import suggest as suggestions
-from .errors import DeliveryNameWarning, StoreBusy, UnknownSubject, ValidationError
-from .evaluator import measure
+from .calls import Call
+from .engine import Engine, known_subject
+from .errors import DeliveryNameWarning, StoreBusy, ValidationError
+from .explain import explain_lines
+from .facts import SubjectFacts, load_subject
 from .health import Health, build_health
 from .models import Overdue, Qualification, StageChange, Status
 from .outbox import OVERDUE_HOOK, SEGMENT, STAGE_HOOK, Delivery, Outbox, wall_micros
-from .qualifier import Subject, SubjectFacts, done_key, load_subject, load_subjects, qualify
 from .reports import Funnel, RuleOutcome
 from .retention import Pruner, Retention, check_windows, parse_retention, projection
 from .rules import Rule, RuleSet, load_rules, parse_duration
 from .scoring import Score
-from .sinks import CallbackSink, callback_name, event_message, reset_http_session
+from .sinks import CallbackSink, callback_name, reset_http_session
 from .stages import STAGES
 from .store import SYNCHRONOUS, Store, Transaction, open_store
 from .suggest import Suggestion
 from .timestamps import now, to_micros
-from .validation import Call
 from .worker import Worker
 
 log = logging.getLogger("pqlsdk")
@@ -168,15 +168,6 @@ class Client:
         self.segment = segment
         self.forward_events = forward_events and segment is not None  # nothing to mirror to
         self.sync_mode = sync_mode
-        self._by_subject = {
-            kind: [r for r in self.rules.rules if r.subject == kind] for kind in ("user", "account")
-        }
-        self._by_event: dict[str, tuple[list[Rule], list[Rule]]] = {}
-        for rule in self.rules.rules:
-            for name in self.rules.events_of(rule):
-                users, accounts = self._by_event.setdefault(name, ([], []))
-                (users if rule.subject == "user" else accounts).append(rule)
-        self._qualify = functools.partial(qualify, scoring=self.rules.scoring)
         self.store: Store = open_store(
             database, busy_timeout=busy_timeout, synchronous=synchronous, schema=schema,
             connect_timeout=connect_timeout, statement_timeout=statement_timeout,
@@ -184,6 +175,7 @@ class Client:
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
                               lease=delivery_lease, send=send)
+        self.engine = Engine(self.rules, self._outbox, forward_events=self.forward_events)
         self.send = send
         for name, callback in callbacks:
             self._register(callback, name)
@@ -414,68 +406,33 @@ class Client:
                       account_id: Any = None, timestamp: Any = None, message_id: Any = None
                       ) -> Call:
         """Validate a ``track`` call (raising :class:`ValidationError`) without recording it."""
-        return validation.track(user_id, event, properties, account_id=account_id,
+        return calls.prepare_track(user_id, event, properties, account_id=account_id,
                                 timestamp=timestamp, message_id=message_id)
 
     def prepare_identify(self, user_id: Any, traits: Any = None, *, account_id: Any = None,
                          timestamp: Any = None) -> Call:
         """Validate an ``identify`` call without recording it."""
-        return validation.identify(user_id, traits, account_id=account_id, timestamp=timestamp)
+        return calls.prepare_identify(user_id, traits, account_id=account_id, timestamp=timestamp)
 
     def prepare_group(self, user_id: Any, account_id: Any, traits: Any = None, *,
                       timestamp: Any = None) -> Call:
         """Validate a ``group`` call without recording it."""
-        return validation.group(user_id, account_id, traits, timestamp=timestamp)
+        return calls.prepare_group(user_id, account_id, traits, timestamp=timestamp)
 
     def _record(self, call: Call) -> list[Qualification]:
-        created, queued = self.store.transact(lambda tx: self.apply(tx, call))
+        outcome = self.store.transact(lambda tx: self.engine.apply(tx, call))
+        created = list(outcome.qualifications)
         _log_created(created)
-        self._dispatch(queued)
+        self._dispatch(outcome.queued)
         return created
 
     def apply(self, tx: Transaction, call: Call, *, deliver: bool = True
               ) -> tuple[list[Qualification], bool]:
         """Record a prepared call inside ``tx``: ``(qualifications created, whether outbox
         rows were written)``. Deliver with :meth:`deliver_pending` after the commit;
-        ``deliver=False`` writes no outbox rows (a backfill)."""
-        ts = to_micros(call.at)
-        tx.lock_subjects(call.user_id, call.account_id)
-        user, account = load_subjects(tx, call.user_id, call.account_id, ts)
-        account_id = account.id if account else None
-        moves: list[tuple[StageChange, Qualification]] = []
-        if call.kind == "track":
-            if not tx.insert_event(call.message_id, call.user_id, account_id, call.event, ts,
-                                   call.data_json):
-                return [], False
-            user_rules, account_rules = self._by_event.get(call.event, ((), ()))
-            created = self._qualify(tx, user_rules, user, user_id=call.user_id,
-                                    account_id=account_id, at=call.at, moves=moves)
-            if account is not None and account_rules:
-                created += self._qualify(tx, account_rules, account, user_id=call.user_id,
-                                         account_id=account_id, at=call.at, moves=moves)
-        elif call.kind == "identify":
-            user, changed = _merge_traits(tx, user, call.data, ts)
-            created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
-                                    user_id=call.user_id, account_id=account_id, at=call.at,
-                                    moves=moves)
-        else:
-            assert account is not None  # a group call always names its account
-            account, changed = _merge_traits(tx, account, call.data, ts)
-            created = self._qualify(tx, self.rules.reading_traits("account", changed),
-                                    account, user_id=call.user_id, account_id=account_id,
-                                    at=call.at, moves=moves)
-        if not deliver or not (created or self.forward_events):
-            return created, False
-        message = None
-        if self.forward_events:
-            fields: dict[str, Any] = (
-                {"event": call.event, "properties": json.loads(call.data_json)}
-                if call.kind == "track"
-                else {"traits": call.data} if call.kind == "identify"
-                else {"groupId": account_id, "traits": call.data})
-            message = event_message(call.kind, call.user_id, _iso(call.at),
-                                    call.message_id or _new_id(), account_id, **fields)
-        return created, self._enqueue(tx, created, moves, call.kind, call.user_id, message)
+        ``deliver=False`` writes no outbox rows (a backfill). See :meth:`Engine.apply`."""
+        outcome = self.engine.apply(tx, call, deliver=deliver)
+        return list(outcome.qualifications), outcome.queued
 
     def deliver_pending(self) -> None:
         """After an :meth:`apply` that wrote outbox rows: deliver (``sync_mode``) or wake the
@@ -487,47 +444,19 @@ class Client:
         (default now): what time alone can change (``at_most``, ``not``) and what late
         events completed. Qualifications found here are dated ``as_of``."""
         at = validation.moment(as_of, "as_of")
-        until = to_micros(at)
         with self.store.read() as tx:
             subjects = list(tx.subjects())
         created: list[Qualification] = []
         for start in range(0, len(subjects), EVALUATE_CHUNK):
             chunk = subjects[start:start + EVALUATE_CHUNK]
-
-            def evaluate_chunk(tx: Transaction, chunk: list[tuple[str, str]] = chunk
-                               ) -> tuple[list[Qualification], bool]:
-                found: list[Qualification] = []
-                moves: list[tuple[StageChange, Qualification]] = []
-                for subject_type, subject_id in chunk:
-                    tx.lock_subject(subject_type, subject_id)
-                    found += self._evaluate_subject(tx, subject_type, subject_id, at, until,
-                                                    moves)
-                return found, self._enqueue(tx, found, moves, "evaluate", "", None)
-
-            found, queued = self.store.transact(evaluate_chunk)
+            outcome = self.store.transact(
+                functools.partial(self.engine.evaluate, subjects=chunk, at=at))
+            found = list(outcome.qualifications)
             created += found
             _log_created(found)
-            self._dispatch(queued)
-        self._notify_overdue(until)
+            self._dispatch(outcome.queued)
+        self._notify_overdue(to_micros(at))
         return created
-
-    def _evaluate_subject(
-        self, tx: Transaction, subject_type: str, subject_id: str, at: datetime, until: int,
-        moves: list[tuple[StageChange, Qualification]],
-    ) -> list[Qualification]:
-        rules = self._by_subject[subject_type]
-        if not rules:
-            return []
-        user_id: str | None
-        account_id: str | None
-        if subject_type == "user":
-            user_id, account_id = subject_id, tx.account_of(subject_id)
-        else:
-            user_id, account_id = tx.latest_user(subject_id, until), subject_id
-            if user_id is None:
-                return []
-        return self._qualify(tx, rules, load_subject(tx, subject_type, subject_id),
-                             user_id=user_id, account_id=account_id, at=at, moves=moves)
 
     def score(
         self,
@@ -545,7 +474,7 @@ class Client:
         subject_type, subject_id = _subject(user_id, account_id)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
-            subject = _known_subject(tx, subject_type, subject_id)._replace(since=None)
+            subject = known_subject(tx, subject_type, subject_id)._replace(since=None)
             return SubjectFacts(tx, subject, until, self.rules.scoring).scores()
 
     def scores(self, *, subject: str = "user", as_of: datetime | str | None = None
@@ -599,79 +528,16 @@ class Client:
         criteria_json = None if criteria is None else validation.json_object("criteria",
                                                                              criteria)
         at = validation.moment(timestamp)
-        ts = to_micros(at)
-        def move(tx: Transaction) -> tuple[StageChange | None, bool]:
-            if subject_type == "user":
-                tx.lock_subjects(subject_id, None)
-                if not create and tx.subject_snapshot("user", subject_id) is None:
-                    raise UnknownSubject(
-                        f"no user {subject_id!r} has been seen; set_stage(..., "
-                        f"create=True) records it first (as a lead, then moves it)")
-                subject = load_subjects(tx, subject_id, None, ts)[0]
-                member: str | None = subject_id
-                account = tx.account_of(subject_id)
-            else:
-                tx.lock_subject("account", subject_id)
-                if not create and tx.subject_snapshot("account", subject_id) is None:
-                    raise UnknownSubject(
-                        f"no account {subject_id!r} has been seen; set_stage(..., "
-                        f"create=True) records it first (as a lead, then moves it)")
-                tx.add_account(subject_id, ts)
-                subject = load_subject(tx, "account", subject_id)
-                member, account = tx.latest_user(subject_id, ts), subject_id
-            if subject.stage == stage:
-                return None, False
-            tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "manual",
-                            reason, criteria_json)
-            change = StageChange(subject_type, subject_id, subject.stage, stage, at, "manual",
-                                 reason, None if criteria_json is None
-                                 else json.loads(criteria_json))
-            stamp = wall_micros()
-            rows = self._outbox.hook_rows([(change, member)], stamp)
-            if member is not None:
-                rows += self._outbox.stage_rows([(change, member, account, _new_id())], stamp)
-            if rows:
-                tx.enqueue(rows)
-            return change, bool(rows)
-
-        change, queued = self.store.transact(move)
-        self._dispatch(queued)
-        return change
+        outcome = self.store.transact(
+            lambda tx: self.engine.set_stage(tx, subject_type, subject_id, stage, at, reason,
+                                             create=create, criteria=criteria_json))
+        self._dispatch(outcome.queued)
+        return outcome.stage_change
 
     def apply_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> bool:
-        """Record an imported stage change (``call.kind == "stage"``: ``event`` holds the
-        stage, ``data`` the reason; a user's when ``user_id`` is set, else the account's)
-        inside ``tx``, creating the subject if it is new; history source ``import``.
-        Returns whether outbox rows were written (never with ``deliver=False``)."""
-        ts = to_micros(call.at)
-        stage, reason, criteria = call.event, call.data.get("reason"), call.data.get("criteria")
-        criteria_json = None if criteria is None else json.dumps(criteria, sort_keys=True)
-        if call.user_id:
-            subject_type, subject_id = "user", call.user_id
-            subject = load_subjects(tx, subject_id, None, ts)[0]
-            member: str | None = subject_id
-            account = tx.account_of(subject_id)
-        else:
-            assert call.account_id is not None  # the importer checked it
-            subject_type, subject_id = "account", call.account_id
-            tx.add_account(subject_id, ts)
-            subject = load_subject(tx, "account", subject_id)
-            member, account = tx.latest_user(subject_id, ts), subject_id
-        if subject.stage == stage:
-            return False
-        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, "import", reason,
-                        criteria_json)
-        if not deliver:
-            return False
-        change = StageChange(subject_type, subject_id, subject.stage, stage, call.at,
-                             "import", reason, criteria)
-        stamp = wall_micros()
-        rows = self._outbox.hook_rows([(change, member)], stamp)
-        if member is not None:
-            rows += self._outbox.stage_rows([(change, member, account, _new_id())], stamp)
-        if rows:
-            tx.enqueue(rows)
-        return bool(rows)
+        """Record an imported stage change inside ``tx`` (see :meth:`Engine.import_stage`);
+        returns whether outbox rows were written (never with ``deliver=False``)."""
+        return self.engine.import_stage(tx, call, deliver=deliver).queued
 
     def history(self, user_id: str | None = None, *, account_id: str | None = None
                 ) -> list[StageChange]:
@@ -884,20 +750,7 @@ class Client:
         subject_type, subject_id = _subject(user_id, account_id)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
-            return self._status(tx, subject_type, subject_id, until)
-
-    def _status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
-                ) -> Status:
-        subject = _known_subject(tx, subject_type, subject_id)
-        found = tuple(Qualification.from_row(r) for r in
-                      tx.qualifications(subject=(subject_type, subject_id), shadow=False))
-        facts = SubjectFacts(tx, subject, until, self.rules.scoring)
-        progress = {  # the rules it may still meet this round
-            rule.name: measure(rule.condition, facts)
-            for rule in self._by_subject[subject_type]
-            if done_key(rule) not in subject.done
-        }
-        return Status(subject_type, subject_id, subject.stage, found, progress)
+            return self.engine.status(tx, subject_type, subject_id, until)
 
     def explain(
         self,
@@ -920,32 +773,14 @@ class Client:
         subject_type, subject_id = _subject(user_id, account_id)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
-            statuses = [self._status(tx, subject_type, subject_id, until)]
+            statuses = [self.engine.status(tx, subject_type, subject_id, until)]
             if subject_type == "user":
                 account = tx.account_of(subject_id)
                 if account is not None:
-                    statuses.append(self._status(tx, "account", account, until))
-        return "\n".join(line for status in statuses for line in _explain_lines(status))
+                    statuses.append(self.engine.status(tx, "account", account, until))
+        return "\n".join(line for status in statuses for line in explain_lines(status))
 
     # -- delivery ---------------------------------------------------------------------------
-
-    def _enqueue(self, tx: Transaction, created: list[Qualification],
-                 moves: list[tuple[StageChange, Qualification]], kind: str, user_id: str,
-                 mirror: dict[str, Any] | None) -> bool:
-        """Write the outbox rows for this call in its transaction; True if there were any."""
-        if not (created and self._outbox.sinks) and mirror is None:
-            return False
-        stamp = wall_micros()
-        rows = []
-        if created:
-            moved = {q.id: change for change, q in moves}
-            rows = self._outbox.qualification_rows(created, moved, stamp)
-            rows += self._outbox.hook_rows([(change, q.user_id) for change, q in moves], stamp)
-        if mirror is not None:
-            rows.append(self._outbox.segment_row(kind, user_id, mirror, stamp))
-        if rows:
-            tx.enqueue(rows)
-        return bool(rows)
 
     def _dispatch(self, queued: bool) -> None:
         """After the commit: deliver now (``sync_mode``) or let the worker do it.
@@ -1131,14 +966,6 @@ def _bound(value: datetime | str | None, name: str) -> int | None:
     return None if value is None else to_micros(validation.moment(value, name))
 
 
-def _iso(at: datetime) -> str:
-    return at.isoformat(timespec="milliseconds")
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
-
-
 def _forget_after_fork(client: Client) -> None:
     """In a child made by fork() (gunicorn, uwsgi): a new connection, a new worker, and new
     HTTP connections to Segment. The parent forks only between statements of its delivery
@@ -1175,44 +1002,5 @@ def _forget_after_fork(client: Client) -> None:
                             after_in_child=after_in_child)
 
 
-def _known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
-    row = tx.subject_snapshot(subject_type, subject_id)
-    if row is None:
-        raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
-    return Subject.from_columns(subject_type, subject_id, row)
-
-
 def _subject(user_id: str | None, account_id: str | None) -> tuple[str, str]:
     return validation.subject(user_id, account_id)
-
-
-def _merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any], ts: int
-                  ) -> tuple[Subject, set[str]]:
-    """Merge ``traits`` into the subject's (null removes one), keeping each change in its
-    trait history at ``ts``; return it and what changed."""
-    old = json.loads(subject.traits_json)
-    changed = {k for k, v in traits.items() if old.get(k) != v}
-    if not changed:
-        return subject, changed
-    merged = {k: v for k, v in {**old, **traits}.items() if v is not None}
-    text = json.dumps(merged, sort_keys=True)
-    tx.set_traits(subject.type, subject.id, text)
-    tx.record_traits(subject.type, subject.id,
-                     [(k, None if traits[k] is None else json.dumps(traits[k], sort_keys=True))
-                      for k in sorted(changed)], ts)
-    return subject._replace(traits_json=text), changed
-
-
-def _explain_lines(status: Status) -> list[str]:
-    lines = [f"{status.subject_type} {status.subject_id}: stage {status.stage}"]
-    for qualification in status.qualifications:
-        when = qualification.qualified_at.strftime("%Y-%m-%d %H:%M UTC")
-        lines.append(f"  ✓ {qualification.rule}: qualified {when} → {qualification.stage}")
-        lines += qualification.evidence.lines("      ")
-    for name, progress in status.progress.items():
-        lines.append(f"  ✗ {name}: not yet")
-        lines += progress.lines("      ")
-    if len(lines) == 1:
-        lines.append("  (no rules for this subject)")
-    return lines
-

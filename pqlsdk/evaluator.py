@@ -6,8 +6,6 @@ implements for a subject as of a moment; tests can implement it with plain lists
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -121,36 +119,3 @@ def measure(condition: Condition, facts: Facts, *, exact: bool = True) -> Measur
     if isinstance(condition, AllOf):
         return Measurement("all of", None, "", all(p.met for p in parts), parts)
     return Measurement("any of", None, "", any(p.met for p in parts), parts)
-
-
-def fold(
-    rows: Iterable[tuple[dict[str, Any], int]],
-    condition: EventCondition,
-    limit: int | None,
-    matches: Callable[[dict[str, Any]], bool] | None,
-) -> float:
-    """Count, distinct-count or sum the properties of a condition's events (oldest first)
-    that pass ``matches``, stopping once ``limit`` is reached: the one definition the live
-    store and a backtest's replay share. Each row is ``(properties, n)``: the properties of
-    ``n`` events (1 for an event, more for a retention rollup)."""
-    count = 0
-    total = 0.0
-    seen: set[str] = set()
-    for props, n in rows:
-        if matches is not None and not matches(props):
-            continue
-        if condition.distinct is not None:
-            if props.get(condition.distinct) is None:
-                continue
-            seen.add(json.dumps(props[condition.distinct], sort_keys=True))
-            count = len(seen)
-        elif condition.sum is not None:
-            value = props.get(condition.sum)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total += value * n
-            continue
-        else:
-            count += n
-        if limit is not None and count >= limit:
-            break
-    return total if condition.sum is not None else count

@@ -5,13 +5,13 @@
 1. **Stage.** Every line is parsed and validated as it streams in (bounded memory) and
    staged into an ``import_staging`` table of the same SQLite file, keyed by its
    ``messageId`` (or, without one, a hash of the line), in batched transactions.
-2. **Replay.** Staged messages (validated, stored as columns) are applied in
-   ``(timestamp, line)`` order, many per transaction, through the same code as
-   ``track``/``identify``/``group``, so the qualifications, their ``qualified_at`` and the
-   stages equal those of a live run of the same messages in time order. Each batch
-   removes its staged rows and records their ids in ``import_done`` in the same
-   transaction: killed at any point, a re-run resumes where it stopped, and re-importing a
-   file adds nothing.
+2. **Replay.** Staged messages (validated, stored as columns) are applied in ``(timestamp,
+   line)`` order, many per transaction, each through :meth:`pqlsdk.engine.Engine.replay`
+   (the same path as a live ``track``/``identify``/``group`` or ``set_stage``), so the
+   qualifications, their ``qualified_at`` and the stages equal those of a live run of the
+   same messages in time order. Each batch removes its staged rows and records their ids in
+   ``import_done`` in the same transaction: killed at any point, a re-run resumes where it
+   stopped, and re-importing a file adds nothing.
 
 The input is read as bytes, plain or gzipped (known by its magic bytes, as Segment's
 archives are), and decoded line by line. A bad line stops nothing that was good, whatever it
@@ -36,8 +36,9 @@ from typing import IO, Any
 
 import attrs
 
-from . import validation
-from .client import Call, Client
+from . import calls, validation
+from .calls import Call
+from .client import Client
 from .errors import PqlError, StoreError, ValidationError
 from .timestamps import coerce, from_micros, to_micros
 
@@ -194,7 +195,7 @@ def _text_check(*values: str | None) -> None:
             value.encode("utf-8")
 
 
-def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
+def parse_message(line: str) -> tuple[str, int, Call] | str:
     """``(message id, timestamp, validated call)``, or the other message type to skip, for
     one JSONL line; raises :class:`ValidationError` saying what is wrong with it."""
     try:
@@ -222,17 +223,17 @@ def parse_message(line: str, client: Client) -> tuple[str, int, Call] | str:
     if not isinstance(context, dict):
         context = {}
     if kind == "track":
-        call = client.prepare_track(user_id, message.get("event"), message.get("properties"),
-                                    account_id=context.get("groupId"), timestamp=at,
-                                    message_id=message.get("messageId"))
+        call = calls.prepare_track(user_id, message.get("event"), message.get("properties"),
+                                   account_id=context.get("groupId"), timestamp=at,
+                                   message_id=message.get("messageId"))
     elif kind == "identify":
-        call = client.prepare_identify(user_id, message.get("traits"), timestamp=at,
-                                       account_id=context.get("groupId"))
+        call = calls.prepare_identify(user_id, message.get("traits"), timestamp=at,
+                                      account_id=context.get("groupId"))
     else:
         if message.get("groupId") is None:
             raise ValidationError("groupId is required for a group message")
-        call = client.prepare_group(user_id, message.get("groupId"), message.get("traits"),
-                                    timestamp=at)
+        call = calls.prepare_group(user_id, message.get("groupId"), message.get("traits"),
+                                   timestamp=at)
     message_id = message.get("messageId")
     if isinstance(message_id, str) and message_id:
         message_id = validation.identifier("messageId", message_id)
@@ -252,9 +253,9 @@ def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
         raise ValidationError("a stage message needs exactly one of userId or groupId")
     if message.get("timestamp") is None:
         raise ValidationError("timestamp is required to replay in time order")
-    call = validation.stage_change(user_id, group_id, message.get("stage"),
-                                   message.get("reason"), timestamp=message.get("timestamp"),
-                                   criteria=message.get("criteria"))
+    call = calls.prepare_stage(user_id, group_id, message.get("stage"),
+                               message.get("reason"), timestamp=message.get("timestamp"),
+                               criteria=message.get("criteria"))
     message_id = message.get("messageId")
     if isinstance(message_id, str) and message_id:
         message_id = validation.identifier("messageId", message_id)
@@ -283,11 +284,10 @@ or a :class:`Source`).
         return _Import(client, strict, deliver).run(opened, progress)
 
 
-def _staged_row(number: int, raw: bytes | str, client: Client
-                ) -> tuple[Any, ...] | str:
+def _staged_row(number: int, raw: bytes | str) -> tuple[Any, ...] | str:
     """The staging row of one line, or the other message type to skip; raises whatever
     makes the line bad."""
-    parsed = parse_message(_decode(raw), client)
+    parsed = parse_message(_decode(raw))
     if isinstance(parsed, str):
         return parsed
     message_id, ts, call = parsed
@@ -302,6 +302,7 @@ class _Import:
 
     def __init__(self, client: Client, strict: bool, deliver: bool) -> None:
         self.client, self.store, self.strict, self.deliver = client, client.store, strict, deliver
+        self.engine = client.engine
         self.errors: list[tuple[int, str]] = []
 
     def bad(self, number: int, reason: str) -> None:
@@ -319,7 +320,7 @@ class _Import:
         for number, raw in source.lines():
             read += 1
             try:
-                row = _staged_row(number, raw, self.client)
+                row = _staged_row(number, raw)
             except Exception as exc:  # a bad line, whatever it holds: reported, not fatal
                 self.bad(number, describe(exc))
                 continue
@@ -405,12 +406,9 @@ class _Import:
                 traits = json.loads(data) if kind != "track" else {}
                 call = Call(kind, user_id, from_micros(ts), account_id, event or "", traits,
                             data, message_id if kind == "track" else None)
-                if kind == "stage":
-                    queued |= self.client.apply_stage(tx, call, deliver=self.deliver)
-                    continue
-                created, wrote = self.client.apply(tx, call, deliver=self.deliver)
-                queued |= wrote
-                qualified += len(created)
+                outcome = self.engine.replay(tx, call, deliver=self.deliver)
+                queued |= outcome.queued
+                qualified += len(outcome.qualifications)
             tx.finish_staged([row[0] for row in rows],
                              [(row[0], row[3]) for row in rows if row[2] != "track"])
         return len(rows), qualified, queued

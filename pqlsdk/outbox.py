@@ -27,16 +27,9 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from .messages import qualification_messages, stage_messages
 from .models import Overdue, Qualification, StageChange, json_default
-from .sinks import (
-    CallbackSink,
-    Fatal,
-    NotAttempted,
-    Retry,
-    SegmentSink,
-    qualification_messages,
-    stage_messages,
-)
+from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
 from .store import PAYLOAD_FORMAT, Store, StoreClosed
 from .timestamps import from_micros
 

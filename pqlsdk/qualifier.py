@@ -8,121 +8,21 @@ NOTHING``, so a second process racing on the same subject records nothing.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from .evaluator import holds, measure
-from .ids import decode_names, qualification_id
+from .facts import Subject, SubjectFacts
+from .ids import qualification_id
 from .models import Qualification, StageChange
-from .rules import EventCondition, Rule
-from .scoring import Score, Scoring, compute
-from .stages import FIRST_STAGE, rank
+from .rules import Rule
+from .scoring import Scoring
+from .stages import rank
 from .store import Transaction
 from .timestamps import to_micros
 
 _MICROSECOND = timedelta(microseconds=1)
-
-
-class Subject(NamedTuple):
-    """A user or an account as evaluation needs it: traits, stage, round, rules met."""
-
-    type: str
-    id: str
-    traits_json: str = "{}"
-    stage: str = FIRST_STAGE
-    round: int = 0
-    #: When the current round began (events before it do not count), or None.
-    since: int | None = None
-    done: frozenset[str | tuple[str]] = frozenset()
-
-    @classmethod
-    def from_columns(cls, subject_type: str, subject_id: str, columns: tuple[Any, ...]
-                     ) -> Subject:
-        """Build from a snapshot's ``traits, stage, round, round start, rules met``."""
-        traits_json, stage, round_, since, done = columns
-        return cls(subject_type, subject_id, traits_json or "{}", stage, round_, since,
-                   decode_names(done))
-
-
-def load_subjects(
-    tx: Transaction, user_id: str, account_id: str | None, ts: int
-) -> tuple[Subject, Subject | None]:
-    """The user (created if new, moved to ``account_id`` if given) and its account."""
-    row = tx.user_snapshot(user_id)
-    if row is None:
-        tx.add_user(user_id, account_id, ts)
-        user = Subject("user", user_id)
-    else:
-        user = Subject.from_columns("user", user_id, row[1:6])
-        if account_id is None or account_id == row[0]:
-            if row[0] is None:
-                return user, None
-            return user, Subject.from_columns("account", row[0], row[6:11])
-        tx.move_user(user_id, account_id)
-    if account_id is None:
-        return user, None
-    tx.add_account(account_id, ts)
-    return user, load_subject(tx, "account", account_id)
-
-
-def load_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
-    """A known user or account (an unknown one has no traits and has met no rule)."""
-    row = tx.subject_snapshot(subject_type, subject_id)
-    if row is None:
-        return Subject(subject_type, subject_id)
-    return Subject.from_columns(subject_type, subject_id, row)
-
-
-class SubjectFacts:
-    """:class:`~pqlsdk.evaluator.Facts` for one subject as of one moment, read from the store."""
-
-    def __init__(self, tx: Transaction, subject: Subject, until: int,
-                 scoring: Scoring | None = None) -> None:
-        self.tx, self.subject, self.until, self.scoring = tx, subject, until, scoring
-        self._traits: dict[str, Any] | None = None
-        self._score: Score | None = None
-
-    def measure(self, condition: EventCondition, limit: int | None) -> float:
-        """Count, distinct-count or sum the subject's matching events."""
-        matches = condition.matches_properties if condition.where else None
-        return self.tx.measure(self.subject.type, self.subject.id, condition, self.until,
-                               limit, matches, self.subject.since)
-
-    def trait(self, name: str) -> tuple[bool, Any]:
-        """``(present, value)``; a trait set to null counts as missing."""
-        if self._traits is None:
-            self._traits = json.loads(self.subject.traits_json)
-        value = self._traits.get(name)
-        return value is not None, value
-
-    def event_rows(self, event: str, since: int | None, limit: int | None
-                   ) -> Iterator[tuple[int, str]]:
-        """``(ts, properties JSON)`` of the subject's events, newest first."""
-        if self.subject.since is not None:
-            since = self.subject.since if since is None else max(since, self.subject.since)
-        return self.tx.event_rows(self.subject.type, self.subject.id, event, self.until, since,
-                                  limit)
-
-    def weighted_counts(self, lines: list[tuple[str, int | None, int | None, int | None]]
-                        ) -> list[float]:
-        """Decayed counts of the subject's events per scoring line, in one statement."""
-        if self.subject.since is not None:
-            lines = [(event, self.subject.since if since is None else max(since,
-                                                                           self.subject.since),
-                      half_life, limit) for event, since, half_life, limit in lines]
-        return self.tx.weighted_counts(self.subject.type, self.subject.id, self.until, lines)
-
-    def score(self, kind: str) -> float:
-        """The subject's ``fit``, ``behavior`` or ``total`` score (computed once)."""
-        if self._score is None:
-            self._score = compute(self.scoring or Scoring(), self, lines=False)
-        return self._score.get(kind)
-
-    def scores(self) -> Score:
-        """The subject's whole :class:`~pqlsdk.scoring.Score`, each line's points included."""
-        return compute(self.scoring or Scoring(), self)
 
 
 def qualify(

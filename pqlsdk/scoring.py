@@ -27,9 +27,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .errors import RuleError
-from .limits import MAX_BOUND, shown
-from .rules import (
+from .conditions import (
     OPERATORS,
     Check,
     TraitCondition,
@@ -43,6 +41,8 @@ from .rules import (
     trait,
     where_matches,
 )
+from .errors import RuleError
+from .limits import MAX_BOUND, shown
 
 
 def _points(value: Any, key: str = "points") -> float:

@@ -2,10 +2,8 @@
 
 A sink delivers a list of items (a :class:`Qualification` for a callback, a row's Segment
 messages for Segment) and reports, per item, whether the destination acknowledged it: None,
-or the exception that says why not. Segment messages of a mirrored call or a stage change
-are built when the row is written; a qualification's are built from the stored
-qualification when it is delivered. Either way a retry sends the very same messages,
-``messageId`` included.
+or the exception that says why not. The messages themselves are built in
+:mod:`pqlsdk.messages`.
 """
 
 from __future__ import annotations
@@ -17,20 +15,16 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from segment.analytics.request import APIError, post
-from segment.analytics.version import VERSION as SEGMENT_VERSION
 
-from .models import Qualification, StageChange
+from .models import Qualification
 
 log = logging.getLogger("pqlsdk")
 
-#: The Segment event a qualification is forwarded as.
-QUALIFIED_EVENT = "Lead Qualified"
 #: How many messages go in one Segment batch (Segment's own ``upload_size`` default).
 SEGMENT_BATCH = 100
 #: Segment refuses batches over 500 KB; stay under it.
@@ -277,54 +271,3 @@ def reset_http_session() -> None:
 
     if hasattr(segment_request, "_session"):
         segment_request._session = sessions.Session()
-
-
-def _message(kind: str, user_id: str, timestamp: str, message_id: str,
-             account_id: str | None, **fields: Any) -> dict[str, Any]:
-    context: dict[str, Any] = {"library": {"name": "analytics-python",
-                                           "version": SEGMENT_VERSION}}
-    if account_id is not None:
-        context["groupId"] = account_id
-    return {"type": kind, "userId": user_id, "timestamp": timestamp, "messageId": message_id,
-            "context": context, "integrations": {}, **fields}
-
-
-def qualification_messages(q: Qualification) -> list[dict[str, Any]]:
-    """What Segment receives for a qualification: ``track("Lead Qualified")`` with the
-    qualification id as ``messageId`` and ``qualified_at`` as its timestamp."""
-    properties = {
-        "rule": q.rule,
-        "stage": q.stage,
-        "subject_type": q.subject_type,
-        "subject_id": q.subject_id,
-        "account_id": q.account_id,
-        "qualification_id": q.id,
-        "qualified_at": q.qualified_at.isoformat(),
-    }
-    return [_message("track", q.user_id, q.qualified_at.isoformat(timespec="milliseconds"),
-                     q.id, q.account_id, event=QUALIFIED_EVENT, properties=properties)]
-
-
-def stage_messages(change: StageChange, user_id: str, account_id: str | None,
-                   message_id: str) -> list[dict[str, Any]]:
-    """What Segment receives when a subject changes stage: ``identify(user_id,
-    {"lifecycle_stage": stage})``, and for an account also ``group`` with the same trait."""
-    at = change.at.isoformat(timespec="milliseconds")
-    traits = {"lifecycle_stage": change.to_stage}
-    messages = [_message("identify", user_id, at, derived_id(message_id, "identify"),
-                         account_id, traits=traits)]
-    if change.subject_type == "account":
-        messages.append(_message("group", user_id, at, derived_id(message_id, "group"),
-                                 account_id, groupId=change.subject_id, traits=traits))
-    return messages
-
-
-def event_message(kind: str, user_id: str, timestamp: str, message_id: str,
-                  account_id: str | None, **fields: Any) -> dict[str, Any]:
-    """A mirrored ``track``/``identify``/``group`` call (``forward_events=True``)."""
-    return _message(kind, user_id, timestamp, message_id, account_id, **fields)
-
-
-def derived_id(base: str, purpose: str) -> str:
-    """A stable id for a second message about the same thing (``identify`` after ``track``)."""
-    return str(uuid.uuid5(uuid.UUID(base), purpose))

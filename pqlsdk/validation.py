@@ -1,4 +1,5 @@
-"""The edge: validate the arguments of a public call and build its named :class:`Call`.
+"""The edge: validate the arguments of a public call (:mod:`pqlsdk.calls` builds its
+named :class:`~pqlsdk.calls.Call` from them).
 
 Every public entry point (the Client's methods, the importer through ``prepare_*``, the
 command line through the Client) checks its arguments here before anything is written, so
@@ -27,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from .errors import ValidationError
 from .limits import (
@@ -43,20 +44,6 @@ from .stages import SIDE_STATES, STAGES
 from .timestamps import coerce, now
 
 SUBJECT_TYPES = ("user", "account")
-
-
-class Call(NamedTuple):
-    """A validated ``track``/``identify``/``group`` call, ready to be applied: a track's
-    properties as ``data_json``, traits as ``data``."""
-
-    kind: str
-    user_id: str
-    at: datetime
-    account_id: str | None
-    event: str = ""
-    data: dict[str, Any] = {}  # noqa: RUF012 - never mutated
-    data_json: str = "{}"
-    message_id: str | None = None
 
 
 # --- text ---------------------------------------------------------------------------------
@@ -195,48 +182,6 @@ def _check_json(name: str, root: Any, *, strings: bool) -> None:
 def moment(value: Any, name: str = "timestamp") -> datetime:
     """A timestamp argument (None = now), as an aware UTC datetime within the store's range."""
     return now() if value is None else coerce(value, name)
-
-
-def track(user_id: Any, event: Any, properties: Any = None, *, account_id: Any = None,
-          timestamp: Any = None, message_id: Any = None) -> Call:
-    """A validated ``track`` call."""
-    at = now() if timestamp is None else coerce(timestamp)  # moment(), inlined: the hot path
-    text = json_object("properties", properties)
-    return Call("track", identifier("user_id", user_id), at,
-                optional_identifier("account_id", account_id),
-                event=identifier("event", event), data_json=text,
-                message_id=optional_identifier("message_id", message_id))
-
-
-def identify(user_id: Any, traits: Any = None, *, account_id: Any = None,
-             timestamp: Any = None) -> Call:
-    """A validated ``identify`` call."""
-    at = moment(timestamp)
-    return Call("identify", identifier("user_id", user_id), at,
-                optional_identifier("account_id", account_id),
-                data=json.loads(json_object("traits", traits)))
-
-
-def group(user_id: Any, account_id: Any, traits: Any = None, *, timestamp: Any = None) -> Call:
-    """A validated ``group`` call."""
-    at = moment(timestamp)
-    return Call("group", identifier("user_id", user_id), at,
-                identifier("account_id", account_id),
-                data=json.loads(json_object("traits", traits)))
-
-
-def stage_change(user_id: Any, account_id: Any, to_stage: Any, reason: Any = None, *,
-                 timestamp: Any = None, criteria: Any = None) -> Call:
-    """A validated manual stage change (an imported CRM line): a ``stage`` call of exactly
-    one of a user or an account, its ``event`` the stage, its ``data`` the reason and the
-    criteria (a JSON object, or None)."""
-    subject_type, subject_id = subject(user_id, account_id)
-    data: dict[str, Any] = {"reason": free_text("reason", reason)}
-    if criteria is not None:
-        data["criteria"] = json.loads(json_object("criteria", criteria))
-    return Call("stage", subject_id if subject_type == "user" else "", moment(timestamp),
-                subject_id if subject_type == "account" else None, event=stage(to_stage),
-                data=data)
 
 
 def subject(user_id: Any, account_id: Any) -> tuple[str, str]:

@@ -250,14 +250,14 @@ def test_a_message_that_fails_to_apply_is_reported_and_its_batch_still_lands(tmp
     source = write_jsonl(tmp_path / "h.jsonl", HISTORY[:300])
     client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
     victim = HISTORY[150]
-    apply = client.apply
+    replay = client.engine.replay
 
     def failing(tx, call, **options):
         if call.at == pqlsdk.timestamps.coerce(victim["timestamp"]):
             raise OverflowError("a value the store cannot hold")
-        return apply(tx, call, **options)
+        return replay(tx, call, **options)
 
-    monkeypatch.setattr(client, "apply", failing)
+    monkeypatch.setattr(client.engine, "replay", failing)
     result = import_jsonl(client, source)
     assert result.errors == ((151, "a value out of range (a value the store cannot hold), "
                                    "e.g. a timestamp past year 1 or 9999 in UTC"),)

@@ -16,6 +16,33 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class SubjectRow(NamedTuple):
+    """A user's or an account's row as evaluation reads it."""
+
+    traits: str | None
+    stage: str
+    round: int
+    #: When the current round began, or None.
+    round_since: int | None
+    #: The rules met this round, a JSON array (a shadow rule's as ``[name]``), or None.
+    done: str | None
+
+
+class UserRow(NamedTuple):
+    """:meth:`Transaction.user_snapshot`: a user, its account id and its account's row."""
+
+    account_id: str | None
+    user: SubjectRow
+    account: SubjectRow | None
+
+
+class PropertyRow(NamedTuple):
+    """The properties JSON of ``n`` events (1 for an event, more for a retention rollup)."""
+
+    properties: str
+    n: int
+
+
 class StageCounts(NamedTuple):
     """One stage of the funnel as the store counts it."""
 

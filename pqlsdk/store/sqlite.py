@@ -31,11 +31,9 @@ import sqlite_utils
 
 from .. import ids
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
-from ..evaluator import fold
 from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
-from ..rules import EventCondition
 from ..stages import FIRST_STAGE, STAGES
-from .base import FunnelRows, StageCounts
+from .base import FunnelRows, PropertyRow, StageCounts, SubjectRow, UserRow
 
 T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -856,17 +854,19 @@ class Transaction:
         )
         return cursor.rowcount == 1
 
-    def user_snapshot(self, user_id: str) -> tuple[Any, ...] | None:
+    def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
-        account id, then for the user and for its account ``traits JSON, stage, round,
-        round start, rules met this round`` (a JSON array). ``None`` for an unknown
-        user."""
-        return self.conn.execute(_USER_SNAPSHOT, (user_id,)).fetchone()
+        account id, the user's row and its account's. ``None`` for an unknown user."""
+        row = self.conn.execute(_USER_SNAPSHOT, (user_id,)).fetchone()
+        if row is None:
+            return None
+        return UserRow(row[0], SubjectRow(*row[1:6]),
+                       None if row[0] is None else SubjectRow(*row[6:11]))
 
-    def subject_snapshot(self, subject_type: str, subject_id: str) -> tuple[Any, ...] | None:
-        """``traits JSON, stage, round, round start, rules met this round`` of one user or
-        account, or ``None``."""
-        return self.conn.execute(_SUBJECT_SNAPSHOT[subject_type], (subject_id,)).fetchone()
+    def subject_snapshot(self, subject_type: str, subject_id: str) -> SubjectRow | None:
+        """One user's or account's row, or ``None``."""
+        row = self.conn.execute(_SUBJECT_SNAPSHOT[subject_type], (subject_id,)).fetchone()
+        return None if row is None else SubjectRow(*row)
 
     def add_user(self, user_id: str, account_id: str | None, ts: int) -> None:
         """Record a user seen for the first time: a ``lead`` from ``ts``."""
@@ -1594,38 +1594,42 @@ class Transaction:
 
     # -- measuring ------------------------------------------------------------------------
 
-    def measure(
-        self,
-        subject_type: str,
-        subject_id: str,
-        condition: EventCondition,
-        until: int,
-        limit: int | None,
-        matches: Callable[[dict[str, Any]], bool] | None,
-        since: int | None = None,
-    ) -> float:
-        """Count, distinct-count or sum the subject's matching events in ``[until - within,
-        until]`` (and not before ``since``), stopping once ``limit`` is reached."""
+    def count_events(self, subject_type: str, subject_id: str, event: str, until: int,
+                     since: int | None, limit: int | None) -> int:
+        """How many of the subject's ``event`` events fall in ``[since, until]``, its
+        rollups' included (the live events counted up to ``limit``)."""
         column = "user_id" if subject_type == "user" else "account_id"
-        sql = f"FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
-        args: list[Any] = [subject_id, condition.event, until]
-        if condition.within is not None:
-            window_start = until - condition.within // _MICROSECOND
-            since = window_start if since is None else max(since, window_start)
-        if since is not None:
-            sql += " AND ts >= ?"
-            args.append(since)
-        rolled, rolled_args = _rollups_where(column, subject_id, condition.event, until, since)
-        if matches is None and condition.distinct is None and condition.sum is None:
-            args.append(-1 if limit is None else limit)
-            count = self.conn.execute(
-                f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
-                f"(SELECT coalesce(sum(n), 0) {rolled})", args + rolled_args
-            ).fetchone()[0]
-            return count if limit is None else min(count, limit)
-        live = ((text, 1) for (text,) in self.conn.execute(f"SELECT properties {sql}", args))
-        pruned = self.conn.execute(f"SELECT properties, n {rolled}", rolled_args)
-        return _fold(itertools.chain(live, pruned), condition, limit, matches)
+        sql, args = _events_where(column, subject_id, event, until, since)
+        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        args.append(-1 if limit is None else limit)
+        return int(self.conn.execute(
+            f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
+            f"(SELECT coalesce(sum(n), 0) {rolled})", args + rolled_args
+        ).fetchone()[0])
+
+    def event_properties(self, subject_type: str, subject_id: str, event: str, until: int,
+                         since: int | None) -> Iterator[PropertyRow]:
+        """The properties of the subject's ``event`` events in ``[since, until]``: each
+        event's, then each rollup's (with how many events it holds)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        sql, args = _events_where(column, subject_id, event, until, since)
+        for (text,) in self.conn.execute(f"SELECT properties {sql}", args):
+            yield PropertyRow(text, 1)
+        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        for text, n in self.conn.execute(f"SELECT properties, n {rolled}", rolled_args):
+            yield PropertyRow(text, n)
+
+
+def _events_where(column: str, subject_id: str, event: str, until: int, since: int | None
+                  ) -> tuple[str, list[Any]]:
+    """``FROM ... WHERE ...`` of a subject's ``event`` events in ``[since, until]``, and its
+    arguments."""
+    sql = f"FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
+    args: list[Any] = [subject_id, event, until]
+    if since is not None:
+        sql += " AND ts >= ?"
+        args.append(since)
+    return sql, args
 
 
 def _rollups_where(column: str, subject_id: str, event: str, until: int, since: int | None
@@ -1638,14 +1642,3 @@ def _rollups_where(column: str, subject_id: str, event: str, until: int, since: 
         sql += " AND last_ts >= ?"
         args.append(since)
     return sql, args
-
-
-def _fold(
-    rows: Iterable[tuple[str, int]],
-    condition: EventCondition,
-    limit: int | None,
-    matches: Callable[[dict[str, Any]], bool] | None,
-) -> float:
-    """Count, distinct-count or sum ``(properties JSON, how many events)`` rows."""
-    return fold(((json.loads(text), n) for text, n in rows), condition, limit, matches)
-

@@ -65,11 +65,10 @@ lines = st.one_of(
 
 @fuzz()
 @given(line=lines)
-def test_parse_message(harnesses, line):
-    h = harnesses("import")
+def test_parse_message(line):
     EXAMPLES["import parse_message"] += 1
     try:
-        parsed = parse_message(line, h.client)
+        parsed = parse_message(line)
     except pqlsdk.ValidationError as exc:
         assert str(exc)
         return

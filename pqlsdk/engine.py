@@ -1,0 +1,295 @@
+"""The engine: apply one validated call to a store transaction and say what it produced.
+
+Everything a ``track``/``identify``/``group``, a stage change or an evaluation does to the
+store happens here, inside the caller's transaction: the subject rows, the event, the trait
+merge, the rules the call can change (the event/trait -> rule index), each qualification
+recorded once with its forward stage move, and the outbox rows for what must be delivered
+after the commit. The :class:`~pqlsdk.Client` validates arguments, opens the transaction,
+calls the engine and, after the commit, hands :attr:`Outcome.queued` to the delivery runtime.
+
+Replay (the importer, and anything else feeding recorded calls) takes the same path as a live
+call, through one entry point::
+
+    outcome = engine.replay(tx, call, deliver=False)
+
+``replay`` dispatches on ``call.kind``: ``track``/``identify``/``group`` go through
+:meth:`Engine.apply`, ``stage`` (a CRM's stage change) through :meth:`Engine.move`. A new
+kind of recorded line (an alias, a page or screen call) is one more ``kind`` and one more
+branch here; a caller replaying many calls (a batch of one subject's calls in time order)
+calls ``replay`` once per call inside one transaction and ORs :attr:`Outcome.queued`
+(see :meth:`Outcome.merge`) to know whether to wake delivery after the commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from .calls import Call
+from .errors import UnknownSubject
+from .evaluator import measure
+from .facts import Subject, SubjectFacts, load_subject, load_subjects
+from .messages import call_message
+from .models import Qualification, StageChange, Status
+from .outbox import Outbox, wall_micros
+from .qualifier import done_key, qualify
+from .rules import Rule, RuleSet
+from .store import Transaction
+from .timestamps import to_micros
+
+#: A forward stage move and the qualification that caused it.
+Move = tuple[StageChange, Qualification]
+
+
+@attrs.frozen
+class Outcome:
+    """What applying one call (or a batch of them) produced, for the caller after commit."""
+
+    #: New live qualifications, in the order they were recorded.
+    qualifications: tuple[Qualification, ...] = ()
+    #: Forward stage moves made by those qualifications.
+    moves: tuple[Move, ...] = ()
+    #: A stage change made by hand or by an imported stage line, if the stage changed.
+    stage_change: StageChange | None = None
+    #: Whether outbox rows were written (wake delivery after the commit).
+    queued: bool = False
+    #: False when the call was a duplicate (a ``message_id`` already stored): nothing done.
+    applied: bool = True
+
+    def merge(self, other: Outcome) -> Outcome:
+        """Both outcomes as one (for a batch applied in one transaction)."""
+        return Outcome(self.qualifications + other.qualifications, self.moves + other.moves,
+                       other.stage_change or self.stage_change, self.queued or other.queued,
+                       self.applied or other.applied)
+
+
+class Engine:
+    """Apply validated calls to a store transaction under one :class:`RuleSet`.
+
+    :param rules: the rules and scoring model.
+    :param outbox: builds the outbox rows (its registered destinations decide which).
+    :param forward_events: also write a row mirroring each track/identify/group to Segment.
+    """
+
+    def __init__(self, rules: RuleSet, outbox: Outbox, *, forward_events: bool = False) -> None:
+        self.rules = rules
+        self.outbox = outbox
+        self.forward_events = forward_events
+        self._by_subject = {
+            kind: [r for r in rules.rules if r.subject == kind] for kind in ("user", "account")
+        }
+        self._by_event: dict[str, tuple[list[Rule], list[Rule]]] = {}
+        for rule in rules.rules:
+            for name in rules.events_of(rule):
+                users, accounts = self._by_event.setdefault(name, ([], []))
+                (users if rule.subject == "user" else accounts).append(rule)
+        self._qualify = functools.partial(qualify, scoring=rules.scoring)
+
+    # -- recorded calls -------------------------------------------------------------------
+
+    def replay(self, tx: Transaction, call: Call, *, deliver: bool = False) -> Outcome:
+        """Apply one recorded call of any kind (``track``, ``identify``, ``group``,
+        ``stage``) inside ``tx``, exactly as the live call would be. ``deliver=False`` (a
+        backfill) writes no outbox rows."""
+        if call.kind == "stage":
+            return self.import_stage(tx, call, deliver=deliver)
+        return self.apply(tx, call, deliver=deliver)
+
+    def apply(self, tx: Transaction, call: Call, *, deliver: bool = True) -> Outcome:
+        """Record a validated track/identify/group call inside ``tx``: the subjects, the
+        event or the merged traits, the qualifications it completes and, with ``deliver``,
+        their outbox rows (and the mirrored call's, with ``forward_events``)."""
+        ts = to_micros(call.at)
+        tx.lock_subjects(call.user_id, call.account_id)
+        user, account = load_subjects(tx, call.user_id, call.account_id, ts)
+        account_id = account.id if account else None
+        moves: list[Move] = []
+        if call.kind == "track":
+            if not tx.insert_event(call.message_id, call.user_id, account_id, call.event, ts,
+                                   call.data_json):
+                return Outcome(applied=False)
+            user_rules, account_rules = self._by_event.get(call.event, ((), ()))
+            created = self._qualify(tx, user_rules, user, user_id=call.user_id,
+                                    account_id=account_id, at=call.at, moves=moves)
+            if account is not None and account_rules:
+                created += self._qualify(tx, account_rules, account, user_id=call.user_id,
+                                         account_id=account_id, at=call.at, moves=moves)
+        elif call.kind == "identify":
+            user, changed = merge_traits(tx, user, call.data, ts)
+            created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
+                                    user_id=call.user_id, account_id=account_id, at=call.at,
+                                    moves=moves)
+        else:
+            assert account is not None  # a group call always names its account
+            account, changed = merge_traits(tx, account, call.data, ts)
+            created = self._qualify(tx, self.rules.reading_traits("account", changed),
+                                    account, user_id=call.user_id, account_id=account_id,
+                                    at=call.at, moves=moves)
+        if not deliver or not (created or self.forward_events):
+            return Outcome(tuple(created), tuple(moves))
+        message = call_message(call, account_id) if self.forward_events else None
+        queued = self._enqueue(tx, created, moves, call.kind, call.user_id, message)
+        return Outcome(tuple(created), tuple(moves), queued=queued)
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def set_stage(self, tx: Transaction, subject_type: str, subject_id: str, stage: str,
+                  at: datetime, reason: str | None, *, create: bool = False,
+                  criteria: str | None = None) -> Outcome:
+        """Move a subject to ``stage`` by hand (history source ``manual``), locking it first;
+        its Segment row is written when it has a user to send it as. A subject never seen
+        raises :class:`UnknownSubject` unless ``create``; ``criteria`` is a JSON object."""
+        if subject_type == "user":
+            tx.lock_subjects(subject_id, None)
+        else:
+            tx.lock_subject("account", subject_id)
+        if not create and tx.subject_snapshot(subject_type, subject_id) is None:
+            raise UnknownSubject(
+                f"no {subject_type} {subject_id!r} has been seen; set_stage(..., "
+                f"create=True) records it first (as a lead, then moves it)")
+        return self.move(tx, subject_type, subject_id, stage, at, reason, "manual",
+                         criteria=None if criteria is None else json.loads(criteria))
+
+    def import_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> Outcome:
+        """Record an imported stage change (``call.kind == "stage"``: ``event`` holds the
+        stage, ``data`` the reason; a user's when ``user_id`` is set, else the account's),
+        history source ``import``."""
+        if call.user_id:
+            subject_type, subject_id = "user", call.user_id
+        else:
+            assert call.account_id is not None  # the importer checked it
+            subject_type, subject_id = "account", call.account_id
+        return self.move(tx, subject_type, subject_id, call.event, call.at,
+                         call.data.get("reason"), "import", deliver=deliver,
+                         criteria=call.data.get("criteria"))
+
+    def move(self, tx: Transaction, subject_type: str, subject_id: str, stage: str,
+             at: datetime, reason: str | None, source: str, *, deliver: bool = True,
+             criteria: dict[str, Any] | None = None) -> Outcome:
+        """Move a subject (created if new) to ``stage`` in any direction, recording the
+        change with ``source`` (and sales' ``criteria``); nothing when it already is there.
+        With ``deliver``, the stage hooks get the change and Segment its lifecycle stage."""
+        ts = to_micros(at)
+        if subject_type == "user":
+            subject = load_subjects(tx, subject_id, None, ts)[0]
+            member: str | None = subject_id
+            account = tx.account_of(subject_id)
+        else:
+            tx.add_account(subject_id, ts)
+            subject = load_subject(tx, "account", subject_id)
+            member, account = tx.latest_user(subject_id, ts), subject_id
+        if subject.stage == stage:
+            return Outcome()
+        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, source, reason,
+                        None if criteria is None else json.dumps(criteria, sort_keys=True))
+        change = StageChange(subject_type, subject_id, subject.stage, stage, at, source,
+                             reason, criteria)
+        rows = []
+        if deliver:
+            stamp = wall_micros()
+            rows = self.outbox.hook_rows([(change, member)], stamp)
+            if member is not None:
+                rows += self.outbox.stage_rows([(change, member, account, _new_id())], stamp)
+        if rows:
+            tx.enqueue(rows)
+        return Outcome(stage_change=change, queued=bool(rows))
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def evaluate(self, tx: Transaction, subjects: Iterable[tuple[str, str]], at: datetime
+                 ) -> Outcome:
+        """Re-check each ``(subject type, id)`` against every rule it has not met, as of
+        ``at`` (each subject locked first); qualifications found are dated ``at``."""
+        until = to_micros(at)
+        found: list[Qualification] = []
+        moves: list[Move] = []
+        for subject_type, subject_id in subjects:
+            tx.lock_subject(subject_type, subject_id)
+            found += self._evaluate_subject(tx, subject_type, subject_id, at, until, moves)
+        queued = self._enqueue(tx, found, moves, "evaluate", "", None)
+        return Outcome(tuple(found), tuple(moves), queued=queued)
+
+    def _evaluate_subject(self, tx: Transaction, subject_type: str, subject_id: str,
+                          at: datetime, until: int, moves: list[Move]) -> list[Qualification]:
+        rules = self._by_subject[subject_type]
+        if not rules:
+            return []
+        user_id: str | None
+        account_id: str | None
+        if subject_type == "user":
+            user_id, account_id = subject_id, tx.account_of(subject_id)
+        else:
+            user_id, account_id = tx.latest_user(subject_id, until), subject_id
+            if user_id is None:
+                return []
+        return self._qualify(tx, rules, load_subject(tx, subject_type, subject_id),
+                             user_id=user_id, account_id=account_id, at=at, moves=moves)
+
+    def status(self, tx: Transaction, subject_type: str, subject_id: str, until: int
+               ) -> Status:
+        """Where a known subject stands: stage, qualifications, and progress (as of
+        ``until``) on each rule it may still meet this round."""
+        subject = known_subject(tx, subject_type, subject_id)
+        found = tuple(Qualification.from_row(r) for r in
+                      tx.qualifications(subject=(subject_type, subject_id), shadow=False))
+        facts = SubjectFacts(tx, subject, until, self.rules.scoring)
+        progress = {  # the rules it may still meet this round
+            rule.name: measure(rule.condition, facts)
+            for rule in self._by_subject[subject_type]
+            if done_key(rule) not in subject.done
+        }
+        return Status(subject_type, subject_id, subject.stage, found, progress)
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def _enqueue(self, tx: Transaction, created: list[Qualification], moves: list[Move],
+                 kind: str, user_id: str, mirror: dict[str, Any] | None) -> bool:
+        """Write the outbox rows for this call in its transaction; True if there were any."""
+        if not (created and self.outbox.sinks) and mirror is None:
+            return False
+        stamp = wall_micros()
+        rows = []
+        if created:
+            moved = {q.id: change for change, q in moves}
+            rows = self.outbox.qualification_rows(created, moved, stamp)
+            rows += self.outbox.hook_rows([(change, q.user_id) for change, q in moves], stamp)
+        if mirror is not None:
+            rows.append(self.outbox.segment_row(kind, user_id, mirror, stamp))
+        if rows:
+            tx.enqueue(rows)
+        return bool(rows)
+
+
+def known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
+    """A subject that has been seen; raises :class:`UnknownSubject` otherwise."""
+    row = tx.subject_snapshot(subject_type, subject_id)
+    if row is None:
+        raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")
+    return Subject.from_row(subject_type, subject_id, row)
+
+
+def merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any], ts: int
+                 ) -> tuple[Subject, set[str]]:
+    """Merge ``traits`` into the subject's (null removes one), keeping each change in its
+    trait history at ``ts``; return it and what changed."""
+    old = json.loads(subject.traits_json)
+    changed = {k for k, v in traits.items() if old.get(k) != v}
+    if not changed:
+        return subject, changed
+    merged = {k: v for k, v in {**old, **traits}.items() if v is not None}
+    text = json.dumps(merged, sort_keys=True)
+    tx.set_traits(subject.type, subject.id, text)
+    tx.record_traits(subject.type, subject.id,
+                     [(k, None if traits[k] is None else json.dumps(traits[k], sort_keys=True))
+                      for k in sorted(changed)], ts)
+    return subject._replace(traits_json=text), changed
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
