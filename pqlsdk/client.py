@@ -355,36 +355,99 @@ class Client:
 
     def track(
         self,
-        user_id: str,
+        user_id: str | None,
         event: str,
         properties: dict[str, Any] | None = None,
         *,
         account_id: str | None = None,
         timestamp: datetime | str | None = None,
         message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
     ) -> list[Qualification]:
         """Record that ``user_id`` did ``event``; return the qualifications it completed.
 
         The event and any qualification it completes are committed together. The same
         ``message_id`` twice is stored and counted once (the second call returns ``[]``).
         The event counts for ``account_id`` (or the user's current account, if any).
+        Before signup pass ``user_id=None, anonymous_id=...``: it counts for the anonymous
+        visitor, and for the user once linked (:meth:`alias`, or an :meth:`identify` naming
+        both). ``context`` and ``integrations`` (Segment's) are kept and forwarded as given.
         """
-        return self._record(self.prepare_track(user_id, event, properties,
-                                               account_id=account_id, timestamp=timestamp,
-                                               message_id=message_id))
+        return self._record(self.prepare_track(
+            user_id, event, properties, account_id=account_id, timestamp=timestamp,
+            message_id=message_id, anonymous_id=anonymous_id, context=context,
+            integrations=integrations))
+
+    def page(
+        self,
+        user_id: str | None = None,
+        name: str | None = None,
+        properties: dict[str, Any] | None = None,
+        *,
+        category: str | None = None,
+        account_id: str | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> list[Qualification]:
+        """Segment's ``page``: recorded as an event named ``page`` whose properties hold
+        ``name`` and ``category`` beside the given ones, so a rule matches it with
+        ``event = "page"``, ``where = { name = "Pricing" }``. Otherwise as :meth:`track`.
+
+        >>> client.page("ada", "Pricing", {"url": "https://example.com/pricing"})
+        """
+        return self._record(calls.prepare_page(
+            "page", user_id, name, properties, category=category, account_id=account_id,
+            timestamp=timestamp, message_id=message_id, anonymous_id=anonymous_id,
+            context=context, integrations=integrations))
+
+    def screen(
+        self,
+        user_id: str | None = None,
+        name: str | None = None,
+        properties: dict[str, Any] | None = None,
+        *,
+        category: str | None = None,
+        account_id: str | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> list[Qualification]:
+        """Segment's ``screen`` (a mobile app's page): an event named ``screen``, as
+        :meth:`page` records ``page``."""
+        return self._record(calls.prepare_page(
+            "screen", user_id, name, properties, category=category, account_id=account_id,
+            timestamp=timestamp, message_id=message_id, anonymous_id=anonymous_id,
+            context=context, integrations=integrations))
 
     def identify(
         self,
-        user_id: str,
+        user_id: str | None,
         traits: dict[str, Any] | None = None,
         *,
         account_id: str | None = None,
         timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
     ) -> list[Qualification]:
         """Merge ``traits`` into the user's traits (a null value removes one) and re-check the
-        user rules that read a changed trait. ``account_id`` ties the user to an account."""
-        return self._record(self.prepare_identify(user_id, traits, account_id=account_id,
-                                                  timestamp=timestamp))
+        user rules that read a changed trait. ``account_id`` ties the user to an account.
+
+        With both ``user_id`` and ``anonymous_id`` (the signup), the anonymous visitor's
+        activity joins the user's, as :meth:`alias` does. The same ``message_id`` twice is
+        applied once."""
+        return self._record(self.prepare_identify(
+            user_id, traits, account_id=account_id, timestamp=timestamp,
+            message_id=message_id, anonymous_id=anonymous_id, context=context,
+            integrations=integrations))
 
     def group(
         self,
@@ -393,31 +456,72 @@ class Client:
         traits: dict[str, Any] | None = None,
         *,
         timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
     ) -> list[Qualification]:
         """Tie ``user_id`` to ``account_id`` from now on, merge the account's ``traits`` and
-        re-check the account rules that read a changed trait."""
-        return self._record(self.prepare_group(user_id, account_id, traits,
-                                               timestamp=timestamp))
+        re-check the account rules that read a changed trait. The same ``message_id`` twice
+        is applied once."""
+        return self._record(self.prepare_group(
+            user_id, account_id, traits, timestamp=timestamp, message_id=message_id,
+            context=context, integrations=integrations))
 
-    # The three calls, split into validation (prepare_*) and work inside a transaction
+    def alias(
+        self,
+        previous_id: str,
+        user_id: str,
+        *,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> list[Qualification]:
+        """Segment's ``alias``: what was recorded under ``previous_id`` (an anonymous id, a
+        pre-signup id) counts for ``user_id`` from then on, in rules, scores, explain and
+        the funnel. The previous subject does not remain a separate lead: its events,
+        traits (the user's win), history and qualifications join the user's; the later of
+        the two stages stands (a user sales put in a side state keeps it); a rule both had
+        met stays one qualification, the earlier. The user's rules are re-checked at once;
+        return the qualifications that created. Later calls under ``previous_id`` count
+        for ``user_id``. Refused if ``previous_id`` already counts for another user.
+
+        >>> client.alias("anon-7f3", "ada")
+        """
+        return self._record(calls.prepare_alias(
+            previous_id, user_id, timestamp=timestamp, message_id=message_id,
+            context=context, integrations=integrations))
+
+    # The calls, split into validation (prepare_*) and work inside a transaction
     # (apply), so that an import can apply many validated calls per transaction.
 
     def prepare_track(self, user_id: Any, event: Any, properties: Any = None, *,
-                      account_id: Any = None, timestamp: Any = None, message_id: Any = None
+                      account_id: Any = None, timestamp: Any = None, message_id: Any = None,
+                      anonymous_id: Any = None, context: Any = None, integrations: Any = None
                       ) -> Call:
         """Validate a ``track`` call (raising :class:`ValidationError`) without recording it."""
         return calls.prepare_track(user_id, event, properties, account_id=account_id,
-                                timestamp=timestamp, message_id=message_id)
+                                   timestamp=timestamp, message_id=message_id,
+                                   anonymous_id=anonymous_id, context=context,
+                                   integrations=integrations)
 
     def prepare_identify(self, user_id: Any, traits: Any = None, *, account_id: Any = None,
-                         timestamp: Any = None) -> Call:
+                         timestamp: Any = None, message_id: Any = None,
+                         anonymous_id: Any = None, context: Any = None,
+                         integrations: Any = None) -> Call:
         """Validate an ``identify`` call without recording it."""
-        return calls.prepare_identify(user_id, traits, account_id=account_id, timestamp=timestamp)
+        return calls.prepare_identify(user_id, traits, account_id=account_id,
+                                      timestamp=timestamp, message_id=message_id,
+                                      anonymous_id=anonymous_id, context=context,
+                                      integrations=integrations)
 
     def prepare_group(self, user_id: Any, account_id: Any, traits: Any = None, *,
-                      timestamp: Any = None) -> Call:
+                      timestamp: Any = None, message_id: Any = None, context: Any = None,
+                      integrations: Any = None) -> Call:
         """Validate a ``group`` call without recording it."""
-        return calls.prepare_group(user_id, account_id, traits, timestamp=timestamp)
+        return calls.prepare_group(user_id, account_id, traits, timestamp=timestamp,
+                                   message_id=message_id, context=context,
+                                   integrations=integrations)
 
     def _record(self, call: Call) -> list[Qualification]:
         outcome = self.store.transact(lambda tx: self.engine.apply(tx, call))

@@ -35,6 +35,7 @@ from .calls import Call
 from .errors import UnknownSubject
 from .evaluator import measure
 from .facts import Subject, SubjectFacts, load_subject, load_subjects
+from .identities import link
 from .messages import call_message
 from .models import Qualification, StageChange, Status
 from .outbox import Outbox, wall_micros
@@ -99,6 +100,8 @@ class Engine:
         backfill) writes no outbox rows."""
         if call.kind == "stage":
             return self.import_stage(tx, call, deliver=deliver)
+        if call.kind == "alias":
+            return self.alias(tx, call, deliver=deliver)
         return self.apply(tx, call, deliver=deliver)
 
     def apply(self, tx: Transaction, call: Call, *, deliver: bool = True) -> Outcome:
@@ -106,13 +109,32 @@ class Engine:
         event or the merged traits, the qualifications it completes and, with ``deliver``,
         their outbox rows (and the mirrored call's, with ``forward_events``)."""
         ts = to_micros(call.at)
+        given = call
+        if call.kind == "alias":
+            return self.alias(tx, call, deliver=deliver)
+        if call.message_id is not None and call.kind != "track" and not tx.remember_call(
+                call.message_id, call.user_id):
+            return Outcome(applied=False)  # an identify/group seen before
+        linked = Outcome()
+        if (call.kind == "identify" and call.anonymous_id is not None
+                and call.anonymous_id != call.user_id):
+            linked = self._link(tx, call.anonymous_id, call.user_id, call.at, deliver)
+        canonical = tx.alias_of(call.user_id)
+        if canonical is not None:  # an id linked to a user counts for that user
+            call = call._replace(user_id=canonical)
         tx.lock_subjects(call.user_id, call.account_id)
         user, account = load_subjects(tx, call.user_id, call.account_id, ts)
         account_id = account.id if account else None
         moves: list[Move] = []
         if call.kind == "track":
-            if not tx.insert_event(call.message_id, call.user_id, account_id, call.event, ts,
-                                   call.data_json):
+            if call.context is None and call.integrations is None:
+                inserted = tx.insert_event(call.message_id, call.user_id, account_id,
+                                           call.event, ts, call.data_json)
+            else:
+                inserted = tx.insert_event_with(call.message_id, call.user_id, account_id,
+                                                call.event, ts, call.data_json, call.context,
+                                                call.integrations)
+            if not inserted:
                 return Outcome(applied=False)
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
@@ -132,10 +154,53 @@ class Engine:
                                     account, user_id=call.user_id, account_id=account_id,
                                     at=call.at, moves=moves)
         if not deliver or not (created or self.forward_events):
-            return Outcome(tuple(created), tuple(moves))
-        message = call_message(call, account_id) if self.forward_events else None
+            return linked.merge(Outcome(tuple(created), tuple(moves)))
+        message = call_message(given, account_id) if self.forward_events else None
         queued = self._enqueue(tx, created, moves, call.kind, call.user_id, message)
-        return Outcome(tuple(created), tuple(moves), queued=queued)
+        return linked.merge(Outcome(tuple(created), tuple(moves), queued=queued))
+
+    # -- identities -----------------------------------------------------------------------
+
+    def alias(self, tx: Transaction, call: Call, *, deliver: bool = True) -> Outcome:
+        """Record an ``alias`` (``event`` holds the previous id): link it to the user and
+        merge what it recorded (see :mod:`pqlsdk.identities`)."""
+        if call.message_id is not None and not tx.remember_call(call.message_id,
+                                                                call.user_id):
+            return Outcome(applied=False)
+        outcome = self._link(tx, call.event, call.user_id, call.at, deliver)
+        if deliver and self.forward_events:
+            message = call_message(call, None)
+            tx.enqueue([self.outbox.segment_row("alias", call.user_id, message,
+                                                wall_micros())])
+            outcome = outcome.merge(Outcome(queued=True))
+        return outcome
+
+    def _link(self, tx: Transaction, previous: str, user_id: str, at: datetime,
+              deliver: bool) -> Outcome:
+        """Link ``previous`` to ``user_id``; when two subjects merged, re-check the user's
+        rules as of ``at`` (their events now count together) and write the outbox rows of
+        what that and the merge's stage move produced."""
+        linked = link(tx, previous, user_id, to_micros(at))
+        if not linked.merged:
+            return Outcome()
+        account_id = tx.account_of(linked.user_id)
+        moves: list[Move] = []
+        created = self._qualify(tx, self._by_subject["user"],
+                                load_subject(tx, "user", linked.user_id),
+                                user_id=linked.user_id, account_id=account_id, at=at,
+                                moves=moves)
+        queued = False
+        if deliver:
+            queued = self._enqueue(tx, created, moves, "alias", linked.user_id, None)
+            if linked.stage_change is not None:
+                stamp = wall_micros()
+                rows = self.outbox.hook_rows([(linked.stage_change, linked.user_id)], stamp)
+                rows += self.outbox.stage_rows(
+                    [(linked.stage_change, linked.user_id, account_id, _new_id())], stamp)
+                if rows:
+                    tx.enqueue(rows)
+                    queued = True
+        return Outcome(tuple(created), tuple(moves), linked.stage_change, queued)
 
     # -- stages ---------------------------------------------------------------------------
 

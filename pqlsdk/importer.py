@@ -44,7 +44,7 @@ from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction, staging and replay alike.
 BATCH = 2_000
-KINDS = ("track", "identify", "group")
+KINDS = ("track", "identify", "group", "page", "screen", "alias")
 
 
 @attrs.frozen
@@ -209,11 +209,13 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
         return _stage_change(line, message)
     if kind not in KINDS:
         if not isinstance(kind, str) or not kind:
-            raise ValidationError("type is missing; expected track, identify or group")
+            raise ValidationError("type is missing; expected track, identify, group, page, "
+                                  "screen, alias or stage")
         return kind
     user_id = message.get("userId") or message.get("anonymousId")
     if user_id is None:
         raise ValidationError("userId or anonymousId is required")
+    anonymous_id = message.get("anonymousId") if message.get("userId") else None
     stamp = message.get("timestamp") or message.get("originalTimestamp") or message.get(
         "receivedAt")
     if stamp is None:
@@ -226,9 +228,21 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
         call = calls.prepare_track(user_id, message.get("event"), message.get("properties"),
                                    account_id=context.get("groupId"), timestamp=at,
                                    message_id=message.get("messageId"))
-    elif kind == "identify":
+    elif kind in ("page", "screen"):  # recorded as the event "page" / "screen"
+        call = calls.prepare_page(kind, user_id, message.get("name"),
+                                  message.get("properties"),
+                                  category=message.get("category"),
+                                  account_id=context.get("groupId"), timestamp=at,
+                                  message_id=message.get("messageId"))
+    elif kind == "alias":
+        if message.get("previousId") is None or message.get("userId") is None:
+            raise ValidationError("an alias message needs previousId and userId")
+        call = calls.prepare_alias(message.get("previousId"), message.get("userId"),
+                                   timestamp=at)
+    elif kind == "identify":  # naming both ids links the anonymous one to the user
         call = calls.prepare_identify(user_id, message.get("traits"), timestamp=at,
-                                      account_id=context.get("groupId"))
+                                      account_id=context.get("groupId"),
+                                      anonymous_id=anonymous_id)
     else:
         if message.get("groupId") is None:
             raise ValidationError("groupId is required for a group message")
@@ -240,7 +254,7 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
     else:
         text = line.strip().encode("utf-8", "surrogatepass")
         message_id = "line:" + hashlib.sha1(text).hexdigest()
-        if kind == "track":
+        if call.kind == "track":
             call = call._replace(message_id=message_id)
     return message_id, to_micros(at), call
 
@@ -292,9 +306,11 @@ def _staged_row(number: int, raw: bytes | str) -> tuple[Any, ...] | str:
         return parsed
     message_id, ts, call = parsed
     data = call.data_json if call.kind == "track" else json.dumps(call.data)
-    _text_check(message_id, call.user_id, call.account_id, call.event, data)
+    # an identify's event column holds the anonymous id it links (an alias's, the previous id)
+    event = call.anonymous_id if call.kind == "identify" else call.event
+    _text_check(message_id, call.user_id, call.account_id, event, data)
     return (message_id, ts, number, call.kind, call.user_id, call.account_id,
-            call.event or None, data)
+            event or None, data)
 
 
 class _Import:
@@ -404,8 +420,12 @@ class _Import:
                 rows = tx.staged_batch(BATCH)
             for message_id, ts, kind, user_id, account_id, event, data, _ in rows:
                 traits = json.loads(data) if kind != "track" else {}
-                call = Call(kind, user_id, from_micros(ts), account_id, event or "", traits,
-                            data, message_id if kind == "track" else None)
+                if kind == "identify":  # the event column holds the anonymous id it links
+                    call = Call(kind, user_id, from_micros(ts), account_id, "", traits, data,
+                                anonymous_id=event)
+                else:
+                    call = Call(kind, user_id, from_micros(ts), account_id, event or "",
+                                traits, data, message_id if kind == "track" else None)
                 outcome = self.engine.replay(tx, call, deliver=self.deliver)
                 queued |= outcome.queued
                 qualified += len(outcome.qualifications)

@@ -37,7 +37,7 @@ T = TypeVar("T")
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: How many times a transaction is retried before the error reaches the caller.
@@ -143,12 +143,21 @@ _HANDOFFS = [
     HANDOFF_BACKFILL,
 ]
 
+# issue 20: identities (see the SQLite store's _identities)
+_IDENTITIES = [
+    "CREATE TABLE aliases (alias TEXT PRIMARY KEY, user_id TEXT NOT NULL, at BIGINT NOT NULL)",
+    "CREATE INDEX aliases_user ON aliases(user_id)",
+    "ALTER TABLE events ADD COLUMN context TEXT",
+    "ALTER TABLE events ADD COLUMN integrations TEXT",
+]
+
 #: (statements, the oldest package schema generation that can still use the result)
 MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_TRAIT_HISTORY, 1),
                                            (_QUALIFICATION_FIRINGS, 1), (_HANDOFFS, 1),
                                            # issue 20: sales' structured reasons
                                            (["ALTER TABLE stage_changes ADD COLUMN "
-                                             "criteria TEXT"], 1)]
+                                             "criteria TEXT"], 1),
+                                           (_IDENTITIES, 1)]
 
 
 def _psycopg() -> Any:

@@ -412,6 +412,18 @@ def _stage_criteria(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE stage_changes ADD COLUMN criteria TEXT")
 
 
+def _identities(db: sqlite_utils.Database) -> None:
+    """Issue 20: identities. ``aliases`` maps an id that was linked to a user (Segment's
+    ``alias``, or an anonymous id an ``identify`` linked) to that user; calls under it count
+    for the user from then on. Events keep the call's Segment ``context`` and
+    ``integrations`` as given (NULL when absent)."""
+    db.execute("CREATE TABLE aliases (alias TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+               "at INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE INDEX aliases_user ON aliases(user_id)")
+    db.execute("ALTER TABLE events ADD COLUMN context TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN integrations TEXT")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
@@ -420,6 +432,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _qualification_firings,  # issue 20
     _handoffs,  # issue 20
     _stage_criteria,  # issue 20
+    _identities,  # issue 20
 ]
 
 
@@ -854,6 +867,104 @@ class Transaction:
         )
         return cursor.rowcount == 1
 
+    def insert_event_with(self, message_id: str | None, user_id: str, account_id: str | None,
+                          event: str, ts: int, properties: str, context: str | None,
+                          integrations: str | None) -> bool:
+        """:meth:`insert_event` with the call's Segment ``context`` and ``integrations``
+        (JSON texts, kept as given)."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO events (message_id, user_id, account_id, event, ts, "
+            "properties, context, integrations) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, user_id, account_id, event, ts, properties, context, integrations))
+        return cursor.rowcount == 1
+
+    def remember_call(self, message_id: str, user_id: str) -> bool:
+        """Record the ``message_id`` of an identify/group/alias call (as imports do); False
+        when it was recorded before (the call is a duplicate)."""
+        return self.conn.execute(
+            "INSERT OR IGNORE INTO import_done (message_id, user_id) VALUES (?, ?)",
+            (message_id, user_id)).rowcount == 1
+
+    # -- identities -----------------------------------------------------------------------
+
+    def alias_of(self, user_id: str) -> str | None:
+        """The user an id was linked to (``alias``), or None."""
+        row = self.conn.execute("SELECT user_id FROM aliases WHERE alias = ?",
+                                (user_id,)).fetchone()
+        return row[0] if row else None
+
+    def user_row(self, user_id: str) -> dict[str, Any] | None:
+        """A user's row (traits, account, stage, round, first entries), or None."""
+        cursor = self.conn.execute("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        row = cursor.fetchone()
+        return None if row is None else _row_dict(cursor, row)
+
+    def rule_firsts(self, user_ids: tuple[str, str]) -> list[tuple[str, str, int, int]]:
+        """``(user id, rule, shadow, first qualified_at)`` of both users' qualifications."""
+        return self.conn.execute(
+            "SELECT subject_id, rule, shadow, min(qualified_at) FROM qualifications WHERE "
+            "subject_type = 'user' AND subject_id IN (?, ?) GROUP BY subject_id, rule, shadow",
+            user_ids).fetchall()
+
+    def drop_qualifications(self, user_id: str, rule: str, shadow: int) -> None:
+        """Remove a user's qualifications of one rule (an alias keeps the earlier one)."""
+        self.conn.execute(
+            "DELETE FROM handoffs WHERE qualification_id IN (SELECT id FROM qualifications "
+            "WHERE subject_type = 'user' AND subject_id = ? AND rule = ? AND shadow = ?)",
+            (user_id, rule, shadow))
+        self.conn.execute(
+            "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ? "
+            "AND rule = ? AND shadow = ?", (user_id, rule, shadow))
+
+    def move_user_rows(self, previous: str, user_id: str, round_: int) -> None:
+        """Everything recorded under user ``previous`` now belongs to ``user_id`` (its
+        qualifications join ``round_``): events, rollups, qualifications, history, trait
+        history, hand-offs, pending deliveries, import bookkeeping and aliases."""
+        for sql in (
+            "UPDATE events SET user_id = ?2 WHERE user_id = ?1",
+            "UPDATE event_rollups SET user_id = ?2 WHERE user_id = ?1",
+            "UPDATE qualifications SET user_id = ?2 WHERE user_id = ?1",
+            "UPDATE stage_changes SET subject_id = ?2 WHERE subject_type = 'user' "
+            "AND subject_id = ?1",
+            "UPDATE trait_changes SET subject_id = ?2 WHERE subject_type = 'user' "
+            "AND subject_id = ?1",
+            "UPDATE handoffs SET subject_id = ?2 WHERE subject_type = 'user' AND subject_id = ?1",
+            "UPDATE outbox SET user_id = ?2 WHERE user_id = ?1",
+            "UPDATE import_done SET user_id = ?2 WHERE user_id = ?1",
+            "UPDATE import_staging SET user_id = ?2 WHERE user_id = ?1",
+            "UPDATE aliases SET user_id = ?2 WHERE user_id = ?1",
+        ):
+            self.conn.execute(sql, (previous, user_id))
+        self.conn.execute(
+            "UPDATE qualifications SET subject_id = ?2, round = ?3 WHERE subject_type = 'user' "
+            "AND subject_id = ?1", (previous, user_id, round_))
+
+    def rename_user(self, previous: str, user_id: str) -> None:
+        """The user row of ``previous`` becomes ``user_id``'s (which had none)."""
+        self.conn.execute("UPDATE users SET user_id = ? WHERE user_id = ?",
+                          (user_id, previous))
+
+    def merge_user_row(self, previous: str, user_id: str, traits_json: str,
+                       account_id: str | None) -> None:
+        """Fold ``previous``'s row into ``user_id``'s: the merged traits, the account, the
+        earliest first-seen and first entry into each stage; then remove it."""
+        firsts = ", ".join(f"first_{stage} = CASE WHEN p.first_{stage} IS NULL THEN "
+                           f"users.first_{stage} WHEN users.first_{stage} IS NULL THEN "
+                           f"p.first_{stage} WHEN p.first_{stage} < users.first_{stage} THEN "
+                           f"p.first_{stage} ELSE users.first_{stage} END"
+                           for stage in STAGES)
+        self.conn.execute(
+            f"UPDATE users SET traits = ?, account_id = ?, first_seen = CASE WHEN "
+            f"p.first_seen < users.first_seen THEN p.first_seen ELSE users.first_seen END, "
+            f"{firsts} FROM (SELECT * FROM users WHERE user_id = ?) AS p "
+            f"WHERE users.user_id = ?", (traits_json, account_id, previous, user_id))
+        self.conn.execute("DELETE FROM users WHERE user_id = ?", (previous,))
+
+    def add_alias(self, alias: str, user_id: str, at: int) -> None:
+        """Link ``alias`` to ``user_id``."""
+        self.conn.execute("INSERT INTO aliases (alias, user_id, at) VALUES (?, ?, ?) "
+                          "ON CONFLICT DO NOTHING", (alias, user_id, at))
+
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, the user's row and its account's. ``None`` for an unknown user."""
@@ -1030,6 +1141,7 @@ class Transaction:
             "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
             "DELETE FROM trait_changes WHERE subject_type = 'user' AND subject_id = ?",
             "DELETE FROM handoffs WHERE subject_type = 'user' AND subject_id = ?",
+            "DELETE FROM aliases WHERE user_id = ? OR alias = ?1",
             "DELETE FROM outbox WHERE user_id = ?",
             "DELETE FROM users WHERE user_id = ?",
         ):
