@@ -40,7 +40,8 @@ def _who(user_id: Any, anonymous_id: Any) -> tuple[str, str | None]:
     """The subject of a call (the user id, else the anonymous id) and the anonymous id."""
     if user_id is None and anonymous_id is None:
         raise validation.ValidationError(
-            "pass user_id, or anonymous_id= for activity before signup")
+            "user_id must be a non-empty string (got None); pass user_id, or anonymous_id= "
+            "for activity before signup")
     anonymous = validation.optional_identifier("anonymous_id", anonymous_id)
     if user_id is None:
         assert anonymous is not None

@@ -166,7 +166,11 @@ class Client:
         if not isinstance(max_retries, int) or max_retries < 1:
             raise ValidationError(f"max_retries must be a whole number >= 1 (got {max_retries!r})")
         self.segment = segment
-        self.forward_events = forward_events and segment is not None  # nothing to mirror to
+        if forward_events and segment is None:
+            raise ValidationError(
+                "forward_events=True mirrors every call to Segment, so it needs segment= (a "
+                "segment.analytics.Client); pass one, or leave forward_events off")
+        self.forward_events = bool(forward_events)
         self.sync_mode = sync_mode
         self.store: Store = open_store(
             database, busy_timeout=busy_timeout, synchronous=synchronous, schema=schema,

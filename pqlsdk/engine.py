@@ -33,8 +33,8 @@ import attrs
 
 from .calls import Call
 from .errors import UnknownSubject
-from .evaluator import measure
-from .facts import Subject, SubjectFacts, load_subject, load_subjects
+from .evaluator import holds, measure
+from .facts import EmptyFacts, Subject, SubjectFacts, load_subject, load_subjects
 from .identities import link
 from .messages import call_message
 from .models import Qualification, StageChange, Status
@@ -91,6 +91,11 @@ class Engine:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self._qualify = functools.partial(qualify, scoring=rules.scoring)
+        #: Per subject type, the rules that hold on a subject with no events and no traits
+        #: (``exists = false``, ``at_most``, ``not``): checked when a subject is first seen.
+        empty = EmptyFacts(rules.scoring)
+        self._first_seen = {kind: [r for r in found if holds(r.condition, empty)]
+                            for kind, found in self._by_subject.items()}
 
     # -- recorded calls -------------------------------------------------------------------
 
@@ -123,7 +128,8 @@ class Engine:
         if canonical is not None:  # an id linked to a user counts for that user
             call = call._replace(user_id=canonical)
         tx.lock_subjects(call.user_id, call.account_id)
-        user, account = load_subjects(tx, call.user_id, call.account_id, ts)
+        new: list[str] = []
+        user, account = load_subjects(tx, call.user_id, call.account_id, ts, new)
         account_id = account.id if account else None
         moves: list[Move] = []
         if call.kind == "track":
@@ -153,11 +159,27 @@ class Engine:
             created = self._qualify(tx, self.rules.reading_traits("account", changed),
                                     account, user_id=call.user_id, account_id=account_id,
                                     at=call.at, moves=moves)
+        if new:  # rules that hold on a subject first seen, whatever the call read
+            created += self._check_first_seen(tx, new, call, account_id, moves)
         if not deliver or not (created or self.forward_events):
             return linked.merge(Outcome(tuple(created), tuple(moves)))
         message = call_message(given, account_id) if self.forward_events else None
         queued = self._enqueue(tx, created, moves, call.kind, call.user_id, message)
         return linked.merge(Outcome(tuple(created), tuple(moves), queued=queued))
+
+    def _check_first_seen(self, tx: Transaction, new: list[str], call: Call,
+                          account_id: str | None, moves: list[Move]) -> list[Qualification]:
+        created: list[Qualification] = []
+        for kind in new:
+            rules = self._first_seen[kind]
+            if not rules:
+                continue
+            subject_id = call.user_id if kind == "user" else account_id
+            assert subject_id is not None
+            created += self._qualify(tx, rules, load_subject(tx, kind, subject_id),
+                                     user_id=call.user_id, account_id=account_id,
+                                     at=call.at, moves=moves)
+        return created
 
     # -- identities -----------------------------------------------------------------------
 

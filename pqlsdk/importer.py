@@ -51,7 +51,9 @@ KINDS = ("track", "identify", "group", "page", "screen", "alias")
 class ImportResult:
     """What an import did: lines read, messages applied, duplicates skipped (already
     imported, or the same messageId twice), other message types skipped, and each bad line
-    as ``(line number, reason)``."""
+    as ``(line number, reason)``. A line an interrupted earlier run had staged but not
+    applied is applied now: it counts in ``applied`` and ``resumed``, never in
+    ``duplicates``."""
 
     read: int
     applied: int
@@ -59,6 +61,7 @@ class ImportResult:
     skipped: dict[str, int]
     errors: tuple[tuple[int, str], ...]
     qualifications: int
+    resumed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -331,6 +334,7 @@ class _Import:
             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None) -> ImportResult:
         """Stage, replay, and say what happened."""
         read = staged = valid = 0
+        self.resumed = 0
         skipped: dict[str, int] = {}
         pending: list[tuple[Any, ...]] = []
         for number, raw in source.lines():
@@ -352,14 +356,16 @@ class _Import:
         if source.broken is not None:
             self.bad(*source.broken)
         applied, qualified = self.replay(progress)
-        return ImportResult(read, applied, valid - staged, skipped, tuple(self.errors),
-                            qualified)
+        return ImportResult(read, applied, valid - staged - self.resumed, skipped,
+                            tuple(self.errors), qualified, self.resumed)
 
     def stage(self, pending: list[tuple[Any, ...]]) -> int:
         """Stage a batch in one transaction; if a row makes it fail, stage the rows one by
         one so that only that row is left out (and reported)."""
         try:
             with self.store.write() as tx:
+                # staged by an interrupted run, not applied yet: applied now, not duplicates
+                self.resumed += tx.already_staged([row[0] for row in pending])
                 added = tx.stage_messages(pending)
         except StoreError:
             raise  # the file's problem, not a line's: stop (staged batches are kept)
@@ -368,6 +374,7 @@ class _Import:
             for row in pending:
                 try:
                     with self.store.write() as tx:
+                        self.resumed += tx.already_staged([row[0]])
                         added += tx.stage_messages([row])
                 except StoreError:
                     raise

@@ -994,8 +994,9 @@ class Transaction:
             "UPDATE users SET account_id = ? WHERE user_id = ?", (account_id, user_id)
         )
 
-    def add_account(self, account_id: str, ts: int) -> None:
-        """Record an account (a ``lead`` from ``ts``), unless it is known already."""
+    def add_account(self, account_id: str, ts: int) -> bool:
+        """Record an account (a ``lead`` from ``ts``), unless it is known already; whether
+        it was new."""
         cursor = self.conn.execute(
             "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen, first_lead) "
             "VALUES (?, '{}', ?, ?2)",
@@ -1004,6 +1005,8 @@ class Transaction:
         if cursor.rowcount:
             self.add_stage_change("account", account_id, None, FIRST_STAGE, ts, "first_seen",
                                   None)
+            return True
+        return False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -1508,6 +1511,17 @@ class Transaction:
         )
         return self.conn.total_changes - before
 
+    def already_staged(self, message_ids: list[str]) -> int:
+        """How many of these (distinct) message ids are staged already, not yet replayed."""
+        ids = sorted(set(message_ids))
+        found = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found += self.conn.execute(
+                f"SELECT count(*) FROM import_staging WHERE message_id IN "
+                f"({','.join('?' * len(chunk))})", chunk).fetchone()[0]
+        return found
+
     def staged_count(self) -> int:
         """Messages waiting for replay."""
         return self.conn.execute("SELECT count(*) FROM import_staging").fetchone()[0]
@@ -1698,6 +1712,11 @@ class Transaction:
         return dict(self.conn.execute(
             f"SELECT {column}, min(ts) FROM events WHERE event = ? AND ts <= ? "
             f"AND {column} IS NOT NULL GROUP BY {column}", (event, until)).fetchall())
+
+    def first_seen_times(self, subject_type: str) -> dict[str, int]:
+        """When each user (or account) was first seen, by id."""
+        table, key = _TABLES[subject_type]
+        return dict(self.conn.execute(f"SELECT {key}, first_seen FROM {table}").fetchall())
 
     def all_traits(self, subject_type: str) -> dict[str, str]:
         """Every user's (or account's) traits JSON, by id."""
