@@ -38,9 +38,12 @@ def overdue(tx: Transaction, accept_within: timedelta, as_of: int) -> list[Overd
 
 
 def _found(rows: list[tuple[Any, ...]], accept_within: timedelta) -> list[Overdue]:
-    return [Overdue(kind, sid, stage, from_micros(at), rule, qid,
-                    from_micros(at) + accept_within)
-            for qid, kind, sid, stage, rule, at in rows]
+    found = []
+    for qid, kind, sid, stage, rule, at in rows:
+        qualified_at = from_micros(at)
+        found.append(Overdue(kind, sid, stage, qualified_at, rule, qid,
+                             qualified_at + accept_within))
+    return found
 
 
 def notify(tx: Transaction, accept_within: timedelta, now: int,
