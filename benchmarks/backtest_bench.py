@@ -28,6 +28,7 @@ import tracemalloc
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
+from pqlsdk.store.sqlite import fill_tenant_keys
 from pqlsdk.timestamps import to_micros
 
 from funnel import best_of
@@ -85,6 +86,7 @@ def populate(path: str, events: int, per_user: int = 50) -> list[str]:
                      "VALUES (?, ?, ?, ?, ?)", rows)
     conn.executemany("INSERT INTO stage_changes (subject_type, subject_id, from_stage, "
                      "to_stage, at, source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)", stages)
+    fill_tenant_keys(conn)  # what pqlsdk would have written (issue 19)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

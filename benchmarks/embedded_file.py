@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
 from pqlsdk import filecheck
+from pqlsdk.store.sqlite import fill_tenant_keys
 from pqlsdk.timestamps import to_micros
 
 from track import NOW, RULES, cli, per_call
@@ -61,8 +62,8 @@ def grow(path: str, target_bytes: int) -> int:
                  f'{rng.randrange(1000)}", "session": "{rng.getrandbits(128):032x}"}}')
                 for _ in range(50_000)]
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO events (user_id, account_id, event, ts, properties) "
-                         "VALUES (?, ?, ?, ?, ?)", rows)
+        conn.executemany("INSERT INTO events (tenant_key, user_id, account_id, event, ts, "
+                         "properties) VALUES (?2, ?1, ?2, ?3, ?4, ?5)", rows)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         events += len(rows)
@@ -143,6 +144,7 @@ def _populate_with_old(path: str, events: int) -> list[str]:
                      ((users[i], f"acct-{i // 5}", rng.choice(KINDS),
                        now - rng.randrange(800 * day), f'{{"n": {n}}}')
                       for n, i in ((n, rng.randrange(len(users))) for n in range(events))))
+    fill_tenant_keys(conn)  # what pqlsdk would have written (issue 19)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

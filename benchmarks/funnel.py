@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
 from pqlsdk.stages import STAGES
+from pqlsdk.store.sqlite import fill_tenant_keys
 from pqlsdk.timestamps import to_micros
 
 from track import NOW, cli
@@ -60,6 +61,7 @@ def populate(path: str, changes: int) -> None:
         [(u, traits, at, *firsts) for u, traits, at, firsts in users])
     conn.executemany("INSERT INTO stage_changes (subject_type, subject_id, from_stage, "
                      "to_stage, at, source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    fill_tenant_keys(conn)  # what pqlsdk would have written (issue 19)
     conn.execute("COMMIT")
     conn.close()
 

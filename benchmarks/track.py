@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
+from pqlsdk.store.sqlite import fill_tenant_keys
 
 RULES = {"rules": [
     {"name": "team_activation", "all": [
@@ -59,25 +60,30 @@ def populate(path: str, events: int, heavy: int, per_user: int = 100) -> list[st
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN")
     conn.executemany(
-        "INSERT INTO users (user_id, account_id, traits, first_seen) VALUES (?, ?, ?, ?)",
+        "INSERT INTO users (tenant_key, user_id, account_id, traits, first_seen) "
+        "VALUES (?2, ?1, ?2, ?3, ?4)",
         [(u, f"acct-{i // 5}", '{"plan": "paid"}', start) for i, u in enumerate(users)]
         + [("heavy", "acct-heavy", '{"plan": "trial"}', start)],
     )
     conn.executemany(
-        "INSERT INTO accounts (account_id, traits, first_seen) VALUES (?, '{}', ?)",
+        "INSERT INTO accounts (tenant_key, account_id, traits, first_seen) "
+        "VALUES (?1, ?1, '{}', ?2)",
         [(f"acct-{i}", start) for i in range(len(users) // 5 + 1)] + [("acct-heavy", start)],
     )
     rows = (
         (u, f"acct-{i // 5}", rng.choice(KINDS), start + rng.randrange(span), "{}")
         for i, u in enumerate(users) for _ in range(per_user)
     )
-    conn.executemany("INSERT INTO events (user_id, account_id, event, ts, properties) "
-                     "VALUES (?, ?, ?, ?, ?)", rows)
+    # each row in its tenant (the user's account), as track() writes it
+    conn.executemany("INSERT INTO events (tenant_key, user_id, account_id, event, ts, "
+                     "properties) VALUES (?2, ?1, ?2, ?3, ?4, ?5)", rows)
     conn.executemany(
-        "INSERT INTO events (user_id, account_id, event, ts, properties) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO events (tenant_key, user_id, account_id, event, ts, properties) "
+        "VALUES (?2, ?1, ?2, ?3, ?4, ?5)",
         (("heavy", "acct-heavy", "report_generated", start + rng.randrange(span), "{}")
          for _ in range(heavy)),
     )
+    fill_tenant_keys(conn)  # the users' directory rows (issue 19)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -107,14 +113,17 @@ def measure(quick: bool, rounds: int = 15, calls: int = 300) -> list[tuple[str, 
     base = sqlite3.connect(base_path, isolation_level=None)
     base.execute("PRAGMA journal_mode = WAL")
     base.execute("PRAGMA synchronous = NORMAL")
-    insert = ("INSERT INTO events (message_id, user_id, account_id, event, ts, properties) "
-              "VALUES (?, ?, ?, ?, ?, ?)")
+    # the same row track() writes: in the user's tenant (its account), keyed by it
+    insert = ("INSERT INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
+              "properties) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    tenant = {u: f"acct-{i // 5}" for i, u in enumerate(users)}
     client = pqlsdk.Client(path, rules=RULES)
     rng = random.Random(11)
     ts = NOW
 
     def bare() -> None:
-        base.execute(insert, (None, rng.choice(users), "acct-1", "report_generated",
+        user = rng.choice(users)
+        base.execute(insert, (tenant[user], None, user, tenant[user], "report_generated",
                               pqlsdk.timestamps.to_micros(ts), "{}"))
 
     def light() -> None:

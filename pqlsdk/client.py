@@ -591,11 +591,13 @@ class Client:
         validation.subject_type(subject)
         until = _micros(as_of, "as_of")
         with self.store.read() as tx:
-            return [
-                SubjectFacts(tx, load_subject(tx, subject, subject_id)._replace(since=None),
-                             until, self.rules.scoring).score("total")
-                for subject_id in tx.all_subjects(subject)
-            ]
+            totals = []
+            for subject_id in tx.all_subjects(subject):
+                tx.enter(subject, subject_id)  # what follows reads this subject's tenant
+                facts = SubjectFacts(tx, load_subject(tx, subject, subject_id)._replace(
+                    since=None), until, self.rules.scoring)
+                totals.append(facts.score("total"))
+            return totals
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """``pqlsdk copy pql.db postgresql://...``: move an embedded file into PostgreSQL.
 
-Copies events, users, accounts (traits, stage, rounds), stage history, qualifications,
-pruned-event rollups, the import bookkeeping, forgotten ids and the outbox rows still
-pending or failed. Idempotent and resumable: each table is copied in chunks in the file's
-id order, each chunk committed with how far it got (table ``copy_progress``, per source
-file), so a stopped copy resumes where it stopped and a second run adds nothing. Rows keyed
-by their own id (users, accounts, qualifications, import ids) are inserted unless there.
+Copies the user directory, events, users, accounts (traits, stage, rounds), stage history,
+qualifications, pruned-event rollups, the import bookkeeping, forgotten ids and the outbox
+rows still pending or failed, each row with its tenant key as the file has it. Idempotent
+and resumable: each table is copied in chunks in the file's id order, each chunk committed
+with how far it got (table ``copy_progress``, per source file), so a stopped copy resumes
+where it stopped and a second run adds nothing. Rows keyed by their own id (users,
+accounts, qualifications, import ids) are inserted unless there.
 
     >>> copy_file("pql.db", "postgresql://app@db/app")
     CopyResult(copied={'events': 1200, ...})
@@ -27,31 +28,33 @@ CHUNK = 5_000
 #: (table, columns, how a row is told apart on the server: "id" = resume by the file's id,
 #: else the conflict clause that makes a second insert a no-op)
 _TABLES: list[tuple[str, list[str], str]] = [
-    ("users", ["user_id", "account_id", "traits", "first_seen", "stage", "round",
-               "round_since", "first_lead", "first_mql", "first_pql", "first_sql",
+    ("user_directory", ["tenant_key", "account_id"], "ON CONFLICT DO NOTHING"),
+    ("users", ["tenant_key", "user_id", "account_id", "traits", "first_seen", "stage",
+               "round", "round_since", "first_lead", "first_mql", "first_pql", "first_sql",
                "first_opportunity", "first_customer"], "ON CONFLICT DO NOTHING"),
-    ("accounts", ["account_id", "traits", "first_seen", "stage", "round", "round_since",
-                  "first_lead", "first_mql", "first_pql", "first_sql", "first_opportunity",
-                  "first_customer"], "ON CONFLICT DO NOTHING"),
-    ("events", ["message_id", "user_id", "account_id", "event", "ts", "properties",
-                "context", "integrations"], "id"),
-    ("aliases", ["alias", "user_id", "at"], "ON CONFLICT DO NOTHING"),
-    ("stage_changes", ["subject_type", "subject_id", "from_stage", "to_stage", "at",
-                       "source", "reason", "criteria"], "id"),
-    ("qualifications", ["id", "rule", "stage", "subject_type", "subject_id", "user_id",
-                        "account_id", "qualified_at", "evidence", "round", "rule_version",
-                        "shadow", "firing"], "ON CONFLICT DO NOTHING"),
-    ("trait_changes", ["subject_type", "subject_id", "trait", "value", "at"], "id"),
-    ("handoffs", ["qualification_id", "subject_type", "subject_id", "rule", "qualified_at",
-                  "notified_at"], "ON CONFLICT DO NOTHING"),
-    ("event_rollups", ["user_id", "account_id", "event", "properties", "n", "first_ts",
-                       "last_ts"], "id"),
-    ("import_done", ["message_id", "user_id"], "ON CONFLICT DO NOTHING"),
-    ("import_staging", ["message_id", "ts", "line_no", "kind", "user_id", "account_id",
-                        "event", "data"], "ON CONFLICT DO NOTHING"),
+    ("accounts", ["tenant_key", "account_id", "traits", "first_seen", "stage", "round",
+                  "round_since", "first_lead", "first_mql", "first_pql", "first_sql",
+                  "first_opportunity", "first_customer"], "ON CONFLICT DO NOTHING"),
+    ("events", ["tenant_key", "message_id", "user_id", "account_id", "event", "ts",
+                "properties", "context", "integrations"], "id"),
+    ("aliases", ["tenant_key", "user_id", "at"], "ON CONFLICT DO NOTHING"),
+    ("stage_changes", ["tenant_key", "subject_type", "subject_id", "from_stage", "to_stage",
+                       "at", "source", "reason", "criteria"], "id"),
+    ("qualifications", ["tenant_key", "id", "rule", "stage", "subject_type", "subject_id",
+                        "user_id", "account_id", "qualified_at", "evidence", "round",
+                        "rule_version", "shadow", "firing"], "ON CONFLICT DO NOTHING"),
+    ("trait_changes", ["tenant_key", "subject_type", "subject_id", "trait", "value", "at"],
+     "id"),
+    ("handoffs", ["tenant_key", "qualification_id", "subject_type", "subject_id", "rule",
+                  "qualified_at", "notified_at"], "ON CONFLICT DO NOTHING"),
+    ("event_rollups", ["tenant_key", "user_id", "account_id", "event", "properties", "n",
+                       "first_ts", "last_ts"], "id"),
+    ("import_done", ["tenant_key", "message_id", "user_id"], "ON CONFLICT DO NOTHING"),
+    ("import_staging", ["tenant_key", "message_id", "ts", "line_no", "kind", "user_id",
+                        "account_id", "event", "data"], "ON CONFLICT DO NOTHING"),
     ("forgotten", ["hash"], "ON CONFLICT DO NOTHING"),
-    ("outbox", ["destination", "kind", "user_id", "payload", "status", "attempts",
-                "next_attempt_at", "last_error", "created_at", "format"], "id"),
+    ("outbox", ["tenant_key", "destination", "kind", "user_id", "payload", "status",
+                "attempts", "next_attempt_at", "last_error", "created_at", "format"], "id"),
 ]
 
 

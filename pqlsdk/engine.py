@@ -354,7 +354,9 @@ class Engine:
 
 
 def known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:
-    """A subject that has been seen; raises :class:`UnknownSubject` otherwise."""
+    """A subject that has been seen; raises :class:`UnknownSubject` otherwise. The
+    transaction is bound to its tenant from here (what follows reads this subject)."""
+    tx.enter(subject_type, subject_id)
     row = tx.subject_snapshot(subject_type, subject_id)
     if row is None:
         raise UnknownSubject(f"no {subject_type} {subject_id!r} has been seen")

@@ -39,7 +39,7 @@ def overdue(tx: Transaction, accept_within: timedelta, as_of: int) -> list[Overd
 
 def _found(rows: list[tuple[Any, ...]], accept_within: timedelta) -> list[Overdue]:
     found = []
-    for qid, kind, sid, stage, rule, at in rows:
+    for qid, kind, sid, stage, rule, at, _tenant in rows:
         qualified_at = from_micros(at)
         found.append(Overdue(kind, sid, stage, qualified_at, rule, qid,
                              qualified_at + accept_within))
@@ -51,14 +51,15 @@ def notify(tx: Transaction, accept_within: timedelta, now: int,
            ) -> int:
     """Write ``on_overdue`` outbox rows (``rows_for``) for overdue hand-offs not yet told
     of (at most :data:`NOTIFY_CHUNK`), and mark them told of, in ``tx``; how many."""
-    found = _found(tx.overdue(now - accept_within // _MICROSECOND, unnotified=True,
-                              limit=NOTIFY_CHUNK), accept_within)
+    rows = tx.overdue(now - accept_within // _MICROSECOND, unnotified=True,
+                      limit=NOTIFY_CHUNK)
+    found = _found(rows, accept_within)
     if not found:
         return 0
-    rows = rows_for(found)
-    if rows:
-        tx.enqueue(rows)
-    tx.mark_notified([o.qualification_id for o in found], now)
+    outbox = rows_for(found)
+    if outbox:
+        tx.enqueue(outbox)
+    tx.mark_notified([(row[6], row[0]) for row in rows], now)
     return len(found)
 
 

@@ -3,7 +3,8 @@ user id and an anonymous id), merging what was recorded under the previous id in
 
 What the previous id recorded counts for the user from then on (SPEC §11): its events,
 traits (the user's win where both have one), history and qualifications join the user's;
-the previous subject does not remain a separate lead; the later of the two stages stands
+the previous subject does not remain a separate lead (the user keeps its account); the
+later of the two stages stands
 (the user's stays when sales put it in a side state); a rule both had met stays one
 qualification, the earlier. Later calls under the previous id are recorded for the user.
 
@@ -61,14 +62,14 @@ def link(tx: Transaction, previous: str, user_id: str, ts: int) -> Linked:
     if old is None:
         return Linked(target, False)
     if new is None:  # the user takes over the previous subject as it is
-        tx.rename_user(previous, target)
-        tx.move_user_rows(previous, target, old["round"])
+        tenants = tx.rename_user(previous, target)
+        tx.move_user_rows(previous, target, old["round"], tenants)
         return Linked(target, True)
     _keep_earlier_qualifications(tx, previous, target)
-    tx.move_user_rows(previous, target, new["round"])
     traits = {**json.loads(old["traits"] or "{}"), **json.loads(new["traits"] or "{}")}
-    tx.merge_user_row(previous, target, json.dumps(traits, sort_keys=True),
-                      new["account_id"] or old["account_id"])
+    tenants = tx.merge_user_row(previous, target, json.dumps(traits, sort_keys=True))
+    tx.move_user_rows(previous, target, new["round"], tenants)
+    tx.lock_subjects(target, None)  # the call goes on in the user's tenant
     stage = merged_stage(old["stage"], new["stage"])
     if stage == new["stage"]:
         return Linked(target, True)

@@ -19,6 +19,10 @@ def json_default(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+#: Columns of a qualification's row that are not fields of :class:`Qualification`.
+_STORE_ONLY = frozenset({"round", "firing", "tenant_key"})
+
+
 @attrs.frozen
 class Qualification:
     """A subject met a rule; recorded once, with the evidence of that moment.
@@ -53,9 +57,9 @@ class Qualification:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Qualification:
-        """The inverse of :meth:`to_row` (store-only columns, ``round`` and ``firing``, are
-        dropped)."""
-        values = {k: v for k, v in row.items() if k not in ("round", "firing")}
+        """The inverse of :meth:`to_row` (store-only columns such as ``round``, ``firing``
+        and ``tenant_key`` are dropped)."""
+        values = {k: v for k, v in row.items() if k not in _STORE_ONLY}
         values["qualified_at"] = from_micros(row["qualified_at"])
         values["evidence"] = Measurement.from_dict(json.loads(row["evidence"]))
         values["shadow"] = bool(row.get("shadow", False))

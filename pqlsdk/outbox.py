@@ -31,6 +31,7 @@ from .messages import qualification_messages, stage_messages
 from .models import Overdue, Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
 from .store import PAYLOAD_FORMAT, Store, StoreClosed
+from .store.base import OutboxKey
 from .timestamps import from_micros
 
 log = logging.getLogger("pqlsdk")
@@ -399,9 +400,9 @@ class Outbox:
                 token: str) -> int:
         """Acknowledge, reschedule or fail each row (only those still ours); tell
         ``on_error`` of each failed attempt with the row's status after it."""
-        done = [row["id"] for row, error in zip(rows, results, strict=True) if error is None]
+        done = [_key(row) for row, error in zip(rows, results, strict=True) if error is None]
         failures: list[tuple[dict[str, Any], Exception, bool]] = []
-        skipped: list[int] = []
+        skipped: list[OutboxKey] = []
         now = wall_micros()
         with self.store.write() as tx:
             delivered = tx.acknowledge(done, token) if done else 0
@@ -409,14 +410,14 @@ class Outbox:
                 if error is None:
                     continue
                 if isinstance(error, NotAttempted):
-                    skipped.append(row["id"])
+                    skipped.append(_key(row))
                     continue
                 final = (isinstance(error, Fatal | Undeliverable)
                          or row["attempts"] >= self.max_retries)
                 wait = self._backoff(row["attempts"])
                 if isinstance(error, Retry) and error.retry_after is not None:
                     wait = int(error.retry_after * 1e6)
-                tx.reschedule([row["id"]], token, now + wait,
+                tx.reschedule([_key(row)], token, now + wait,
                               f"{type(error).__name__}: {error}", final)
                 failures.append((row, error, final))
             if skipped:
@@ -473,6 +474,11 @@ class Outbox:
                         "is registered under: register it under that name, or hand them to "
                         "another with client.retarget(%r, NEW_NAME)", count, destination,
                         destination)
+
+
+def _key(row: dict[str, Any]) -> OutboxKey:
+    """How a claimed row is settled: by its tenant and id."""
+    return OutboxKey(row["tenant_key"], row["id"])
 
 
 def _exists(stored: list[dict[str, Any]], qualification_id: str) -> bool:

@@ -47,7 +47,10 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
     ``staged`` (messages of an unfinished import) and ``pending_deliveries``. Raises
     :class:`~pqlsdk.UnknownSubject` for a user pqlsdk does not know."""
     with store.read() as tx:
-        users = tx.rows("users", "user_id = ?", [user_id])
+        # the user's rows are in its tenant (an account it left keeps a copy of the events
+        # it recorded there: read the user's own, once)
+        tenant = tx.enter("user", user_id)
+        users = tx.rows("users", "tenant_key = ? AND user_id = ?", [tenant, user_id])
         staged = tx.rows("import_staging", "user_id = ?", [user_id], order_by="ts, line_no")
         if not users and not staged:
             raise UnknownSubject(f"no user {user_id!r} has been seen")
@@ -55,13 +58,14 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
             {"event": row["event"], "timestamp": _iso(row["ts"]),
              "properties": json.loads(row["properties"]), "account_id": row["account_id"],
              "message_id": row["message_id"]}
-            for row in tx.rows("events", "user_id = ?", [user_id], order_by="ts, id")]
+            for row in tx.rows("events", "tenant_key = ? AND user_id = ?", [tenant, user_id],
+                               order_by="ts, id")]
         stages = [
             {"from_stage": row["from_stage"], "to_stage": row["to_stage"],
              "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"],
              "criteria": None if row.get("criteria") is None else json.loads(row["criteria"])}
-            for row in tx.rows("stage_changes", "subject_type = 'user' AND subject_id = ?",
-                               [user_id], order_by="at, id")]
+            for row in tx.rows("stage_changes", "tenant_key = ? AND subject_type = 'user' "
+                               "AND subject_id = ?", [tenant, user_id], order_by="at, id")]
         qualifications = [
             {"id": row["id"], "rule": row["rule"], "stage": row["stage"],
              "subject_type": row["subject_type"], "subject_id": row["subject_id"],
@@ -78,8 +82,8 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
             {"event": row["event"], "account_id": row["account_id"],
              "properties": json.loads(row["properties"]), "count": row["n"],
              "first": _iso(row["first_ts"]), "last": _iso(row["last_ts"])}
-            for row in tx.rows("event_rollups", "user_id = ?", [user_id],
-                                  order_by="event, first_ts")]
+            for row in tx.rows("event_rollups", "tenant_key = ? AND user_id = ?",
+                               [tenant, user_id], order_by="event, first_ts")]
     user = users[0] if users else None
     return {
         "user_id": user_id,

@@ -127,9 +127,11 @@ class Retention:
             last, rows = tx.events_to_prune(after_id, chunk, cutoff)
             if not rows:
                 return last, 0
-            groups: dict[tuple[Any, ...], list[int]] = {}  # key -> [n, first, last]
-            for _, user_id, account_id, event, ts, properties in rows:
-                key = (user_id, account_id, event, self._key(event, properties))
+            # key: (tenant, user, account, event, kept properties) -> [n, first, last]; the
+            # tenant too: a user who changed accounts left the old one a copy of its events
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for _, tenant, user_id, account_id, event, ts, properties in rows:
+                key = (tenant, user_id, account_id, event, self._key(event, properties))
                 group = groups.get(key)
                 if group is None:
                     groups[key] = [1, ts, ts]
@@ -138,12 +140,12 @@ class Retention:
                     group[1] = min(group[1], ts)
                     group[2] = max(group[2], ts)
             existing: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
-            pairs = {(k[0], k[2]) for k in groups}
-            for (rollup_id, user_id, account_id, event, properties, n, first,
+            pairs = {(k[1], k[3]) for k in groups}
+            for (rollup_id, tenant, user_id, account_id, event, properties, n, first,
                  latest) in tx.rollups_of({user for user, _ in pairs}):
                 if (user_id, event) in pairs:
-                    existing[(user_id, account_id, event, properties)] = (rollup_id, n, first,
-                                                                          latest)
+                    existing[(tenant, user_id, account_id, event, properties)] = (
+                        rollup_id, n, first, latest)
             updates, inserts = [], []
             for key, (n, first, latest) in groups.items():
                 if key in existing:

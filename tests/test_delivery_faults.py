@@ -32,8 +32,8 @@ def insert_poison(path: str, destination: str, payload: str = "{not json",
                   kind: str = "qualification", fmt: int = 1) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute(
-            "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
-            "created_at, format) VALUES (?, ?, 'x', ?, 0, 0, ?)",
+            "INSERT INTO outbox (tenant_key, destination, kind, user_id, payload, "
+            "next_attempt_at, created_at, format) VALUES ('x', ?, ?, 'x', ?, 0, 0, ?)",
             (destination, kind, payload, fmt))
 
 

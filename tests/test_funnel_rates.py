@@ -110,8 +110,8 @@ def test_stored_traits_count_from_first_seen_after_the_upgrade(tmp_path):
     for number, migration in enumerate(store.MIGRATIONS[:before]):
         migration(db)
         db.execute(f"PRAGMA user_version = {number + 1}")
-    db.execute("INSERT INTO users (user_id, traits, first_seen, first_lead) "
-               "VALUES ('ada', '{\"lead_source\": \"ads\", \"seats\": 3}', 5, 5)")
+    db.execute("INSERT INTO users (tenant_key, user_id, traits, first_seen, first_lead) "
+               "VALUES ('ada', 'ada', '{\"lead_source\": \"ads\", \"seats\": 3}', 5, 5)")
     db.conn.commit()
     db.close()
     store.Store(path).close()

@@ -221,6 +221,6 @@ def test_forget_erases_the_links_too(make_client):
     client.identify("ada", {}, anonymous_id="v1", timestamp=day(1))
     client.forget("ada")
     with client.store.read() as tx:
-        assert tx.rows("aliases", "user_id = ? OR alias = ?", ["ada", "v1"]) == []
+        assert tx.rows("aliases", "user_id = ? OR tenant_key = ?", ["ada", "v1"]) == []
     client.track(None, "visited", anonymous_id="v1", timestamp=day(2))  # a new visitor
     assert [c.source for c in client.history("v1")] == ["first_seen"]

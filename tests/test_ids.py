@@ -162,10 +162,11 @@ def test_subject_stored_with_nul_before_it_was_refused_still_qualifies(make_clie
     client = make_client(RULES)
     client.track("seed", "signed_in", timestamp=at(0))
     with sqlite3.connect(db_path) as conn:
-        conn.execute("INSERT INTO users (user_id, traits, first_seen) VALUES (?, '{}', 0)",
-                     ("u\x00",))
-        conn.execute("INSERT INTO events (user_id, event, ts, properties) "
-                     "VALUES (?, 'report_generated', 0, '{}')", ("u\x00",))
+        conn.execute("INSERT INTO user_directory (tenant_key) VALUES (?)", ("u\x00",))
+        conn.execute("INSERT INTO users (tenant_key, user_id, traits, first_seen) "
+                     "VALUES (?1, ?1, '{}', 0)", ("u\x00",))
+        conn.execute("INSERT INTO events (tenant_key, user_id, event, ts, properties) "
+                     "VALUES (?1, ?1, 'report_generated', 0, '{}')", ("u\x00",))
     [q] = client.evaluate(as_of=at(1))
     assert q.subject_id == "u\x00"
     assert client.track("seed", "report_generated", timestamp=at(2))[0].subject_id == "seed"

@@ -112,8 +112,8 @@ def test_a_password_is_not_repeated_in_errors():
 
 
 def _hold_user_row(url: str, schema: str):
-    conn = psycopg.connect(url)
-    conn.execute(f"SELECT 1 FROM {schema}.users WHERE user_id = 'ada' FOR UPDATE")
+    conn = psycopg.connect(url)  # a call locks a user's directory row (its tenant's lookup)
+    conn.execute(f"SELECT 1 FROM {schema}.user_directory WHERE tenant_key = 'ada' FOR UPDATE")
     return conn
 
 

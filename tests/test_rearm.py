@@ -134,17 +134,17 @@ def test_the_migration_keeps_qualifications_and_adds_firing_to_the_key(tmp_path)
     for number, migration in enumerate(store.MIGRATIONS[:before]):
         migration(db)
         db.execute(f"PRAGMA user_version = {number + 1}")
-    db.execute("INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, "
-               "user_id, qualified_at, evidence, round) VALUES ('q1', 'r', 'pql', 'user', "
-               "'ada', 'ada', 5, '{}', 2)")
+    db.execute("INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, "
+               "subject_id, user_id, qualified_at, evidence, round) VALUES ('ada', 'q1', "
+               "'r', 'pql', 'user', 'ada', 'ada', 5, '{}', 2)")
     db.conn.commit()
     db.close()
     store.Store(path).close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT id, round, firing, rowid FROM qualifications").fetchall() == [
         ("q1", 2, 0, 1)]
-    insert = ("INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, "
-              "user_id, qualified_at, evidence, round, firing) VALUES (?, 'r', 'pql', "
-              "'user', 'ada', 'ada', 5, '{}', 2, ?) ON CONFLICT DO NOTHING")
+    insert = ("INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, "
+              "subject_id, user_id, qualified_at, evidence, round, firing) VALUES ('ada', ?, "
+              "'r', 'pql', 'user', 'ada', 'ada', 5, '{}', 2, ?) ON CONFLICT DO NOTHING")
     assert conn.execute(insert, ("q2", 0)).rowcount == 0  # same firing: once
     assert conn.execute(insert, ("q3", 1)).rowcount == 1  # the next firing: its own row

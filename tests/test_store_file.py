@@ -29,12 +29,14 @@ def build(path: str) -> None:
     pqlsdk.Client(path, rules=RULES).close()
     conn = sqlite3.connect(path)
     conn.executemany(
-        "INSERT INTO events (user_id, event, ts, properties) VALUES (?, 'report_generated', "
-        "?, '{}')",
+        "INSERT INTO events (tenant_key, user_id, event, ts, properties) "
+        "VALUES (?1, ?1, 'report_generated', ?2, '{}')",
         [(user, n) for user, count in (("a-user", 1500), ("m-ada", 101), ("z-user", 1500))
          for n in range(count)])
-    conn.executemany("INSERT INTO users (user_id, traits, first_seen) VALUES (?, '{}', 0)",
-                     [("a-user",), ("m-ada",), ("z-user",)])
+    users = [("a-user",), ("m-ada",), ("z-user",)]
+    conn.executemany("INSERT INTO users (tenant_key, user_id, traits, first_seen) "
+                     "VALUES (?1, ?1, '{}', 0)", users)
+    conn.executemany("INSERT INTO user_directory (tenant_key) VALUES (?)", users)
     conn.commit()
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -54,6 +54,13 @@ class StageCounts(NamedTuple):
     reached: int = 0
 
 
+class OutboxKey(NamedTuple):
+    """An outbox row's key: its tenant and its id (what a claimer settles it by)."""
+
+    tenant_key: str
+    id: int
+
+
 class FunnelRows(NamedTuple):
     """:meth:`Transaction.funnel_rows`: per stage for all subjects, and per group."""
 

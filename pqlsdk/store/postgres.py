@@ -26,18 +26,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
 from ..stages import STAGES
 from .dialect import bind, to_postgres
-from .sqlite import HANDOFF_BACKFILL, Transaction
+from .sqlite import (
+    HANDOFF_BACKFILL,
+    TENANT_BACKFILL,
+    TENANT_COPIES,
+    TENANT_INDEXES,
+    Transaction,
+    canonical,
+)
 
 if TYPE_CHECKING:
     import psycopg_pool
 
 T = TypeVar("T")
+#: ``on_statement(sql, arguments)``: called with each statement the store runs through its
+#: shared statements, as sent to the server (see ``PostgresStore.on_statement``).
+StatementHook = Callable[[str, dict[str, Any]], None]
 
 #: Schema generations of the PostgreSQL store. Each entry: (what it applies, the oldest
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: How many times a transaction is retried before the error reaches the caller.
@@ -109,14 +119,119 @@ _V2 = [
     "EXECUTE FUNCTION outbox_notify()",
 ]
 
+#: Tables that hold one tenant's rows (each carries ``tenant_key``; see :data:`_V3`).
+TENANT_TABLES = [*TENANT_BACKFILL, "user_directory",
+                 "trait_changes", "handoffs", "aliases"]  # issue 20's, created with it
+#: Tables that are not a tenant's (the schema's version, the random forget key, forgotten
+#: ids' keyed hashes, the delivery lanes): on a sharded engine, reference tables. No
+#: statement of track, identify, group, set_stage, status or an outbox ack touches them.
+GLOBAL_TABLES = ["schema_version", "pqlsdk_meta", "forgotten", "outbox_lanes"]
+
+#: A row written without a tenant key (by the previous release, during a rolling deploy)
+#: gets the one this release would have written.
+_FILL_TENANT_KEY = """CREATE FUNCTION fill_tenant_key() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE who TEXT;
+BEGIN
+  IF TG_TABLE_NAME = 'accounts' THEN
+    NEW.tenant_key := NEW.account_id; RETURN NEW;
+  ELSIF TG_TABLE_NAME IN ('import_staging', 'import_done') THEN
+    NEW.tenant_key := coalesce(NEW.user_id, ''); RETURN NEW;
+  ELSIF TG_TABLE_NAME = 'users' THEN
+    NEW.tenant_key := coalesce(NEW.account_id, NEW.user_id);
+    INSERT INTO user_directory (tenant_key, account_id) VALUES (NEW.user_id, NEW.account_id)
+      ON CONFLICT (tenant_key) DO UPDATE SET account_id = excluded.account_id;
+    RETURN NEW;
+  ELSIF TG_TABLE_NAME IN ('qualifications', 'stage_changes') THEN
+    IF NEW.subject_type = 'account' THEN NEW.tenant_key := NEW.subject_id; RETURN NEW; END IF;
+    who := NEW.subject_id;
+  ELSE
+    who := NEW.user_id;
+  END IF;
+  NEW.tenant_key := coalesce((SELECT d.account_id FROM user_directory d
+                              WHERE d.tenant_key = who), who, '');
+  RETURN NEW;
+END $$"""
+#: The previous release ties a user to another account by updating ``users.account_id``
+#: alone: move the user's rows to the new tenant as this release does (Transaction.move_user).
+_MOVE_TENANT = """CREATE FUNCTION move_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.tenant_key := coalesce(NEW.account_id, NEW.user_id);
+  UPDATE user_directory SET account_id = NEW.account_id WHERE tenant_key = NEW.user_id;
+  DELETE FROM events WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+    AND account_id = NEW.tenant_key;
+  DELETE FROM event_rollups WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+    AND account_id = NEW.tenant_key;
+  INSERT INTO events (tenant_key, message_id, user_id, account_id, event, ts, properties)
+    SELECT NEW.tenant_key, message_id, user_id, account_id, event, ts, properties FROM events
+    WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND account_id = OLD.tenant_key ORDER BY id ON CONFLICT DO NOTHING;
+  UPDATE events SET tenant_key = NEW.tenant_key
+    WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND (account_id IS NULL OR account_id <> OLD.tenant_key);
+  INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, first_ts,
+                             last_ts)
+    SELECT NEW.tenant_key, user_id, account_id, event, properties, n, first_ts, last_ts
+    FROM event_rollups WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND account_id = OLD.tenant_key;
+  UPDATE event_rollups SET tenant_key = NEW.tenant_key
+    WHERE tenant_key = OLD.tenant_key AND user_id = NEW.user_id
+      AND (account_id IS NULL OR account_id <> OLD.tenant_key);
+  UPDATE qualifications SET tenant_key = NEW.tenant_key WHERE tenant_key = OLD.tenant_key
+    AND subject_type = 'user' AND subject_id = NEW.user_id;
+  UPDATE stage_changes SET tenant_key = NEW.tenant_key WHERE tenant_key = OLD.tenant_key
+    AND subject_type = 'user' AND subject_id = NEW.user_id;
+  RETURN NEW;
+END $$"""
+
+# issue 19, ready to shard: every tenant table carries the tenant key (the account the user
+# belongs to at the time of the call, else the user; an account's rows, the account), and
+# every primary and unique key includes it; ``user_directory`` (keyed by the user id) says
+# which tenant a user is in. Expand only: the previous release keeps working (the triggers
+# fill and move tenant keys for it; its lookups by user id lose their indexes); contracting
+# (dropping the triggers) is for the release after this one.
+_V3 = [
+    "CREATE TABLE user_directory (tenant_key TEXT PRIMARY KEY, account_id TEXT)",
+    "INSERT INTO user_directory (tenant_key, account_id) SELECT user_id, account_id FROM users",
+    *[f"ALTER TABLE {table} ADD COLUMN tenant_key TEXT" for table in TENANT_BACKFILL],
+    "DROP INDEX events_message_id",  # unique per tenant from here (the copies below)
+    *TENANT_COPIES,
+    *[f"UPDATE {table} SET tenant_key = {value} WHERE tenant_key IS NULL"
+      for table, value in TENANT_BACKFILL.items()],
+    *[f"ALTER TABLE {table} ALTER COLUMN tenant_key SET NOT NULL" for table in TENANT_BACKFILL],
+    *[f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, ADD PRIMARY KEY (tenant_key, {key})"
+      for table, key in (("events", "id"), ("users", "user_id"), ("accounts", "account_id"),
+                         ("qualifications", "id"), ("outbox", "id"), ("stage_changes", "id"),
+                         ("import_staging", "message_id"), ("import_done", "message_id"),
+                         ("event_rollups", "id"))],
+    "ALTER TABLE qualifications DROP CONSTRAINT "
+    "qualifications_subject_type_subject_id_round_rule_shadow_key, "
+    "ADD UNIQUE (tenant_key, subject_type, subject_id, round, rule, shadow)",
+    "CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id)",
+    "DROP INDEX users_account",
+    "CREATE INDEX users_account ON users(tenant_key, account_id) WHERE account_id IS NOT NULL",
+    *[f"DROP INDEX IF EXISTS {name}" for name, _ in TENANT_INDEXES],
+    *[f"CREATE INDEX {name} ON {on}" for name, on in TENANT_INDEXES],
+    _FILL_TENANT_KEY,
+    *[f"CREATE TRIGGER {table}_tenant_key BEFORE INSERT ON {table} FOR EACH ROW "
+      f"WHEN (NEW.tenant_key IS NULL) EXECUTE FUNCTION fill_tenant_key()"
+      for table in TENANT_BACKFILL],
+    _MOVE_TENANT,
+    "CREATE TRIGGER users_move_tenant BEFORE UPDATE OF account_id ON users FOR EACH ROW "
+    "WHEN (OLD.account_id IS DISTINCT FROM NEW.account_id AND OLD.tenant_key = NEW.tenant_key) "
+    "EXECUTE FUNCTION move_tenant()",
+]
+
+#: (statements, the oldest package schema generation that can still use the result)
 # issue 20: the trait history (see the SQLite store's _trait_history)
 _TRAIT_HISTORY = [
-    "CREATE TABLE trait_changes (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, "
-    "subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, trait TEXT NOT NULL, value TEXT, "
-    "at BIGINT NOT NULL)",
-    "CREATE INDEX trait_changes_subject ON trait_changes(subject_type, subject_id, trait, at)",
-    *(f"INSERT INTO trait_changes (subject_type, subject_id, trait, value, at) SELECT "
-      f"'{kind}', {key}, e.key, e.value::text, first_seen FROM {table}, "
+    "CREATE TABLE trait_changes (tenant_key TEXT NOT NULL, "
+    "id BIGINT GENERATED BY DEFAULT AS IDENTITY, subject_type TEXT NOT NULL, "
+    "subject_id TEXT NOT NULL, trait TEXT NOT NULL, value TEXT, at BIGINT NOT NULL, "
+    "PRIMARY KEY (tenant_key, id))",
+    "CREATE INDEX trait_changes_subject ON trait_changes(tenant_key, subject_type, "
+    "subject_id, trait, at)",
+    *(f"INSERT INTO trait_changes (tenant_key, subject_type, subject_id, trait, value, at) "
+      f"SELECT tenant_key, '{kind}', {key}, e.key, e.value::text, first_seen FROM {table}, "
       f"jsonb_each(traits::jsonb) e WHERE jsonb_typeof(e.value) <> 'null'"
       for kind, table, key in (("user", "users", "user_id"),
                                ("account", "accounts", "account_id"))),
@@ -126,38 +241,63 @@ _TRAIT_HISTORY = [
 # store's _qualification_firings); the new key is made before the old one goes
 _QUALIFICATION_FIRINGS = [
     "ALTER TABLE qualifications ADD COLUMN firing INTEGER NOT NULL DEFAULT 0",
-    "CREATE UNIQUE INDEX qualifications_once ON qualifications(subject_type, subject_id, "
-    "round, rule, shadow, firing)",
-    "DO $$ DECLARE c text; BEGIN SELECT conname INTO c FROM pg_constraint WHERE conrelid = "
-    "'qualifications'::regclass AND contype = 'u'; "
-    "EXECUTE format('ALTER TABLE qualifications DROP CONSTRAINT %I', c); END $$",
+    "CREATE UNIQUE INDEX qualifications_once ON qualifications(tenant_key, subject_type, "
+    "subject_id, round, rule, shadow, firing)",
+    "DO $$ DECLARE c text; BEGIN FOR c IN SELECT conname FROM pg_constraint WHERE "
+    "conrelid = 'qualifications'::regclass AND contype = 'u' LOOP "
+    "EXECUTE format('ALTER TABLE qualifications DROP CONSTRAINT %I', c); END LOOP; END $$",
 ]
 
 # issue 20: qualifications waiting for sales (see the SQLite store's _handoffs)
 _HANDOFFS = [
-    "CREATE TABLE handoffs (qualification_id TEXT PRIMARY KEY, subject_type TEXT NOT NULL, "
-    "subject_id TEXT NOT NULL, rule TEXT NOT NULL, qualified_at BIGINT NOT NULL, "
-    "notified_at BIGINT)",
+    "CREATE TABLE handoffs (tenant_key TEXT NOT NULL, qualification_id TEXT NOT NULL, "
+    "subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, rule TEXT NOT NULL, "
+    "qualified_at BIGINT NOT NULL, notified_at BIGINT, "
+    "PRIMARY KEY (tenant_key, qualification_id))",
     "CREATE INDEX handoffs_time ON handoffs(qualified_at)",
-    "CREATE INDEX handoffs_subject ON handoffs(subject_type, subject_id)",
+    "CREATE INDEX handoffs_subject ON handoffs(tenant_key, subject_type, subject_id)",
     HANDOFF_BACKFILL,
 ]
 
-# issue 20: identities (see the SQLite store's _identities)
+# issue 20: identities (see the SQLite store's _identities); an alias row's tenant key is
+# the linked id itself (as user_directory's is the user id): the one lookup a call makes
 _IDENTITIES = [
-    "CREATE TABLE aliases (alias TEXT PRIMARY KEY, user_id TEXT NOT NULL, at BIGINT NOT NULL)",
+    "CREATE TABLE aliases (tenant_key TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+    "at BIGINT NOT NULL)",
     "CREATE INDEX aliases_user ON aliases(user_id)",
     "ALTER TABLE events ADD COLUMN context TEXT",
     "ALTER TABLE events ADD COLUMN integrations TEXT",
 ]
 
-#: (statements, the oldest package schema generation that can still use the result)
-MIGRATIONS: list[tuple[list[str], int]] = [(_V1, 1), (_V2, 1), (_TRAIT_HISTORY, 1),
-                                           (_QUALIFICATION_FIRINGS, 1), (_HANDOFFS, 1),
-                                           # issue 20: sales' structured reasons
-                                           (["ALTER TABLE stage_changes ADD COLUMN "
-                                             "criteria TEXT"], 1),
-                                           (_IDENTITIES, 1)]
+MIGRATIONS: list[tuple[list[str], int]] = [
+    (_V1, 1), (_V2, 1), (_V3, 1),
+    (_TRAIT_HISTORY, 1), (_QUALIFICATION_FIRINGS, 1), (_HANDOFFS, 1),  # issue 20
+    (["ALTER TABLE stage_changes ADD COLUMN criteria TEXT"], 1),  # issue 20: criteria
+    (_IDENTITIES, 1),  # issue 20
+]
+
+
+def partition_statements(partitions: int) -> list[str]:
+    """Turn every tenant table of a new, empty schema into one ``PARTITION BY HASH
+    (tenant_key)`` into ``partitions`` parts, with the same columns, defaults, identities,
+    keys and indexes (PostgreSQL refuses a primary or unique key without the partition
+    column, as a sharded engine does). The check that pqlsdk is ready to shard: see
+    ``PostgresStore(partitions=...)``."""
+    out = []
+    for table in TENANT_TABLES:
+        out += [
+            f"ALTER TABLE {table} RENAME TO {table}_flat",
+            f"CREATE TABLE {table} (LIKE {table}_flat INCLUDING ALL) "
+            f"PARTITION BY HASH (tenant_key)",
+            *[f"CREATE TABLE {table}_p{n} PARTITION OF {table} "
+              f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {n})"
+              for n in range(partitions)],
+            f"DROP TABLE {table}_flat",
+        ]
+    # the one trigger a new schema needs (the others serve the previous release's writes)
+    out.append("CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT "
+               "EXECUTE FUNCTION outbox_notify()")
+    return out
 
 
 def _psycopg() -> Any:
@@ -225,16 +365,20 @@ class _Connection:
     """A psycopg connection that takes the store's SQLite-dialect statements (rewritten by
     :func:`~pqlsdk.store.dialect.to_postgres`) and counts changes as ``sqlite3`` does."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, on_statement: StatementHook | None = None) -> None:
         self.raw = conn
         self.total_changes = 0
+        self.on_statement = on_statement
 
     def execute(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None
                 ) -> _Cursor:
         statement = to_postgres(sql)
         cursor = self.raw.cursor()
         if not statement.skip:
-            cursor.execute(statement.sql, bind(statement, args))
+            bound = bind(statement, args)
+            if self.on_statement is not None:
+                self.on_statement(statement.sql, bound)
+            cursor.execute(statement.sql, bound)
             self.total_changes += max(cursor.rowcount, 0)
         return _Cursor(cursor)
 
@@ -243,7 +387,11 @@ class _Connection:
         cursor = self.raw.cursor()
         rows = list(rows)
         if rows and not statement.skip:
-            cursor.executemany(statement.sql, [bind(statement, row) for row in rows])
+            many = [bind(statement, row) for row in rows]
+            if self.on_statement is not None:
+                for bound in many:
+                    self.on_statement(statement.sql, bound)
+            cursor.executemany(statement.sql, many)
             self.total_changes += max(cursor.rowcount, 0)
         return _Cursor(cursor)
 
@@ -255,29 +403,39 @@ class PgTransaction(Transaction):
     conn: Any
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
-        """Serialize this call with every other call on the same subjects: a row lock on the
-        account's row, then on the user's (one fixed order, so no deadlock between two such
-        calls). A subject without a row yet is serialized by its first insert."""
+        """Serialize this call with every other call on the same subjects, and bind it to
+        the user's tenant: a row lock on the account's row (both accounts', in id order,
+        when the call moves the user to another one), then on the user's directory row
+        (one fixed order, so no deadlock between two such calls). A subject without a row
+        yet is serialized by its first insert. Each statement binds one tenant key."""
         while True:
-            account = account_id
-            if account is None:
-                account = self.account_of(user_id)
-            if account is not None:
-                self.conn.execute("SELECT 1 FROM accounts WHERE account_id = ? FOR UPDATE",
-                                  (account,))
-            row = self.conn.execute("SELECT account_id FROM users WHERE user_id = ? FOR UPDATE",
-                                    (user_id,)).fetchone()
-            # the user was moved to another account meanwhile: lock that one first
-            if account_id is not None or row is None or row[0] == account:
-                return
+            row = self.conn.execute(
+                "SELECT account_id FROM user_directory WHERE tenant_key = ?",
+                (user_id,)).fetchone()
+            current = row[0] if row else None
+            for account in sorted({a for a in (current, account_id) if a is not None}):
+                self._lock_account(account)
+            if row is not None:
+                again = self.conn.execute(
+                    "SELECT account_id FROM user_directory WHERE tenant_key = ? FOR UPDATE",
+                    (user_id,)).fetchone()
+                if again is None or again[0] != current:
+                    continue  # moved (or forgotten) meanwhile: lock its account first
+            self.tenant = (current or user_id) if row is not None else (account_id or user_id)
+            self.tenant_user = user_id
+            return
+
+    def _lock_account(self, account_id: str) -> None:
+        self.conn.execute("SELECT 1 FROM accounts WHERE tenant_key = ?1 AND account_id = ?1 "
+                          "FOR UPDATE", (account_id,))
 
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
         """A row lock on one user's or account's row (see :meth:`lock_subjects`)."""
         if subject_type == "user":
             self.lock_subjects(subject_id, None)
         else:
-            self.conn.execute("SELECT 1 FROM accounts WHERE account_id = ? FOR UPDATE",
-                              (subject_id,))
+            self._lock_account(subject_id)
+            self.enter("account", subject_id)
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
@@ -323,6 +481,7 @@ class PgTransaction(Transaction):
         cursor.execute(
             f"SELECT e.event, j.key, j.value, e.{column}, min(e.ts) FROM events e, "
             f"jsonb_each(e.properties::jsonb) j WHERE e.ts <= %s AND e.{column} IS NOT NULL "
+            f"AND {canonical(subject_type, 'e')} "
             f"AND e.properties != '{{}}' AND (jsonb_typeof(j.value) = 'string' OR "
             f"(jsonb_typeof(j.value) = 'number' AND j.value::text !~ '[.eE]')) "
             f"GROUP BY e.event, j.key, j.value, e.{column}", (until,))
@@ -354,7 +513,12 @@ def _register_loaders(conn: Any) -> None:
 
 class PostgresStore:
     """pqlsdk's tables in a PostgreSQL schema. Use :meth:`transact` (or :meth:`write`) for
-    changes and :meth:`read` for queries."""
+    changes and :meth:`read` for queries.
+
+    ``partitions=N`` (the ready-to-shard check, for tests): a schema this store creates gets
+    every tenant table ``PARTITION BY HASH (tenant_key)`` into ``N`` parts (an existing
+    schema is left as it is). :attr:`on_statement` records each statement of the shared
+    statements with its arguments."""
 
     engine = "postgresql"
 
@@ -367,6 +531,7 @@ class PostgresStore:
         statement_timeout: float | None = None,
         lock_timeout: float | None = None,
         schema_version: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         _psycopg()
         if not schema.replace("_", "").isalnum() or schema[0].isdigit():
@@ -377,6 +542,11 @@ class PostgresStore:
         self.lock_timeout = lock_timeout
         #: The schema generation this package declares (tests stand in older releases).
         self.schema_version = SCHEMA_VERSION if schema_version is None else schema_version
+        #: A new schema's tenant tables are made ``PARTITION BY HASH (tenant_key)`` into
+        #: this many parts (the ready-to-shard check; None: plain tables).
+        self.partitions = partitions
+        #: Called with each statement of a call and its arguments (tests record them).
+        self.on_statement: StatementHook | None = None
         self.closed = False
         self.corrupt: StoreError | None = None
         self.path: str | None = None
@@ -452,7 +622,7 @@ class PostgresStore:
         """BEGIN on ``conn``; COMMIT when the block ends, ROLLBACK when it raises."""
         try:
             self._begin(conn)
-            yield PgTransaction(_Connection(conn))  # type: ignore[arg-type]
+            yield PgTransaction(_Connection(conn, self.on_statement))  # type: ignore[arg-type]
             conn.execute("COMMIT")
         except BaseException:
             if not conn.closed and conn.info.transaction_status != 0:
@@ -520,7 +690,7 @@ class PostgresStore:
                     if self.pool is not None:
                         self._begin(conn)
                     try:
-                        yield PgTransaction(_Connection(conn))  # type: ignore[arg-type]
+                        yield PgTransaction(_Connection(conn, self.on_statement))  # type: ignore[arg-type]
                     finally:
                         if self.pool is not None and not conn.closed:
                             with suppress(Exception):
@@ -548,6 +718,7 @@ class PostgresStore:
             raise SchemaTooNew(
                 f"the database needs pqlsdk schema generation {minimum} or newer, and this "
                 f"pqlsdk has {self.schema_version}; upgrade pqlsdk to use it", path=self.where)
+        fresh = version == 0
         while version < min(self.schema_version, len(MIGRATIONS)):
             statements, minimum = MIGRATIONS[version]
             for sql in statements:
@@ -558,6 +729,9 @@ class PostgresStore:
             version += 1
             conn.execute("UPDATE schema_version SET version = %s, min_version = "
                          "greatest(min_version, %s) WHERE one = 1", (version, minimum))
+        if fresh and self.partitions is not None and version == len(MIGRATIONS):
+            for sql in partition_statements(self.partitions):
+                conn.execute(sql)
 
     def record_minimum(self, minimum: int) -> None:
         """Record that the database now needs package schema generation ``minimum`` (what a

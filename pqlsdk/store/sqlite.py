@@ -33,7 +33,7 @@ from .. import ids
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
 from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
 from ..stages import FIRST_STAGE, STAGES
-from .base import FunnelRows, PropertyRow, StageCounts, SubjectRow, UserRow
+from .base import FunnelRows, OutboxKey, PropertyRow, StageCounts, SubjectRow, UserRow
 
 T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -333,6 +333,96 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
                    "WHERE instr(payload, ?1)", (old, new))
 
 
+#: The tenant key of the rows of a user: its account now, else the user itself (SQL on
+#: ``user_directory``; ``{user}`` is the column or parameter holding the user id).
+_USER_TENANT = ("coalesce((SELECT d.account_id FROM user_directory d "
+                "WHERE d.tenant_key = {user}), {user})")
+#: The tenant key of a subject's rows (qualifications, stage changes).
+_SUBJECT_TENANT = ("CASE WHEN subject_type = 'account' THEN subject_id ELSE "
+                   + _USER_TENANT.format(user="subject_id") + " END")
+
+
+def canonical(subject_type: str, alias: str = "events") -> str:
+    """For a read across tenants, the condition that keeps each event once per subject type:
+    a user's events where the user is now (a user that changed accounts left the old one a
+    copy of what it did there), an account's where the account is."""
+    if subject_type == "account":
+        return f"{alias}.tenant_key = {alias}.account_id"
+    return f"{alias}.tenant_key = " + _USER_TENANT.format(user=f"{alias}.user_id")
+
+
+#: Issue 19 (ready to shard): how migrations fill ``tenant_key`` in rows written before it.
+TENANT_BACKFILL = {
+    "users": "coalesce(account_id, user_id)",
+    "accounts": "account_id",
+    # an event recorded with an account is that account's (where its rules count it); one
+    # recorded without, its user's
+    "events": "coalesce(account_id, " + _USER_TENANT.format(user="user_id") + ")",
+    "event_rollups": "coalesce(account_id, " + _USER_TENANT.format(user="user_id") + ")",
+    "qualifications": _SUBJECT_TENANT,
+    "stage_changes": _SUBJECT_TENANT,
+    "outbox": "coalesce(" + _USER_TENANT.format(user="user_id") + ", '')",
+    "import_staging": "coalesce(user_id, '')",
+    "import_done": "coalesce(user_id, '')",
+}
+#: Before :data:`TENANT_BACKFILL`: a user now in another account than one it recorded
+#: events with gets a copy of them in its tenant (what ``Transaction.move_user`` does).
+TENANT_COPIES = [
+    f"INSERT INTO {table} (tenant_key, {columns}) SELECT "
+    + _USER_TENANT.format(user="user_id") + f", {columns} FROM {table} "
+    "WHERE tenant_key IS NULL AND account_id IS NOT NULL AND account_id <> "
+    + _USER_TENANT.format(user="user_id")
+    for table, columns in (
+        ("events", "message_id, user_id, account_id, event, ts, properties"),
+        ("event_rollups", "user_id, account_id, event, properties, n, first_ts, last_ts"))
+]
+#: (index, SQL after ``ON``) of the tenant-led indexes both engines carry (issue 19).
+TENANT_INDEXES = [
+    ("events_user", "events(tenant_key, user_id, event, ts)"),
+    ("events_account", "events(tenant_key, account_id, event, ts) WHERE account_id IS NOT NULL"),
+    ("stage_changes_subject", "stage_changes(tenant_key, subject_type, subject_id, to_stage, at)"),
+    ("event_rollups_user", "event_rollups(tenant_key, user_id, event)"),
+    ("event_rollups_account",
+     "event_rollups(tenant_key, account_id, event) WHERE account_id IS NOT NULL"),
+    ("import_staging_user", "import_staging(tenant_key, user_id)"),
+    ("import_done_user", "import_done(tenant_key, user_id) WHERE user_id IS NOT NULL"),
+]
+
+
+def fill_tenant_keys(conn: sqlite3.Connection) -> None:
+    """Give rows written without a tenant key (by an earlier release, or by a bulk load of
+    raw rows) the one pqlsdk would have written, and every user its directory row."""
+    conn.execute("INSERT OR IGNORE INTO user_directory (tenant_key, account_id) "
+                 "SELECT user_id, account_id FROM users")
+    for sql in TENANT_COPIES:
+        conn.execute(sql)
+    for table, value in TENANT_BACKFILL.items():
+        conn.execute(f"UPDATE {table} SET tenant_key = {value} WHERE tenant_key IS NULL")
+
+
+def _tenant_keys(db: sqlite_utils.Database) -> None:
+    """Issue 19, ready to shard: every table of a tenant's rows carries ``tenant_key`` (the
+    account the user belongs to, else the user; an account's own rows, the account), and
+    ``user_directory`` says which tenant each user is in now (its ``tenant_key`` is the user
+    id: the one lookup a call makes before it knows its tenant). Indexes are led by the
+    tenant key, and a message id is unique per tenant. (The rowid primary keys stay: SQLite
+    needs them for its ids; a file is one shard. The statements are the same on both
+    engines.)"""
+    db.execute("CREATE TABLE user_directory (tenant_key TEXT PRIMARY KEY, account_id TEXT) "
+               "WITHOUT ROWID")
+    for table in TENANT_BACKFILL:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN tenant_key TEXT")
+    db.execute("DROP INDEX events_message_id")  # unique per tenant from here (copies)
+    fill_tenant_keys(db.conn)
+    for name, on in TENANT_INDEXES:
+        db.execute(f"DROP INDEX IF EXISTS {name}")
+        db.execute(f"CREATE INDEX {name} ON {on}")
+    db.execute("CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id) "
+               "WHERE message_id IS NOT NULL")
+    db.execute("CREATE INDEX users_account ON users(tenant_key, account_id) "
+               "WHERE account_id IS NOT NULL")
+
+
 def _trait_history(db: sqlite_utils.Database) -> None:
     """Issue 20: every change of a trait, with its moment (the value as JSON, NULL when it
     was removed); the traits already stored count as set when their subject was first
@@ -340,19 +430,20 @@ def _trait_history(db: sqlite_utils.Database) -> None:
     rejection (a change of a trait the rule reads counts), and the funnel's ``by=`` groups
     by the value a trait had when the subject entered a stage."""
     db.execute(
-        "CREATE TABLE trait_changes (id INTEGER PRIMARY KEY, subject_type TEXT NOT NULL, "
-        "subject_id TEXT NOT NULL, trait TEXT NOT NULL, value TEXT, at INTEGER NOT NULL)")
-    db.execute("CREATE INDEX trait_changes_subject ON trait_changes(subject_type, "
-               "subject_id, trait, at)")
+        "CREATE TABLE trait_changes (id INTEGER PRIMARY KEY, tenant_key TEXT NOT NULL, "
+        "subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, trait TEXT NOT NULL, "
+        "value TEXT, at INTEGER NOT NULL)")
+    db.execute("CREATE INDEX trait_changes_subject ON trait_changes(tenant_key, "
+               "subject_type, subject_id, trait, at)")
     # what was known before: each current trait, as of when the subject was first seen
     for subject_type, (table, key) in _TABLES.items():
-        rows = db.execute(f"SELECT {key}, traits, first_seen FROM {table} "
+        rows = db.execute(f"SELECT tenant_key, {key}, traits, first_seen FROM {table} "
                           "WHERE traits != '{}'").fetchall()
         db.conn.executemany(
-            "INSERT INTO trait_changes (subject_type, subject_id, trait, value, at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(subject_type, subject_id, name, json.dumps(value, sort_keys=True), at)
-             for subject_id, traits, at in rows
+            "INSERT INTO trait_changes (tenant_key, subject_type, subject_id, trait, value, "
+            "at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(tenant, subject_type, subject_id, name, json.dumps(value, sort_keys=True), at)
+             for tenant, subject_id, traits, at in rows
              for name, value in sorted(json.loads(traits or "{}").items())
              if value is not None])
 
@@ -371,8 +462,8 @@ def _qualification_firings(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE qualifications SET round_ = round")
     table.transform(drop={"round"}, rename={"round_": "round"},
                     column_order=[*order, "firing"])
-    db.execute("CREATE UNIQUE INDEX qualifications_once ON qualifications(subject_type, "
-               "subject_id, round, rule, shadow, firing)")
+    db.execute("CREATE UNIQUE INDEX qualifications_once ON qualifications(tenant_key, "
+               "subject_type, subject_id, round, rule, shadow, firing)")
 
 
 #: A qualified lead stays open (waiting for sales) until its subject moves to one of these.
@@ -381,12 +472,15 @@ SETTLING_STAGES = ("sql", "opportunity", "customer", "unqualified", "disqualifie
 #: The qualifications still waiting for sales, from what the store already holds (the
 #: handoff migration's backfill, the same text on both engines).
 HANDOFF_BACKFILL = (
-    "INSERT INTO handoffs (qualification_id, subject_type, subject_id, rule, qualified_at) "
-    "SELECT q.id, q.subject_type, q.subject_id, q.rule, q.qualified_at FROM qualifications q "
+    "INSERT INTO handoffs (tenant_key, qualification_id, subject_type, subject_id, rule, "
+    "qualified_at) SELECT q.tenant_key, q.id, q.subject_type, q.subject_id, q.rule, "
+    "q.qualified_at FROM qualifications q "
     "WHERE q.shadow = 0 AND NOT EXISTS (SELECT 1 FROM stage_changes sc WHERE "
+    "sc.tenant_key = q.tenant_key AND "
     "sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id AND sc.at >= "
     "q.qualified_at AND sc.to_stage IN ('sql', 'opportunity', 'customer', 'unqualified', "
     "'disqualified')) AND (EXISTS (SELECT 1 FROM users u WHERE q.subject_type = 'user' AND "
+    "u.tenant_key = q.tenant_key AND "
     "u.user_id = q.subject_id AND u.stage IN ('subscriber', 'lead', 'mql', 'pql')) OR "
     "EXISTS (SELECT 1 FROM accounts a WHERE q.subject_type = 'account' AND a.account_id = "
     "q.subject_id AND a.stage IN ('subscriber', 'lead', 'mql', 'pql')))"
@@ -398,11 +492,13 @@ def _handoffs(db: sqlite_utils.Database) -> None:
     nor rejected, for ``overdue()`` and ``on_overdue``: a row per open live qualification,
     removed when its subject moves to a settling stage; ``notified_at`` once ``on_overdue``
     rows were written for it. Kept small (only open ones), read by ``qualified_at``."""
-    db.execute("CREATE TABLE handoffs (qualification_id TEXT PRIMARY KEY, "
-               "subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, rule TEXT NOT NULL, "
-               "qualified_at INTEGER NOT NULL, notified_at INTEGER)")
+    db.execute("CREATE TABLE handoffs (tenant_key TEXT NOT NULL, qualification_id TEXT NOT "
+               "NULL, subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, rule TEXT NOT "
+               "NULL, qualified_at INTEGER NOT NULL, notified_at INTEGER, "
+               "PRIMARY KEY (tenant_key, qualification_id))")
     db.execute("CREATE INDEX handoffs_time ON handoffs(qualified_at)")
-    db.execute("CREATE INDEX handoffs_subject ON handoffs(subject_type, subject_id)")
+    db.execute("CREATE INDEX handoffs_subject ON handoffs(tenant_key, subject_type, "
+               "subject_id)")
     db.execute(HANDOFF_BACKFILL)
 
 
@@ -417,8 +513,8 @@ def _identities(db: sqlite_utils.Database) -> None:
     ``alias``, or an anonymous id an ``identify`` linked) to that user; calls under it count
     for the user from then on. Events keep the call's Segment ``context`` and
     ``integrations`` as given (NULL when absent)."""
-    db.execute("CREATE TABLE aliases (alias TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
-               "at INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE aliases (tenant_key TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+               "at INTEGER NOT NULL) WITHOUT ROWID")  # tenant_key: the linked id itself
     db.execute("CREATE INDEX aliases_user ON aliases(user_id)")
     db.execute("ALTER TABLE events ADD COLUMN context TEXT")
     db.execute("ALTER TABLE events ADD COLUMN integrations TEXT")
@@ -428,6 +524,7 @@ def _identities(db: sqlite_utils.Database) -> None:
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
     _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
+    _tenant_keys,  # issue 19: the tenant key
     _trait_history,  # issue 20
     _qualification_firings,  # issue 20
     _handoffs,  # issue 20
@@ -661,6 +758,7 @@ class Store:
         try:
             if self.closed:
                 raise StoreClosed("this pqlsdk Client is closed; make a new one")
+            self._read_tx.reset()
             try:
                 yield self._read_tx
             except sqlite3.Error as exc:
@@ -753,6 +851,7 @@ class _Write:
                 _close(self.db)
                 raise StoreClosed("this pqlsdk Client is closed; make a new one")
             self.conn.execute("BEGIN IMMEDIATE")
+            self.tx.reset()
         except BaseException as exc:
             if self.store.closed:  # close() did not wait for this thread: it closes
                 _close(self.db)
@@ -799,8 +898,8 @@ def _subject_columns(alias: str, subject_type: str, key: str) -> str:
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
         f"(SELECT json_group_array(CASE WHEN q.shadow THEN json_array(rule) ELSE rule END) "
-        f"FROM qualifications q "
-        f"WHERE q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
+        f"FROM qualifications q WHERE q.tenant_key = :tenant "
+        f"AND q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
 
@@ -808,12 +907,69 @@ def _subject_columns(alias: str, subject_type: str, key: str) -> str:
 _USER_SNAPSHOT = (
     f"SELECT u.account_id, {_subject_columns('u', 'user', 'user_id')}, "
     f"{_subject_columns('a', 'account', 'account_id')} "
-    "FROM users u LEFT JOIN accounts a ON a.account_id = u.account_id WHERE u.user_id = ?"
+    "FROM users u LEFT JOIN accounts a ON a.tenant_key = :tenant "
+    "AND a.account_id = u.account_id WHERE u.tenant_key = :tenant AND u.user_id = :id"
 )
 _SUBJECT_SNAPSHOT = {
-    kind: f"SELECT {_subject_columns('s', kind, key)} FROM {table} s WHERE s.{key} = ?"
+    kind: f"SELECT {_subject_columns('s', kind, key)} FROM {table} s "
+          f"WHERE s.tenant_key = :tenant AND s.{key} = :id"
     for kind, (table, key) in _TABLES.items()
 }
+#: What moves with a user into another tenant (:meth:`Transaction.move_user`): its own
+#: rows. The outbox rows already written stay where they are (a claim has their key).
+_MOVES = [
+    # the old account's rules keep counting what the user did in it (they count the events
+    # recorded with the account): those stay, and the user takes a copy; the user's copy of
+    # what it did in the new account (if it was there before) gives way to the originals.
+    # Rows move by INSERT ... SELECT and DELETE, never by updating the tenant key (which a
+    # sharded engine does not allow for its distribution column); an event whose message
+    # id the new tenant already holds is stored there once, as track() would.
+    "DELETE FROM events WHERE tenant_key = :old AND user_id = :user AND account_id = :new",
+    "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
+    "properties, context, integrations) SELECT :new, message_id, user_id, account_id, "
+    "event, ts, properties, context, integrations "
+    "FROM events WHERE tenant_key = :old AND user_id = :user ORDER BY id",
+    "DELETE FROM events WHERE tenant_key = :old AND user_id = :user "
+    "AND (account_id IS NULL OR account_id <> :old)",
+    "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
+    "AND account_id = :new",
+    "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
+    "first_ts, last_ts) SELECT :new, user_id, account_id, event, properties, n, first_ts, "
+    "last_ts FROM event_rollups WHERE tenant_key = :old AND user_id = :user ORDER BY id",
+    "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
+    "AND (account_id IS NULL OR account_id <> :old)",
+    "INSERT INTO stage_changes (tenant_key, subject_type, subject_id, from_stage, to_stage, "
+    "at, source, reason, criteria) SELECT :new, subject_type, subject_id, from_stage, "
+    "to_stage, at, source, reason, criteria FROM stage_changes WHERE tenant_key = :old "
+    "AND subject_type = 'user' AND subject_id = :user ORDER BY id",
+    "DELETE FROM stage_changes WHERE tenant_key = :old AND subject_type = 'user' "
+    "AND subject_id = :user",
+]
+#: Rows of a moving user read and written back (their keys are unique without the tenant
+#: key on SQLite, so they leave the old tenant before they enter the new one).
+#: What an alias moves from the previous id to the user: (table, the column naming the
+#: user, order). Qualifications take the user's round.
+_MERGED: list[tuple[str, str, str | None]] = [
+    ("events", "user_id", "id"),
+    ("event_rollups", "user_id", "id"),
+    ("qualifications", "subject_id", "qualified_at, rowid"),
+    ("stage_changes", "subject_id", "id"),
+    ("trait_changes", "subject_id", "id"),
+    ("handoffs", "subject_id", None),
+    ("import_done", "user_id", None),
+    ("import_staging", "user_id", None),
+]
+#: Tables whose rows get new ids when written back (their ids are only an order).
+_RENUMBERED = ("events", "event_rollups", "stage_changes", "trait_changes")
+
+_MOVED_ROWS: list[tuple[str, str, str | None]] = [
+    ("users", "tenant_key = ? AND user_id = ?", None),
+    ("qualifications", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?",
+     "qualified_at, rowid"),
+    # issue 20: the trait history and the hand-offs waiting for sales
+    ("trait_changes", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?", "id"),
+    ("handoffs", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?", None),
+]
 
 
 class Transaction:
@@ -822,6 +978,43 @@ class Transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._forget_key: bytes | None = None
+        #: The tenant of this transaction's call (see :meth:`enter`), and whose it is.
+        self.tenant: str | None = None
+        self.tenant_user: str | None = None
+
+    def reset(self) -> None:
+        """A new transaction: no tenant yet."""
+        self.tenant = self.tenant_user = None
+
+    # -- tenants --------------------------------------------------------------------------
+
+    def tenant_of(self, user_id: str) -> str | None:
+        """The tenant a known user's rows are in (its account, else itself); None for a user
+        never seen. Routed by the user id (``user_directory``)."""
+        row = self.conn.execute(
+            "SELECT coalesce(account_id, tenant_key) FROM user_directory WHERE tenant_key = ?",
+            (user_id,)).fetchone()
+        return row[0] if row else None
+
+    def enter(self, subject_type: str, subject_id: str) -> str:
+        """Bind this transaction to the subject's tenant (an account's is itself; a user's,
+        its account now, else itself) and return it: every later statement about the
+        subject filters by it."""
+        if subject_type == "account":
+            self.tenant, self.tenant_user = subject_id, None
+        else:
+            self.tenant = self.tenant_of(subject_id) or subject_id
+            self.tenant_user = subject_id
+        return self.tenant
+
+    def tenant_for(self, subject_type: str, subject_id: str) -> str:
+        """The tenant key of a subject's rows: the one :meth:`enter` bound when it is that
+        subject's, else looked up."""
+        if subject_type == "account":
+            return subject_id
+        if subject_id == self.tenant_user and self.tenant is not None:
+            return self.tenant
+        return self.tenant_of(subject_id) or subject_id
 
     def forgotten_hash(self, message_id: str) -> bytes:
         """The keyed hash by which a forgotten message id is remembered (HMAC-SHA-256 with
@@ -835,11 +1028,18 @@ class Transaction:
     # -- events, users, accounts ----------------------------------------------------------
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
-        """Serialize this call with every other on the same user and account. On SQLite the
-        write transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
+        """Serialize this call with every other on the same user and account, and bind it to
+        the user's tenant (a new user's: ``account_id``, else itself). On SQLite the write
+        transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
+        self.tenant = self.tenant_of(user_id) or account_id or user_id
+        self.tenant_user = user_id
 
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
-        """Serialize on one user or account (see :meth:`lock_subjects`)."""
+        """Serialize on one user or account and bind its tenant (see :meth:`lock_subjects`)."""
+        if subject_type == "user":
+            self.lock_subjects(subject_id, None)
+        else:
+            self.enter("account", subject_id)
 
     def rows(self, table: str, where: str, args: Sequence[Any], order_by: str | None = None
              ) -> list[dict[str, Any]]:
@@ -861,9 +1061,10 @@ class Transaction:
     ) -> bool:
         """Store one event; False when ``message_id`` was already stored (nothing changes)."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO events (message_id, user_id, account_id, event, ts, "
-            "properties) VALUES (?, ?, ?, ?, ?, ?)",
-            (message_id, user_id, account_id, event, ts, properties),
+            "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, "
+            "ts, properties) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.tenant_for("user", user_id), message_id, user_id, account_id, event, ts,
+             properties),
         )
         return cursor.rowcount == 1
 
@@ -873,102 +1074,144 @@ class Transaction:
         """:meth:`insert_event` with the call's Segment ``context`` and ``integrations``
         (JSON texts, kept as given)."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO events (message_id, user_id, account_id, event, ts, "
-            "properties, context, integrations) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, user_id, account_id, event, ts, properties, context, integrations))
+            "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, "
+            "ts, properties, context, integrations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.tenant_for("user", user_id), message_id, user_id, account_id, event, ts,
+             properties, context, integrations))
         return cursor.rowcount == 1
 
     def remember_call(self, message_id: str, user_id: str) -> bool:
         """Record the ``message_id`` of an identify/group/alias call (as imports do); False
         when it was recorded before (the call is a duplicate)."""
         return self.conn.execute(
-            "INSERT OR IGNORE INTO import_done (message_id, user_id) VALUES (?, ?)",
-            (message_id, user_id)).rowcount == 1
+            "INSERT OR IGNORE INTO import_done (tenant_key, message_id, user_id) "
+            "VALUES (?2, ?1, ?2)", (message_id, user_id)).rowcount == 1
 
     # -- identities -----------------------------------------------------------------------
 
     def alias_of(self, user_id: str) -> str | None:
         """The user an id was linked to (``alias``), or None."""
-        row = self.conn.execute("SELECT user_id FROM aliases WHERE alias = ?",
+        row = self.conn.execute("SELECT user_id FROM aliases WHERE tenant_key = ?",
                                 (user_id,)).fetchone()
         return row[0] if row else None
 
     def user_row(self, user_id: str) -> dict[str, Any] | None:
         """A user's row (traits, account, stage, round, first entries), or None."""
-        cursor = self.conn.execute("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        cursor = self.conn.execute("SELECT * FROM users WHERE tenant_key = ? AND user_id = ?",
+                                   (self.tenant_for("user", user_id), user_id))
         row = cursor.fetchone()
         return None if row is None else _row_dict(cursor, row)
 
     def rule_firsts(self, user_ids: tuple[str, str]) -> list[tuple[str, str, int, int]]:
         """``(user id, rule, shadow, first qualified_at)`` of both users' qualifications."""
-        return self.conn.execute(
+        return [row for user_id in user_ids for row in self.conn.execute(
             "SELECT subject_id, rule, shadow, min(qualified_at) FROM qualifications WHERE "
-            "subject_type = 'user' AND subject_id IN (?, ?) GROUP BY subject_id, rule, shadow",
-            user_ids).fetchall()
+            "tenant_key = ? AND subject_type = 'user' AND subject_id = ? "
+            "GROUP BY subject_id, rule, shadow",
+            (self.tenant_for("user", user_id), user_id)).fetchall()]
 
     def drop_qualifications(self, user_id: str, rule: str, shadow: int) -> None:
         """Remove a user's qualifications of one rule (an alias keeps the earlier one)."""
+        args = (self.tenant_for("user", user_id), user_id, rule, shadow)
         self.conn.execute(
-            "DELETE FROM handoffs WHERE qualification_id IN (SELECT id FROM qualifications "
-            "WHERE subject_type = 'user' AND subject_id = ? AND rule = ? AND shadow = ?)",
-            (user_id, rule, shadow))
+            "DELETE FROM handoffs WHERE tenant_key = ?1 AND qualification_id IN (SELECT id "
+            "FROM qualifications WHERE tenant_key = ?1 AND subject_type = 'user' "
+            "AND subject_id = ?2 AND rule = ?3 AND shadow = ?4)", args)
         self.conn.execute(
-            "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ? "
-            "AND rule = ? AND shadow = ?", (user_id, rule, shadow))
+            "DELETE FROM qualifications WHERE tenant_key = ? AND subject_type = 'user' "
+            "AND subject_id = ? AND rule = ? AND shadow = ?", args)
 
-    def move_user_rows(self, previous: str, user_id: str, round_: int) -> None:
-        """Everything recorded under user ``previous`` now belongs to ``user_id`` (its
-        qualifications join ``round_``): events, rollups, qualifications, history, trait
-        history, hand-offs, pending deliveries, import bookkeeping and aliases."""
+    def move_user_rows(self, previous: str, user_id: str, round_: int,
+                       tenants: tuple[str, str]) -> None:
+        """Everything recorded under user ``previous`` (in tenant ``tenants[0]``) now
+        belongs to ``user_id`` (in ``tenants[1]``), its qualifications in ``round_``:
+        events, rollups, qualifications, history, trait history, hand-offs and import
+        bookkeeping are written to the user's tenant and removed from the old one (never
+        an update of a tenant key); pending deliveries, account qualifications the previous
+        id completed and the ids linked to it follow by user id (an alias is named
+        cross-tenant work, as group and forget are)."""
+        args = {"old": tenants[0], "new": tenants[1], "prev": previous, "user": user_id,
+                "round": round_}
+        for table, who, order in _MERGED:
+            keyed_by_user = table in ("import_done", "import_staging")
+            where = (f"tenant_key = ? AND {who} = ?"
+                     + ("" if who == "user_id" else " AND subject_type = 'user'"))
+            found = self.rows(table, where, [previous if keyed_by_user else tenants[0],
+                                             previous], order)
+            if not found:
+                continue
+            self.conn.execute(f"DELETE FROM {table} WHERE {where}",
+                              (previous if keyed_by_user else tenants[0], previous))
+            for row in found:  # read, removed, written back: no key is ever shared
+                row["tenant_key"] = user_id if keyed_by_user else tenants[1]
+                row[who] = user_id
+                if table == "qualifications":
+                    row["round"] = round_
+                if table in _RENUMBERED:
+                    row.pop("id", None)
+                names = ", ".join(row)
+                self.conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES "
+                                  f"({', '.join('?' * len(row))})", list(row.values()))
         for sql in (
-            "UPDATE events SET user_id = ?2 WHERE user_id = ?1",
-            "UPDATE event_rollups SET user_id = ?2 WHERE user_id = ?1",
-            "UPDATE qualifications SET user_id = ?2 WHERE user_id = ?1",
-            "UPDATE stage_changes SET subject_id = ?2 WHERE subject_type = 'user' "
-            "AND subject_id = ?1",
-            "UPDATE trait_changes SET subject_id = ?2 WHERE subject_type = 'user' "
-            "AND subject_id = ?1",
-            "UPDATE handoffs SET subject_id = ?2 WHERE subject_type = 'user' AND subject_id = ?1",
-            "UPDATE outbox SET user_id = ?2 WHERE user_id = ?1",
-            "UPDATE import_done SET user_id = ?2 WHERE user_id = ?1",
-            "UPDATE import_staging SET user_id = ?2 WHERE user_id = ?1",
-            "UPDATE aliases SET user_id = ?2 WHERE user_id = ?1",
+            "UPDATE qualifications SET user_id = :user WHERE user_id = :prev",
+            "UPDATE outbox SET user_id = :user WHERE user_id = :prev",
+            "UPDATE aliases SET user_id = :user WHERE user_id = :prev",
         ):
-            self.conn.execute(sql, (previous, user_id))
-        self.conn.execute(
-            "UPDATE qualifications SET subject_id = ?2, round = ?3 WHERE subject_type = 'user' "
-            "AND subject_id = ?1", (previous, user_id, round_))
+            self.conn.execute(sql, args)
 
-    def rename_user(self, previous: str, user_id: str) -> None:
-        """The user row of ``previous`` becomes ``user_id``'s (which had none)."""
-        self.conn.execute("UPDATE users SET user_id = ? WHERE user_id = ?",
-                          (user_id, previous))
+    def rename_user(self, previous: str, user_id: str) -> tuple[str, str]:
+        """``user_id`` (never seen) takes the previous subject's place: a user row and a
+        directory entry of its own, in the account the previous one was in (else its own
+        tenant); the previous one's row goes. Returns ``(old tenant, new tenant)``."""
+        old = self.tenant_for("user", previous)
+        row = self.user_row(previous)
+        assert row is not None
+        new = row["account_id"] or user_id
+        self.conn.execute("INSERT INTO user_directory (tenant_key, account_id) VALUES (?, ?)",
+                          (user_id, row["account_id"]))
+        row = {**row, "tenant_key": new, "user_id": user_id}
+        self.conn.execute(f"INSERT INTO users ({', '.join(row)}) VALUES "
+                          f"({', '.join('?' * len(row))})", list(row.values()))
+        self._drop_user(previous, old)
+        self.tenant, self.tenant_user = new, user_id
+        return old, new
 
-    def merge_user_row(self, previous: str, user_id: str, traits_json: str,
-                       account_id: str | None) -> None:
-        """Fold ``previous``'s row into ``user_id``'s: the merged traits, the account, the
-        earliest first-seen and first entry into each stage; then remove it."""
+    def merge_user_row(self, previous: str, user_id: str, traits_json: str) -> tuple[str, str]:
+        """Fold ``previous``'s row into ``user_id``'s: the merged traits, the earliest
+        first-seen and first entry into each stage (the user keeps its account); then
+        remove it. Returns ``(old tenant, new tenant)``."""
+        old, new = self.tenant_for("user", previous), self.tenant_for("user", user_id)
         firsts = ", ".join(f"first_{stage} = CASE WHEN p.first_{stage} IS NULL THEN "
                            f"users.first_{stage} WHEN users.first_{stage} IS NULL THEN "
                            f"p.first_{stage} WHEN p.first_{stage} < users.first_{stage} THEN "
                            f"p.first_{stage} ELSE users.first_{stage} END"
                            for stage in STAGES)
         self.conn.execute(
-            f"UPDATE users SET traits = ?, account_id = ?, first_seen = CASE WHEN "
+            f"UPDATE users SET traits = :traits, first_seen = CASE WHEN "
             f"p.first_seen < users.first_seen THEN p.first_seen ELSE users.first_seen END, "
-            f"{firsts} FROM (SELECT * FROM users WHERE user_id = ?) AS p "
-            f"WHERE users.user_id = ?", (traits_json, account_id, previous, user_id))
-        self.conn.execute("DELETE FROM users WHERE user_id = ?", (previous,))
+            f"{firsts} FROM (SELECT * FROM users WHERE tenant_key = :old AND user_id = :prev) "
+            f"AS p WHERE users.tenant_key = :new AND users.user_id = :user",
+            {"traits": traits_json, "old": old, "new": new, "prev": previous,
+             "user": user_id})
+        self._drop_user(previous, old)
+        return old, new
+
+    def _drop_user(self, user_id: str, tenant: str) -> None:
+        self.conn.execute("DELETE FROM users WHERE tenant_key = ? AND user_id = ?",
+                          (tenant, user_id))
+        self.conn.execute("DELETE FROM user_directory WHERE tenant_key = ?", (user_id,))
 
     def add_alias(self, alias: str, user_id: str, at: int) -> None:
         """Link ``alias`` to ``user_id``."""
-        self.conn.execute("INSERT INTO aliases (alias, user_id, at) VALUES (?, ?, ?) "
+        self.conn.execute("INSERT INTO aliases (tenant_key, user_id, at) VALUES (?, ?, ?) "
                           "ON CONFLICT DO NOTHING", (alias, user_id, at))
 
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, the user's row and its account's. ``None`` for an unknown user."""
-        row = self.conn.execute(_USER_SNAPSHOT, (user_id,)).fetchone()
+        row = self.conn.execute(
+            _USER_SNAPSHOT, {"tenant": self.tenant_for("user", user_id), "id": user_id}
+        ).fetchone()
         if row is None:
             return None
         return UserRow(row[0], SubjectRow(*row[1:6]),
@@ -976,30 +1219,58 @@ class Transaction:
 
     def subject_snapshot(self, subject_type: str, subject_id: str) -> SubjectRow | None:
         """One user's or account's row, or ``None``."""
-        row = self.conn.execute(_SUBJECT_SNAPSHOT[subject_type], (subject_id,)).fetchone()
+        row = self.conn.execute(
+            _SUBJECT_SNAPSHOT[subject_type],
+            {"tenant": self.tenant_for(subject_type, subject_id), "id": subject_id}).fetchone()
         return None if row is None else SubjectRow(*row)
 
     def add_user(self, user_id: str, account_id: str | None, ts: int) -> None:
-        """Record a user seen for the first time: a ``lead`` from ``ts``."""
+        """Record a user seen for the first time: a ``lead`` from ``ts``, in the tenant of
+        ``account_id`` (else its own), which this transaction is on from here."""
+        tenant = self.tenant = account_id or user_id
+        self.tenant_user = user_id
+        self.conn.execute("INSERT INTO user_directory (tenant_key, account_id) VALUES (?, ?)",
+                          (user_id, account_id))
         self.conn.execute(
-            "INSERT INTO users (user_id, account_id, traits, first_seen, first_lead) "
-            "VALUES (?, ?, '{}', ?, ?3)",
-            (user_id, account_id, ts),
+            "INSERT INTO users (tenant_key, user_id, account_id, traits, first_seen, "
+            "first_lead) VALUES (?, ?, ?, '{}', ?, ?4)",
+            (tenant, user_id, account_id, ts),
         )
         self.add_stage_change("user", user_id, None, FIRST_STAGE, ts, "first_seen", None)
 
     def move_user(self, user_id: str, account_id: str) -> None:
-        """Tie the user to ``account_id`` from now on."""
-        self.conn.execute(
-            "UPDATE users SET account_id = ? WHERE user_id = ?", (account_id, user_id)
-        )
+        """Tie the user to ``account_id`` from now on: the one call that changes a user's
+        tenant. The user's own rows (its row, events, pruned-event rollups, qualifications
+        and stage history) move to the account's tenant in this transaction (the caller
+        holds both accounts' row locks, see :meth:`lock_subjects`); from here on this
+        transaction is on the new tenant."""
+        old = self.tenant_for("user", user_id)
+        if old == account_id:  # a user id that is also the account's: the same tenant
+            self.conn.execute("UPDATE users SET account_id = ?1 WHERE tenant_key = ?1 "
+                              "AND user_id = ?2", (account_id, user_id))
+        else:
+            for sql in _MOVES:
+                self.conn.execute(sql, {"old": old, "new": account_id, "user": user_id})
+            for table, where, order in _MOVED_ROWS:
+                rows = self.rows(table, where, [old, user_id], order)
+                self.conn.execute(f"DELETE FROM {table} WHERE {where}", (old, user_id))
+                for row in rows:
+                    row["tenant_key"] = account_id
+                    if table == "users":
+                        row["account_id"] = account_id
+                    names = ", ".join(row)
+                    self.conn.execute(f"INSERT INTO {table} ({names}) VALUES "
+                                      f"({', '.join('?' * len(row))})", list(row.values()))
+        self.conn.execute("UPDATE user_directory SET account_id = ? WHERE tenant_key = ?",
+                          (account_id, user_id))
+        self.tenant, self.tenant_user = account_id, user_id
 
     def add_account(self, account_id: str, ts: int) -> bool:
         """Record an account (a ``lead`` from ``ts``), unless it is known already; whether
         it was new."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO accounts (account_id, traits, first_seen, first_lead) "
-            "VALUES (?, '{}', ?, ?2)",
+            "INSERT OR IGNORE INTO accounts (tenant_key, account_id, traits, first_seen, "
+            "first_lead) VALUES (?1, ?1, '{}', ?2, ?2)",
             (account_id, ts),
         )
         if cursor.rowcount:
@@ -1015,16 +1286,11 @@ class Transaction:
                          criteria: str | None = None) -> None:
         """Append to the subject's history (:meth:`change_stage` also moves the subject);
         ``criteria``: sales' structured reasons as a JSON object, or None."""
-        if criteria is None:
-            self.conn.execute(
-                "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, "
-                "at, source, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (subject_type, subject_id, from_stage, to_stage, at, source, reason))
-            return
         self.conn.execute(
-            "INSERT INTO stage_changes (subject_type, subject_id, from_stage, to_stage, at, "
-            "source, reason, criteria) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (subject_type, subject_id, from_stage, to_stage, at, source, reason, criteria),
+            "INSERT INTO stage_changes (tenant_key, subject_type, subject_id, from_stage, "
+            "to_stage, at, source, reason, criteria) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.tenant_for(subject_type, subject_id), subject_type, subject_id, from_stage,
+             to_stage, at, source, reason, criteria),
         )
 
     def change_stage(self, subject_type: str, subject_id: str, from_stage: str,
@@ -1038,61 +1304,63 @@ class Transaction:
             sql = f"UPDATE {table} SET stage = :to, {column} = coalesce({column}, :at)"
         else:
             sql = f"UPDATE {table} SET stage = :to, round = round + 1, round_since = :at"
-        self.conn.execute(f"{sql} WHERE {key} = :id",
-                          {"to": to_stage, "at": at, "id": subject_id})
+        tenant = self.tenant_for(subject_type, subject_id)
+        self.conn.execute(f"{sql} WHERE tenant_key = :tenant AND {key} = :id",
+                          {"to": to_stage, "at": at, "id": subject_id, "tenant": tenant})
         if to_stage in SETTLING_STAGES:  # sales accepted or rejected its qualifications
-            self.conn.execute("DELETE FROM handoffs WHERE subject_type = ? AND subject_id = ?",
-                              (subject_type, subject_id))
+            self.conn.execute("DELETE FROM handoffs WHERE tenant_key = ? AND subject_type = ? "
+                              "AND subject_id = ?", (tenant, subject_type, subject_id))
         self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
                               reason, criteria)
 
     def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's stage changes, oldest first."""
         cursor = self.conn.execute(
-            "SELECT * FROM stage_changes WHERE subject_type = ? AND subject_id = ? "
-            "ORDER BY at, id",
-            (subject_type, subject_id),
+            "SELECT * FROM stage_changes WHERE tenant_key = ? AND subject_type = ? "
+            "AND subject_id = ? ORDER BY at, id",
+            (self.tenant_for(subject_type, subject_id), subject_type, subject_id),
         )
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     def set_traits(self, subject_type: str, subject_id: str, traits_json: str) -> None:
         """Replace the stored traits (a JSON object) of an existing user or account."""
-        sql = (
-            "UPDATE users SET traits = ? WHERE user_id = ?"
-            if subject_type == "user"
-            else "UPDATE accounts SET traits = ? WHERE account_id = ?"
-        )
-        self.conn.execute(sql, (traits_json, subject_id))
+        table, key = _TABLES[subject_type]
+        self.conn.execute(f"UPDATE {table} SET traits = ? WHERE tenant_key = ? AND {key} = ?",
+                          (traits_json, self.tenant_for(subject_type, subject_id), subject_id))
 
     def record_traits(self, subject_type: str, subject_id: str,
                       changes: list[tuple[str, str | None]], at: int) -> None:
         """Keep each ``(trait, value JSON or None when removed)`` change in the subject's
         trait history, at ``at``."""
+        tenant = self.tenant_for(subject_type, subject_id)
         self.conn.executemany(
-            "INSERT INTO trait_changes (subject_type, subject_id, trait, value, at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(subject_type, subject_id, name, value, at) for name, value in changes])
+            "INSERT INTO trait_changes (tenant_key, subject_type, subject_id, trait, value, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(tenant, subject_type, subject_id, name, value, at) for name, value in changes])
 
     def anything_new(self, subject_type: str, subject_id: str, events: Iterable[str],
                      traits: Iterable[str], since: int, until: int) -> bool:
         """Whether, in ``[since, until]``, the subject did one of ``events`` or had one of
         ``traits`` changed (what a rejected lead needs before it qualifies again)."""
         column = "user_id" if subject_type == "user" else "account_id"
+        tenant = self.tenant_for(subject_type, subject_id)
         events, traits = sorted(events), sorted(traits)
         parts: list[str] = []
         args: list[Any] = []
         if events:
             marks = ",".join("?" * len(events))
-            parts.append(f"EXISTS (SELECT 1 FROM events WHERE {column} = ? AND event IN "
-                         f"({marks}) AND ts >= ? AND ts <= ?)")
-            parts.append(f"EXISTS (SELECT 1 FROM event_rollups WHERE {column} = ? AND event "
-                         f"IN ({marks}) AND last_ts >= ? AND first_ts <= ?)")
-            args += [subject_id, *events, since, until] * 2
+            parts.append(f"EXISTS (SELECT 1 FROM events WHERE tenant_key = ? AND {column} = ? "
+                         f"AND event IN ({marks}) AND ts >= ? AND ts <= ?)")
+            parts.append(f"EXISTS (SELECT 1 FROM event_rollups WHERE tenant_key = ? AND "
+                         f"{column} = ? AND event IN ({marks}) AND last_ts >= ? "
+                         f"AND first_ts <= ?)")
+            args += [tenant, subject_id, *events, since, until] * 2
         if traits:
             marks = ",".join("?" * len(traits))
-            parts.append(f"EXISTS (SELECT 1 FROM trait_changes WHERE subject_type = ? AND "
-                         f"subject_id = ? AND trait IN ({marks}) AND at >= ? AND at <= ?)")
-            args += [subject_type, subject_id, *traits, since, until]
+            parts.append(f"EXISTS (SELECT 1 FROM trait_changes WHERE tenant_key = ? AND "
+                         f"subject_type = ? AND subject_id = ? AND trait IN ({marks}) "
+                         f"AND at >= ? AND at <= ?)")
+            args += [tenant, subject_type, subject_id, *traits, since, until]
         if not parts:
             return False
         return self.conn.execute(f"SELECT 1 WHERE {' OR '.join(parts)}",
@@ -1101,7 +1369,7 @@ class Transaction:
     def account_of(self, user_id: str) -> str | None:
         """The account the user belongs to now, if any."""
         row = self.conn.execute(
-            "SELECT account_id FROM users WHERE user_id = ?", (user_id,)
+            "SELECT account_id FROM user_directory WHERE tenant_key = ?", (user_id,)
         ).fetchone()
         return row[0] if row else None
 
@@ -1115,11 +1383,12 @@ class Transaction:
     def latest_user(self, account_id: str, until: int) -> str | None:
         """The account's user with the latest event up to ``until`` (or any member)."""
         row = self.conn.execute(
-            "SELECT user_id FROM events WHERE account_id = ? AND ts <= ? "
+            "SELECT user_id FROM events WHERE tenant_key = ?1 AND account_id = ?1 AND ts <= ?2 "
             "ORDER BY ts DESC LIMIT 1",
             (account_id, until),
         ).fetchone() or self.conn.execute(
-            "SELECT user_id FROM users WHERE account_id = ? LIMIT 1", (account_id,)
+            "SELECT user_id FROM users WHERE tenant_key = ?1 AND account_id = ?1 LIMIT 1",
+            (account_id,)
         ).fetchone()
         return row[0] if row else None
 
@@ -1128,27 +1397,51 @@ class Transaction:
         bookkeeping included, and remember the keyed hashes of its message ids so that no
         import brings them back; return how many message ids were remembered."""
         self.conn.execute("PRAGMA secure_delete = ON")  # whatever changed it since
+        tenant = self.enter("user", user_id)
+        # every tenant holding rows of the user: its own, and each account it was in (the
+        # accounts it left keep a copy of its events there; see move_user)
+        tenants = [tenant, *sorted({row[0] for row in self.conn.execute(
+            "SELECT DISTINCT account_id FROM events WHERE tenant_key = ?1 AND user_id = ?2 "
+            "AND account_id IS NOT NULL UNION SELECT DISTINCT account_id FROM event_rollups "
+            "WHERE tenant_key = ?1 AND user_id = ?2 AND account_id IS NOT NULL",
+            (tenant, user_id))} - {tenant})]
+        args = {"user": user_id, "tenant": tenant}
         ids = [row[0] for row in self.conn.execute(
-            "SELECT message_id FROM events WHERE user_id = ?1 AND message_id IS NOT NULL "
-            "UNION SELECT message_id FROM import_staging WHERE user_id = ?1 "
-            "UNION SELECT message_id FROM import_done WHERE user_id = ?1", (user_id,))]
+            "SELECT message_id FROM events WHERE tenant_key = :tenant AND user_id = :user "
+            "AND message_id IS NOT NULL "
+            "UNION SELECT message_id FROM import_staging WHERE tenant_key = :user "
+            "AND user_id = :user "
+            "UNION SELECT message_id FROM import_done WHERE tenant_key = :user "
+            "AND user_id = :user", args)]
         self.conn.executemany("INSERT OR IGNORE INTO forgotten (hash) VALUES (?)",
                               [(self.forgotten_hash(m),) for m in ids])
         for sql in (
-            "DELETE FROM import_staging WHERE user_id = ?",
-            "DELETE FROM import_done WHERE user_id = ?",
-            "DELETE FROM events WHERE user_id = ?",
-            "DELETE FROM event_rollups WHERE user_id = ?",
-            "DELETE FROM qualifications WHERE subject_type = 'user' AND subject_id = ?",
-            "UPDATE qualifications SET user_id = '(forgotten)' WHERE user_id = ?",
-            "DELETE FROM stage_changes WHERE subject_type = 'user' AND subject_id = ?",
-            "DELETE FROM trait_changes WHERE subject_type = 'user' AND subject_id = ?",
-            "DELETE FROM handoffs WHERE subject_type = 'user' AND subject_id = ?",
-            "DELETE FROM aliases WHERE user_id = ? OR alias = ?1",
-            "DELETE FROM outbox WHERE user_id = ?",
-            "DELETE FROM users WHERE user_id = ?",
+            "DELETE FROM import_staging WHERE tenant_key = :user AND user_id = :user",
+            "DELETE FROM import_done WHERE tenant_key = :user AND user_id = :user",
+            "DELETE FROM qualifications WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            "DELETE FROM stage_changes WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            "DELETE FROM trait_changes WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            "DELETE FROM handoffs WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            # the ids linked to the user (each its own key) and a link of the user's own id
+            "DELETE FROM aliases WHERE user_id = :user OR tenant_key = :user",
+            "DELETE FROM users WHERE tenant_key = :tenant AND user_id = :user",
+            "DELETE FROM user_directory WHERE tenant_key = :user",
         ):
-            self.conn.execute(sql, (user_id,))
+            self.conn.execute(sql, args)
+        for where in [*tenants, user_id, ""]:  # outbox rows: where they were written
+            for sql in (
+                "DELETE FROM events WHERE tenant_key = :tenant AND user_id = :user",
+                "DELETE FROM event_rollups WHERE tenant_key = :tenant AND user_id = :user",
+                # an account's qualification the user completed keeps no trace of who
+                "UPDATE qualifications SET user_id = '(forgotten)' WHERE tenant_key = :tenant "
+                "AND user_id = :user",
+                "DELETE FROM outbox WHERE tenant_key = :tenant AND user_id = :user",
+            ):
+                self.conn.execute(sql, {"user": user_id, "tenant": where})
         return len(ids)
 
     # -- qualifications -------------------------------------------------------------------
@@ -1156,12 +1449,13 @@ class Transaction:
     def insert_qualification(self, row: dict[str, Any]) -> bool:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
-            "INSERT INTO qualifications (id, rule, stage, subject_type, subject_id, user_id, "
-            "account_id, qualified_at, evidence, round, rule_version, shadow, firing) VALUES "
-            "(:id, :rule, :stage, :subject_type, :subject_id, :user_id, :account_id, "
-            ":qualified_at, :evidence, :round, :rule_version, :shadow, :firing) "
+            "INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, subject_id, "
+            "user_id, account_id, qualified_at, evidence, round, rule_version, shadow, firing) "
+            "VALUES (:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
+            ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow, :firing) "
             "ON CONFLICT DO NOTHING",
-            {"firing": 0, **row},
+            {"firing": 0, **row,
+             "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])},
         )
         return cursor.rowcount == 1
 
@@ -1169,30 +1463,36 @@ class Transaction:
                      rule: str, qualified_at: int) -> None:
         """A live qualification now waits for sales (see :meth:`overdue`)."""
         self.conn.execute(
-            "INSERT INTO handoffs (qualification_id, subject_type, subject_id, rule, "
-            "qualified_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (qualification_id, subject_type, subject_id, rule, qualified_at))
+            "INSERT INTO handoffs (tenant_key, qualification_id, subject_type, subject_id, "
+            "rule, qualified_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (self.tenant_for(subject_type, subject_id), qualification_id, subject_type,
+             subject_id, rule, qualified_at))
 
     def overdue(self, qualified_before: int, *, unnotified: bool = False,
                 limit: int | None = None) -> list[tuple[Any, ...]]:
         """Open qualifications from before ``qualified_before``, oldest first:
         ``(qualification id, subject type, subject id, subject's stage, rule, qualified
-        at)``; ``unnotified``: only those ``on_overdue`` was not told of yet. One indexed
-        range scan, each subject's stage by its primary key."""
+        at, tenant key)`` (a read across tenants, as reports are); ``unnotified``: only
+        those ``on_overdue`` was not told of yet. One indexed range scan, each subject's
+        stage by its primary key."""
         return self.conn.execute(
             "SELECT h.qualification_id, h.subject_type, h.subject_id, "
-            "coalesce(u.stage, a.stage, 'lead'), h.rule, h.qualified_at FROM handoffs h "
-            "LEFT JOIN users u ON h.subject_type = 'user' AND u.user_id = h.subject_id "
+            "coalesce(u.stage, a.stage, 'lead'), h.rule, h.qualified_at, h.tenant_key "
+            "FROM handoffs h LEFT JOIN users u ON h.subject_type = 'user' "
+            "AND u.tenant_key = h.tenant_key AND u.user_id = h.subject_id "
             "LEFT JOIN accounts a ON h.subject_type = 'account' "
-            "AND a.account_id = h.subject_id WHERE h.qualified_at <= ?"
+            "AND a.tenant_key = h.tenant_key AND a.account_id = h.subject_id "
+            "WHERE h.qualified_at <= ?"
             + (" AND h.notified_at IS NULL" if unnotified else "")
             + " ORDER BY h.qualified_at, h.qualification_id LIMIT ?",
             (qualified_before, -1 if limit is None else limit)).fetchall()
 
-    def mark_notified(self, qualification_ids: list[str], at: int) -> None:
-        """``on_overdue`` rows were written for these open qualifications."""
-        self.conn.executemany("UPDATE handoffs SET notified_at = ? WHERE qualification_id = ?",
-                              [(at, qid) for qid in qualification_ids])
+    def mark_notified(self, handoffs: list[tuple[str, str]], at: int) -> None:
+        """``on_overdue`` rows were written for these open qualifications: ``(tenant key,
+        qualification id)``."""
+        self.conn.executemany("UPDATE handoffs SET notified_at = ? WHERE tenant_key = ? "
+                              "AND qualification_id = ?",
+                              [(at, tenant, qid) for tenant, qid in handoffs])
 
     def settlements(self, subject_type: str, since: int | None, until: int | None
                     ) -> list[tuple[str, int, str, int]]:
@@ -1201,7 +1501,8 @@ class Transaction:
         id, qualified at, to stage, at)``, in time order."""
         return self.conn.execute(
             "SELECT q.id, q.qualified_at, sc.to_stage, sc.at FROM qualifications q "
-            "JOIN stage_changes sc ON sc.subject_type = q.subject_type "
+            "JOIN stage_changes sc ON sc.tenant_key = q.tenant_key "
+            "AND sc.subject_type = q.subject_type "
             "AND sc.subject_id = q.subject_id AND sc.at >= q.qualified_at "
             "AND sc.source != 'rule:' || q.rule AND sc.to_stage IN ('sql', 'opportunity', "
             "'customer', 'unqualified', 'disqualified') "
@@ -1216,8 +1517,10 @@ class Transaction:
         the last one was)``."""
         rows = self.conn.execute(
             "SELECT rule, shadow, count(*), max(qualified_at) FROM qualifications "
-            "WHERE subject_type = ? AND subject_id = ? AND round = ? GROUP BY rule, shadow",
-            (subject_type, subject_id, round_)).fetchall()
+            "WHERE tenant_key = ? AND subject_type = ? AND subject_id = ? AND round = ? "
+            "GROUP BY rule, shadow",
+            (self.tenant_for(subject_type, subject_id), subject_type, subject_id,
+             round_)).fetchall()
         return {(rule, bool(shadow)): (count, last) for rule, shadow, count, last in rows}
 
     def qualifications_by_id(self, ids: set[str]) -> list[dict[str, Any]]:
@@ -1249,19 +1552,21 @@ class Transaction:
             sql += " AND rule = ?"
             args.append(rule)
         if subject is not None:
-            sql += " AND subject_type = ? AND subject_id = ?"
-            args.extend(subject)
+            sql += " AND tenant_key = ? AND subject_type = ? AND subject_id = ?"
+            args.extend((self.tenant_for(*subject), *subject))
         cursor = self.conn.execute(sql + " ORDER BY qualified_at, rowid", args)
         return [_row_dict(cursor, row) for row in cursor.fetchall()]
 
     # -- outbox ---------------------------------------------------------------------------
 
     def enqueue(self, rows: list[tuple[str, str, str | None, str, int]]) -> None:
-        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once."""
+        """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once, in
+        the tenant of their user (the call's)."""
         self.conn.executemany(
-            "INSERT INTO outbox (destination, kind, user_id, payload, next_attempt_at, "
-            f"created_at, format) VALUES (?, ?, ?, ?, ?5, ?5, {PAYLOAD_FORMAT})",
-            rows,
+            "INSERT INTO outbox (tenant_key, destination, kind, user_id, payload, "
+            f"next_attempt_at, created_at, format) VALUES (?, ?, ?, ?, ?, ?6, ?6, "
+            f"{PAYLOAD_FORMAT})",
+            [(self.tenant_for("user", row[2]) if row[2] else "", *row) for row in rows],
         )
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
@@ -1289,31 +1594,34 @@ class Transaction:
             "UPDATE outbox SET lease_until = ? WHERE claim = ? AND status = 'pending'",
             [(lease_until, token) for token in tokens])
 
-    def acknowledge(self, ids: list[int], token: str) -> int:
+    def acknowledge(self, keys: list[OutboxKey], token: str) -> int:
         """The destination took these rows: they are done (and removed), those still
-        claimed under ``token``; return how many were."""
+        claimed under ``token``; return how many were. Each statement binds the row's
+        tenant."""
         before = self.conn.total_changes
-        self.conn.executemany("DELETE FROM outbox WHERE id = ? AND claim = ?",
-                              [(i, token) for i in ids])
+        self.conn.executemany(
+            "DELETE FROM outbox WHERE tenant_key = ? AND id = ? AND claim = ?",
+            [(key.tenant_key, key.id, token) for key in keys])
         return self.conn.total_changes - before
 
-    def reschedule(self, ids: list[int], token: str, next_attempt_at: int, error: str,
+    def reschedule(self, keys: list[OutboxKey], token: str, next_attempt_at: int, error: str,
                    failed: bool) -> None:
         """A delivery failed: try again at ``next_attempt_at``, or keep the rows as failed
         (only rows still claimed under ``token``)."""
         self.conn.executemany(
             "UPDATE outbox SET lease_until = NULL, claim = NULL, next_attempt_at = ?, "
-            "last_error = ?, status = ? WHERE id = ? AND claim = ?",
-            [(next_attempt_at, error, "failed" if failed else "pending", i, token)
-             for i in ids],
+            "last_error = ?, status = ? WHERE tenant_key = ? AND id = ? AND claim = ?",
+            [(next_attempt_at, error, "failed" if failed else "pending", key.tenant_key,
+              key.id, token) for key in keys],
         )
 
-    def release(self, ids: list[int], token: str) -> None:
+    def release(self, keys: list[OutboxKey], token: str) -> None:
         """Give back claimed rows that were not attempted: due as before, the attempt
         uncounted (only rows still claimed under ``token``)."""
         self.conn.executemany(
             "UPDATE outbox SET lease_until = NULL, claim = NULL, attempts = attempts - 1 "
-            "WHERE id = ? AND claim = ?", [(i, token) for i in ids])
+            "WHERE tenant_key = ? AND id = ? AND claim = ?",
+            [(key.tenant_key, key.id, token) for key in keys])
 
     def outbox_rows(self, status: str | None = None, destinations: list[str] | None = None,
                     exclude: list[str] | None = None) -> list[dict[str, Any]]:
@@ -1398,14 +1706,16 @@ class Transaction:
         """``(ts, properties)`` of the subject's ``event`` events in ``[since, until]``, newest
         first, at most ``limit``."""
         column = "user_id" if subject_type == "user" else "account_id"
-        sql = f"SELECT ts, properties FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
-        args: list[Any] = [subject_id, event, until]
+        tenant = self.tenant_for(subject_type, subject_id)
+        sql = (f"SELECT ts, properties FROM events WHERE tenant_key = ? AND {column} = ? "
+               f"AND event = ? AND ts <= ?")
+        args: list[Any] = [tenant, subject_id, event, until]
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
         args.append(-1 if limit is None else limit)
         live = self.conn.execute(sql + " ORDER BY ts DESC LIMIT ?", args).fetchall()
-        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
         pruned = self.conn.execute(f"SELECT last_ts, properties, n {rolled} "
                                    "ORDER BY last_ts DESC", rolled_args).fetchall()
         if not pruned:
@@ -1422,15 +1732,18 @@ class Transaction:
         that name fall in ``[since, until]`` (the newest ``limit`` at most), each weighted
         ``0.5 ** (age / half_life)`` when a half-life is given. One statement for all."""
         column = "user_id" if subject_type == "user" else "account_id"
+        tenant = self.tenant_for(subject_type, subject_id)
         parts, args = [], []
         for event, since, half_life, limit in lines:
             weight = "1" if half_life is None else "power(0.5, (? - ts) * 1.0 / ?)"
-            inner = f"SELECT ts FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
-            inner_args: list[Any] = [subject_id, event, until]
+            inner = (f"SELECT ts FROM events WHERE tenant_key = ? AND {column} = ? "
+                     f"AND event = ? AND ts <= ?")
+            inner_args: list[Any] = [tenant, subject_id, event, until]
             if since is not None:
                 inner += " AND ts >= ?"
                 inner_args.append(since)
-            rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+            rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until,
+                                                 since)
             rolled_weight = ("n" if half_life is None
                              else "n * power(0.5, (? - last_ts) * 1.0 / ?)")
             parts.append(f"((SELECT total({weight}) FROM ({inner} ORDER BY ts DESC LIMIT ?)) "
@@ -1445,37 +1758,39 @@ class Transaction:
     def events_to_prune(self, after_id: int, chunk: int, cutoff: int
                         ) -> tuple[int | None, list[tuple[Any, ...]]]:
         """Scan the next ``chunk`` events by id after ``after_id``: ``(the last id scanned,
-        or None at the end; those older than cutoff as (id, user id, account id, event, ts,
-        properties JSON))``. A sweep by id reads a bounded slice per call, with no index on
-        time (which every track() would pay for)."""
+        or None at the end; those older than cutoff as (id, tenant key, user id, account id,
+        event, ts, properties JSON))``. A sweep by id reads a bounded slice per call, with no
+        index on time (which every track() would pay for)."""
         last = self.conn.execute(
             "SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
             (after_id, chunk)).fetchone()[0]
         if last is None:
             return None, []
         rows = self.conn.execute(
-            "SELECT id, user_id, account_id, event, ts, properties FROM events "
+            "SELECT id, tenant_key, user_id, account_id, event, ts, properties FROM events "
             "WHERE id > ? AND id <= ? AND ts < ? ORDER BY id", (after_id, last, cutoff)
         ).fetchall()
         return last, rows
 
     def rollups_of(self, user_ids: set[str]) -> list[tuple[Any, ...]]:
-        """``(id, user id, account id, event, properties JSON, n, first ts, last ts)`` of
-        these users' rollups."""
+        """``(id, tenant key, user id, account id, event, properties JSON, n, first ts, last
+        ts)`` of these users' rollups."""
         marks = ",".join("?" * len(user_ids))
         return self.conn.execute(
-            "SELECT id, user_id, account_id, event, properties, n, first_ts, last_ts "
+            "SELECT id, tenant_key, user_id, account_id, event, properties, n, first_ts, "
+            "last_ts "
             f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
 
     def fold_events(self, event_ids: list[int], updates: list[tuple[int, int, int, int]],
                     inserts: list[tuple[Any, ...]]) -> None:
         """Delete the pruned events; ``updates``: ``(n, first ts, last ts, rollup id)``;
-        ``inserts``: ``(user id, account id, event, properties, n, first ts, last ts)``."""
+        ``inserts``: ``(tenant key, user id, account id, event, properties, n, first ts, last
+        ts)``."""
         self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
                               "WHERE id = ?", updates)
         self.conn.executemany(
-            "INSERT INTO event_rollups (user_id, account_id, event, properties, n, first_ts, "
-            "last_ts) VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
+            "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
+            "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
         self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in event_ids])
 
     # -- import ---------------------------------------------------------------------------
@@ -1491,11 +1806,13 @@ class Transaction:
                 f"SELECT hash FROM forgotten WHERE hash IN ({marks})", list(hashes))}
             rows = [row for h, row in hashes.items() if h not in gone]
         before = self.conn.total_changes
+        # an event imported before is in its user's tenant now (it moves with the user)
         self.conn.executemany(
-            "INSERT OR IGNORE INTO import_staging (message_id, ts, line_no, kind, user_id, "
-            "account_id, event, data) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
-            "WHERE NOT EXISTS (SELECT 1 FROM import_done WHERE message_id = ?1) "
-            "AND NOT EXISTS (SELECT 1 FROM events WHERE message_id = ?1)",
+            "INSERT OR IGNORE INTO import_staging (tenant_key, message_id, ts, line_no, kind, "
+            "user_id, account_id, event, data) SELECT ?5, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+            "WHERE NOT EXISTS (SELECT 1 FROM import_done WHERE tenant_key = ?5 "
+            "AND message_id = ?1) AND NOT EXISTS (SELECT 1 FROM events WHERE tenant_key = "
+            + _USER_TENANT.format(user="?5") + " AND message_id = ?1)",
             rows,
         )
         return self.conn.total_changes - before
@@ -1530,8 +1847,8 @@ class Transaction:
         id)."""
         self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
                               [(m,) for m in message_ids])
-        self.conn.executemany("INSERT OR IGNORE INTO import_done (message_id, user_id) "
-                              "VALUES (?, ?)", remember)
+        self.conn.executemany("INSERT OR IGNORE INTO import_done (tenant_key, message_id, "
+                              "user_id) VALUES (coalesce(?2, ''), ?1, ?2)", remember)
 
     # -- reports --------------------------------------------------------------------------
 
@@ -1578,14 +1895,16 @@ class Transaction:
         if by is None:
             group = "NULL"
         else:  # the value the trait had when the subject entered the stage
-            group = ("(SELECT tc.value FROM trait_changes tc WHERE tc.subject_type = :kind "
+            group = ("(SELECT tc.value FROM trait_changes tc WHERE tc.tenant_key = q.tkey "
+                     "AND tc.subject_type = :kind "
                      "AND tc.subject_id = q.sid AND tc.trait = :by AND tc.at <= q.s{k} "
                      "ORDER BY tc.at DESC, tc.id DESC LIMIT 1)")
         long = " UNION ALL ".join(
             f"SELECT {group.format(k=k)} AS grp, {k} AS k, s{k} AS s, n{k} AS n, r{k} AS r "
             f"FROM q WHERE {entered.format(k=k)}" for k in range(count))
         rows = self.conn.execute(
-            f"WITH p AS (SELECT {key} AS sid, {firsts} FROM {table}{where}), "
+            f"WITH p AS (SELECT tenant_key AS tkey, {key} AS sid, {firsts} "
+            f"FROM {table}{where}), "
             f"q AS MATERIALIZED (SELECT p.*, {', '.join(extra)} FROM p), "
             f"l AS MATERIALIZED ({long}), "
             "w AS (SELECT grp, k, n - s AS d, "
@@ -1635,8 +1954,9 @@ class Transaction:
         ``entered_before`` (what ``purge`` removes)."""
         return [row[0] for row in self.conn.execute(
             "SELECT u.user_id FROM users u WHERE u.stage = ? AND (SELECT max(sc.at) FROM "
-            "stage_changes sc WHERE sc.subject_type = 'user' AND sc.subject_id = u.user_id "
-            "AND sc.to_stage = ?) <= ? ORDER BY u.user_id", (stage, stage, entered_before))]
+            "stage_changes sc WHERE sc.tenant_key = u.tenant_key AND sc.subject_type = 'user' "
+            "AND sc.subject_id = u.user_id AND sc.to_stage = ?) <= ? ORDER BY u.user_id",
+            (stage, stage, entered_before))]
 
     def all_subjects(self, subject_type: str) -> list[str]:
         """Every user (or account) id."""
@@ -1667,7 +1987,8 @@ class Transaction:
         where = "" if events is None else f"event IN ({','.join('?' * len(events))}) AND "
         cursor = self.conn.execute(
             f"SELECT {column}, event, ts, {text} FROM events WHERE {where}"
-            f"ts <= ? AND {column} IS NOT NULL ORDER BY {column}, ts, id",
+            f"ts <= ? AND {column} IS NOT NULL AND {canonical(subject_type)} "
+            f"ORDER BY {column}, ts, id",
             (*with_properties, *(events or ()), until))
         while rows := cursor.fetchmany(10_000):
             yield from rows
@@ -1681,6 +2002,7 @@ class Transaction:
         cursor = self.conn.execute(
             f"SELECT e.event, j.key, j.atom, e.{column}, min(e.ts) FROM events e, "
             f"json_each(e.properties) j WHERE e.ts <= ? AND e.{column} IS NOT NULL "
+            f"AND {canonical(subject_type, 'e')} "
             f"AND j.type IN ('text', 'integer') AND e.properties != '{{}}' "
             f"GROUP BY e.event, j.key, j.atom, e.{column}", (until,))
         while rows := cursor.fetchmany(10_000):
@@ -1700,7 +2022,8 @@ class Transaction:
         column = "user_id" if subject_type == "user" else "account_id"
         return dict(self.conn.execute(
             f"SELECT {column}, min(ts) FROM events WHERE event = ? AND ts <= ? "
-            f"AND {column} IS NOT NULL GROUP BY {column}", (event, until)).fetchall())
+            f"AND {column} IS NOT NULL AND {canonical(subject_type)} GROUP BY {column}",
+            (event, until)).fetchall())
 
     def first_seen_times(self, subject_type: str) -> dict[str, int]:
         """When each user (or account) was first seen, by id."""
@@ -1719,8 +2042,9 @@ class Transaction:
         """How many of the subject's ``event`` events fall in ``[since, until]``, its
         rollups' included (the live events counted up to ``limit``)."""
         column = "user_id" if subject_type == "user" else "account_id"
-        sql, args = _events_where(column, subject_id, event, until, since)
-        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        tenant = self.tenant_for(subject_type, subject_id)
+        sql, args = _events_where(tenant, column, subject_id, event, until, since)
+        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
         args.append(-1 if limit is None else limit)
         return int(self.conn.execute(
             f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
@@ -1732,32 +2056,34 @@ class Transaction:
         """The properties of the subject's ``event`` events in ``[since, until]``: each
         event's, then each rollup's (with how many events it holds)."""
         column = "user_id" if subject_type == "user" else "account_id"
-        sql, args = _events_where(column, subject_id, event, until, since)
+        tenant = self.tenant_for(subject_type, subject_id)
+        sql, args = _events_where(tenant, column, subject_id, event, until, since)
         for (text,) in self.conn.execute(f"SELECT properties {sql}", args):
             yield PropertyRow(text, 1)
-        rolled, rolled_args = _rollups_where(column, subject_id, event, until, since)
+        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
         for text, n in self.conn.execute(f"SELECT properties, n {rolled}", rolled_args):
             yield PropertyRow(text, n)
 
 
-def _events_where(column: str, subject_id: str, event: str, until: int, since: int | None
-                  ) -> tuple[str, list[Any]]:
-    """``FROM ... WHERE ...`` of a subject's ``event`` events in ``[since, until]``, and its
-    arguments."""
-    sql = f"FROM events WHERE {column} = ? AND event = ? AND ts <= ?"
-    args: list[Any] = [subject_id, event, until]
+def _events_where(tenant: str, column: str, subject_id: str, event: str, until: int,
+                  since: int | None) -> tuple[str, list[Any]]:
+    """``FROM ... WHERE ...`` of a subject's ``event`` events in ``[since, until]`` (in its
+    tenant), and its arguments."""
+    sql = f"FROM events WHERE tenant_key = ? AND {column} = ? AND event = ? AND ts <= ?"
+    args: list[Any] = [tenant, subject_id, event, until]
     if since is not None:
         sql += " AND ts >= ?"
         args.append(since)
     return sql, args
 
 
-def _rollups_where(column: str, subject_id: str, event: str, until: int, since: int | None
-                   ) -> tuple[str, list[Any]]:
+def _rollups_where(tenant: str, column: str, subject_id: str, event: str, until: int,
+                   since: int | None) -> tuple[str, list[Any]]:
     """``FROM ... WHERE ...`` of a subject's rollups of ``event`` that reach into
     ``[since, until]`` (a rollup straddling ``since`` counts whole), and its arguments."""
-    sql = f"FROM event_rollups WHERE {column} = ? AND event = ? AND first_ts <= ?"
-    args: list[Any] = [subject_id, event, until]
+    sql = (f"FROM event_rollups WHERE tenant_key = ? AND {column} = ? AND event = ? "
+           f"AND first_ts <= ?")
+    args: list[Any] = [tenant, subject_id, event, until]
     if since is not None:
         sql += " AND last_ts >= ?"
         args.append(since)
