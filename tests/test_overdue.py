@@ -180,3 +180,14 @@ def test_cli_overdue(make_client, database, tmp_path):
     assert eve.split()[-4:] == ["engaged", "pql", "user", "eve"]
     result = runner.invoke(main, ["overdue", "--db", database["database"]])
     assert result.exit_code == 2 and "--accept-within" in result.output
+
+
+def test_hand_offs_and_trait_history_follow_a_user_into_its_account(make_client):
+    client = make_client(RULES, lifecycle=LIFECYCLE)
+    client.identify("ada", {"lead_source": "ads"}, timestamp=day(0))
+    client.track("ada", "teammate_invited", timestamp=day(0))
+    client.group("ada", "acme", timestamp=day(1))  # ada's rows move to acme's tenant
+    assert shown(client.overdue(as_of=day(3))) == [("ada", "team", "pql", day(0))]
+    assert client.funnel(by="lead_source").segments["ads"][1].entered == 1  # lead
+    client.set_stage("ada", stage="sql", timestamp=day(3))
+    assert client.overdue(as_of=day(4)) == []
