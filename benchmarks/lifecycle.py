@@ -67,13 +67,16 @@ def overdue_vs_range(folder: str, subjects: int, rounds: int) -> tuple[list[floa
     conn = sqlite3.connect(path, isolation_level=None)
     start = to_micros(NOW - timedelta(days=30))
     conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO users (user_id, traits, first_seen, stage, first_lead, first_mql) "
-        "VALUES (?, '{}', ?, 'mql', ?2, ?2)",
+    conn.executemany(  # the rows track() writes for a qualified user (its own tenant)
+        "INSERT INTO users (tenant_key, user_id, traits, first_seen, stage, first_lead, "
+        "first_mql) VALUES (?1, ?1, '{}', ?2, 'mql', ?2, ?2)",
         [(f"user-{n}", start + n * 1000) for n in range(subjects)])
     conn.executemany(
-        "INSERT INTO handoffs (qualification_id, subject_type, subject_id, rule, "
-        "qualified_at) VALUES (?, 'user', ?, 'engaged', ?)",
+        "INSERT INTO user_directory (tenant_key, account_id) VALUES (?, NULL)",
+        [(f"user-{n}",) for n in range(subjects)])
+    conn.executemany(
+        "INSERT INTO handoffs (tenant_key, qualification_id, subject_type, subject_id, rule, "
+        "qualified_at) VALUES (?2, ?1, 'user', ?2, 'engaged', ?3)",
         [(f"q-{n}", f"user-{n}", start + n * 1000) for n in range(subjects)])
     conn.execute("COMMIT")
     client = pqlsdk.Client(path, rules=RULES)
