@@ -350,8 +350,8 @@ class Client:
         registered (``"crm"``) or as shown in :meth:`deliveries` (``"callback:crm"``).
         Failed rows among them become pending again."""
         old, new = _destination(old_name, "old_name"), _destination(new_name, "new_name")
-        with self.store.write() as tx:
-            moved = tx.retarget(old, new, wall_micros())
+        now = wall_micros()
+        moved = self.store.transact(lambda tx: tx.retarget(old, new, now))
         self._dispatch(bool(moved))
         return moved
 
@@ -925,8 +925,8 @@ class Client:
 
     def retry_failed(self) -> int:
         """Make every failed delivery pending again (due now); return how many."""
-        with self.store.write() as tx:
-            revived = tx.retry_failed(wall_micros())
+        now = wall_micros()
+        revived = self.store.transact(lambda tx: tx.retry_failed(now))
         self._dispatch(bool(revived))
         return revived
 
@@ -1027,6 +1027,7 @@ class Client:
         # that it is not left leased until the lease runs out
         delivered = self.flush(timeout - min(timeout * 0.25, CLOSE_GRACE))
         self._closing.set()
+        self._outbox.stop_claiming()
         if self._pruner is not None:
             self._pruner.stop(max(0.0, deadline - time.monotonic()))
         self._worker.stop(max(0.0, deadline - time.monotonic()))

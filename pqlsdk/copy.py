@@ -2,11 +2,13 @@
 
 Copies the user directory, events, users, accounts (traits, stage, rounds), stage history,
 qualifications, pruned-event rollups, the import bookkeeping, forgotten ids and the outbox
-rows still pending or failed, each row with its tenant key as the file has it. Idempotent
-and resumable: each table is copied in chunks in the file's id order, each chunk committed
-with how far it got (table ``copy_progress``, per source file), so a stopped copy resumes
-where it stopped and a second run adds nothing. Rows keyed by their own id (users,
-accounts, qualifications, import ids) are inserted unless there.
+rows still pending or failed, each row with its tenant key as the file has it. Each chunk of
+a table travels by ``COPY ... FROM STDIN`` into a temporary staging table, then ``INSERT ...
+SELECT ... ON CONFLICT DO NOTHING`` moves it into the table, in one transaction with how far
+the copy got (table ``copy_progress``, per source file). So it is idempotent and resumable:
+a stopped copy resumes where it stopped and a second run adds nothing. Rows keyed by their
+own id (users, accounts, qualifications, import ids) are inserted unless there; the others
+resume by the file's row id.
 
     >>> copy_file("pql.db", "postgresql://app@db/app")
     CopyResult(copied={'events': 1200, ...})
@@ -23,38 +25,49 @@ from .store.postgres import PostgresStore
 from .store.sqlite import Store as SqliteStore
 
 #: Rows per transaction.
-CHUNK = 5_000
+CHUNK = 20_000
 
-#: (table, columns, how a row is told apart on the server: "id" = resume by the file's id,
-#: else the conflict clause that makes a second insert a no-op)
-_TABLES: list[tuple[str, list[str], str]] = [
-    ("user_directory", ["tenant_key", "account_id"], "ON CONFLICT DO NOTHING"),
-    ("users", ["tenant_key", "user_id", "account_id", "traits", "first_seen", "stage",
-               "round", "round_since", "first_lead", "first_mql", "first_pql", "first_sql",
-               "first_opportunity", "first_customer"], "ON CONFLICT DO NOTHING"),
-    ("accounts", ["tenant_key", "account_id", "traits", "first_seen", "stage", "round",
-                  "round_since", "first_lead", "first_mql", "first_pql", "first_sql",
-                  "first_opportunity", "first_customer"], "ON CONFLICT DO NOTHING"),
-    ("events", ["tenant_key", "message_id", "user_id", "account_id", "event", "ts",
-                "properties", "context", "integrations"], "id"),
-    ("aliases", ["tenant_key", "user_id", "at"], "ON CONFLICT DO NOTHING"),
-    ("stage_changes", ["tenant_key", "subject_type", "subject_id", "from_stage", "to_stage",
-                       "at", "source", "reason", "criteria"], "id"),
-    ("qualifications", ["tenant_key", "id", "rule", "stage", "subject_type", "subject_id",
-                        "user_id", "account_id", "qualified_at", "evidence", "round",
-                        "rule_version", "shadow", "firing"], "ON CONFLICT DO NOTHING"),
-    ("trait_changes", ["tenant_key", "subject_type", "subject_id", "trait", "value", "at"],
-     "id"),
-    ("handoffs", ["tenant_key", "qualification_id", "subject_type", "subject_id", "rule",
-                  "qualified_at", "notified_at"], "ON CONFLICT DO NOTHING"),
-    ("event_rollups", ["tenant_key", "user_id", "account_id", "event", "properties", "n",
-                       "first_ts", "last_ts"], "id"),
-    ("import_done", ["tenant_key", "message_id", "user_id"], "ON CONFLICT DO NOTHING"),
-    ("import_staging", ["tenant_key", "message_id", "ts", "line_no", "kind", "user_id",
-                        "account_id", "event", "data"], "ON CONFLICT DO NOTHING"),
-    ("forgotten", ["hash"], "ON CONFLICT DO NOTHING"),
-    ("outbox", ["tenant_key", "destination", "kind", "user_id", "payload", "status",
-                "attempts", "next_attempt_at", "last_error", "created_at", "format"], "id"),
+
+class Table(NamedTuple):
+    """One table :func:`copy_file` moves: its columns (the same on both sides; adding a
+    column to the copy is adding it to this list) and whether a chunk is told apart on the
+    server by the file's row id (``resume``: for tables whose rows have no key of their
+    own) or by the table's own keys (a second insert is a no-op)."""
+
+    name: str
+    columns: list[str]
+    resume: bool = False
+
+
+_STAGES = ["first_lead", "first_mql", "first_pql", "first_sql", "first_opportunity",
+           "first_customer"]
+TABLES: list[Table] = [
+    Table("user_directory", ["tenant_key", "account_id"]),
+    Table("users", ["tenant_key", "user_id", "account_id", "traits", "first_seen", "stage",
+                    "round", "round_since", *_STAGES]),
+    Table("accounts", ["tenant_key", "account_id", "traits", "first_seen", "stage", "round",
+                       "round_since", *_STAGES]),
+    Table("events", ["tenant_key", "message_id", "user_id", "account_id", "event", "ts",
+                     "properties", "context", "integrations"], resume=True),
+    Table("aliases", ["tenant_key", "user_id", "at"]),  # issue 20
+    Table("stage_changes", ["tenant_key", "subject_type", "subject_id", "from_stage",
+                            "to_stage", "at", "source", "reason", "criteria"], resume=True),
+    Table("qualifications", ["tenant_key", "id", "rule", "stage", "subject_type",
+                             "subject_id", "user_id", "account_id", "qualified_at",
+                             "evidence", "round", "rule_version", "shadow", "firing"]),
+    Table("trait_changes", ["tenant_key", "subject_type", "subject_id", "trait", "value",
+                            "at"], resume=True),  # issue 20
+    Table("handoffs", ["tenant_key", "qualification_id", "subject_type", "subject_id",
+                       "rule", "qualified_at", "notified_at"]),  # issue 20
+    Table("event_rollups", ["tenant_key", "user_id", "account_id", "event", "properties", "n",
+                            "first_ts", "last_ts"], resume=True),
+    Table("import_done", ["tenant_key", "message_id", "user_id"]),
+    Table("import_staging", ["tenant_key", "message_id", "ts", "line_no", "kind", "user_id",
+                             "account_id", "event", "data"]),
+    Table("forgotten", ["hash"]),
+    Table("outbox", ["tenant_key", "destination", "kind", "user_id", "payload", "status",
+                     "attempts", "next_attempt_at", "last_error", "created_at", "format"],
+          resume=True),
 ]
 
 
@@ -94,8 +107,8 @@ def copy_file(path: str, database: Any, *, schema: str = "pqlsdk",
 
         target.transact(setup)
         copied: dict[str, int] = {}
-        for table, columns, mode in _TABLES:
-            copied[table] = _copy_table(source, target, key, table, columns, mode, progress)
+        for table in TABLES:
+            copied[table.name] = _copy_table(source, target, key, table, progress)
         return CopyResult(copied)
     finally:
         source.close()
@@ -105,53 +118,49 @@ def copy_file(path: str, database: Any, *, schema: str = "pqlsdk",
 def total_rows(path: str) -> int:
     """How many rows :func:`copy_file` reads from the file (for a progress bar)."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                   for table, _, _ in _TABLES)
+        return sum(conn.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]
+                   for table in TABLES)
 
 
-def _copy_table(source: sqlite3.Connection, target: PostgresStore, key: str, table: str,
-                columns: list[str], mode: str, progress: Callable[[int], None] | None) -> int:
-    names = ", ".join(columns)
-    marks = ", ".join(["%s"] * len(columns))
-    copied = 0
+def _copy_table(source: sqlite3.Connection, target: PostgresStore, key: str, table: Table,
+                progress: Callable[[int], None] | None) -> int:
+    names = ", ".join(table.columns)
+    staging = f"copy_{table.name}"
     after = -(2**63)
-    if mode == "id":
-        found = target.transact(lambda tx: tx.conn.raw.execute(
-            "SELECT last_id FROM copy_progress WHERE source = %s AND tbl = %s",
-            (key, table)).fetchone())
+    if table.resume:
+        found = target.transact(lambda tx: tx.conn.execute(
+            "SELECT last_id FROM copy_progress WHERE source = ? AND tbl = ?",
+            (key, table.name)).fetchone())
         after = found[0] if found else after
-    where = " AND status IN ('pending', 'failed')" if table == "outbox" else ""
-    offset = 0
-    while True:
-        if mode == "id":  # resumable by the file's row id
-            rows = source.execute(
-                f"SELECT rowid, {names} FROM {table} WHERE rowid > ?{where} ORDER BY rowid "
-                f"LIMIT ?", (after, CHUNK)).fetchall()
-        else:  # keyed by their own id: a second insert is a no-op, so start again each run
-            rows = source.execute(f"SELECT 0, {names} FROM {table} LIMIT ? OFFSET ?",
-                                  (CHUNK, offset)).fetchall()
-            offset += len(rows)
-        if not rows:
-            return copied
-        last = rows[-1][0]
-        values = [row[1:] for row in rows]
+    where = " AND status IN ('pending', 'failed')" if table.name == "outbox" else ""
+    # resumable tables are read by the file's row id; the others start again each run
+    # (their own keys make a second insert a no-op)
+    rows = (source.execute(f"SELECT rowid, {names} FROM {table.name} WHERE rowid > ?{where} "
+                           f"ORDER BY rowid", (after,)) if table.resume
+            else source.execute(f"SELECT 0, {names} FROM {table.name}"))
+    copied = 0
+    while chunk := rows.fetchmany(CHUNK):
+        last = chunk[-1][0]
 
-        def write(tx: Any, values: list[tuple[Any, ...]] = values, last: int = last) -> int:
+        def write(tx: Any, chunk: list[tuple[Any, ...]] = chunk, last: int = last) -> int:
             raw = tx.conn.raw
+            # a temporary table of this transaction's own (dropped at its end)
+            raw.execute(f"CREATE TEMP TABLE {staging} ON COMMIT DROP AS SELECT {names} "
+                        f"FROM {table.name} WITH NO DATA")
             with raw.cursor() as cursor:
-                cursor.executemany(
-                    f"INSERT INTO {table} ({names}) VALUES ({marks})"
-                    + (" ON CONFLICT DO NOTHING" if table == "events" or mode != "id" else ""),
-                    values)
+                with cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+                    for row in chunk:
+                        copy.write_row(row[1:])
+                cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} "
+                               f"FROM {staging} ON CONFLICT DO NOTHING")
                 added = max(cursor.rowcount, 0)
-            if mode == "id":
+            if table.resume:
                 raw.execute("INSERT INTO copy_progress VALUES (%s, %s, %s) ON CONFLICT "
                             "(source, tbl) DO UPDATE SET last_id = excluded.last_id",
-                            (key, table, last))
+                            (key, table.name, last))
             return added
 
-        copied += target.transact(write)
-        after = last
+        copied += target.transact(write, pipeline=False)
         if progress is not None:
-            progress(len(rows))
-
+            progress(len(chunk))
+    return copied

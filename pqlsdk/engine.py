@@ -284,7 +284,7 @@ class Engine:
             if member is not None:
                 rows += self.outbox.stage_rows([(change, member, account, _new_id())], stamp)
         if rows:
-            tx.enqueue(rows)
+            self.outbox.write(tx, rows)
         return Outcome(stage_change=change, queued=bool(rows))
 
     # -- evaluation -----------------------------------------------------------------------
@@ -349,7 +349,7 @@ class Engine:
         if mirror is not None:
             rows.append(self.outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:
-            tx.enqueue(rows)
+            self.outbox.write(tx, rows)
         return bool(rows)
 
 

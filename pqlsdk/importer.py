@@ -24,6 +24,7 @@ unreadable file is refused by :func:`open_source` before any database is made.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -40,6 +41,7 @@ from . import calls, validation
 from .calls import Call
 from .client import Client
 from .errors import PqlError, StoreError, ValidationError
+from .store import Transaction
 from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction, staging and replay alike.
@@ -316,6 +318,16 @@ def _staged_row(number: int, raw: bytes | str) -> tuple[Any, ...] | str:
             event or None, data)
 
 
+def _stage_rows(tx: Transaction, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+    """Stage ``rows``: ``(how many an interrupted run had staged already, how many are
+    new)``."""
+    return tx.already_staged([row[0] for row in rows]), tx.stage_messages(rows)
+
+
+def _unstage_one(tx: Transaction, row: tuple[Any, ...]) -> None:
+    tx.finish_staged([(row[0], row[3])], [])
+
+
 class _Import:
     """One run of an import: stage every good line, then replay what is staged."""
 
@@ -363,19 +375,19 @@ class _Import:
         """Stage a batch in one transaction; if a row makes it fail, stage the rows one by
         one so that only that row is left out (and reported)."""
         try:
-            with self.store.write() as tx:
-                # staged by an interrupted run, not applied yet: applied now, not duplicates
-                self.resumed += tx.already_staged([row[0] for row in pending])
-                added = tx.stage_messages(pending)
+            resumed, added = self.store.transact(functools.partial(_stage_rows, rows=pending))
+            # staged by an interrupted run, not applied yet: applied now, not duplicates
+            self.resumed += resumed
         except StoreError:
             raise  # the file's problem, not a line's: stop (staged batches are kept)
         except Exception:
             added = 0
             for row in pending:
                 try:
-                    with self.store.write() as tx:
-                        self.resumed += tx.already_staged([row[0]])
-                        added += tx.stage_messages([row])
+                    resumed, one = self.store.transact(
+                        functools.partial(_stage_rows, rows=[row]))
+                    self.resumed += resumed
+                    added += one
                 except StoreError:
                     raise
                 except Exception as exc:
@@ -407,8 +419,7 @@ class _Import:
                         raise
                     except Exception as exc:
                         self.bad(row[7], describe(exc))
-                        with self.store.write() as tx:
-                            tx.finish_staged([row[0]], [])
+                        self.store.transact(functools.partial(_unstage_one, row=row))
                         continue
                     done, found, queued = done + one, found + more, queued or wrote
             applied += done
@@ -420,12 +431,12 @@ class _Import:
     def apply(self, rows: list[tuple[Any, ...]] | None) -> tuple[int, int, bool]:
         """Apply staged rows (None: the next batch) in one transaction: ``(applied,
         qualifications, queued)``."""
-        queued = False
-        qualified = 0
-        with self.store.write() as tx:
-            if rows is None:
-                rows = tx.staged_batch(BATCH)
-            for message_id, ts, kind, user_id, account_id, event, data, _ in rows:
+
+        def apply(tx: Transaction) -> tuple[int, int, bool]:  # may run again: see transact
+            batch = tx.staged_batch(BATCH) if rows is None else rows
+            queued = False
+            qualified = 0
+            for message_id, ts, kind, user_id, account_id, event, data, _ in batch:
                 traits = json.loads(data) if kind != "track" else {}
                 if kind == "identify":  # the event column holds the anonymous id it links
                     call = Call(kind, user_id, from_micros(ts), account_id, "", traits, data,
@@ -436,6 +447,8 @@ class _Import:
                 outcome = self.engine.replay(tx, call, deliver=self.deliver)
                 queued |= outcome.queued
                 qualified += len(outcome.qualifications)
-            tx.finish_staged([row[0] for row in rows],
-                             [(row[0], row[3]) for row in rows if row[2] != "track"])
-        return len(rows), qualified, queued
+            tx.finish_staged([(row[0], row[3]) for row in batch],
+                             [(row[0], row[3]) for row in batch if row[2] != "track"])
+            return len(batch), qualified, queued
+
+        return self.store.transact(apply)

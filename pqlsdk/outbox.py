@@ -30,7 +30,7 @@ import attrs
 from .messages import qualification_messages, stage_messages
 from .models import Overdue, Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
-from .store import PAYLOAD_FORMAT, Store, StoreClosed
+from .store import PAYLOAD_FORMAT, Store, StoreClosed, Transaction
 from .store.base import OutboxKey
 from .timestamps import from_micros
 
@@ -196,9 +196,13 @@ class Renewer:
                 tokens = sorted(self._tokens)
             if not tokens:
                 continue
+            until = wall_micros() + int(self.lease * 1e6)
+
+            def renew(tx: Transaction, tokens: list[str] = tokens, until: int = until) -> None:
+                tx.renew(tokens, until)
+
             try:
-                with self.store.write() as tx:
-                    tx.renew(tokens, wall_micros() + int(self.lease * 1e6))
+                self.store.transact(renew)
             except StoreClosed:
                 return
             except Exception:
@@ -235,6 +239,8 @@ class Outbox:
         #: Notified after each settled claim (``settled`` counts them): ``flush`` waits on it.
         self.progress = threading.Condition()
         self.settled = 0
+        #: Set by :meth:`stop_claiming` (the Client is closing): no new claims.
+        self.stopping = threading.Event()
         #: The delivery worker's periodic pass (the Client's look for overdue hand-offs),
         #: run by the ``on_overdue`` lanes; None: nothing to run.
         self.periodic: Callable[[], Any] | None = None
@@ -244,6 +250,12 @@ class Outbox:
         self.renewer = Renewer(self.store, self.lease)
         self._lock = threading.Lock()
         self.progress = threading.Condition()
+        self.stopping = threading.Event()
+
+    def stop_claiming(self) -> None:
+        """The Client is closing: claim nothing more, and give back at once what a claim
+        running now takes (so that no row waits out a lease this process will not use)."""
+        self.stopping.set()
 
     def add_sink(self, destination: str, sink: Sink) -> None:
         """Deliver ``destination``'s rows to ``sink`` from now on."""
@@ -312,6 +324,16 @@ class Outbox:
         """The destinations this process delivers to now (Segment not while paused)."""
         return [name for name, sink in self.sinks.items() if not sink.paused]
 
+    def write(self, tx: Transaction, rows: list[tuple[str, str, str | None, str, int]]
+              ) -> None:
+        """Add new rows in ``tx``. Other processes' idle workers are woken for them (on
+        PostgreSQL, after the commit) only if some are for a destination this process does
+        not deliver now: this process's own workers are woken by the caller, and a wake-up
+        per write would have every process of a fleet look at the outbox on every call."""
+        sinks = self.sinks
+        tx.enqueue(rows, announce=any(row[0] not in sinks or sinks[row[0]].paused
+                                      for row in rows))
+
     def deliver_once(self) -> int:
         """One pass over every destination in the calling thread, each settled as soon as
         its sink returns; return how many rows were claimed."""
@@ -330,9 +352,18 @@ class Outbox:
         self.renewer.hold(token)
         try:
             size = self._claim_size(destination)
-            with self.store.write() as tx:
-                rows = tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
+
+            def claim(tx: Transaction) -> list[dict[str, Any]]:
+                if self.stopping.is_set():
+                    return []
+                return tx.claim(destination, now, now + int(self.lease * 1e6), size, token)
+
+            rows = self.store.transact(claim)
             if not rows:
+                return PassResult(0, 0)
+            if self.stopping.is_set():  # close() began during the claim: give the rows back
+                ids = [_key(row) for row in rows]
+                self.store.transact(lambda tx: tx.release(ids, token))
                 return PassResult(0, 0)
             started = time.monotonic()
             results = self._deliver_rows(sink, rows)
@@ -404,24 +435,31 @@ class Outbox:
         failures: list[tuple[dict[str, Any], Exception, bool]] = []
         skipped: list[OutboxKey] = []
         now = wall_micros()
-        with self.store.write() as tx:
+        waits: list[int] = []
+        for row, error in zip(rows, results, strict=True):
+            if error is None:
+                continue
+            if isinstance(error, NotAttempted):
+                skipped.append(_key(row))
+                continue
+            final = (isinstance(error, Fatal | Undeliverable)
+                     or row["attempts"] >= self.max_retries)
+            wait = self._backoff(row["attempts"])
+            if isinstance(error, Retry) and error.retry_after is not None:
+                wait = int(error.retry_after * 1e6)
+            failures.append((row, error, final))
+            waits.append(wait)
+
+        def settle(tx: Transaction) -> int:  # run again as a whole if the store retries
             delivered = tx.acknowledge(done, token) if done else 0
-            for row, error in zip(rows, results, strict=True):
-                if error is None:
-                    continue
-                if isinstance(error, NotAttempted):
-                    skipped.append(_key(row))
-                    continue
-                final = (isinstance(error, Fatal | Undeliverable)
-                         or row["attempts"] >= self.max_retries)
-                wait = self._backoff(row["attempts"])
-                if isinstance(error, Retry) and error.retry_after is not None:
-                    wait = int(error.retry_after * 1e6)
+            for (row, error, final), wait in zip(failures, waits, strict=True):
                 tx.reschedule([_key(row)], token, now + wait,
                               f"{type(error).__name__}: {error}", final)
-                failures.append((row, error, final))
             if skipped:
                 tx.release(skipped, token)
+            return delivered
+
+        delivered = self.store.transact(settle)
         for row, error, final in failures:
             self._report(error, row, final)
         return delivered

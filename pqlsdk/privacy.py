@@ -8,6 +8,7 @@ person their data (``export``).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -20,8 +21,7 @@ def forget(store: Store, user_id: str) -> None:
     """Erase ``user_id`` in one transaction (see :meth:`pqlsdk.Client.forget`), then
     checkpoint the WAL and truncate it: with ``secure_delete`` on, the deleted rows are
     overwritten in the file, and the WAL's older copies of them are gone."""
-    with store.write() as tx:
-        tx.forget_user(user_id)
+    store.transact(lambda tx: tx.forget_user(user_id))
     store.checkpoint()
 
 
@@ -29,10 +29,13 @@ def forget_many(store: Store, user_ids: list[str], chunk: int = 200) -> None:
     """Erase each of ``user_ids`` as :func:`forget` does (``pqlsdk purge``): ``chunk`` users
     per transaction, then one checkpoint of the WAL."""
     for start in range(0, len(user_ids), chunk):
-        with store.write() as tx:
-            for user_id in user_ids[start:start + chunk]:
-                tx.forget_user(user_id)
+        store.transact(functools.partial(_forget_all, user_ids=user_ids[start:start + chunk]))
     store.checkpoint()
+
+
+def _forget_all(tx: Any, user_ids: list[str]) -> None:
+    for user_id in user_ids:
+        tx.forget_user(user_id)
 
 
 def _iso(value: int | None) -> str | None:

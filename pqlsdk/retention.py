@@ -35,7 +35,7 @@ import attrs
 from .errors import PqlError, RuleError, StoreClosed, ValidationError
 from .rules import Condition, EventCondition, RuleSet, parse_duration, walk
 from .rules import format_duration as _format
-from .store import Store
+from .store import Store, Transaction
 
 log = logging.getLogger("pqlsdk")
 
@@ -123,7 +123,8 @@ class Retention:
         """Fold and remove the old events among the next ``chunk`` by id, in one
         transaction: ``(the last id scanned or None at the end, events removed)``."""
         cutoff = self.cutoff(now)
-        with store.write() as tx:
+
+        def fold(tx: Transaction) -> tuple[int | None, int]:  # may run again: see transact
             last, rows = tx.events_to_prune(after_id, chunk, cutoff)
             if not rows:
                 return last, 0
@@ -151,11 +152,13 @@ class Retention:
                 if key in existing:
                     rollup_id, old_n, old_first, old_last = existing[key]
                     updates.append((old_n + n, min(old_first, first), max(old_last, latest),
-                                    rollup_id))
+                                    key[0], rollup_id))
                 else:
                     inserts.append((*key, n, first, latest))
-            tx.fold_events([row[0] for row in rows], updates, inserts)
-        return last, len(rows)
+            tx.fold_events([(row[1], row[0]) for row in rows], updates, inserts)
+            return last, len(rows)
+
+        return store.transact(fold)
 
     def prune(self, store: Store, now: int, chunk: int = BULK_CHUNK) -> int:
         """One full sweep: fold and remove every event older than the retention as of

@@ -97,6 +97,17 @@ def count_rows(path: str, table: str) -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
+def count_table(database: dict, table: str) -> int:
+    """Rows in one of pqlsdk's tables, read directly from the store of either engine
+    (``database`` as the fixture gives it)."""
+    if "schema" not in database:
+        return count_rows(database["database"], table)
+    import psycopg
+
+    with psycopg.connect(database["database"], autocommit=True) as conn:
+        return conn.execute(f"SELECT count(*) FROM {database['schema']}.{table}").fetchone()[0]
+
+
 @pytest.fixture
 def segment_server():
     from .segment_server import SegmentServer

@@ -298,10 +298,6 @@ def crm_hook(q):
     CRM["arrived"].set()
 
 
-# sqlite_only: on PostgreSQL the first Client's lane can claim the row during close(timeout=0)
-# and be stopped before it gives the claim back, so the row waits for its 60 s lease (a race
-# of close(timeout=0) with the lane, not of the store; see the issue 19 closing note)
-@pytest.mark.sqlite_only
 def test_a_callback_registered_after_a_restart_gets_what_was_left_for_it(make_client):
     CRM.update(down=True, received=[], arrived=threading.Event())  # once per engine
     first = make_client(REPORTS, on_qualified=crm_hook, sync_mode=True, max_backoff=0.01)

@@ -14,18 +14,18 @@ from segment.analytics import Client as SegmentClient
 
 import pqlsdk
 
-from .conftest import count_rows
+from .conftest import count_rows, count_table
 
 RULES = {"rules": [{"name": "reports", "all": [{"event": "report_generated", "at_least": 2}]}]}
 
 
-def test_process_killed_mid_delivery_loses_nothing(db_path, segment_server):
+def test_process_killed_mid_delivery_loses_nothing(database, segment_server):
     segment_server.hold = True  # the first delivery hangs until the process is gone
     script = textwrap.dedent(f"""
         import pqlsdk
         from segment.analytics import Client as SegmentClient
         segment = SegmentClient(write_key="k", host={segment_server.url!r}, sync_mode=True)
-        client = pqlsdk.Client({db_path!r}, rules={RULES!r}, segment=segment,
+        client = pqlsdk.Client(**{database!r}, rules={RULES!r}, segment=segment,
                                delivery_lease=0.5)
         client.track("ada", "report_generated")
         [q] = client.track("ada", "report_generated")
@@ -43,19 +43,19 @@ def test_process_killed_mid_delivery_loses_nothing(db_path, segment_server):
         child.stdout.close()
     segment_server.release()
     assert segment_server.messages == []
-    assert count_rows(db_path, "outbox") == 1  # leased by the dead process, not lost
+    assert count_table(database, "outbox") == 1  # leased by the dead process, not lost
 
     segment = SegmentClient(write_key="k", host=segment_server.url, sync_mode=True)
-    client = pqlsdk.Client(db_path, rules=RULES, segment=segment)
+    client = pqlsdk.Client(**database, rules=RULES, segment=segment)
     assert client.flush(timeout=20) is True  # waits out the dead process's lease
     client.close()
     assert segment_server.messages[0]["messageId"] == qualification_id
     assert len(segment_server.messages) == 2  # track + identify, once
 
 
-def deliver_from(path: str, url: str, users: list[str], start, done) -> None:
+def deliver_from(database: dict, url: str, users: list[str], start, done) -> None:
     segment = SegmentClient(write_key="k", host=url, sync_mode=True)
-    client = pqlsdk.Client(path, rules=RULES, segment=segment, poll_interval=0.05)
+    client = pqlsdk.Client(**database, rules=RULES, segment=segment, poll_interval=0.05)
     start.wait(30)
     for user in users:
         client.track(user, "report_generated")
@@ -63,13 +63,14 @@ def deliver_from(path: str, url: str, users: list[str], start, done) -> None:
     done.put(client.close(timeout=30))
 
 
-def test_two_processes_sharing_a_file_deliver_each_row_once(db_path, segment_server):
-    pqlsdk.Client(db_path, rules=RULES).close()
+def test_two_processes_sharing_a_store_deliver_each_row_once(database, segment_server):
+    """Each process's workers claim from the one outbox: every row goes out once."""
+    pqlsdk.Client(**database, rules=RULES).close()
     ctx = multiprocessing.get_context("spawn")
     start, done = ctx.Event(), ctx.Queue()
     workers = [
         ctx.Process(target=deliver_from,
-                    args=(db_path, segment_server.url, [f"p{n}-u{i}" for i in range(40)],
+                    args=(database, segment_server.url, [f"p{n}-u{i}" for i in range(40)],
                           start, done))
         for n in range(2)
     ]
@@ -83,7 +84,7 @@ def test_two_processes_sharing_a_file_deliver_each_row_once(db_path, segment_ser
     ids = [m["messageId"] for m in segment_server.messages if m["type"] == "track"]
     assert len(ids) == 80
     assert len(set(ids)) == 80
-    assert count_rows(db_path, "outbox") == 0
+    assert count_table(database, "outbox") == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

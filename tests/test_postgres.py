@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 import pqlsdk
+from pqlsdk.importer import import_jsonl
 from pqlsdk.store import postgres as pg
 
 PROCESSES = 8
@@ -271,3 +272,107 @@ def test_a_forked_child_connects_anew_and_leaves_the_parents_session_alone(pg_sc
         users = sorted(u for (u,) in conn.execute(f"SELECT user_id FROM {schema}.events"))
     assert users == ["child", "parent", "parent"]
     client.close()
+
+
+def _listening(url: str, schema: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = %s)",
+                            (f"LISTEN {schema}_outbox",)).fetchone()[0]
+
+
+def test_rows_this_process_does_not_send_wake_an_idle_process_at_once(pg_schema,
+                                                                       segment_server):
+    """A process that does not send to Segment (``send=False``) announces its Segment rows
+    after the commit; a sending process's idle worker delivers them at once, not after its
+    60 s poll. (Rows a process delivers itself are not announced: see the README.)"""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    url, schema = pg_schema
+    pg.PostgresStore(url, schema=schema).close()
+    script = textwrap.dedent(f"""
+        import sys, pqlsdk
+        from segment.analytics import Client as SegmentClient
+        segment = SegmentClient(write_key="k", host={segment_server.url!r}, sync_mode=True)
+        client = pqlsdk.Client({url!r}, schema={schema!r}, segment=segment, poll_interval=60)
+        client.flush(timeout=0)  # starts its delivery worker, which listens
+        sys.stdin.readline()
+        client.close(timeout=5)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, text=True)
+    try:
+        # nothing signals that the child's LISTEN has run: look, for at most 30 s
+        deadline = time.monotonic() + 30
+        while not _listening(url, schema):
+            assert time.monotonic() < deadline, "the child never listened"
+            time.sleep(0.05)
+        from segment.analytics import Client as SegmentClient
+
+        quiet = SegmentClient(write_key="k", host=segment_server.url, sync_mode=True)
+        writer = pqlsdk.Client(url, schema=schema, rules=RULES, segment=quiet, send=False)
+        for _ in range(40):
+            writer.track("ada", "report_generated", timestamp=AT)
+        assert segment_server.arrived.wait(20), "the idle process was not woken"
+        writer.close(timeout=0)
+    finally:
+        child.stdin.close()
+        child.wait(30)
+    assert [m["userId"] for m in segment_server.messages if m["type"] == "track"] == ["ada"]
+
+
+def _fail_each_first_write(url: str, schema: str, sqlstate: str) -> None:
+    """On every pqlsdk table, a trigger that fails the first transaction writing it with
+    ``sqlstate`` (a sequence counts, and a sequence is not rolled back), as a real
+    serialization failure or deadlock would."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))]
+        for table in tables:
+            conn.execute(f"CREATE SEQUENCE {schema}.fail_{table}")
+            conn.execute(
+                f"CREATE FUNCTION {schema}.fail_{table}() RETURNS trigger LANGUAGE plpgsql "
+                f"AS $$ BEGIN IF nextval('{schema}.fail_{table}') = 1 THEN RAISE EXCEPTION "
+                f"'injected' USING ERRCODE = '{sqlstate}'; END IF; RETURN NULL; END $$")
+            conn.execute(f"CREATE TRIGGER fail_once AFTER INSERT OR UPDATE OR DELETE ON "
+                         f"{schema}.{table} FOR EACH STATEMENT EXECUTE FUNCTION "
+                         f"{schema}.fail_{table}()")
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+def test_every_write_path_is_retried_after_a_serialization_failure_or_deadlock(
+        pg_schema, tmp_path, sqlstate):
+    """Tracking, identify, group, set_stage, delivery (claim and settle), retarget,
+    retry_failed, prune, forget and import each meet the failure on their first write of
+    every table, and each succeeds, invisibly, with nothing doubled."""
+    url, schema = pg_schema
+    rules = {"rules": [{"name": "busy", "all": [{"event": "report_generated", "at_least": 2}]}]}
+    pqlsdk.Client(url, schema=schema).close()
+    _fail_each_first_write(url, schema, sqlstate)
+    seen: list[str] = []
+    client = pqlsdk.Client(url, schema=schema, rules=rules, sync_mode=True,
+                           retention="30d", on_qualified={"crm": lambda q: seen.append(q.id)})
+    client.identify("ada", {"plan": "pro"}, account_id="acme", timestamp=AT)
+    client.group("ada", "acme", {"seats": 5}, timestamp=AT)
+    client.track("ada", "report_generated", timestamp=AT, message_id="m1")
+    [q] = client.track("ada", "report_generated", timestamp=AT, message_id="m2")
+    assert client.track("ada", "report_generated", timestamp=AT, message_id="m2") == []
+    assert seen == [q.id]  # claimed, delivered and acknowledged once
+    client.set_stage("ada", stage="sql", reason="demo", timestamp=AT)
+    assert client.status("ada").stage == "sql"
+    assert client.retarget("crm", "crm2") == 0
+    assert client.retry_failed() == 0
+    assert client.prune(as_of="2027-01-01T00:00:00Z") == 2  # m1 and m2, once each
+    journal = tmp_path / "events.jsonl"
+    journal.write_text('{"type": "track", "userId": "bob", "event": "report_generated", '
+                       '"messageId": "i1", "timestamp": "2026-11-02T09:00:00Z"}\n')
+    assert import_jsonl(client, str(journal)).applied == 1
+    client.forget("bob")
+    with pytest.raises(pqlsdk.UnknownSubject):
+        client.export("bob")
+    client.close()
+    assert _count(url, schema, "events") == 0  # ada's pruned, bob's forgotten
+    assert _count(url, schema, "event_rollups") == 1
+    assert _count(url, schema, "qualifications") == 1
+    assert _count(url, schema, "outbox") == 0

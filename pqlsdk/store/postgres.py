@@ -21,18 +21,23 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
 from ..stages import STAGES
+from .base import UserRow
 from .dialect import bind, to_postgres
 from .sqlite import (
+    _USER_SNAPSHOT,
     HANDOFF_BACKFILL,
+    INSERT_EVENT,
+    INSERT_QUALIFICATION,
     TENANT_BACKFILL,
     TENANT_COPIES,
     TENANT_INDEXES,
     Transaction,
     canonical,
+    user_row,
 )
 
 if TYPE_CHECKING:
@@ -47,9 +52,11 @@ StatementHook = Callable[[str, dict[str, Any]], None]
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
+#: libpq's PGRES_TUPLES_OK: a statement's result that holds rows.
+_TUPLES_OK = 2
 #: How many times a transaction is retried before the error reaches the caller.
 MAX_RETRIES = 20
 
@@ -144,6 +151,9 @@ BEGIN
   ELSIF TG_TABLE_NAME IN ('qualifications', 'stage_changes') THEN
     IF NEW.subject_type = 'account' THEN NEW.tenant_key := NEW.subject_id; RETURN NEW; END IF;
     who := NEW.subject_id;
+  ELSIF TG_TABLE_NAME IN ('events', 'event_rollups') THEN
+    IF NEW.account_id IS NOT NULL THEN NEW.tenant_key := NEW.account_id; RETURN NEW; END IF;
+    who := NEW.user_id;
   ELSE
     who := NEW.user_id;
   END IF;
@@ -207,6 +217,10 @@ _V3 = [
     "qualifications_subject_type_subject_id_round_rule_shadow_key, "
     "ADD UNIQUE (tenant_key, subject_type, subject_id, round, rule, shadow)",
     "CREATE UNIQUE INDEX events_message_id ON events(tenant_key, message_id)",
+    # what reads by id alone across tenants (the retention sweep, a delivery naming its
+    # qualifications) keeps an index now that the primary keys lead with the tenant
+    "CREATE INDEX events_id ON events(id)",
+    "CREATE INDEX qualifications_id ON qualifications(id)",
     "DROP INDEX users_account",
     "CREATE INDEX users_account ON users(tenant_key, account_id) WHERE account_id IS NOT NULL",
     *[f"DROP INDEX IF EXISTS {name}" for name, _ in TENANT_INDEXES],
@@ -219,6 +233,15 @@ _V3 = [
     "CREATE TRIGGER users_move_tenant BEFORE UPDATE OF account_id ON users FOR EACH ROW "
     "WHEN (OLD.account_id IS DISTINCT FROM NEW.account_id AND OLD.tenant_key = NEW.tenant_key) "
     "EXECUTE FUNCTION move_tenant()",
+]
+
+_V4 = [
+    # issue 19p: a NOTIFY inside a write transaction holds the server's one notification
+    # lock through the commit's flush, so every transaction that wrote an outbox row
+    # committed alone (no group commit across a fleet). The writer now notifies after its
+    # commit, and only for rows it does not deliver itself; the previous release's workers
+    # still find rows by polling.
+    "DROP TRIGGER IF EXISTS outbox_notify ON outbox",
 ]
 
 #: (statements, the oldest package schema generation that can still use the result)
@@ -270,7 +293,7 @@ _IDENTITIES = [
 ]
 
 MIGRATIONS: list[tuple[list[str], int]] = [
-    (_V1, 1), (_V2, 1), (_V3, 1),
+    (_V1, 1), (_V2, 1), (_V3, 1), (_V4, 1),
     (_TRAIT_HISTORY, 1), (_QUALIFICATION_FIRINGS, 1), (_HANDOFFS, 1),  # issue 20
     (["ALTER TABLE stage_changes ADD COLUMN criteria TEXT"], 1),  # issue 20: criteria
     (_IDENTITIES, 1),  # issue 20
@@ -294,9 +317,8 @@ def partition_statements(partitions: int) -> list[str]:
               for n in range(partitions)],
             f"DROP TABLE {table}_flat",
         ]
-    # the one trigger a new schema needs (the others serve the previous release's writes)
-    out.append("CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT "
-               "EXECUTE FUNCTION outbox_notify()")
+    # (no trigger: those of a new schema serve the previous release's writes, and the
+    # outbox's NOTIFY is sent after the commit since migration 4)
     return out
 
 
@@ -335,27 +357,45 @@ def _is_psycopg_error(exc: BaseException) -> bool:
 
 
 class _Cursor:
-    """The part of a ``sqlite3.Cursor`` the shared statements use."""
+    """The part of a ``sqlite3.Cursor`` the shared statements use. In a pipelined
+    transaction a statement's result is awaited only when it is read."""
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, conn: _Connection) -> None:
         self._cursor = cursor
+        self._conn = conn
+
+    def _ready(self) -> Any:
+        if self._cursor.pgresult is None:
+            self._conn.sync()
+        return self._cursor
+
+    def _rows(self) -> Any:
+        """The cursor if its statement returned rows, else None (without building the
+        cursor's ``description``, which costs more than the fetch)."""
+        cursor = self._ready()
+        result = cursor.pgresult
+        return cursor if result is not None and result.status == _TUPLES_OK else None
 
     @property
     def rowcount(self) -> int:
+        self._conn.sync()
         return int(self._cursor.rowcount)
 
     @property
     def description(self) -> Any:
-        return self._cursor.description
+        return self._ready().description
 
     def fetchone(self) -> Any:
-        return self._cursor.fetchone() if self._cursor.description else None
+        cursor = self._rows()
+        return cursor.fetchone() if cursor is not None else None
 
     def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall() if self._cursor.description else []
+        cursor = self._rows()
+        return cursor.fetchall() if cursor is not None else []
 
     def fetchmany(self, size: int) -> list[Any]:
-        return self._cursor.fetchmany(size) if self._cursor.description else []
+        cursor = self._rows()
+        return cursor.fetchmany(size) if cursor is not None else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -363,12 +403,38 @@ class _Cursor:
 
 class _Connection:
     """A psycopg connection that takes the store's SQLite-dialect statements (rewritten by
-    :func:`~pqlsdk.store.dialect.to_postgres`) and counts changes as ``sqlite3`` does."""
+    :func:`~pqlsdk.store.dialect.to_postgres`) and counts changes as ``sqlite3`` does.
 
-    def __init__(self, conn: Any, on_statement: StatementHook | None = None) -> None:
+    With a ``pipeline`` (psycopg's pipeline mode), a statement is sent without waiting for
+    its answer: statements whose result nobody reads travel with the next one that is read,
+    so a whole ``track()`` takes a few round trips, not one per statement."""
+
+    def __init__(self, conn: Any, pipeline: Any = None,
+                 on_statement: StatementHook | None = None) -> None:
         self.raw = conn
-        self.total_changes = 0
+        self.pipeline = pipeline
         self.on_statement = on_statement
+        #: Statements run so far (a prefetched result is good until the next one).
+        self.statements = 0
+        self._counted = 0
+        self._uncounted: list[Any] = []
+        self._unsynced = False
+
+    def sync(self) -> None:
+        """Send what is queued and wait for every answer (a no-op outside a pipeline, or
+        when nothing was sent since the last time)."""
+        if self.pipeline is not None and self._unsynced:
+            self._unsynced = False
+            self.pipeline.sync()
+
+    @property
+    def total_changes(self) -> int:
+        """Rows changed by this transaction's statements so far (as ``sqlite3``'s)."""
+        if self._uncounted:
+            self.sync()
+            self._counted += sum(max(c.rowcount, 0) for c in self._uncounted)
+            self._uncounted.clear()
+        return self._counted
 
     def execute(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None
                 ) -> _Cursor:
@@ -379,8 +445,8 @@ class _Connection:
             if self.on_statement is not None:
                 self.on_statement(statement.sql, bound)
             cursor.execute(statement.sql, bound)
-            self.total_changes += max(cursor.rowcount, 0)
-        return _Cursor(cursor)
+            self._sent(cursor)
+        return _Cursor(cursor, self)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> _Cursor:
         statement = to_postgres(sql)
@@ -392,22 +458,62 @@ class _Connection:
                 for bound in many:
                     self.on_statement(statement.sql, bound)
             cursor.executemany(statement.sql, many)
-            self.total_changes += max(cursor.rowcount, 0)
-        return _Cursor(cursor)
+            self._sent(cursor)
+        return _Cursor(cursor, self)
+
+    def _sent(self, cursor: Any) -> None:
+        self.statements += 1
+        self._uncounted.append(cursor)
+        self._unsynced = self.pipeline is not None
+
+
+#: :data:`~pqlsdk.store.sqlite.INSERT_EVENT` without its ``OR IGNORE`` (see PgTransaction).
+_PLAIN_INSERT_EVENT = INSERT_EVENT.replace("INSERT OR IGNORE", "INSERT", 1)
+
+
+class _Snapshot(NamedTuple):
+    """A user's snapshot read with its lock: good until the transaction's next statement."""
+
+    user_id: str
+    statements: int
+    row: UserRow | None
 
 
 class PgTransaction(Transaction):
     """The store's statements on PostgreSQL: those of the SQLite store, plus the subject
-    row locks and the few statements whose spelling differs."""
+    row locks and the few statements whose spelling differs.
+
+    With ``speculate`` (the first attempt of :meth:`PostgresStore.transact`), an insert
+    that may meet a row already there (an event's message id, a qualification) is sent as
+    a plain ``INSERT`` whose answer is not awaited: if the row was there, the transaction
+    fails with a unique violation and ``transact`` runs it again without speculating (then
+    each such insert is ``ON CONFLICT DO NOTHING`` and its row count read)."""
 
     conn: Any
+
+    def __init__(self, conn: Any, *, speculate: bool = False) -> None:
+        super().__init__(conn)
+        self.speculate = speculate
+        #: Set by :meth:`enqueue` with ``announce``: notify listeners after the commit.
+        self.announce = False
+        self._snapshot: _Snapshot | None = None
+
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
+                announce: bool = False) -> None:
+        """See :meth:`Transaction.enqueue`."""
+        super().enqueue(rows, announce=announce)
+        self.announce = self.announce or announce
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
         """Serialize this call with every other call on the same subjects, and bind it to
         the user's tenant: a row lock on the account's row (both accounts', in id order,
         when the call moves the user to another one), then on the user's directory row
         (one fixed order, so no deadlock between two such calls). A subject without a row
-        yet is serialized by its first insert. Each statement binds one tenant key."""
+        yet is serialized by its first insert. Each statement binds one tenant key.
+
+        Two round trips (the first with the transaction's BEGIN): the directory read, then
+        the account locks, the directory row's lock and the user's snapshot (what
+        :meth:`user_snapshot` returns next), read after the locks were granted."""
         while True:
             row = self.conn.execute(
                 "SELECT account_id FROM user_directory WHERE tenant_key = ?",
@@ -415,19 +521,33 @@ class PgTransaction(Transaction):
             current = row[0] if row else None
             for account in sorted({a for a in (current, account_id) if a is not None}):
                 self._lock_account(account)
+            tenant = (current or user_id) if row is not None else (account_id or user_id)
             if row is not None:
-                again = self.conn.execute(
+                locked = self.conn.execute(
                     "SELECT account_id FROM user_directory WHERE tenant_key = ? FOR UPDATE",
-                    (user_id,)).fetchone()
+                    (user_id,))
+                snapshot = self.conn.execute(_USER_SNAPSHOT, {"tenant": tenant, "id": user_id})
+                again = locked.fetchone()
                 if again is None or again[0] != current:
                     continue  # moved (or forgotten) meanwhile: lock its account first
-            self.tenant = (current or user_id) if row is not None else (account_id or user_id)
+                self._snapshot = _Snapshot(user_id, self.conn.statements,
+                                           user_row(snapshot.fetchone()))
+            self.tenant = tenant
             self.tenant_user = user_id
             return
 
     def _lock_account(self, account_id: str) -> None:
         self.conn.execute("SELECT 1 FROM accounts WHERE tenant_key = ?1 AND account_id = ?1 "
                           "FOR UPDATE", (account_id,))
+
+    def user_snapshot(self, user_id: str) -> UserRow | None:
+        """See :meth:`Transaction.user_snapshot` (read with the locks when it comes right
+        after :meth:`lock_subjects`)."""
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None and snapshot.user_id == user_id and (
+                snapshot.statements == self.conn.statements):
+            return snapshot.row
+        return super().user_snapshot(user_id)
 
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
         """A row lock on one user's or account's row (see :meth:`lock_subjects`)."""
@@ -436,6 +556,27 @@ class PgTransaction(Transaction):
         else:
             self._lock_account(subject_id)
             self.enter("account", subject_id)
+
+    def insert_event(self, message_id: str | None, user_id: str, account_id: str | None,
+                     event: str, ts: int, properties: str) -> bool:
+        """See :meth:`Transaction.insert_event`. An event without a message id cannot meet
+        one already stored, and a speculating transaction finds out at commit (see the
+        class): either way the insert is sent without waiting for its answer."""
+        if message_id is not None and not self.speculate:
+            return super().insert_event(message_id, user_id, account_id, event, ts,
+                                        properties)
+        self.conn.execute(_PLAIN_INSERT_EVENT, (self.tenant_for("user", user_id), message_id,
+                                                user_id, account_id, event, ts, properties))
+        return True
+
+    def insert_qualification(self, row: dict[str, Any]) -> bool:
+        """See :meth:`Transaction.insert_qualification` (speculative: see the class)."""
+        if not self.speculate:
+            return super().insert_qualification(row)
+        self.conn.execute(INSERT_QUALIFICATION, {
+            "firing": 0, **row,
+            "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])})
+        return True
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
@@ -560,6 +701,7 @@ class PostgresStore:
             self.where = "PostgreSQL pool"
         self.lock = threading.RLock()
         self.read_lock = threading.RLock()
+        self.listen_lock = threading.Lock()
         self._held: tuple[Any, ...] = ()
         self._conn: Any = None
         self._read_conn: Any = None
@@ -618,27 +760,43 @@ class PostgresStore:
                 conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout * 1000)}")
 
     @contextmanager
-    def _in_transaction(self, conn: Any) -> Iterator[PgTransaction]:
-        """BEGIN on ``conn``; COMMIT when the block ends, ROLLBACK when it raises."""
+    def _in_transaction(self, conn: Any, *, pipeline: bool = False, speculate: bool = False
+                        ) -> Iterator[PgTransaction]:
+        """BEGIN on ``conn``; COMMIT when the block ends, ROLLBACK when it raises. With
+        ``pipeline``, in psycopg's pipeline mode (see :class:`_Connection`): BEGIN travels
+        with the first statement that is read, and COMMIT with whatever is still queued."""
         try:
-            self._begin(conn)
-            yield PgTransaction(_Connection(conn, self.on_statement))  # type: ignore[arg-type]
-            conn.execute("COMMIT")
+            with conn.pipeline() if pipeline else nullcontext() as pipe:
+                self._begin(conn)
+                tx = PgTransaction(_Connection(conn, pipe, self.on_statement),
+                                   speculate=speculate)
+                yield tx
+                conn.execute("COMMIT")
+                if tx.announce:  # outside the transaction: see _V4
+                    conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
         except BaseException:
-            if not conn.closed and conn.info.transaction_status != 0:
+            # A failed transaction's connection is not used again: closing it rolls the
+            # transaction back, and after an aborted pipeline psycopg's record of the
+            # session's prepared statements can be out of step with the server's
+            # ("prepared statement ... does not exist" on a later call). The next
+            # transaction connects anew (a pool replaces a connection returned closed).
+            if not conn.closed:
                 with suppress(Exception):
-                    conn.execute("ROLLBACK")
+                    conn.close()
             raise
 
     def _check_open(self) -> None:
         if self.closed:
             raise StoreClosed("this pqlsdk Client is closed; make a new one")
 
-    def transact(self, work: Callable[[PgTransaction], T], *, migrate: bool = False) -> T:
+    def transact(self, work: Callable[[PgTransaction], T], *, migrate: bool = False,
+                 pipeline: bool = True) -> T:
         """Run ``work(tx)`` in one transaction and commit; run it again (a new transaction)
         after a serialization failure, a deadlock or a lost race to create a row. Nothing
-        of a failed attempt is kept."""
+        of a failed attempt is kept. ``pipeline=False`` for work that uses ``COPY`` (which
+        psycopg's pipeline mode cannot carry)."""
         self._check_open()
+        speculate = pipeline = pipeline and not migrate
         for attempt in range(MAX_RETRIES + 1):
             with self.lock:
                 self._check_open()
@@ -646,7 +804,8 @@ class PostgresStore:
                     with self._connection(read=False) as conn:
                         if migrate:
                             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                        with self._in_transaction(conn) as tx:
+                        with self._in_transaction(conn, pipeline=pipeline,
+                                                  speculate=speculate) as tx:
                             result = work(tx)
                         return result
                 except Exception as exc:
@@ -654,6 +813,8 @@ class PostgresStore:
                         raise
                     state = getattr(exc, "sqlstate", None)
                     if state in RETRYABLE and attempt < MAX_RETRIES:
+                        if state == "23505":  # perhaps a speculative insert: run it safely
+                            speculate = False
                         time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                         continue
                     raise translate(exc, self.where) from exc
@@ -690,7 +851,7 @@ class PostgresStore:
                     if self.pool is not None:
                         self._begin(conn)
                     try:
-                        yield PgTransaction(_Connection(conn, self.on_statement))  # type: ignore[arg-type]
+                        yield PgTransaction(_Connection(conn, on_statement=self.on_statement))  # type: ignore[arg-type]
                     finally:
                         if self.pool is not None and not conn.closed:
                             with suppress(Exception):
@@ -767,6 +928,7 @@ class PostgresStore:
         _INHERITED.extend(inherited)
         self._conn = self._read_conn = self._listen = None
         self.lock, self.read_lock, self._held = threading.RLock(), threading.RLock(), ()
+        self.listen_lock = threading.Lock()
         if self.pool is not None:
             _INHERITED.append(self.pool)
             self.pool = _child_pool(self.pool)
@@ -788,10 +950,13 @@ class PostgresStore:
         any process on any host); True if one came."""
         self._check_open()
         try:
-            if self._listen is None or self._listen.closed:
-                self._listen = self._connect()
-                self._listen.execute(f"LISTEN {self.schema}_outbox")
-            for _ in self._listen.notifies(timeout=timeout, stop_after=1):
+            with self.listen_lock:  # close() takes it: no connection is opened after close
+                self._check_open()
+                if self._listen is None or self._listen.closed:
+                    self._listen = self._connect()
+                    self._listen.execute(f"LISTEN {self.schema}_outbox")
+                listen = self._listen
+            for _ in listen.notifies(timeout=timeout, stop_after=1):
                 return True
         except Exception as exc:
             if _is_psycopg_error(exc):
@@ -803,7 +968,7 @@ class PostgresStore:
         """Close this store's connections (not an application's pool)."""
         self.closed = True
         for lock, attr in ((self.read_lock, "_read_conn"), (self.lock, "_conn"),
-                           (self.read_lock, "_listen")):
+                           (self.listen_lock, "_listen")):
             if lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
                 try:
                     conn = getattr(self, attr, None)

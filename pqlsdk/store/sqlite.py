@@ -972,6 +972,29 @@ _MOVED_ROWS: list[tuple[str, str, str | None]] = [
 ]
 
 
+def user_row(row: tuple[Any, ...] | None) -> UserRow | None:
+    """A :data:`_USER_SNAPSHOT` result row as a :class:`UserRow` (None: an unknown user)."""
+    if row is None:
+        return None
+    return UserRow(row[0], SubjectRow(*row[1:6]),
+                   None if row[0] is None else SubjectRow(*row[6:11]))
+
+
+#: Store one event (the PostgreSQL store may send it as a plain INSERT: see its
+#: ``PgTransaction``).
+INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
+    "properties) VALUES (?, ?, ?, ?, ?, ?, ?)")
+#: Record a qualification (without its ``ON CONFLICT DO NOTHING``).
+INSERT_QUALIFICATION = (
+    "INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, subject_id, "
+    "user_id, account_id, qualified_at, evidence, round, rule_version, shadow, firing) "
+    "VALUES (:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
+    ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow, :firing)")
+
+_INSERT_QUALIFICATION_ONCE = INSERT_QUALIFICATION + " ON CONFLICT DO NOTHING"
+
+
 class Transaction:
     """The statements pqlsdk runs, on one connection; obtained from :meth:`Store.write`."""
 
@@ -1061,8 +1084,7 @@ class Transaction:
     ) -> bool:
         """Store one event; False when ``message_id`` was already stored (nothing changes)."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, "
-            "ts, properties) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            INSERT_EVENT,
             (self.tenant_for("user", user_id), message_id, user_id, account_id, event, ts,
              properties),
         )
@@ -1209,13 +1231,9 @@ class Transaction:
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, the user's row and its account's. ``None`` for an unknown user."""
-        row = self.conn.execute(
+        return user_row(self.conn.execute(
             _USER_SNAPSHOT, {"tenant": self.tenant_for("user", user_id), "id": user_id}
-        ).fetchone()
-        if row is None:
-            return None
-        return UserRow(row[0], SubjectRow(*row[1:6]),
-                       None if row[0] is None else SubjectRow(*row[6:11]))
+        ).fetchone())
 
     def subject_snapshot(self, subject_type: str, subject_id: str) -> SubjectRow | None:
         """One user's or account's row, or ``None``."""
@@ -1449,11 +1467,7 @@ class Transaction:
     def insert_qualification(self, row: dict[str, Any]) -> bool:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
-            "INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, subject_id, "
-            "user_id, account_id, qualified_at, evidence, round, rule_version, shadow, firing) "
-            "VALUES (:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
-            ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow, :firing) "
-            "ON CONFLICT DO NOTHING",
+            _INSERT_QUALIFICATION_ONCE,
             {"firing": 0, **row,
              "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])},
         )
@@ -1559,9 +1573,12 @@ class Transaction:
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]]) -> None:
+    def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
+                announce: bool = False) -> None:
         """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once, in
-        the tenant of their user (the call's)."""
+        the tenant of their user (the call's). ``announce``: wake other processes' idle
+        delivery workers after the commit (on PostgreSQL; a file has no such signal: its
+        workers poll)."""
         self.conn.executemany(
             "INSERT INTO outbox (tenant_key, destination, kind, user_id, payload, "
             f"next_attempt_at, created_at, format) VALUES (?, ?, ?, ?, ?, ?6, ?6, "
@@ -1781,17 +1798,18 @@ class Transaction:
             "last_ts "
             f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
 
-    def fold_events(self, event_ids: list[int], updates: list[tuple[int, int, int, int]],
+    def fold_events(self, events: list[tuple[str, int]],
+                    updates: list[tuple[int, int, int, str, int]],
                     inserts: list[tuple[Any, ...]]) -> None:
-        """Delete the pruned events; ``updates``: ``(n, first ts, last ts, rollup id)``;
-        ``inserts``: ``(tenant key, user id, account id, event, properties, n, first ts, last
-        ts)``."""
+        """Delete the pruned events (``(tenant key, id)``); ``updates``: ``(n, first ts,
+        last ts, tenant key, rollup id)``; ``inserts``: ``(tenant key, user id, account id,
+        event, properties, n, first ts, last ts)``."""
         self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
-                              "WHERE id = ?", updates)
+                              "WHERE tenant_key = ? AND id = ?", updates)
         self.conn.executemany(
             "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
             "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-        self.conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in event_ids])
+        self.conn.executemany("DELETE FROM events WHERE tenant_key = ? AND id = ?", events)
 
     # -- import ---------------------------------------------------------------------------
 
@@ -1841,12 +1859,13 @@ class Transaction:
             (limit,),
         ).fetchall()
 
-    def finish_staged(self, message_ids: list[str], remember: list[tuple[str, str]]) -> None:
-        """Replayed: unstage ``message_ids``; remember the ``(message id, user id)`` of
-        ``remember`` (identify and group: a track is remembered by its event's message
-        id)."""
-        self.conn.executemany("DELETE FROM import_staging WHERE message_id = ?",
-                              [(m,) for m in message_ids])
+    def finish_staged(self, staged: list[tuple[str, str]], remember: list[tuple[str, str]]
+                      ) -> None:
+        """Replayed: unstage the ``(message id, user id)`` of ``staged`` (staging rows are
+        keyed by their user); remember those of ``remember`` (identify and group: a track
+        is remembered by its event's message id)."""
+        self.conn.executemany("DELETE FROM import_staging WHERE tenant_key = coalesce(?2, '') "
+                              "AND message_id = ?1", staged)
         self.conn.executemany("INSERT OR IGNORE INTO import_done (tenant_key, message_id, "
                               "user_id) VALUES (coalesce(?2, ''), ?1, ?2)", remember)
 
