@@ -46,14 +46,16 @@ from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction, staging and replay alike.
 BATCH = 2_000
-KINDS = ("track", "identify", "group")
+KINDS = ("track", "identify", "group", "page", "screen", "alias")
 
 
 @attrs.frozen
 class ImportResult:
     """What an import did: lines read, messages applied, duplicates skipped (already
     imported, or the same messageId twice), other message types skipped, and each bad line
-    as ``(line number, reason)``."""
+    as ``(line number, reason)``. A line an interrupted earlier run had staged but not
+    applied is applied now: it counts in ``applied`` and ``resumed``, never in
+    ``duplicates``."""
 
     read: int
     applied: int
@@ -61,6 +63,7 @@ class ImportResult:
     skipped: dict[str, int]
     errors: tuple[tuple[int, str], ...]
     qualifications: int
+    resumed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -211,11 +214,13 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
         return _stage_change(line, message)
     if kind not in KINDS:
         if not isinstance(kind, str) or not kind:
-            raise ValidationError("type is missing; expected track, identify or group")
+            raise ValidationError("type is missing; expected track, identify, group, page, "
+                                  "screen, alias or stage")
         return kind
     user_id = message.get("userId") or message.get("anonymousId")
     if user_id is None:
         raise ValidationError("userId or anonymousId is required")
+    anonymous_id = message.get("anonymousId") if message.get("userId") else None
     stamp = message.get("timestamp") or message.get("originalTimestamp") or message.get(
         "receivedAt")
     if stamp is None:
@@ -228,9 +233,21 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
         call = calls.prepare_track(user_id, message.get("event"), message.get("properties"),
                                    account_id=context.get("groupId"), timestamp=at,
                                    message_id=message.get("messageId"))
-    elif kind == "identify":
+    elif kind in ("page", "screen"):  # recorded as the event "page" / "screen"
+        call = calls.prepare_page(kind, user_id, message.get("name"),
+                                  message.get("properties"),
+                                  category=message.get("category"),
+                                  account_id=context.get("groupId"), timestamp=at,
+                                  message_id=message.get("messageId"))
+    elif kind == "alias":
+        if message.get("previousId") is None or message.get("userId") is None:
+            raise ValidationError("an alias message needs previousId and userId")
+        call = calls.prepare_alias(message.get("previousId"), message.get("userId"),
+                                   timestamp=at)
+    elif kind == "identify":  # naming both ids links the anonymous one to the user
         call = calls.prepare_identify(user_id, message.get("traits"), timestamp=at,
-                                      account_id=context.get("groupId"))
+                                      account_id=context.get("groupId"),
+                                      anonymous_id=anonymous_id)
     else:
         if message.get("groupId") is None:
             raise ValidationError("groupId is required for a group message")
@@ -242,21 +259,22 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
     else:
         text = line.strip().encode("utf-8", "surrogatepass")
         message_id = "line:" + hashlib.sha1(text).hexdigest()
-        if kind == "track":
+        if call.kind == "track":
             call = call._replace(message_id=message_id)
     return message_id, to_micros(at), call
 
 
 def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
     """A CRM's stage change: ``{"type": "stage", "userId" | "groupId": ..., "stage": ...,
-    "timestamp": ..., "reason": ..., "messageId": ...}``."""
+    "timestamp": ..., "reason": ..., "criteria": {...}, "messageId": ...}``."""
     user_id, group_id = message.get("userId"), message.get("groupId")
     if (user_id is None) == (group_id is None):
         raise ValidationError("a stage message needs exactly one of userId or groupId")
     if message.get("timestamp") is None:
         raise ValidationError("timestamp is required to replay in time order")
     call = calls.prepare_stage(user_id, group_id, message.get("stage"),
-                                   message.get("reason"), timestamp=message.get("timestamp"))
+                               message.get("reason"), timestamp=message.get("timestamp"),
+                               criteria=message.get("criteria"))
     message_id = message.get("messageId")
     if isinstance(message_id, str) and message_id:
         message_id = validation.identifier("messageId", message_id)
@@ -293,13 +311,17 @@ def _staged_row(number: int, raw: bytes | str) -> tuple[Any, ...] | str:
         return parsed
     message_id, ts, call = parsed
     data = call.data_json if call.kind == "track" else json.dumps(call.data)
-    _text_check(message_id, call.user_id, call.account_id, call.event, data)
+    # an identify's event column holds the anonymous id it links (an alias's, the previous id)
+    event = call.anonymous_id if call.kind == "identify" else call.event
+    _text_check(message_id, call.user_id, call.account_id, event, data)
     return (message_id, ts, number, call.kind, call.user_id, call.account_id,
-            call.event or None, data)
+            event or None, data)
 
 
-def _stage_one(tx: Transaction, row: tuple[Any, ...]) -> int:
-    return tx.stage_messages([row])
+def _stage_rows(tx: Transaction, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+    """Stage ``rows``: ``(how many an interrupted run had staged already, how many are
+    new)``."""
+    return tx.already_staged([row[0] for row in rows]), tx.stage_messages(rows)
 
 
 def _unstage_one(tx: Transaction, row: tuple[Any, ...]) -> None:
@@ -324,6 +346,7 @@ class _Import:
             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None) -> ImportResult:
         """Stage, replay, and say what happened."""
         read = staged = valid = 0
+        self.resumed = 0
         skipped: dict[str, int] = {}
         pending: list[tuple[Any, ...]] = []
         for number, raw in source.lines():
@@ -345,21 +368,26 @@ class _Import:
         if source.broken is not None:
             self.bad(*source.broken)
         applied, qualified = self.replay(progress)
-        return ImportResult(read, applied, valid - staged, skipped, tuple(self.errors),
-                            qualified)
+        return ImportResult(read, applied, valid - staged - self.resumed, skipped,
+                            tuple(self.errors), qualified, self.resumed)
 
     def stage(self, pending: list[tuple[Any, ...]]) -> int:
         """Stage a batch in one transaction; if a row makes it fail, stage the rows one by
         one so that only that row is left out (and reported)."""
         try:
-            added = self.store.transact(lambda tx: tx.stage_messages(pending))
+            resumed, added = self.store.transact(functools.partial(_stage_rows, rows=pending))
+            # staged by an interrupted run, not applied yet: applied now, not duplicates
+            self.resumed += resumed
         except StoreError:
             raise  # the file's problem, not a line's: stop (staged batches are kept)
         except Exception:
             added = 0
             for row in pending:
                 try:
-                    added += self.store.transact(functools.partial(_stage_one, row=row))
+                    resumed, one = self.store.transact(
+                        functools.partial(_stage_rows, rows=[row]))
+                    self.resumed += resumed
+                    added += one
                 except StoreError:
                     raise
                 except Exception as exc:
@@ -410,8 +438,12 @@ class _Import:
             qualified = 0
             for message_id, ts, kind, user_id, account_id, event, data, _ in batch:
                 traits = json.loads(data) if kind != "track" else {}
-                call = Call(kind, user_id, from_micros(ts), account_id, event or "", traits,
-                            data, message_id if kind == "track" else None)
+                if kind == "identify":  # the event column holds the anonymous id it links
+                    call = Call(kind, user_id, from_micros(ts), account_id, "", traits, data,
+                                anonymous_id=event)
+                else:
+                    call = Call(kind, user_id, from_micros(ts), account_id, event or "",
+                                traits, data, message_id if kind == "track" else None)
                 outcome = self.engine.replay(tx, call, deliver=self.deliver)
                 queued |= outcome.queued
                 qualified += len(outcome.qualifications)

@@ -128,7 +128,7 @@ def test_bad_lines_are_reported_and_good_lines_land(tmp_path):
         "{not json",
         json.dumps({"type": "track", "event": "x", "timestamp": "2026-09-01T00:00:00Z"}),
         json.dumps({"type": "track", "userId": "u", "event": "x", "timestamp": "someday"}),
-        json.dumps({"type": "page", "userId": "u", "timestamp": "2026-09-01T00:00:00Z"}),
+        json.dumps({"type": "batch", "userId": "u", "timestamp": "2026-09-01T00:00:00Z"}),
         json.dumps({"type": "group", "userId": "u", "timestamp": "2026-09-01T00:00:00Z"}),
         json.dumps({"type": "track", "userId": "u", "event": "x",
                     "timestamp": "2026-09-01T00:00:00Z", "properties": [1]}),
@@ -145,7 +145,7 @@ def test_bad_lines_are_reported_and_good_lines_land(tmp_path):
     assert "timestamp must be a datetime or an ISO-8601 string" in reasons[28]
     assert "groupId is required" in reasons[30]
     assert "properties must be a dict" in reasons[31]
-    assert result.skipped == {"page": 1}
+    assert result.skipped == {"batch": 1}  # page, screen and alias are imported (issue 20)
     assert result.applied == 50
     with pytest.raises(pqlsdk.importer.ImportStopped, match="line 26: not valid JSON"):
         import_jsonl(pqlsdk.Client(str(tmp_path / "strict.db"), rules=RULES), source,

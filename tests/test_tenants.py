@@ -112,7 +112,8 @@ def test_a_retried_message_id_after_a_move_is_still_stored_once(make_client):
 def test_an_older_file_gets_tenant_keys_from_its_data(tmp_path, monkeypatch):
     path = str(tmp_path / "old.db")
     with monkeypatch.context() as old:
-        old.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:-1])
+        before = sqlite_store.MIGRATIONS.index(sqlite_store._tenant_keys)
+        old.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:before])
         sqlite_store.Store(path).close()
     conn = sqlite3.connect(path)
     conn.executescript("""
