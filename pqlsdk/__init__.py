@@ -26,11 +26,12 @@ from .errors import (
     ValidationError,
 )
 from .evaluator import Measurement
+from .handoff import HandoffTimes
 from .health import DestinationHealth, Health
-from .models import Qualification, StageChange, Status
+from .models import Overdue, Qualification, StageChange, Status
 from .outbox import Delivery
 from .reports import Funnel, FunnelStage, RuleOutcome
-from .rules import Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
+from .rules import Lifecycle, Rule, RuleSet, all_of, any_of, event, load_rules, not_, score, trait
 from .scoring import Score, ScoreLine, Scoring
 from .stages import SIDE_STATES, STAGES
 from .suggest import Suggestion
@@ -49,8 +50,11 @@ __all__ = [
     "DestinationHealth",
     "Funnel",
     "FunnelStage",
+    "HandoffTimes",
     "Health",
+    "Lifecycle",
     "Measurement",
+    "Overdue",
     "PqlError",
     "Qualification",
     "Rule",

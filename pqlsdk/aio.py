@@ -117,26 +117,22 @@ class AsyncClient:
 
     # -- recording --------------------------------------------------------------------------
 
-    async def track(self, user_id: str, event: str, properties: dict[str, Any] | None = None,
-                    *, account_id: str | None = None, timestamp: datetime | str | None = None,
-                    message_id: str | None = None) -> list[Qualification]:
-        """See :meth:`pqlsdk.Client.track`."""
-        return await self._run(self.client.track, user_id, event, properties,
-                               account_id=account_id, timestamp=timestamp,
-                               message_id=message_id)
+    async def track(self, user_id: str | None, event: str,
+                    properties: dict[str, Any] | None = None, **options: Any
+                    ) -> list[Qualification]:
+        """See :meth:`pqlsdk.Client.track` (``account_id``, ``timestamp``, ``message_id``,
+        ``anonymous_id``, ``context``, ``integrations``)."""
+        return await self._run(self.client.track, user_id, event, properties, **options)
 
-    async def identify(self, user_id: str, traits: dict[str, Any] | None = None, *,
-                       account_id: str | None = None,
-                       timestamp: datetime | str | None = None) -> list[Qualification]:
+    async def identify(self, user_id: str | None, traits: dict[str, Any] | None = None,
+                       **options: Any) -> list[Qualification]:
         """See :meth:`pqlsdk.Client.identify`."""
-        return await self._run(self.client.identify, user_id, traits, account_id=account_id,
-                               timestamp=timestamp)
+        return await self._run(self.client.identify, user_id, traits, **options)
 
     async def group(self, user_id: str, account_id: str, traits: dict[str, Any] | None = None,
-                    *, timestamp: datetime | str | None = None) -> list[Qualification]:
+                    **options: Any) -> list[Qualification]:
         """See :meth:`pqlsdk.Client.group`."""
-        return await self._run(self.client.group, user_id, account_id, traits,
-                               timestamp=timestamp)
+        return await self._run(self.client.group, user_id, account_id, traits, **options)
 
     async def evaluate(self, *, as_of: datetime | str | None = None) -> list[Qualification]:
         """See :meth:`pqlsdk.Client.evaluate`."""

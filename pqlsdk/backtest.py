@@ -43,7 +43,7 @@ import attrs
 
 from .errors import RuleError, ValidationError
 from .evaluator import holds
-from .facts import fold
+from .facts import EmptyFacts, fold
 from .rules import (
     AllOf,
     Condition,
@@ -356,22 +356,27 @@ def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
            subject_type: str, until: int) -> Iterator[tuple[str, list[int | None]]]:
     """For each subject with events up to ``until`` (that a rule reads): when each of
     ``rules`` would first have qualified it (µs, or None), replaying its events in time
-    order. A rule that reads no event (traits alone) is checked at the subject's first
-    event."""
+    order. A rule that reads no event (traits alone), and one that holds on a subject with
+    no events and no traits (checked live when a subject is first seen), are checked at the
+    subject's first event."""
     triggers: dict[str, list[int]] = {}
     eventless = []
     needs_traits = False
+    empty = EmptyFacts(scoring)
     for k, rule in enumerate(rules):
         reads = _reads(rule, scoring)
         for name in reads.events_of(rule):
             triggers.setdefault(name, []).append(k)
         eventless += [] if reads.events_of(rule) else [k]
         needs_traits |= bool(reads.traits_of(rule))
-    if not triggers and not eventless:
+    on_first_seen = [k for k, rule in enumerate(rules) if holds(rule.condition, empty)]
+    first_seen = tx.first_seen_times(subject_type) if on_first_seen else {}
+    if not triggers and not eventless and not on_first_seen:
         return
     never_candidates = [k for k, rule in enumerate(rules) if rule.traits]
     traits = tx.all_traits(subject_type) if needs_traits else {}
-    rows = tx.replay_events(subject_type, None if eventless else sorted(triggers),
+    rows = tx.replay_events(subject_type,
+                            None if eventless or on_first_seen else sorted(triggers),
                             sorted(_reads_properties(rules, scoring)), until)
     current: str | None = None
     facts = ReplayFacts("{}", scoring)
@@ -388,6 +393,18 @@ def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
                 for k in never_candidates:
                     if _fails_on_traits(rules[k].condition, facts):
                         found[k] = NEVER
+            seen = first_seen.get(subject_id)
+            if seen is not None and seen < ts:  # as live: checked when first seen (by a
+                facts.at(seen, -1)              # call without an event: no events yet)
+                _check(rules, on_first_seen, found, facts, seen)
+            elif seen == ts:  # first seen by this event: checked with it
+                facts.add(position, event, ts, properties)
+                facts.at(ts, position)
+                _check(rules, on_first_seen, found, facts, ts)
+                _check(rules, eventless, found, facts, ts)
+                _check(rules, triggers.get(event, ()), found, facts, ts)
+                position += 1
+                continue
             if eventless:
                 facts.add(position, event, ts, properties)
                 facts.at(ts, position)

@@ -300,15 +300,59 @@ def qualifications(db: str, busy_timeout: float, since: str | None, rule: str | 
 
 @main.command()
 @db_option
+@rules_option
+@click.option("--accept-within", help="The deadline, e.g. 2d (default: the rules file's "
+                                      "[lifecycle] accept_within).")
+@click.option("--as-of", help="Overdue as of this ISO-8601 time (default now).")
+@json_option
+@_guard
+def overdue(db: str, busy_timeout: float, rules: str | None, accept_within: str | None,
+            as_of: str | None, as_json: bool) -> None:
+    """Qualified leads sales has neither accepted (sql or later) nor rejected in time,
+    oldest first.
+
+    \b
+    Example:
+        pqlsdk overdue --db pql.db --rules pql_rules.toml
+        pqlsdk overdue --db pql.db --accept-within 2d --json
+    """
+    deadline: Any = accept_within
+    if deadline is None and rules is not None:
+        deadline = load_rules(rules).lifecycle.accept_within
+    if deadline is None:
+        raise BadInput("overdue needs a deadline: --accept-within 2d, or --rules with "
+                       "[lifecycle] accept_within")
+    with _open(db, None, busy_timeout=busy_timeout,
+               lifecycle={"accept_within": deadline}) as client:
+        found = client.overdue(as_of=_when(as_of, "as_of"))
+    _print_overdue(found, as_json)
+
+
+def _print_overdue(found: list[Any], as_json: bool) -> None:
+    if as_json:
+        _print_json([o.to_dict() for o in found])
+        return
+    click.echo(f"{'qualified at (UTC)':<20}{'due at (UTC)':<20}{'rule':<24}{'stage':<8}"
+               "subject")
+    for o in found:
+        click.echo(f"{o.qualified_at:%Y-%m-%d %H:%M}    {o.due_at:%Y-%m-%d %H:%M}    "
+                   f"{o.rule:<24}{o.stage:<8}{o.subject_type} {o.subject_id}")
+
+
+@main.command()
+@db_option
 @click.option("--since", help="Count entries at or after this ISO-8601 time.")
 @click.option("--until", help="Count moves up to this ISO-8601 time.")
 @click.option("--by", help="Split by a trait, e.g. lead_source.")
 @click.option("--subject", type=click.Choice(["user", "account"]), default="user",
               show_default=True)
+@click.option("--to", help="Also the share of each stage that reached this one, e.g. sql.")
+@click.option("--exclude-rejected", is_flag=True,
+              help="Leave out subjects now unqualified or disqualified.")
 @json_option
 @_guard
 def funnel(db: str, busy_timeout: float, since: str | None, until: str | None,
-           by: str | None, subject: str,
+           by: str | None, subject: str, to: str | None, exclude_rejected: bool,
            as_json: bool) -> None:
     """Stage-to-stage conversion: entered, moved on, conversion rate, median time in stage.
 
@@ -318,7 +362,8 @@ def funnel(db: str, busy_timeout: float, since: str | None, until: str | None,
     """
     with _open(db, None, busy_timeout=busy_timeout) as client:
         result = client.funnel(since=_when(since, "since"), until=_when(until, "until"),
-                               by=by, subject=subject)
+                               by=by, subject=subject, to=to,
+                               exclude_rejected=exclude_rejected)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_funnel(result))
 
 
@@ -401,6 +446,40 @@ def forget(user: str, db: str, busy_timeout: float) -> None:
     with _open(db, None, busy_timeout=busy_timeout) as client:
         client.forget(user)
     click.echo(f"forgot {user}")
+
+
+@main.command()
+@db_option
+@click.option("--stage", required=True,
+              help="Purge users now at this stage, e.g. disqualified.")
+@click.option("--older-than", required=True,
+              help="Who entered it at least this long ago, e.g. 180d.")
+@click.option("--as-of", help="Measure the age as of this ISO-8601 time (default now).")
+@click.option("--yes", "apply", is_flag=True,
+              help="Erase them (without it, a dry run lists who would go).")
+@json_option
+@_guard
+def purge(db: str, busy_timeout: float, stage: str, older_than: str, as_of: str | None,
+          apply: bool, as_json: bool) -> None:
+    """Erase old users of a stage the way forget does (a periodic purge of disqualified
+    leads). A dry run unless --yes.
+
+    \b
+    Example:
+        pqlsdk purge --db pql.db --stage disqualified --older-than 180d          # who
+        pqlsdk purge --db pql.db --stage disqualified --older-than 180d --yes    # erase
+    """
+    with _open(db, None, busy_timeout=busy_timeout) as client:
+        found = client.purge(stage=stage, older_than=older_than,
+                             as_of=_when(as_of, "as_of"), dry_run=not apply)
+    if as_json:
+        _print_json({"purged" if apply else "would_purge": found})
+        return
+    for user in found:
+        click.echo(user)
+    verb = "purged" if apply else "would purge (dry run; --yes to erase)"
+    click.echo(f"{verb}: {len(found)} user(s) at {stage} for {older_than} or more",
+               err=True)
 
 
 @main.command()

@@ -17,7 +17,7 @@ from typing import Any
 import sqlite_utils
 
 from . import backtest as backtests
-from . import calls, privacy, reports, validation
+from . import calls, handoff, privacy, reports, validation
 from . import suggest as suggestions
 from .calls import Call
 from .commits import SharedCommits
@@ -26,13 +26,14 @@ from .errors import DeliveryNameWarning, StoreBusy, ValidationError
 from .explain import explain_lines
 from .facts import SubjectFacts, load_subject
 from .health import Health, build_health
-from .models import Qualification, StageChange, Status
-from .outbox import SEGMENT, Delivery, Outbox, wall_micros
+from .models import Overdue, Qualification, StageChange, Status
+from .outbox import OVERDUE_HOOK, SEGMENT, STAGE_HOOK, Delivery, Outbox, wall_micros
 from .reports import Funnel, RuleOutcome
 from .retention import Pruner, Retention, check_windows, parse_retention, projection
-from .rules import Rule, RuleSet, load_rules
+from .rules import Rule, RuleSet, load_rules, parse_duration
 from .scoring import Score
 from .sinks import CallbackSink, callback_name, reset_http_session
+from .stages import STAGES
 from .store import SYNCHRONOUS, Store, Transaction, open_store
 from .suggest import Suggestion
 from .timestamps import now, to_micros
@@ -103,6 +104,8 @@ class Client:
         by one of them in one transaction (each in a savepoint of its own) and each returns
         once that transaction committed (see the README's "Threads"); ``False``: one
         transaction per call.
+    :param lifecycle: the ``[lifecycle]`` section as a dict (``{"accept_within": "2d"}``),
+        for rules given as Python objects.
     :param send: ``False`` records, evaluates, stores qualifications and runs callbacks but
         never contacts Segment: Segment's outbox rows are written and stay pending (see
         :meth:`health`), for environments that must send nothing remotely; :meth:`flush`
@@ -126,6 +129,7 @@ class Client:
         poll_interval: float = 1.0,
         busy_timeout: float = 30.0,
         scoring: dict[str, Any] | None = None,
+        lifecycle: dict[str, Any] | None = None,
         synchronous: str = "normal",
         retention: str | timedelta | None = None,
         send: bool = True,
@@ -135,7 +139,7 @@ class Client:
         lock_timeout: float | None = None,
         shared_commits: bool = True,
     ) -> None:
-        self.rules: RuleSet = load_rules(rules, scoring)
+        self.rules: RuleSet = load_rules(rules, scoring, lifecycle)
         keep = parse_retention(retention)
         self._retention: Retention | None = None
         if keep is not None:
@@ -168,7 +172,11 @@ class Client:
         if not isinstance(max_retries, int) or max_retries < 1:
             raise ValidationError(f"max_retries must be a whole number >= 1 (got {max_retries!r})")
         self.segment = segment
-        self.forward_events = forward_events and segment is not None  # nothing to mirror to
+        if forward_events and segment is None:
+            raise ValidationError(
+                "forward_events=True mirrors every call to Segment, so it needs segment= (a "
+                "segment.analytics.Client); pass one, or leave forward_events off")
+        self.forward_events = bool(forward_events)
         self.sync_mode = sync_mode
         self.store: Store = open_store(
             database, busy_timeout=busy_timeout, synchronous=synchronous, schema=schema,
@@ -183,6 +191,7 @@ class Client:
         self.send = send
         for name, callback in callbacks:
             self._register(callback, name)
+        self._outbox.periodic = self._periodic
         self._worker = Worker(self._outbox, poll_interval)
         self._closing = threading.Event()
         self._closed = False
@@ -221,16 +230,110 @@ class Client:
             self._worker.wake()  # rows an earlier run left for a callback of this name
         return callback
 
-    def _register(self, callback: Callback, name: str | None) -> None:
+    def on_stage_change(self, callback: Callable[[StageChange], Any] | None = None, *,
+                        name: str | None = None) -> Any:
+        """Register ``callback(change)`` for every stage move (a rule's, a manual
+        ``set_stage``, an imported stage line), each a :class:`StageChange`:
+        ``client.on_stage_change(fn)``, ``@client.on_stage_change`` or
+        ``@client.on_stage_change(name="crm")``.
+
+        Delivered like :meth:`on_qualified`: from the durable outbox, after the commit, at
+        least once, in order, retried with backoff when the callback raises. Its rows are
+        ``stage:NAME`` (``name``, else the callback's ``module.qualname``, with the same
+        warning and orphan rules). Moves made before a hook was registered are not
+        delivered to it; a subject's first entry (``first_seen``) is not a move.
+        """
+        _check_name(name)
+        if callback is None:
+            def decorator(fn: Callable[[StageChange], Any]) -> Callable[[StageChange], Any]:
+                return self.on_stage_change(fn, name=name)  # type: ignore[no-any-return]
+            return decorator
+        if not callable(callback):
+            raise ValidationError(f"on_stage_change needs a callable (got {callback!r})")
+        self._register(callback, name, STAGE_HOOK, "on_stage_change")
+        if not self.sync_mode and self._outbox.waiting()[0]:
+            self._worker.wake()
+        return callback
+
+    def on_overdue(self, callback: Callable[[Overdue], Any] | None = None, *,
+                   name: str | None = None) -> Any:
+        """Register ``callback(overdue)`` for each qualified lead that sales has neither
+        accepted nor rejected within ``[lifecycle] accept_within``: ``client.on_overdue(fn)``,
+        ``@client.on_overdue`` or ``@client.on_overdue(name="slack")``.
+
+        Each overdue qualification is told of once (to every hook registered when it is
+        found), through the durable outbox like :meth:`on_qualified` (rows
+        ``overdue:NAME``). They are found by :meth:`evaluate` and by the delivery worker's
+        periodic pass (every minute, on the hook's lane; not in ``sync_mode``).
+        """
+        _check_name(name)
+        if callback is None:
+            def decorator(fn: Callable[[Overdue], Any]) -> Callable[[Overdue], Any]:
+                return self.on_overdue(fn, name=name)  # type: ignore[no-any-return]
+            return decorator
+        if not callable(callback):
+            raise ValidationError(f"on_overdue needs a callable (got {callback!r})")
+        self._register(callback, name, OVERDUE_HOOK, "on_overdue")
+        if not self.sync_mode:
+            self._worker.wake()  # its lane runs the periodic pass
+        return callback
+
+    def overdue(self, *, as_of: datetime | str | None = None) -> list[Overdue]:
+        """Qualified leads sales has neither accepted (moved to ``sql`` or later) nor
+        rejected within ``[lifecycle] accept_within`` as of ``as_of`` (default now),
+        oldest first. Raises :class:`ValidationError` without ``accept_within``.
+
+        >>> [o.subject_id for o in client.overdue()]
+        ['ada']
+        """
+        accept_within = self._accept_within()
+        until = _micros(as_of, "as_of")
+        with self.store.read() as tx:
+            return handoff.overdue(tx, accept_within, until)
+
+    def _accept_within(self) -> timedelta:
+        accept_within = self.rules.lifecycle.accept_within
+        if accept_within is None:
+            raise ValidationError(
+                "overdue needs a deadline: add [lifecycle] accept_within = \"2d\" to the "
+                "rules file (or Client(lifecycle={\"accept_within\": \"2d\"}))")
+        return accept_within
+
+    def _notify_overdue(self, as_of: int) -> int:
+        """Write ``on_overdue`` rows for overdue hand-offs not told of yet; how many."""
+        accept_within = self.rules.lifecycle.accept_within
+        if accept_within is None or not self._outbox.has_overdue_hooks():
+            return 0
+        total = 0
+        while True:
+            found = self.store.transact(lambda tx: handoff.notify(
+                tx, accept_within, as_of,
+                lambda rows: self._outbox.overdue_rows(rows, wall_micros())))
+            total += found
+            if found < handoff.NOTIFY_CHUNK:
+                break
+        self._dispatch(bool(total))
+        return total
+
+    def _periodic(self) -> None:
+        """The delivery worker's periodic pass: tell ``on_overdue`` of new overdue leads."""
+        try:
+            self._notify_overdue(_now_micros())
+        except Exception:
+            if not self.store.closed:
+                log.exception("pqlsdk: the periodic look for overdue leads failed")
+
+    def _register(self, callback: Callable[[Any], Any], name: str | None,
+                  prefix: str = "callback:", method: str = "on_qualified") -> None:
         if name is not None:
-            destination = f"callback:{name}"
+            destination = f"{prefix}{name}"
             if destination in self._outbox.sinks:
                 raise ValidationError(
-                    f"name {name!r} is already registered with on_qualified; give each "
+                    f"name {name!r} is already registered with {method}; give each "
                     "callback its own name")
         else:
             qualname = callback_name(callback)
-            destination = f"callback:{qualname}"
+            destination = f"{prefix}{qualname}"
             why = ("a lambda" if "<lambda>" in qualname
                    else "a closure" if "<locals>" in qualname
                    else "a second callable of this qualname"
@@ -238,7 +341,7 @@ class Client:
             if why is not None:
                 destination = f"{destination}@{uuid.uuid4().hex[:12]}"
                 warnings.warn(
-                    f"on_qualified: {qualname} is {why}, so it has no stable identity: rows "
+                    f"{method}: {qualname} is {why}, so it has no stable identity: rows "
                     f"it leaves at exit will wait as orphaned. Register it with "
                     f"name=\"...\" to deliver them after a restart.",
                     DeliveryNameWarning, stacklevel=3)
@@ -264,36 +367,99 @@ class Client:
 
     def track(
         self,
-        user_id: str,
+        user_id: str | None,
         event: str,
         properties: dict[str, Any] | None = None,
         *,
         account_id: str | None = None,
         timestamp: datetime | str | None = None,
         message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
     ) -> list[Qualification]:
         """Record that ``user_id`` did ``event``; return the qualifications it completed.
 
         The event and any qualification it completes are committed together. The same
         ``message_id`` twice is stored and counted once (the second call returns ``[]``).
         The event counts for ``account_id`` (or the user's current account, if any).
+        Before signup pass ``user_id=None, anonymous_id=...``: it counts for the anonymous
+        visitor, and for the user once linked (:meth:`alias`, or an :meth:`identify` naming
+        both). ``context`` and ``integrations`` (Segment's) are kept and forwarded as given.
         """
-        return self._record(self.prepare_track(user_id, event, properties,
-                                               account_id=account_id, timestamp=timestamp,
-                                               message_id=message_id))
+        return self._record(self.prepare_track(
+            user_id, event, properties, account_id=account_id, timestamp=timestamp,
+            message_id=message_id, anonymous_id=anonymous_id, context=context,
+            integrations=integrations))
+
+    def page(
+        self,
+        user_id: str | None = None,
+        name: str | None = None,
+        properties: dict[str, Any] | None = None,
+        *,
+        category: str | None = None,
+        account_id: str | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> list[Qualification]:
+        """Segment's ``page``: recorded as an event named ``page`` whose properties hold
+        ``name`` and ``category`` beside the given ones, so a rule matches it with
+        ``event = "page"``, ``where = { name = "Pricing" }``. Otherwise as :meth:`track`.
+
+        >>> client.page("ada", "Pricing", {"url": "https://example.com/pricing"})
+        """
+        return self._record(calls.prepare_page(
+            "page", user_id, name, properties, category=category, account_id=account_id,
+            timestamp=timestamp, message_id=message_id, anonymous_id=anonymous_id,
+            context=context, integrations=integrations))
+
+    def screen(
+        self,
+        user_id: str | None = None,
+        name: str | None = None,
+        properties: dict[str, Any] | None = None,
+        *,
+        category: str | None = None,
+        account_id: str | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> list[Qualification]:
+        """Segment's ``screen`` (a mobile app's page): an event named ``screen``, as
+        :meth:`page` records ``page``."""
+        return self._record(calls.prepare_page(
+            "screen", user_id, name, properties, category=category, account_id=account_id,
+            timestamp=timestamp, message_id=message_id, anonymous_id=anonymous_id,
+            context=context, integrations=integrations))
 
     def identify(
         self,
-        user_id: str,
+        user_id: str | None,
         traits: dict[str, Any] | None = None,
         *,
         account_id: str | None = None,
         timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        anonymous_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
     ) -> list[Qualification]:
         """Merge ``traits`` into the user's traits (a null value removes one) and re-check the
-        user rules that read a changed trait. ``account_id`` ties the user to an account."""
-        return self._record(self.prepare_identify(user_id, traits, account_id=account_id,
-                                                  timestamp=timestamp))
+        user rules that read a changed trait. ``account_id`` ties the user to an account.
+
+        With both ``user_id`` and ``anonymous_id`` (the signup), the anonymous visitor's
+        activity joins the user's, as :meth:`alias` does. The same ``message_id`` twice is
+        applied once."""
+        return self._record(self.prepare_identify(
+            user_id, traits, account_id=account_id, timestamp=timestamp,
+            message_id=message_id, anonymous_id=anonymous_id, context=context,
+            integrations=integrations))
 
     def group(
         self,
@@ -302,31 +468,72 @@ class Client:
         traits: dict[str, Any] | None = None,
         *,
         timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
     ) -> list[Qualification]:
         """Tie ``user_id`` to ``account_id`` from now on, merge the account's ``traits`` and
-        re-check the account rules that read a changed trait."""
-        return self._record(self.prepare_group(user_id, account_id, traits,
-                                               timestamp=timestamp))
+        re-check the account rules that read a changed trait. The same ``message_id`` twice
+        is applied once."""
+        return self._record(self.prepare_group(
+            user_id, account_id, traits, timestamp=timestamp, message_id=message_id,
+            context=context, integrations=integrations))
 
-    # The three calls, split into validation (prepare_*) and work inside a transaction
+    def alias(
+        self,
+        previous_id: str,
+        user_id: str,
+        *,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> list[Qualification]:
+        """Segment's ``alias``: what was recorded under ``previous_id`` (an anonymous id, a
+        pre-signup id) counts for ``user_id`` from then on, in rules, scores, explain and
+        the funnel. The previous subject does not remain a separate lead: its events,
+        traits (the user's win), history and qualifications join the user's; the later of
+        the two stages stands (a user sales put in a side state keeps it); a rule both had
+        met stays one qualification, the earlier. The user's rules are re-checked at once;
+        return the qualifications that created. Later calls under ``previous_id`` count
+        for ``user_id``. Refused if ``previous_id`` already counts for another user.
+
+        >>> client.alias("anon-7f3", "ada")
+        """
+        return self._record(calls.prepare_alias(
+            previous_id, user_id, timestamp=timestamp, message_id=message_id,
+            context=context, integrations=integrations))
+
+    # The calls, split into validation (prepare_*) and work inside a transaction
     # (apply), so that an import can apply many validated calls per transaction.
 
     def prepare_track(self, user_id: Any, event: Any, properties: Any = None, *,
-                      account_id: Any = None, timestamp: Any = None, message_id: Any = None
+                      account_id: Any = None, timestamp: Any = None, message_id: Any = None,
+                      anonymous_id: Any = None, context: Any = None, integrations: Any = None
                       ) -> Call:
         """Validate a ``track`` call (raising :class:`ValidationError`) without recording it."""
         return calls.prepare_track(user_id, event, properties, account_id=account_id,
-                                timestamp=timestamp, message_id=message_id)
+                                   timestamp=timestamp, message_id=message_id,
+                                   anonymous_id=anonymous_id, context=context,
+                                   integrations=integrations)
 
     def prepare_identify(self, user_id: Any, traits: Any = None, *, account_id: Any = None,
-                         timestamp: Any = None) -> Call:
+                         timestamp: Any = None, message_id: Any = None,
+                         anonymous_id: Any = None, context: Any = None,
+                         integrations: Any = None) -> Call:
         """Validate an ``identify`` call without recording it."""
-        return calls.prepare_identify(user_id, traits, account_id=account_id, timestamp=timestamp)
+        return calls.prepare_identify(user_id, traits, account_id=account_id,
+                                      timestamp=timestamp, message_id=message_id,
+                                      anonymous_id=anonymous_id, context=context,
+                                      integrations=integrations)
 
     def prepare_group(self, user_id: Any, account_id: Any, traits: Any = None, *,
-                      timestamp: Any = None) -> Call:
+                      timestamp: Any = None, message_id: Any = None, context: Any = None,
+                      integrations: Any = None) -> Call:
         """Validate a ``group`` call without recording it."""
-        return calls.prepare_group(user_id, account_id, traits, timestamp=timestamp)
+        return calls.prepare_group(user_id, account_id, traits, timestamp=timestamp,
+                                   message_id=message_id, context=context,
+                                   integrations=integrations)
 
     def _record(self, call: Call) -> list[Qualification]:
         run = self._commits.run if self._shared_commits else self.store.transact
@@ -365,6 +572,7 @@ class Client:
             created += found
             _log_created(found)
             self._dispatch(outcome.queued)
+        self._notify_overdue(to_micros(at))
         return created
 
     def score(
@@ -410,9 +618,20 @@ class Client:
         account_id: str | None = None,
         reason: str | None = None,
         timestamp: datetime | str | None = None,
+        create: bool = False,
+        criteria: dict[str, Any] | None = None,
     ) -> StageChange | None:
         """Move a user (or an account) to ``stage`` by hand, in any direction, with the sales
         team's ``reason``; return the change, or None if it already was there.
+
+        A subject pqlsdk has never seen raises :class:`~pqlsdk.UnknownSubject` (a typo in an
+        id must not make a new lead), unless ``create=True`` (billing or a CRM may know an
+        account before its first event): it is then first seen as a ``lead`` at
+        ``timestamp`` and moved.
+
+        ``criteria`` keeps sales' structured reasons beside ``reason``, e.g. BANT's
+        ``{"budget": False, "authority": True, "need": True, "timing": False}`` (a JSON
+        object; :meth:`rule_report` counts rejections by each criterion that is False).
 
         ``unqualified`` (rejected for now) and ``disqualified`` (never a fit) start a new
         round: the subject may qualify again for its rules, counting only what it does from
@@ -423,9 +642,14 @@ class Client:
         subject_type, subject_id = _subject(user_id, account_id)
         validation.stage(stage)
         validation.free_text("reason", reason)
+        if not isinstance(create, bool):
+            raise ValidationError(f"create must be True or False (got {create!r})")
+        criteria_json = None if criteria is None else validation.json_object("criteria",
+                                                                             criteria)
         at = validation.moment(timestamp)
         outcome = self.store.transact(
-            lambda tx: self.engine.set_stage(tx, subject_type, subject_id, stage, at, reason))
+            lambda tx: self.engine.set_stage(tx, subject_type, subject_id, stage, at, reason,
+                                             create=create, criteria=criteria_json))
         self._dispatch(outcome.queued)
         return outcome.stage_change
 
@@ -457,6 +681,32 @@ class Client:
         """
         privacy.forget(self.store, _require_id("user_id", user_id))
 
+    def purge(self, *, stage: str, older_than: str | timedelta,
+              as_of: datetime | str | None = None, dry_run: bool = True) -> list[str]:
+        """The users now at ``stage`` (e.g. ``disqualified``) who entered it at least
+        ``older_than`` (``"180d"``) before ``as_of`` (default now), oldest id first; with
+        ``dry_run=False`` each is erased as :meth:`forget` erases a user (in chunked
+        transactions, then one WAL checkpoint). A dry run (the default) changes nothing.
+
+        >>> client.purge(stage="disqualified", older_than="180d")      # who would go
+        ['bob']
+        >>> client.purge(stage="disqualified", older_than="180d", dry_run=False)
+        """
+        validation.stage(stage)
+        age = parse_duration(older_than, key="older_than") if isinstance(
+            older_than, str | timedelta) else None
+        if age is None:
+            raise ValidationError(f"older_than must be a duration like '180d' (got "
+                                  f"{older_than!r})")
+        if not isinstance(dry_run, bool):
+            raise ValidationError(f"dry_run must be True or False (got {dry_run!r})")
+        before = _micros(as_of, "as_of") - age // timedelta(microseconds=1)
+        with self.store.read() as tx:
+            found = tx.users_in_stage_since(stage, before)
+        if not dry_run and found:
+            privacy.forget_many(self.store, found)
+        return found
+
     def prune(self, *, as_of: datetime | str | None = None) -> int:
         """Fold and remove every event older than the retention as of ``as_of`` (default
         now); return how many were removed (0 without ``retention=``). The background
@@ -484,20 +734,34 @@ class Client:
         until: datetime | str | None = None,
         by: str | None = None,
         subject: str = "user",
+        to: str | None = None,
+        exclude_rejected: bool = False,
     ) -> Funnel:
         """Per stage: how many subjects entered it (between ``since`` and ``until``), how
-        many went on to a later stage, the conversion rate and the median time in stage;
-        ``by="lead_source"`` splits it by a trait. ``subject="account"`` for accounts.
+        many went on to a later stage, the conversion rate (None for the last stage) and
+        the median time in stage; ``by="lead_source"`` splits it by the value the trait had
+        when each subject entered each stage. ``subject="account"`` for accounts.
+
+        ``to="sql"`` also gives, per stage before it, how many of those who entered went
+        on to reach ``sql`` (or a later stage) and that share (MQL→SQL, PQL→SQL);
+        ``exclude_rejected=True`` leaves out subjects now ``unqualified`` or
+        ``disqualified``. ``Funnel.handoff``: how long sales took to accept or reject.
 
         >>> client.funnel(by="lead_source").stage("mql").conversion
         0.25
         """
         validation.subject_type(subject)
         by = _optional_id("by", by)
+        if to is not None and (not isinstance(to, str) or to not in STAGES or to == STAGES[0]):
+            raise ValidationError(f"to must be one of {', '.join(STAGES[1:])} (got {to!r})")
+        if not isinstance(exclude_rejected, bool):
+            raise ValidationError(
+                f"exclude_rejected must be True or False (got {exclude_rejected!r})")
         lower = _bound(since, "since")
         upper = _bound(until, "until")
         with self.store.read() as tx:
-            return reports.funnel(tx, subject, lower, upper, by)
+            return reports.funnel(tx, subject, lower, upper, by, to=to,
+                                  exclude_rejected=exclude_rejected)
 
     def rule_report(self, *, since: datetime | str | None = None) -> list[RuleOutcome]:
         """Per rule: subjects it qualified (since ``since``), how many later reached ``sql``,
@@ -799,7 +1063,8 @@ def _destination(name: Any, argument: str) -> str:
         raise ValidationError(
             f"{argument} must be a destination name, e.g. 'crm' or 'callback:crm' "
             f"(got {name!r})")
-    return name if name == SEGMENT or name.startswith("callback:") else f"callback:{name}"
+    return (name if name == SEGMENT or name.startswith(("callback:", STAGE_HOOK))
+            else f"callback:{name}")
 def _log_created(created: list[Qualification]) -> None:
     """One ``pqlsdk`` log line per new qualification, with its id (after the commit)."""
     for q in created:

@@ -49,12 +49,17 @@ TABLES: list[Table] = [
     Table("accounts", ["tenant_key", "account_id", "traits", "first_seen", "stage", "round",
                        "round_since", *_STAGES]),
     Table("events", ["tenant_key", "message_id", "user_id", "account_id", "event", "ts",
-                     "properties"], resume=True),
+                     "properties", "context", "integrations"], resume=True),
+    Table("aliases", ["tenant_key", "user_id", "at"]),  # issue 20
     Table("stage_changes", ["tenant_key", "subject_type", "subject_id", "from_stage",
-                            "to_stage", "at", "source", "reason"], resume=True),
+                            "to_stage", "at", "source", "reason", "criteria"], resume=True),
     Table("qualifications", ["tenant_key", "id", "rule", "stage", "subject_type",
                              "subject_id", "user_id", "account_id", "qualified_at",
-                             "evidence", "round", "rule_version", "shadow"]),
+                             "evidence", "round", "rule_version", "shadow", "firing"]),
+    Table("trait_changes", ["tenant_key", "subject_type", "subject_id", "trait", "value",
+                            "at"], resume=True),  # issue 20
+    Table("handoffs", ["tenant_key", "qualification_id", "subject_type", "subject_id",
+                       "rule", "qualified_at", "notified_at"]),  # issue 20
     Table("event_rollups", ["tenant_key", "user_id", "account_id", "event", "properties", "n",
                             "first_ts", "last_ts"], resume=True),
     Table("import_done", ["tenant_key", "message_id", "user_id"]),

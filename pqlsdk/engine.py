@@ -34,8 +34,9 @@ import attrs
 from . import bulk
 from .calls import Call
 from .errors import UnknownSubject
-from .evaluator import measure
-from .facts import Subject, SubjectFacts, load_subject, load_subjects
+from .evaluator import holds, measure
+from .facts import EmptyFacts, Subject, SubjectFacts, load_subject, load_subjects
+from .identities import link
 from .messages import call_message
 from .models import Qualification, StageChange, Status
 from .outbox import Outbox, wall_micros
@@ -91,6 +92,11 @@ class Engine:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self._qualify = functools.partial(qualify, scoring=rules.scoring)
+        #: Per subject type, the rules that hold on a subject with no events and no traits
+        #: (``exists = false``, ``at_most``, ``not``): checked when a subject is first seen.
+        empty = EmptyFacts(rules.scoring)
+        self._first_seen = {kind: [r for r in found if holds(r.condition, empty)]
+                            for kind, found in self._by_subject.items()}
 
     # -- recorded calls -------------------------------------------------------------------
 
@@ -100,6 +106,8 @@ class Engine:
         backfill) writes no outbox rows."""
         if call.kind == "stage":
             return self.import_stage(tx, call, deliver=deliver)
+        if call.kind == "alias":
+            return self.alias(tx, call, deliver=deliver)
         return self.apply(tx, call, deliver=deliver)
 
     def apply(self, tx: Transaction, call: Call, *, deliver: bool = True) -> Outcome:
@@ -107,18 +115,42 @@ class Engine:
         event or the merged traits, the qualifications it completes and, with ``deliver``,
         their outbox rows (and the mirrored call's, with ``forward_events``)."""
         ts = to_micros(call.at)
+        given = call
+        if call.kind == "alias":
+            return self.alias(tx, call, deliver=deliver)
+        if call.message_id is not None and call.kind != "track" and not tx.remember_call(
+                call.message_id, call.user_id):
+            return Outcome(applied=False)  # an identify/group seen before
+        linked = Outcome()
+        if (call.kind == "identify" and call.anonymous_id is not None
+                and call.anonymous_id != call.user_id):
+            linked = self._link(tx, call.anonymous_id, call.user_id, call.at, deliver)
+        canonical = tx.alias_of(call.user_id)
+        if canonical is not None:  # an id linked to a user counts for that user
+            call = call._replace(user_id=canonical)
         tx.lock_subjects(call.user_id, call.account_id)
-        user, account = load_subjects(tx, call.user_id, call.account_id, ts)
+        new: list[str] = []
+        user, account = load_subjects(tx, call.user_id, call.account_id, ts, new)
         account_id = account.id if account else None
         moves: list[Move] = []
-        # a mirrored track's outbox row refers to its event by message id: the event row
-        # keeps the one generated for Segment when the call gave none
+        # a mirrored track's outbox row refers to its event by message id (the event row
+        # keeps the one generated for Segment when the call gave none), when the event row
+        # holds the whole message: the call's own user id, no context, integrations or
+        # anonymous id (else the row holds the message, as identify's and group's do)
         mirror_id = (call.message_id or _new_id()) if (
-            call.kind == "track" and self.forward_events and deliver) else None
+            call.kind == "track" and self.forward_events and deliver
+            and given.user_id == call.user_id and call.context is None
+            and call.integrations is None and call.anonymous_id is None) else None
         message_id = mirror_id or call.message_id
         if call.kind == "track":
-            if not tx.insert_event(message_id, call.user_id, account_id, call.event, ts,
-                                   call.data_json):
+            if call.context is None and call.integrations is None:
+                inserted = tx.insert_event(message_id, call.user_id, account_id,
+                                           call.event, ts, call.data_json)
+            else:
+                inserted = tx.insert_event_with(message_id, call.user_id, account_id,
+                                                call.event, ts, call.data_json, call.context,
+                                                call.integrations)
+            if not inserted:
                 return Outcome(applied=False)
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
@@ -129,21 +161,22 @@ class Engine:
                                          account_id=account_id, at=call.at, moves=moves,
                                          event=(call.event, call.data_json))
         elif call.kind == "identify":
-            user, changed = merge_traits(tx, user, call.data)
+            user, changed = merge_traits(tx, user, call.data, ts)
             created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
                                     user_id=call.user_id, account_id=account_id, at=call.at,
                                     moves=moves)
         else:
             assert account is not None  # a group call always names its account
-            account, changed = merge_traits(tx, account, call.data)
+            account, changed = merge_traits(tx, account, call.data, ts)
             created = self._qualify(tx, self.rules.reading_traits("account", changed),
                                     account, user_id=call.user_id, account_id=account_id,
                                     at=call.at, moves=moves)
+        if new:  # rules that hold on a subject first seen, whatever the call read
+            created += self._check_first_seen(tx, new, call, account_id, moves)
         if not deliver or not (created or self.forward_events):
-            return Outcome(tuple(created), tuple(moves))
-        # a mirrored track refers to its event row (its message is built at delivery);
-        # identify and group have no event row: their row holds the message
-        message = (call_message(call, account_id)
+            return linked.merge(Outcome(tuple(created), tuple(moves)))
+        # a mirrored track by reference: its message is built from the event row at delivery
+        message = (call_message(given, account_id)
                    if self.forward_events and mirror_id is None else None)
         queued = self._enqueue(tx, created, moves, call.kind, call.user_id, message)
         if mirror_id is not None:
@@ -151,14 +184,74 @@ class Engine:
                                                          wall_micros())],
                               payload_format=EVENT_REF_FORMAT)
             queued = True
-        return Outcome(tuple(created), tuple(moves), queued=queued)
+        return linked.merge(Outcome(tuple(created), tuple(moves), queued=queued))
+
+    def _check_first_seen(self, tx: Transaction, new: list[str], call: Call,
+                          account_id: str | None, moves: list[Move]) -> list[Qualification]:
+        created: list[Qualification] = []
+        for kind in new:
+            rules = self._first_seen[kind]
+            if not rules:
+                continue
+            subject_id = call.user_id if kind == "user" else account_id
+            assert subject_id is not None
+            created += self._qualify(tx, rules, load_subject(tx, kind, subject_id),
+                                     user_id=call.user_id, account_id=account_id,
+                                     at=call.at, moves=moves)
+        return created
+
+    # -- identities -----------------------------------------------------------------------
+
+    def alias(self, tx: Transaction, call: Call, *, deliver: bool = True) -> Outcome:
+        """Record an ``alias`` (``event`` holds the previous id): link it to the user and
+        merge what it recorded (see :mod:`pqlsdk.identities`)."""
+        if call.message_id is not None and not tx.remember_call(call.message_id,
+                                                                call.user_id):
+            return Outcome(applied=False)
+        outcome = self._link(tx, call.event, call.user_id, call.at, deliver)
+        if deliver and self.forward_events:
+            message = call_message(call, None)
+            tx.enqueue([self.outbox.segment_row("alias", call.user_id, message,
+                                                wall_micros())])
+            outcome = outcome.merge(Outcome(queued=True))
+        return outcome
+
+    def _link(self, tx: Transaction, previous: str, user_id: str, at: datetime,
+              deliver: bool) -> Outcome:
+        """Link ``previous`` to ``user_id``; when two subjects merged, re-check the user's
+        rules as of ``at`` (their events now count together) and write the outbox rows of
+        what that and the merge's stage move produced."""
+        linked = link(tx, previous, user_id, to_micros(at))
+        if not linked.merged:
+            return Outcome()
+        account_id = tx.account_of(linked.user_id)
+        moves: list[Move] = []
+        created = self._qualify(tx, self._by_subject["user"],
+                                load_subject(tx, "user", linked.user_id),
+                                user_id=linked.user_id, account_id=account_id, at=at,
+                                moves=moves)
+        queued = False
+        if deliver:
+            queued = self._enqueue(tx, created, moves, "alias", linked.user_id, None)
+            if linked.stage_change is not None:
+                stamp = wall_micros()
+                rows = self.outbox.hook_rows([(linked.stage_change, linked.user_id)], stamp)
+                rows += self.outbox.stage_rows(
+                    [(linked.stage_change, linked.user_id, account_id, _new_id())], stamp)
+                if rows:
+                    tx.enqueue(rows)
+                    queued = True
+        return Outcome(tuple(created), tuple(moves), linked.stage_change, queued)
+
+    # -- bulk ----------------------------------------------------------------------------
 
     def replay_tracks(self, tx: Transaction, tracks: Sequence[bulk.Track], *,
                       deliver: bool = False) -> Outcome:
         """Record recorded track calls (in time order, none stored yet) in bulk: their
         events in one statement, then only the rules each can change, in time order, with
         the same result as :meth:`replay` of each (see :mod:`pqlsdk.bulk`)."""
-        result = bulk.apply_tracks(tx, bulk.Rules(self._by_event, self._qualify), tracks)
+        result = bulk.apply_tracks(
+            tx, bulk.Rules(self._by_event, self._qualify, self._first_seen), tracks)
         queued = deliver and self._enqueue(tx, result.qualifications, result.moves,
                                            "evaluate", "", None)
         return Outcome(tuple(result.qualifications), tuple(result.moves), queued=queued)
@@ -166,14 +259,21 @@ class Engine:
     # -- stages ---------------------------------------------------------------------------
 
     def set_stage(self, tx: Transaction, subject_type: str, subject_id: str, stage: str,
-                  at: datetime, reason: str | None) -> Outcome:
+                  at: datetime, reason: str | None, *, create: bool = False,
+                  criteria: str | None = None) -> Outcome:
         """Move a subject to ``stage`` by hand (history source ``manual``), locking it first;
-        its Segment row is written when it has a user to send it as."""
+        its Segment row is written when it has a user to send it as. A subject never seen
+        raises :class:`UnknownSubject` unless ``create``; ``criteria`` is a JSON object."""
         if subject_type == "user":
             tx.lock_subjects(subject_id, None)
         else:
             tx.lock_subject("account", subject_id)
-        return self.move(tx, subject_type, subject_id, stage, at, reason, "manual")
+        if not create and tx.subject_snapshot(subject_type, subject_id) is None:
+            raise UnknownSubject(
+                f"no {subject_type} {subject_id!r} has been seen; set_stage(..., "
+                f"create=True) records it first (as a lead, then moves it)")
+        return self.move(tx, subject_type, subject_id, stage, at, reason, "manual",
+                         criteria=None if criteria is None else json.loads(criteria))
 
     def import_stage(self, tx: Transaction, call: Call, *, deliver: bool = True) -> Outcome:
         """Record an imported stage change (``call.kind == "stage"``: ``event`` holds the
@@ -185,13 +285,15 @@ class Engine:
             assert call.account_id is not None  # the importer checked it
             subject_type, subject_id = "account", call.account_id
         return self.move(tx, subject_type, subject_id, call.event, call.at,
-                         call.data.get("reason"), "import", deliver=deliver)
+                         call.data.get("reason"), "import", deliver=deliver,
+                         criteria=call.data.get("criteria"))
 
     def move(self, tx: Transaction, subject_type: str, subject_id: str, stage: str,
-             at: datetime, reason: str | None, source: str, *, deliver: bool = True
-             ) -> Outcome:
+             at: datetime, reason: str | None, source: str, *, deliver: bool = True,
+             criteria: dict[str, Any] | None = None) -> Outcome:
         """Move a subject (created if new) to ``stage`` in any direction, recording the
-        change with ``source``; nothing when it already is there."""
+        change with ``source`` (and sales' ``criteria``); nothing when it already is there.
+        With ``deliver``, the stage hooks get the change and Segment its lifecycle stage."""
         ts = to_micros(at)
         if subject_type == "user":
             subject = load_subjects(tx, subject_id, None, ts)[0]
@@ -203,13 +305,16 @@ class Engine:
             member, account = tx.latest_user(subject_id, ts), subject_id
         if subject.stage == stage:
             return Outcome()
-        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, source, reason)
+        tx.change_stage(subject_type, subject_id, subject.stage, stage, ts, source, reason,
+                        None if criteria is None else json.dumps(criteria, sort_keys=True))
         change = StageChange(subject_type, subject_id, subject.stage, stage, at, source,
-                             reason)
+                             reason, criteria)
         rows = []
-        if deliver and member is not None:
-            rows = self.outbox.stage_rows([(change, member, account, _new_id())],
-                                          wall_micros())
+        if deliver:
+            stamp = wall_micros()
+            rows = self.outbox.hook_rows([(change, member)], stamp)
+            if member is not None:
+                rows += self.outbox.stage_rows([(change, member, account, _new_id())], stamp)
         if rows:
             self.outbox.write(tx, rows)
         return Outcome(stage_change=change, queued=bool(rows))
@@ -272,6 +377,7 @@ class Engine:
         if created:
             moved = {q.id: change for change, q in moves}
             rows = self.outbox.qualification_rows(created, moved, stamp)
+            rows += self.outbox.hook_rows([(change, q.user_id) for change, q in moves], stamp)
         if mirror is not None:
             rows.append(self.outbox.segment_row(kind, user_id, mirror, stamp))
         if rows:
@@ -289,9 +395,10 @@ def known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subjec
     return Subject.from_row(subject_type, subject_id, row)
 
 
-def merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]
+def merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any], ts: int
                  ) -> tuple[Subject, set[str]]:
-    """Merge ``traits`` into the subject's (null removes one); return it and what changed."""
+    """Merge ``traits`` into the subject's (null removes one), keeping each change in its
+    trait history at ``ts``; return it and what changed."""
     old = json.loads(subject.traits_json)
     changed = {k for k, v in traits.items() if old.get(k) != v}
     if not changed:
@@ -299,6 +406,9 @@ def merge_traits(tx: Transaction, subject: Subject, traits: dict[str, Any]
     merged = {k: v for k, v in {**old, **traits}.items() if v is not None}
     text = json.dumps(merged, sort_keys=True)
     tx.set_traits(subject.type, subject.id, text)
+    tx.record_traits(subject.type, subject.id,
+                     [(k, None if traits[k] is None else json.dumps(traits[k], sort_keys=True))
+                      for k in sorted(changed)], ts)
     return subject._replace(traits_json=text), changed
 
 

@@ -43,12 +43,16 @@ class Subject(NamedTuple):
 
 
 def load_subjects(
-    tx: Transaction, user_id: str, account_id: str | None, ts: int
+    tx: Transaction, user_id: str, account_id: str | None, ts: int,
+    created: list[str] | None = None,
 ) -> tuple[Subject, Subject | None]:
-    """The user (created if new, moved to ``account_id`` if given) and its account."""
+    """The user (created if new, moved to ``account_id`` if given) and its account;
+    ``created`` gets ``"user"`` and/or ``"account"`` for the subjects first seen now."""
     row = tx.user_snapshot(user_id)
     if row is None:
         tx.add_user(user_id, account_id, ts)
+        if created is not None:
+            created.append("user")
         user = Subject("user", user_id, new=True)
     else:
         user = Subject.from_row("user", user_id, row.user)
@@ -60,6 +64,8 @@ def load_subjects(
     if account_id is None:
         return user, None
     if tx.add_account(account_id, ts):
+        if created is not None:
+            created.append("account")
         return user, Subject("account", account_id, new=True)
     return user, load_subject(tx, "account", account_id)
 
@@ -166,6 +172,15 @@ class FirstEventFacts(SubjectFacts):
         """1.0 (an event of age 0 weighs 1 whatever the half-life) per line it counts for."""
         return [1.0 if self._one(event, since) and limit != 0 else 0.0
                 for event, since, _, limit in lines]
+def distinct_key(value: Any) -> str:
+    """How ``distinct`` tells values apart: as text, as PostHog's and Mixpanel's distinct
+    counts of a property do, so ``1``, ``1.0`` and ``"1"`` are one value (as are ``true``
+    and ``"true"``); a list or an object counts as its JSON text (keys sorted)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, sort_keys=True)
 
 
 def fold(
@@ -187,7 +202,7 @@ def fold(
         if condition.distinct is not None:
             if props.get(condition.distinct) is None:
                 continue
-            seen.add(json.dumps(props[condition.distinct], sort_keys=True))
+            seen.add(distinct_key(props[condition.distinct]))
             count = len(seen)
         elif condition.sum is not None:
             value = props.get(condition.sum)
@@ -199,3 +214,35 @@ def fold(
         if limit is not None and count >= limit:
             break
     return total if condition.sum is not None else count
+
+
+class EmptyFacts:
+    """The facts of a subject first seen: no events, no traits (scores from that alone).
+    The rules that hold on it (``exists = false``, ``at_most``, ``not``) are checked when a
+    subject is first seen, whatever its first call was."""
+
+    def __init__(self, scoring: Scoring | None) -> None:
+        self.scoring = scoring
+        self.until = 0
+
+    def measure(self, condition: EventCondition, limit: int | None) -> float:
+        """No events: 0."""
+        return 0
+
+    def trait(self, name: str) -> tuple[bool, Any]:
+        """No traits."""
+        return False, None
+
+    def event_rows(self, event: str, since: int | None, limit: int | None
+                   ) -> Iterator[tuple[int, str]]:
+        """No events."""
+        return iter(())
+
+    def weighted_counts(self, lines: list[tuple[str, int | None, int | None, int | None]]
+                        ) -> list[float]:
+        """No events: 0 per line."""
+        return [0.0] * len(lines)
+
+    def score(self, kind: str) -> float:
+        """The score of a subject with no events and no traits."""
+        return compute(self.scoring or Scoring(), self, lines=False).get(kind)

@@ -56,14 +56,16 @@ from .timestamps import coerce, from_micros, to_micros
 BATCH = 2_000
 #: Messages sorted in memory before a run is spilled to a temporary file.
 CHUNK = 100_000
-KINDS = ("track", "identify", "group")
+KINDS = ("track", "identify", "group", "page", "screen", "alias")
 
 
 @attrs.frozen
 class ImportResult:
     """What an import did: lines read, messages applied, duplicates skipped (already
     imported, or the same messageId twice), other message types skipped, and each bad line
-    as ``(line number, reason)``."""
+    as ``(line number, reason)``. When an interrupted earlier run of the same file left a
+    checkpoint, the lines it had not applied are applied now: they count in ``applied``
+    and ``resumed``, never in ``duplicates`` (those it applied are duplicates)."""
 
     read: int
     applied: int
@@ -71,6 +73,7 @@ class ImportResult:
     skipped: dict[str, int]
     errors: tuple[tuple[int, str], ...]
     qualifications: int
+    resumed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -221,11 +224,13 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
         return _stage_change(line, message)
     if kind not in KINDS:
         if not isinstance(kind, str) or not kind:
-            raise ValidationError("type is missing; expected track, identify or group")
+            raise ValidationError("type is missing; expected track, identify, group, page, "
+                                  "screen, alias or stage")
         return kind
     user_id = message.get("userId") or message.get("anonymousId")
     if user_id is None:
         raise ValidationError("userId or anonymousId is required")
+    anonymous_id = message.get("anonymousId") if message.get("userId") else None
     stamp = message.get("timestamp") or message.get("originalTimestamp") or message.get(
         "receivedAt")
     if stamp is None:
@@ -238,9 +243,21 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
         call = calls.prepare_track(user_id, message.get("event"), message.get("properties"),
                                    account_id=context.get("groupId"), timestamp=at,
                                    message_id=message.get("messageId"))
-    elif kind == "identify":
+    elif kind in ("page", "screen"):  # recorded as the event "page" / "screen"
+        call = calls.prepare_page(kind, user_id, message.get("name"),
+                                  message.get("properties"),
+                                  category=message.get("category"),
+                                  account_id=context.get("groupId"), timestamp=at,
+                                  message_id=message.get("messageId"))
+    elif kind == "alias":
+        if message.get("previousId") is None or message.get("userId") is None:
+            raise ValidationError("an alias message needs previousId and userId")
+        call = calls.prepare_alias(message.get("previousId"), message.get("userId"),
+                                   timestamp=at)
+    elif kind == "identify":  # naming both ids links the anonymous one to the user
         call = calls.prepare_identify(user_id, message.get("traits"), timestamp=at,
-                                      account_id=context.get("groupId"))
+                                      account_id=context.get("groupId"),
+                                      anonymous_id=anonymous_id)
     else:
         if message.get("groupId") is None:
             raise ValidationError("groupId is required for a group message")
@@ -252,21 +269,22 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
     else:
         text = line.strip().encode("utf-8", "surrogatepass")
         message_id = "line:" + hashlib.sha1(text).hexdigest()
-        if kind == "track":
+        if call.kind == "track":
             call = call._replace(message_id=message_id)
     return message_id, to_micros(at), call
 
 
 def _stage_change(line: str, message: dict[str, Any]) -> tuple[str, int, Call]:
     """A CRM's stage change: ``{"type": "stage", "userId" | "groupId": ..., "stage": ...,
-    "timestamp": ..., "reason": ..., "messageId": ...}``."""
+    "timestamp": ..., "reason": ..., "criteria": {...}, "messageId": ...}``."""
     user_id, group_id = message.get("userId"), message.get("groupId")
     if (user_id is None) == (group_id is None):
         raise ValidationError("a stage message needs exactly one of userId or groupId")
     if message.get("timestamp") is None:
         raise ValidationError("timestamp is required to replay in time order")
     call = calls.prepare_stage(user_id, group_id, message.get("stage"),
-                                   message.get("reason"), timestamp=message.get("timestamp"))
+                               message.get("reason"), timestamp=message.get("timestamp"),
+                               criteria=message.get("criteria"))
     message_id = message.get("messageId")
     if isinstance(message_id, str) and message_id:
         message_id = validation.identifier("messageId", message_id)
@@ -309,8 +327,12 @@ class Message(NamedTuple):
     data: str
 
     def call(self) -> Call:
-        """The validated call again (identify, group, stage)."""
+        """The validated call again (identify, group, alias, stage; a track when it is not
+        applied in bulk)."""
         traits = json.loads(self.data) if self.kind != "track" else {}
+        if self.kind == "identify":  # the event column holds the anonymous id it links
+            return Call(self.kind, self.user_id, from_micros(self.ts), self.account_id, "",
+                        traits, self.data, anonymous_id=self.event)
         return Call(self.kind, self.user_id, from_micros(self.ts), self.account_id,
                     self.event or "", traits, self.data,
                     self.message_id if self.kind == "track" else None)
@@ -329,9 +351,11 @@ def _message(number: int, raw: bytes | str) -> Message | str:
         return parsed
     message_id, ts, call = parsed
     data = call.data_json if call.kind == "track" else json.dumps(call.data)
-    _text_check(message_id, call.user_id, call.account_id, call.event, data)
+    # an identify's event column holds the anonymous id it links (an alias's, the previous id)
+    event = call.anonymous_id if call.kind == "identify" else call.event
+    _text_check(message_id, call.user_id, call.account_id, event, data)
     return Message(ts, number, message_id, call.kind, call.user_id, call.account_id,
-                   call.event or None, data)
+                   event or None, data)
 
 
 class _Import:
@@ -388,7 +412,8 @@ class _Import:
                     self.replay(key, batch)
         applied = self.applied - first
         return ImportResult(read, applied, valid - applied - self.failed, skipped,
-                            tuple(self.errors), self.qualified)
+                            tuple(self.errors), self.qualified,
+                            applied if checkpoint else 0)
 
     def replay(self, key: str, batch: list[Message]) -> None:
         """Apply a batch in one transaction; if one message makes it fail, apply them one

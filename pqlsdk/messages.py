@@ -69,16 +69,28 @@ def event_message(kind: str, user_id: str, timestamp: str, message_id: str,
 
 
 def call_message(call: Call, account_id: str | None) -> dict[str, Any]:
-    """A mirrored ``track``/``identify``/``group`` call (``forward_events=True``), as of
-    ``account_id`` (the account the call counted for); a call without a ``message_id``
-    gets a new one."""
+    """A mirrored ``track``/``identify``/``group``/``alias`` call (``forward_events=True``;
+    a page or screen is mirrored as the track it is recorded as), as of ``account_id``
+    (the account the call counted for), with the call's ids, ``context`` and
+    ``integrations`` as given; a call without a ``message_id`` gets a new one."""
     fields: dict[str, Any] = (
         {"event": call.event, "properties": json.loads(call.data_json)}
         if call.kind == "track"
         else {"traits": call.data} if call.kind == "identify"
+        else {"previousId": call.event} if call.kind == "alias"
         else {"groupId": account_id, "traits": call.data})
-    return event_message(call.kind, call.user_id, call.at.isoformat(timespec="milliseconds"),
-                    call.message_id or str(uuid.uuid4()), account_id, **fields)
+    message = event_message(call.kind, call.user_id,
+                            call.at.isoformat(timespec="milliseconds"),
+                            call.message_id or str(uuid.uuid4()), account_id, **fields)
+    if call.anonymous_id is not None:
+        message["anonymousId"] = call.anonymous_id
+        if call.anonymous_id == call.user_id:  # before signup: no user id yet
+            message["userId"] = None
+    if call.context is not None:  # the call's own context, as given (with pqlsdk's library)
+        message["context"] = {**message["context"], **json.loads(call.context)}
+    if call.integrations is not None:
+        message["integrations"] = json.loads(call.integrations)
+    return message
 
 
 def derived_id(base: str, purpose: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -20,7 +20,7 @@ def json_default(value: Any) -> str:
 
 
 #: Columns of a qualification's row that are not fields of :class:`Qualification`.
-_STORE_ONLY = frozenset({"round", "tenant_key"})
+_STORE_ONLY = frozenset({"round", "firing", "tenant_key"})
 
 
 @attrs.frozen
@@ -57,8 +57,8 @@ class Qualification:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Qualification:
-        """The inverse of :meth:`to_row` (store-only columns such as ``round`` and
-        ``tenant_key`` are dropped)."""
+        """The inverse of :meth:`to_row` (store-only columns such as ``round``, ``firing``
+        and ``tenant_key`` are dropped)."""
         values = {k: v for k, v in row.items() if k not in _STORE_ONLY}
         values["qualified_at"] = from_micros(row["qualified_at"])
         values["evidence"] = Measurement.from_dict(json.loads(row["evidence"]))
@@ -94,7 +94,8 @@ class StageChange:
 
     ``source`` is ``rule:NAME`` (a qualification moved it), ``manual`` (``set_stage``),
     ``import`` (a stage line of ``pqlsdk import``, a CRM's verdict) or ``first_seen`` (the
-    subject became a ``lead`` when pqlsdk first saw it).
+    subject became a ``lead`` when pqlsdk first saw it). ``criteria``: sales' structured
+    reasons beside ``reason`` (``{"budget": False, "authority": True}``), or None.
     """
 
     subject_type: str
@@ -104,9 +105,62 @@ class StageChange:
     at: datetime
     source: str
     reason: str | None = None
+    criteria: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> StageChange:
         """Build from a ``stage_changes`` row."""
+        criteria = row.get("criteria")
         return cls(row["subject_type"], row["subject_id"], row["from_stage"], row["to_stage"],
-                   from_micros(row["at"]), row["source"], row["reason"])
+                   from_micros(row["at"]), row["source"], row["reason"],
+                   None if criteria is None else json.loads(criteria))
+
+    def to_payload(self) -> dict[str, Any]:
+        """The change as an outbox row holds it (``at`` in microseconds)."""
+        row = attrs.asdict(self, recurse=False)
+        row["at"] = to_micros(self.at)
+        return row
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> StageChange:
+        """The inverse of :meth:`to_payload`."""
+        return cls(**{**payload, "at": from_micros(payload["at"])})
+
+
+class Overdue(NamedTuple):
+    """A qualified lead that sales has neither accepted (moved to ``sql`` or later) nor
+    rejected (``unqualified``/``disqualified``) within ``[lifecycle] accept_within``.
+
+    ``stage`` is the subject's stage when it was found overdue; ``qualified_at`` and
+    ``rule`` are the qualification's, ``qualification_id`` its id; ``due_at`` is when
+    the deadline passed. (A NamedTuple: ``overdue()`` builds one per waiting lead, and a
+    tuple costs a fifth of a frozen class to make.)
+    """
+
+    subject_type: str
+    subject_id: str
+    stage: str
+    qualified_at: datetime
+    rule: str
+    qualification_id: str
+    due_at: datetime
+
+    def to_payload(self) -> dict[str, Any]:
+        """As an outbox row holds it (times in microseconds)."""
+        row = self._asdict()
+        row["qualified_at"] = to_micros(self.qualified_at)
+        row["due_at"] = to_micros(self.due_at)
+        return row
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Overdue:
+        """The inverse of :meth:`to_payload`."""
+        return cls(**{**payload, "qualified_at": from_micros(payload["qualified_at"]),
+                      "due_at": from_micros(payload["due_at"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (times as ISO-8601)."""
+        out = self._asdict()
+        out["qualified_at"] = self.qualified_at.isoformat()
+        out["due_at"] = self.due_at.isoformat()
+        return out

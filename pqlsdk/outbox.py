@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from .messages import event_message, qualification_messages, stage_messages
-from .models import Qualification, StageChange, json_default
+from .models import Overdue, Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
 from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed, Transaction
 from .store.base import OutboxKey
@@ -37,6 +37,11 @@ from .timestamps import from_micros
 log = logging.getLogger("pqlsdk")
 
 SEGMENT = "segment"
+#: Destinations of ``on_stage_change`` hooks are ``stage:NAME`` (``on_qualified``'s are
+#: ``callback:NAME``).
+STAGE_HOOK = "stage:"
+#: Destinations of ``on_overdue`` hooks.
+OVERDUE_HOOK = "overdue:"
 #: The most rows claimed per destination at a time (one Segment batch).
 CLAIM_LIMIT = 100
 #: First retry waits about this long (seconds); each further one twice as long.
@@ -78,6 +83,12 @@ def _decode(row: dict[str, Any]) -> Any:
     if row["kind"] == "qualification":
         if not (isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str)):
             raise Undeliverable("a qualification row must name its qualification_id")
+    elif row["kind"] == "stage_change":
+        if not (isinstance(payload, dict) and isinstance(payload.get("to_stage"), str)):
+            raise Undeliverable("a stage_change row must hold the change")
+    elif row["kind"] == "overdue":
+        if not (isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str)):
+            raise Undeliverable("an overdue row must hold the overdue qualification")
     elif not (isinstance(payload, list) and all(isinstance(m, dict) for m in payload)):
         raise Undeliverable("a Segment row must hold a list of messages")
     return payload
@@ -87,6 +98,10 @@ def _item(sink: Sink, row: dict[str, Any], payload: Any,
           found: dict[str, Qualification]) -> Any:
     """What a sink delivers for a row: a Qualification for a callback, Segment messages for
     Segment; None when a qualification is gone (erased by ``forget``): nothing to send."""
+    if row["kind"] == "stage_change":
+        return StageChange.from_payload(payload)
+    if row["kind"] == "overdue":
+        return Overdue.from_payload(payload)
     if row["kind"] != "qualification":
         return payload  # Segment messages, built when the row was written
     q = found.get(payload["qualification_id"])
@@ -232,6 +247,9 @@ class Outbox:
         self.settled = 0
         #: Set by :meth:`stop_claiming` (the Client is closing): no new claims.
         self.stopping = threading.Event()
+        #: The delivery worker's periodic pass (the Client's look for overdue hand-offs),
+        #: run by the ``on_overdue`` lanes; None: nothing to run.
+        self.periodic: Callable[[], Any] | None = None
 
     def after_fork(self) -> None:
         """In a forked child: its own lease renewer, locks and measurements."""
@@ -263,12 +281,22 @@ class Outbox:
         "Lead Qualified" and the lifecycle stage in one row, so they travel together.
         """
         rows: list[tuple[str, str, str | None, str, int]] = []
+        names = [name for name in self.sinks
+                 if name == SEGMENT or not name.startswith((STAGE_HOOK, OVERDUE_HOOK))]
         for q in qualifications:
             moved = moves.get(q.id)
             payload = json.dumps({"qualification_id": q.id,
                                   "moved_to": moved.to_stage if moved else None})
-            rows += [(name, "qualification", q.user_id, payload, now) for name in self.sinks]
+            rows += [(name, "qualification", q.user_id, payload, now) for name in names]
         return rows
+
+    def hook_rows(self, changes: list[tuple[StageChange, str | None]], now: int
+                  ) -> list[tuple[str, str, str | None, str, int]]:
+        """Rows for the ``on_stage_change`` hooks: one per ``(change, user id)`` and hook
+        (the user id, the subject's or an account member's, lets ``forget`` find them)."""
+        names = [name for name in self.sinks if name.startswith(STAGE_HOOK)]
+        return [(name, "stage_change", user_id, json.dumps(change.to_payload()), now)
+                for change, user_id in changes for name in names]
 
     def stage_rows(self, moves: list[tuple[StageChange, str, str | None, str]], now: int
                    ) -> list[tuple[str, str, str | None, str, int]]:
@@ -278,6 +306,17 @@ class Outbox:
         return [(SEGMENT, "stage", user_id,
                  json.dumps(stage_messages(change, user_id, account_id, message_id)), now)
                 for change, user_id, account_id, message_id in moves]
+
+    def overdue_rows(self, found: list[Overdue], now: int
+                     ) -> list[tuple[str, str, str | None, str, int]]:
+        """Rows for the ``on_overdue`` hooks: one per overdue qualification and hook."""
+        names = [name for name in self.sinks if name.startswith(OVERDUE_HOOK)]
+        return [(name, "overdue", o.subject_id if o.subject_type == "user" else None,
+                 json.dumps(o.to_payload()), now) for o in found for name in names]
+
+    def has_overdue_hooks(self) -> bool:
+        """Whether an ``on_overdue`` hook is registered in this process."""
+        return any(name.startswith(OVERDUE_HOOK) for name in self.sinks)
 
     @staticmethod
     def segment_row(kind: str, user_id: str, message: dict[str, Any], now: int

@@ -8,6 +8,7 @@ person their data (``export``).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -22,6 +23,19 @@ def forget(store: Store, user_id: str) -> None:
     overwritten in the file, and the WAL's older copies of them are gone."""
     store.transact(lambda tx: tx.forget_user(user_id))
     store.checkpoint()
+
+
+def forget_many(store: Store, user_ids: list[str], chunk: int = 200) -> None:
+    """Erase each of ``user_ids`` as :func:`forget` does (``pqlsdk purge``): ``chunk`` users
+    per transaction, then one checkpoint of the WAL."""
+    for start in range(0, len(user_ids), chunk):
+        store.transact(functools.partial(_forget_all, user_ids=user_ids[start:start + chunk]))
+    store.checkpoint()
+
+
+def _forget_all(tx: Any, user_ids: list[str]) -> None:
+    for user_id in user_ids:
+        tx.forget_user(user_id)
 
 
 def _iso(value: int | None) -> str | None:
@@ -51,7 +65,8 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
                                order_by="ts, id")]
         stages = [
             {"from_stage": row["from_stage"], "to_stage": row["to_stage"],
-             "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"]}
+             "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"],
+             "criteria": None if row.get("criteria") is None else json.loads(row["criteria"])}
             for row in tx.rows("stage_changes", "tenant_key = ? AND subject_type = 'user' "
                                "AND subject_id = ?", [tenant, user_id], order_by="at, id")]
         qualifications = [

@@ -9,7 +9,8 @@ NOTHING``, so a second process racing on the same subject records nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from .evaluator import holds, measure
 from .facts import FirstEventFacts, Subject, SubjectFacts
@@ -20,6 +21,8 @@ from .scoring import Scoring
 from .stages import rank
 from .store import Transaction
 from .timestamps import to_micros
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def qualify(
@@ -44,20 +47,27 @@ def qualify(
     """
     if subject.stage == "disqualified":
         return []
-    pending = [rule for rule in rules if done_key(rule) not in subject.done]
+    ts = to_micros(at)
+    pending = eligible(tx, rules, subject, ts)
     if not pending:
         return []
-    ts = to_micros(at)
     facts = (FirstEventFacts(subject, ts, scoring, *event) if subject.new and event
              else SubjectFacts(tx, subject, ts, scoring))
     stage = subject.stage
     created = []
-    for rule in pending:
-        if not holds(rule.condition, facts):
+    for rule, firing, since in pending:
+        if since is not None:  # a re-armed rule counts only events after its last firing
+            if not holds(rule.condition, SubjectFacts(tx, subject._replace(since=since), ts,
+                                                      scoring)):
+                continue
+        elif not holds(rule.condition, facts):
             continue
+        if (firing == 0 and subject.since is not None
+                and not _new_since(tx, rule, subject, scoring, ts)):
+            continue  # a rejected lead needs something new since its rejection
         qualification = Qualification(
             id=qualification_id(rule.name, subject.type, subject.id, subject.round,
-                                shadow=rule.shadow),
+                                firing=firing, shadow=rule.shadow),
             rule=rule.name,
             stage=rule.stage,
             subject_type=subject.type,
@@ -69,11 +79,15 @@ def qualify(
             rule_version=rule.version,
             shadow=rule.shadow,
         )
-        if not tx.insert_qualification({**qualification.to_row(), "round": subject.round}):
+        if not tx.insert_qualification({**qualification.to_row(), "round": subject.round,
+                                        "firing": firing}):
             continue
         if rule.shadow:
             continue  # recorded beside the live ones: no stage, no delivery, not returned
         created.append(qualification)
+        if rank(rule.stage) < rank("sql") and rank(stage) < rank("sql"):
+            # a qualified lead waits for sales to accept or reject it (see handoff.py)
+            tx.open_handoff(qualification.id, subject.type, subject.id, rule.name, ts)
         if moves_forward(stage, rule.stage):
             source = f"rule:{rule.name}"
             tx.change_stage(subject.type, subject.id, stage, rule.stage, ts, source, None)
@@ -82,6 +96,63 @@ def qualify(
                                           source), qualification))
             stage = rule.stage
     return created
+
+
+class Eligible(NamedTuple):
+    """A rule a subject may meet now: which firing it would be, and from when its events
+    count (after the last firing, for ``rearm``), or None (the round's start)."""
+
+    rule: Rule
+    firing: int
+    since: int | None
+
+
+def eligible(tx: Transaction, rules: Iterable[Rule], subject: Subject, ts: int
+             ) -> list[Eligible]:
+    """The rules the subject may meet at ``ts``: those it has not met this round, and the
+    re-arming ones whose last firing is ``rearm``/``every`` behind (SPEC §11)."""
+    found: list[Eligible] = []
+    rearming: list[Rule] = []
+    for rule in rules:
+        if done_key(rule) not in subject.done:
+            found.append(Eligible(rule, 0, None))
+        elif rule.rearms is not None:
+            rearming.append(rule)
+    if rearming:
+        firings = tx.firings(subject.type, subject.id, subject.round)
+        for rule in rearming:
+            count, last = firings[(rule.name, rule.shadow)]
+            gap = rule.rearms
+            assert gap is not None
+            if ts < last + gap // _MICROSECOND:
+                continue
+            since = None
+            if rule.rearm is not None:  # only events after the last firing count
+                since = last + 1 if subject.since is None else max(last + 1, subject.since)
+            found.append(Eligible(rule, count, since))
+    return found
+
+
+def reads(rule: Rule, scoring: Scoring | None) -> tuple[frozenset[str], frozenset[str]]:
+    """The events and traits a rule reads: its own, and those of the scores it tests
+    (behaviour lines' events, fit lines' traits)."""
+    events, traits = rule.events, rule.traits
+    if scoring is not None and rule.scores & {"behavior", "total"}:
+        events = events | scoring.events
+    if scoring is not None and rule.scores & {"fit", "total"}:
+        traits = traits | scoring.traits
+    return events, traits
+
+
+def _new_since(tx: Transaction, rule: Rule, subject: Subject, scoring: Scoring | None,
+               until: int) -> bool:
+    """Whether, since the subject's round began (a manual move to ``unqualified`` or
+    ``disqualified``), it did an event the rule reads or had a trait the rule reads changed
+    (SPEC §11): a rule that holds on traits (or a fit score) alone must not undo a sales
+    rejection a minute later."""
+    assert subject.since is not None
+    events, traits = reads(rule, scoring)
+    return tx.anything_new(subject.type, subject.id, events, traits, subject.since, until)
 
 
 def done_key(rule: Rule) -> str | tuple[str]:

@@ -7,6 +7,7 @@ sales goes on to work (or rejects, and why).
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .handoff import HandoffTimes, handoff_times
 from .stages import STAGES
 from .store import StageCounts, Transaction
 from .timestamps import from_micros
@@ -28,8 +30,12 @@ class FunnelStage:
     """One stage of a :class:`Funnel`.
 
     ``entered``: subjects that entered the stage (in the period); ``moved_on``: of those,
-    how many later entered any later stage; ``conversion``: ``moved_on / entered``;
-    ``median_time``: the median time from entering this stage to entering a later one.
+    how many later entered any later stage; ``conversion``: ``moved_on / entered`` (None
+    for the last stage, which has no next one, and when nobody entered); ``median_time``:
+    the median time from entering this stage to entering a later one. With
+    ``funnel(to=...)``, ``reached``: of those who entered, how many then reached ``to`` (or
+    a later stage), and ``reach_rate``: ``reached / entered``; both None for ``to`` and
+    the stages after it.
     """
 
     stage: str
@@ -37,16 +43,22 @@ class FunnelStage:
     moved_on: int
     conversion: float | None
     median_time: timedelta | None
+    reached: int | None = None
+    reach_rate: float | None = None
 
 
 @attrs.frozen
 class Funnel:
-    """Stage-to-stage conversion; ``segments`` splits it by the ``by`` trait's values."""
+    """Stage-to-stage conversion; ``segments`` splits it by the ``by`` trait's values;
+    ``handoff``: how long sales took to accept or reject the period's qualified leads."""
 
     subject_type: str
     by: str | None
     stages: tuple[FunnelStage, ...]
     segments: dict[str, tuple[FunnelStage, ...]] = attrs.field(factory=dict)
+    handoff: HandoffTimes = attrs.field(factory=HandoffTimes)
+    #: The target stage of ``reached``/``reach_rate`` (``funnel(to=...)``), or None.
+    to: str | None = None
 
     def stage(self, name: str) -> FunnelStage:
         """The row of one stage."""
@@ -58,8 +70,10 @@ class Funnel:
             return [{**attrs.asdict(s), "median_time": None if s.median_time is None
                      else s.median_time.total_seconds()} for s in stages]
 
-        return {"subject_type": self.subject_type, "by": self.by, "stages": rows(self.stages),
-                "segments": {k: rows(v) for k, v in self.segments.items()}}
+        return {"subject_type": self.subject_type, "by": self.by, "to": self.to,
+                "stages": rows(self.stages),
+                "segments": {k: rows(v) for k, v in self.segments.items()},
+                "handoff": self.handoff.to_dict()}
 
 
 @attrs.frozen
@@ -88,7 +102,8 @@ class RuleOutcome:
 
     A shadow rule's qualifications make a row of their own (``shadow`` True); ``versions``
     splits the row by the rule's definition, oldest first, so a change shows when it
-    happened."""
+    happened. ``qualified`` counts subjects; ``firings`` counts qualifications (more than
+    ``qualified`` when the rule re-arms, or a subject qualified again after a rejection)."""
 
     rule: str
     qualified: int
@@ -97,6 +112,10 @@ class RuleOutcome:
     top_reasons: tuple[tuple[str, int], ...]
     shadow: bool = False
     versions: tuple[VersionOutcome, ...] = ()
+    firings: int = 0
+    #: Rejections (``unqualified``/``disqualified``) per criterion sales marked False in
+    #: ``set_stage(criteria=...)``, most common first.
+    rejected_by: dict[str, int] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -106,23 +125,38 @@ class RuleOutcome:
 
 
 def funnel(tx: Transaction, subject_type: str, since: int | None, until: int | None,
-           by: str | None) -> Funnel:
+           by: str | None, *, to: str | None = None, exclude_rejected: bool = False
+           ) -> Funnel:
     """Build a :class:`Funnel` from the subjects' stage histories (aggregated in SQL)."""
-    rows = tx.funnel_rows(subject_type, since, until, by)
-    segments = {} if by is None else {
-        _segment(value): _stages(parts) for value, parts in rows.groups}
-    return Funnel(subject_type, by, _stages(rows.overall), dict(sorted(segments.items())))
+    rows = tx.funnel_rows(subject_type, since, until, by, to=to,
+                          exclude_rejected=exclude_rejected)
+    segments: dict[str, tuple[FunnelStage, ...]] = {}
+    if by is not None:
+        for value, parts in rows.groups:
+            segments[_segment(value)] = _stages(parts, to)
+    return Funnel(subject_type, by, _stages(rows.overall, to), dict(sorted(segments.items())),
+                  handoff_times(tx, subject_type, since, until), to)
 
 
 def _segment(value: Any) -> str:
-    return "(none)" if value is None else str(value)
+    """A group's name: the trait's JSON value as text, ``(none)`` when it was not set."""
+    if value is None:
+        return "(none)"
+    decoded = json.loads(value)
+    return "(none)" if decoded is None else str(decoded)
 
 
-def _stages(parts: list[StageCounts]) -> tuple[FunnelStage, ...]:
+def _stages(parts: list[StageCounts], to: str | None) -> tuple[FunnelStage, ...]:
+    last = len(STAGES) - 1
+    target = -1 if to is None else STAGES.index(to)  # no reach without a target
     return tuple(
-        FunnelStage(stage, entered, moved, moved / entered if entered else None,
-                    None if median is None else timedelta(microseconds=median))
-        for stage, (entered, moved, median) in zip(STAGES, parts, strict=True)
+        FunnelStage(stage, entered, moved,
+                    moved / entered if entered and k < last else None,
+                    None if median is None else timedelta(microseconds=median),
+                    reached if k < target else None,
+                    reached / entered if entered and k < target else None)
+        for k, (stage, (entered, moved, median, reached)) in enumerate(
+            zip(STAGES, parts, strict=True))
     )
 
 
@@ -132,21 +166,27 @@ def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
     ``rule_names`` are names or ``(name, shadow)`` pairs."""
     Key = tuple[str, bool]
     subjects: dict[Key, set] = defaultdict(set)
+    firings: dict[Key, set] = defaultdict(set)
+    by_criterion: dict[Key, Counter] = defaultdict(Counter)
     reached: dict[Key, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     reasons: dict[Key, Counter] = defaultdict(Counter)
     by_version: dict[Key, dict[str | None, dict[tuple[str, str], int]]] = defaultdict(
         lambda: defaultdict(dict))
     for (rule, subject_type, subject_id, to_stage, reason, shadow, version,
-         at) in tx.rule_outcomes(since):
+         at, qualification_id, criteria) in tx.rule_outcomes(since):
         key = (rule, bool(shadow))
         subject = (subject_type, subject_id)
         subjects[key].add(subject)
+        firings[key].add(qualification_id)
         by_version[key][version][subject] = at
         if to_stage is None:
             continue
         reached[key][to_stage].add(subject)
         if to_stage in REJECTED and reason:
             reasons[key][reason] += 1
+        if to_stage in REJECTED and criteria:
+            unmet = [name for name, value in json.loads(criteria).items() if value is False]
+            by_criterion[key].update(unmet)
     wanted = [(n, False) if isinstance(n, str) else n for n in rule_names]
     keys = list(dict.fromkeys([*wanted, *sorted(subjects)]))
     return [
@@ -158,6 +198,8 @@ def rule_report(tx: Transaction, rule_names: Iterable[str | tuple[str, bool]],
             tuple(reasons[(name, shadow)].most_common(3)),
             shadow,
             _versions(by_version[(name, shadow)], reached[(name, shadow)]),
+            len(firings[(name, shadow)]),
+            dict(by_criterion[(name, shadow)].most_common()),
         )
         for name, shadow in keys
     ]
@@ -181,12 +223,15 @@ def format_funnel(result: Funnel) -> str:
     for name, stages in groups:
         if result.by is not None:
             lines.append(f"{result.by} = {name}" if name != "all" else "all subjects")
+        reach = "" if result.to is None else f"{'to ' + result.to:>12}"
         lines.append(f"{'stage':<13}{'entered':>9}{'moved on':>10}{'conversion':>12}"
-                     f"{'median time':>14}")
+                     f"{'median time':>14}{reach}")
         for s in stages:
             rate = "-" if s.conversion is None else f"{s.conversion:.1%}"
+            to = "" if result.to is None else (
+                f"{'-':>12}" if s.reach_rate is None else f"{s.reach_rate:>12.1%}")
             lines.append(f"{s.stage:<13}{s.entered:>9}{s.moved_on:>10}{rate:>12}"
-                         f"{format_timespan(s.median_time):>14}")
+                         f"{format_timespan(s.median_time):>14}{to}")
         lines.append("")
     return "\n".join(lines).rstrip()
 

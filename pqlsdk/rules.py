@@ -71,6 +71,16 @@ else:  # pragma: no cover - exercised on 3.10 only
 SUBJECT_TYPES = ("user", "account")
 
 
+def _optional_duration(value: Any, key: str) -> timedelta | None:
+    """A rule's ``rearm``/``every`` (or ``accept_within``): None, or a duration as
+    :func:`parse_duration` reads it."""
+    if value is None:
+        return None
+    if not isinstance(value, str | timedelta):
+        raise RuleError(f"must be a duration like '30d' (got {shown(value)})", key=key)
+    return parse_duration(value, key=key)
+
+
 @attrs.frozen
 class EventCondition:
     """Events of one name, counted (or their ``distinct`` values, or the ``sum`` of a property).
@@ -307,6 +317,13 @@ class Rule:
     description: str = attrs.field(default="", kw_only=True)
     #: Evaluated and recorded live, but moves no stage and is never delivered.
     shadow: bool = attrs.field(default=False, kw_only=True)
+    #: Eligible again this long after its last firing, counting only events after it
+    #: (``"90d"`` or a ``timedelta``); None: the rule fires once per round.
+    rearm: timedelta | None = attrs.field(default=None, kw_only=True,
+                                          converter=lambda v: _optional_duration(v, "rearm"))
+    #: A rolling cooldown: at most one firing per this long, windows counting as usual.
+    every: timedelta | None = attrs.field(default=None, kw_only=True,
+                                          converter=lambda v: _optional_duration(v, "every"))
     #: Event names the rule reads: a ``track`` of any other event cannot change it.
     events: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
     #: Trait names the rule reads: an ``identify``/``group`` changing none of them cannot either.
@@ -327,6 +344,19 @@ class Rule:
     def _check_shadow(self, _attr: Any, value: Any) -> None:
         if not isinstance(value, bool):
             raise RuleError(f"must be true or false (got {value!r})", key="shadow")
+
+    @every.validator
+    def _check_every(self, _attr: Any, value: Any) -> None:
+        if value is not None and self.rearm is not None:
+            raise RuleError("give rearm (eligible again after the last firing, counting only "
+                            "later events) or every (a rolling cooldown), not both",
+                            key="every")
+
+    @property
+    def rearms(self) -> timedelta | None:
+        """How long after a firing the rule may fire again (``rearm`` or ``every``), or
+        None when it fires once per round."""
+        return self.rearm if self.rearm is not None else self.every
 
     #: The fingerprint of the rule's normalized definition (see :func:`rule_version`).
     version: str = attrs.field(init=False, eq=False, repr=False)
@@ -488,8 +518,11 @@ def rule_version(rule: Rule) -> str:
     >>> len(rule_version(Rule("a", event("signup"))))
     12
     """
-    normal = {"subject": rule.subject, "stage": rule.stage,
-              "condition": _normal(condition_to_dict(rule.condition))}
+    normal: dict[str, Any] = {"subject": rule.subject, "stage": rule.stage,
+                              "condition": _normal(condition_to_dict(rule.condition))}
+    for key in ("rearm", "every"):  # only when set: versions recorded before stay the same
+        if getattr(rule, key) is not None:
+            normal[key] = getattr(rule, key).total_seconds()
     text = json.dumps(normal, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -504,6 +537,9 @@ def rule_to_dict(rule: Rule) -> dict[str, Any]:
     out["stage"] = rule.stage
     if rule.shadow:
         out["shadow"] = True
+    for key in ("rearm", "every"):
+        if getattr(rule, key) is not None:
+            out[key] = format_duration(getattr(rule, key))
     condition = condition_to_dict(rule.condition)
     out.update(condition if set(condition) <= {"all", "any"} else {"all": [condition]})
     return out
@@ -547,7 +583,8 @@ def rule_to_toml(rule: Rule) -> str:
 
 # --- loading --------------------------------------------------------------------------------
 
-_RULE_KEYS = ("name", "description", "subject", "stage", "shadow", "all", "any")
+_RULE_KEYS = ("name", "description", "subject", "stage", "shadow", "rearm", "every", "all",
+              "any")
 _EVENT_KEYS = ("event", "at_least", "at_most", "within", "where", "distinct", "sum")
 _GROUP_KEYS = ("all", "any", "not")
 
@@ -624,9 +661,35 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
             stage=data.get("stage", "pql"),
             description=description,
             shadow=data.get("shadow", False),
+            rearm=data.get("rearm"),
+            every=data.get("every"),
         )
     except RuleError as exc:
         raise exc.within(rule=name if isinstance(name, str) else None) from None
+
+
+@attrs.frozen
+class Lifecycle:
+    """The ``[lifecycle]`` section: ``accept_within``, how long sales has to accept (move to
+    ``sql`` or later) or reject a qualified lead before it is overdue (None: no deadline)."""
+
+    accept_within: timedelta | None = None
+
+
+def lifecycle_from_dict(data: Any, source: str = "rules") -> Lifecycle:
+    """Build :class:`Lifecycle` from the ``[lifecycle]`` table (or a dict in its shape)."""
+    if data is None or isinstance(data, Lifecycle):
+        return data or Lifecycle()
+    if not isinstance(data, Mapping):
+        raise RuleError(f"must be a table (got {shown(data)})", source=source, key="lifecycle")
+    for key in data:
+        if key != "accept_within":
+            raise RuleError("unknown key; allowed: accept_within", source=source,
+                            key=f"lifecycle.{key}")
+    try:
+        return Lifecycle(_optional_duration(data.get("accept_within"), "accept_within"))
+    except RuleError as exc:
+        raise RuleError(exc.problem, source=source, key="lifecycle.accept_within") from None
 
 
 @attrs.frozen
@@ -637,6 +700,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     source: str = "rules"
     scoring: Any = None  # pqlsdk.scoring.Scoring
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()
@@ -670,7 +734,7 @@ class RuleSet:
         return [r for r in self.rules if r.subject == subject and self.traits_of(r) & names]
 
 
-def load_rules(source: Any, scoring: Any = None) -> RuleSet:
+def load_rules(source: Any, scoring: Any = None, lifecycle: Any = None) -> RuleSet:
     """Load rules from a TOML path, a dict in the file's shape, or a list of :class:`Rule`
     (with ``scoring``, a :class:`~pqlsdk.scoring.Scoring` or a dict like ``[scoring]``).
 
@@ -678,7 +742,8 @@ def load_rules(source: Any, scoring: Any = None) -> RuleSet:
     'team_activation'
     """
     if source is None:
-        return RuleSet((), scoring=_scoring(scoring, "rules"))
+        return RuleSet((), scoring=_scoring(scoring, "rules"),
+                       lifecycle=lifecycle_from_dict(lifecycle))
     if isinstance(source, str | os.PathLike):
         return _ruleset_from_dict(_read_toml(source), os.fsdecode(source))
     if isinstance(source, Mapping):
@@ -686,7 +751,8 @@ def load_rules(source: Any, scoring: Any = None) -> RuleSet:
     if isinstance(source, list | tuple):
         rules = [r if isinstance(r, Rule) else _located(rule_from_dict, r, "rules", i)
                  for i, r in enumerate(source)]
-        return RuleSet(tuple(rules), scoring=_scoring(scoring, "rules"))
+        return RuleSet(tuple(rules), scoring=_scoring(scoring, "rules"),
+                       lifecycle=lifecycle_from_dict(lifecycle))
     raise RuleError(
         "rules must be a path to a TOML file, a dict in its shape, or a list of pqlsdk.Rule "
         f"(got {type(source).__name__})"
@@ -730,14 +796,16 @@ def _ruleset_from_dict(data: Mapping[str, Any], source: str) -> RuleSet:
     # each rule is checked by rule_from_dict, so that its errors name it
     check_tables({key: value for key, value in data.items() if key != "rules"}, source)
     for key in data:
-        if key not in ("rules", "scoring"):
-            raise RuleError("unknown top-level key; allowed: rules, scoring", source=source,
+        if key not in ("rules", "scoring", "lifecycle"):
+            raise RuleError("unknown top-level key; allowed: rules, scoring, lifecycle",
+                            source=source,
                             key=key)
     items = data.get("rules", [])
     if not isinstance(items, list):
         raise RuleError("must be an array of tables ([[rules]])", source=source, key="rules")
     rules = tuple(_located(rule_from_dict, item, source, i) for i, item in enumerate(items))
-    return RuleSet(rules, source, _scoring(data.get("scoring"), source))
+    return RuleSet(rules, source, _scoring(data.get("scoring"), source),
+                   lifecycle_from_dict(data.get("lifecycle"), source))
 
 
 def _scoring(data: Any, source: str) -> Any:

@@ -10,10 +10,14 @@ import logging
 import threading
 import time
 
-from .outbox import Outbox, PassResult
+from .outbox import OVERDUE_HOOK, Outbox, PassResult
 from .store import StoreClosed
 
 log = logging.getLogger("pqlsdk")
+
+#: How often (seconds) an ``on_overdue`` lane runs the periodic pass that finds overdue
+#: hand-offs (at most; ``evaluate()`` finds them too).
+PERIODIC_EVERY = 60.0
 
 
 class Lane:
@@ -35,6 +39,7 @@ class Lane:
         self.poll_interval = poll_interval
         self.linger = linger
         self._stop = stop
+        self._next_periodic = 0.0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -60,11 +65,25 @@ class Lane:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def _periodic(self) -> None:
+        """On an ``on_overdue`` lane: the outbox's periodic pass, at most every
+        :data:`PERIODIC_EVERY` seconds."""
+        periodic = self.outbox.periodic
+        if periodic is None or not self.destination.startswith(OVERDUE_HOOK):
+            return
+        now = time.monotonic()
+        if now < self._next_periodic:
+            return
+        self._next_periodic = now + PERIODIC_EVERY
+        periodic()
+
     def _run(self) -> None:
         idle = True
+        self._next_periodic = 0.0
         while not self._stop.is_set():
             self._wake.clear()  # before looking: a wake-up from now on is not lost
             try:
+                self._periodic()
                 if idle and not self.outbox.due(self.destination):
                     result = PassResult(0, 0)
                 else:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 
 import pytest
 
@@ -156,7 +157,7 @@ def test_bad_lines_are_reported_and_good_lines_land(tmp_path):
         "{not json",
         json.dumps({"type": "track", "event": "x", "timestamp": "2026-09-01T00:00:00Z"}),
         json.dumps({"type": "track", "userId": "u", "event": "x", "timestamp": "someday"}),
-        json.dumps({"type": "page", "userId": "u", "timestamp": "2026-09-01T00:00:00Z"}),
+        json.dumps({"type": "batch", "userId": "u", "timestamp": "2026-09-01T00:00:00Z"}),
         json.dumps({"type": "group", "userId": "u", "timestamp": "2026-09-01T00:00:00Z"}),
         json.dumps({"type": "track", "userId": "u", "event": "x",
                     "timestamp": "2026-09-01T00:00:00Z", "properties": [1]}),
@@ -173,7 +174,7 @@ def test_bad_lines_are_reported_and_good_lines_land(tmp_path):
     assert "timestamp must be a datetime or an ISO-8601 string" in reasons[28]
     assert "groupId is required" in reasons[30]
     assert "properties must be a dict" in reasons[31]
-    assert result.skipped == {"page": 1}
+    assert result.skipped == {"batch": 1}  # page, screen and alias are imported (issue 20)
     assert result.applied == 50
     with pytest.raises(pqlsdk.importer.ImportStopped, match="line 26: not valid JSON"):
         import_jsonl(pqlsdk.Client(str(tmp_path / "strict.db"), rules=RULES), source,
@@ -389,3 +390,97 @@ def test_tracks_that_move_users_between_accounts_land_where_live_puts_them(tmp_p
     result = import_jsonl(client, write_jsonl(tmp_path / "h.jsonl", history))
     assert (result.applied, result.errors) == (1200, ())
     assert (outcome(client), placed(client)) == expected
+
+
+LIFE_RULES = [
+    # re-arms: each firing its own qualification, counting only events after the last one
+    pqlsdk.Rule("active_again", pqlsdk.event("report_generated", at_least=3, within="7d"),
+                stage="mql", rearm="3d"),
+    pqlsdk.Rule("pricing_reader", pqlsdk.event("page", where={"name": "Pricing"},
+                                               at_least=2), stage="mql"),
+    pqlsdk.Rule("mobile", pqlsdk.event("screen", at_least=1)),
+    # holds on a subject first seen: checked when the import creates one
+    pqlsdk.Rule("no_plan_yet", pqlsdk.trait("plan", exists=False)),
+    pqlsdk.Rule("new_account", pqlsdk.trait("name", exists=False), subject="account"),
+]
+
+
+def life_history(count: int, seed: int = 9) -> list[dict]:
+    """Issue 20's lines mixed in: anonymous tracks and pages, identify linking an anonymous
+    id, alias, page/screen, CRM stage lines, tracks naming accounts; time order unique."""
+    rng = random.Random(seed)
+    at = pqlsdk.timestamps.coerce("2026-09-01T00:00:00Z")
+    out = []
+    for n in range(count):
+        at += timedelta(seconds=rng.randrange(60, 7200))
+        k = rng.randrange(16)  # an anonymous id belongs to one user (linked to no other)
+        user, anon = f"u{k % 12}", f"anon-{k}"
+        stamp = at.isoformat().replace("+00:00", "Z")
+        roll = rng.random()
+        if roll < 0.05:
+            message = {"type": "identify", "userId": user, "anonymousId": anon,
+                       "traits": {"plan": rng.choice(["free", "trial"])}}
+        elif roll < 0.08:
+            message = {"type": "alias", "previousId": anon, "userId": user}
+        elif roll < 0.10:
+            message = {"type": "stage", "userId": user,
+                       "stage": rng.choice(["unqualified", "lead", "sql"]), "reason": "crm"}
+        elif roll < 0.30:
+            message = {"type": rng.choice(["page", "screen"]),
+                       rng.choice(["userId", "anonymousId"]): rng.choice([user, anon]),
+                       "name": rng.choice(["Pricing", "Docs"])}
+        else:
+            message = {"type": "track", "event": "report_generated",
+                       rng.choice(["userId", "anonymousId"]): rng.choice([user, anon])}
+            if rng.random() < 0.2:
+                message["context"] = {"groupId": f"acct-{rng.randrange(3)}"}
+        message.update({"timestamp": stamp, "messageId": f"life-{n}"})
+        out.append(message)
+    return out
+
+
+def test_issue_20_lines_replay_in_bulk_as_each_call_alone(tmp_path, make_client, database,
+                                                          monkeypatch):
+    """Anonymous ids, alias, identify linking ids, page/screen, stage lines, re-arming and
+    first-seen rules: the bulk path's result equals applying each track alone through
+    Engine.replay (the live call's code), message by message."""
+    source = write_jsonl(tmp_path / "life.jsonl", life_history(1500))
+    bulk_client = make_client(LIFE_RULES)
+    result = import_jsonl(bulk_client, source)
+    assert (result.applied, result.errors) == (1500, ())
+    got = outcome(bulk_client), firings(bulk_client)
+
+    def one_by_one(engine, tx, tracks, deliver=False):
+        outcome_ = pqlsdk.engine.Outcome()
+        for t in tracks:
+            call = pqlsdk.calls.Call("track", t.user_id, pqlsdk.timestamps.from_micros(t.ts),
+                                     t.account_id, t.event, {}, t.properties, t.message_id)
+            outcome_ = outcome_.merge(engine.replay(tx, call, deliver=deliver))
+        return outcome_
+
+    monkeypatch.setattr(pqlsdk.engine.Engine, "replay_tracks", one_by_one)
+    if "schema" in database:  # a second schema on the same server, dropped after
+        alone = make_client(LIFE_RULES, schema=database["schema"] + "_alone")
+    else:
+        alone = make_client(LIFE_RULES, database=str(tmp_path / "alone.db"))
+    try:
+        assert import_jsonl(alone, source).applied == 1500
+        expected = outcome(alone), firings(alone)
+    finally:
+        alone.close()
+        if "schema" in database:
+            import psycopg
+
+            with psycopg.connect(database["database"], autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {database['schema']}_alone CASCADE")
+    rules = {q[0] for q in expected[0][0]}
+    assert {"active_again", "pricing_reader", "mobile", "no_plan_yet",
+            "new_account"} <= rules, rules
+    assert max(f for _, f in expected[1]) >= 1  # a rule re-armed and fired again
+    assert got == expected
+
+
+def firings(client) -> list[tuple[str, int]]:
+    with client.store.read() as tx:
+        rows = tx.rows("qualifications", "shadow = 0", [])
+    return sorted((r["subject_id"] + "/" + r["rule"], r["firing"]) for r in rows)

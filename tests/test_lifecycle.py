@@ -87,7 +87,8 @@ def test_unqualified_subject_qualifies_again_on_what_it_does_afterwards(make_cli
 def test_disqualified_subject_never_fires_but_its_events_are_kept(make_client, db_path):
     fired = []
     client = make_client(RULES, on_qualified=fired.append, sync_mode=True)
-    client.set_stage("ada", stage="disqualified", reason="competitor", timestamp=at(0))
+    client.set_stage("ada", stage="disqualified", reason="competitor", timestamp=at(0),
+                     create=True)
     for minute in range(1, 4):
         assert client.track("ada", "report_generated", timestamp=at(minute)) == []
     assert client.evaluate(as_of=at(5)) == []

@@ -102,21 +102,42 @@ def ref_holds(cond, events, traits, subject_type, subject_id, t):
 
 def reference(rules, stream):
     events, traits, done = [], {}, {}
+
+    def on_empty(subject_type, subject_id):
+        """The rules checked when a subject is first seen: those that hold on a subject
+        with no events and no traits (issue 20)."""
+        return [r for r in rules if r.subject == subject_type and ref_holds(
+            r.condition, [], {}, subject_type, subject_id, T0)]
+
+    seen = set()
+    grouped_at = T0 - timedelta(days=1)  # the test groups users with accounts first
+    for user, account in USERS.items():
+        if account:
+            for subject_type, subject_id in (("user", user), ("account", account)):
+                if (subject_type, subject_id) in seen:
+                    continue
+                seen.add((subject_type, subject_id))
+                for rule in on_empty(subject_type, subject_id):
+                    done[(rule.name, subject_type, subject_id)] = grouped_at
     for kind, user, what, prop, minute in stream:
         t = T0 + timedelta(minutes=minute)
         subjects = [("user", user)] + ([("account", USERS[user])] if USERS[user] else [])
+        first = ("user", user) not in seen
+        seen.add(("user", user))
         if kind == "track":
             events.append({"user": user, "account": USERS[user], "event": what, "ts": t,
                            "props": {} if prop is None else {"p": prop}})
             relevant = [r for r in rules if what in r.events]
         else:
-            if traits.get(user, {}).get("plan") == what:
+            if traits.get(user, {}).get("plan") == what and not first:
                 continue
             traits.setdefault(user, {})["plan"] = what
             relevant = [r for r in rules if "plan" in r.traits]
             subjects = [("user", user)]
         for subject_type, subject_id in subjects:
-            for rule in relevant:
+            checked = relevant + (on_empty("user", user) if first and subject_type == "user"
+                                  else [])
+            for rule in checked:
                 key = (rule.name, subject_type, subject_id)
                 if rule.subject == subject_type and key not in done and ref_holds(
                         rule.condition, events, traits, subject_type, subject_id, t):

@@ -45,7 +45,7 @@ def test_funnel_counts_conversions_and_median_time_in_stage(history):
         ("pql",        2, 1, 0.50, 2 * DAY),   # u1 on to sql; u3 disqualified
         ("sql",        1, 1, 1.00, 5 * DAY),
         ("opportunity", 0, 0, None, None),
-        ("customer",   1, 0, 0.00, None),
+        ("customer",   1, 0, None, None),   # the last stage: no rate (issue 20)
     ]
 
 

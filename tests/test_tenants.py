@@ -112,8 +112,8 @@ def test_a_retried_message_id_after_a_move_is_still_stored_once(make_client):
 def test_an_older_file_gets_tenant_keys_from_its_data(tmp_path, monkeypatch):
     path = str(tmp_path / "old.db")
     with monkeypatch.context() as old:
-        old.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[
-            :sqlite_store.MIGRATIONS.index(sqlite_store._tenant_keys)])
+        before = sqlite_store.MIGRATIONS.index(sqlite_store._tenant_keys)
+        old.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:before])
         sqlite_store.Store(path).close()
     conn = sqlite3.connect(path)
     conn.executescript("""
@@ -237,3 +237,16 @@ def test_a_user_moving_while_another_host_tracks_it_loses_and_strands_nothing(pg
     finally:
         mover.close()
         tracker.close()
+
+
+def test_a_user_joining_an_account_of_the_same_name_keeps_everything(make_client):
+    """A user id that is also an account id: its own tenant and the account's are one."""
+    client = make_client(RULES)
+    for n in range(3):
+        client.track("x", "report_generated", timestamp=AT + timedelta(minutes=n))
+    client.group("x", "x", timestamp=AT + timedelta(hours=1))
+    created = client.track("x", "report_generated", timestamp=AT + timedelta(hours=2))
+    assert [q.rule for q in created] == ["reporter"]  # 4 reports, none lost or doubled
+    assert _tenants(client, "events", "user_id = 'x'", []) == ["x"] * 4
+    assert client.status("x").subject_id == "x"
+    assert len(client.history("x")) == 2  # first seen, then pql

@@ -50,6 +50,8 @@ class StageCounts(NamedTuple):
     moved_on: int
     #: The median microseconds in stage of those who moved on (None if nobody did).
     median: float | None
+    #: Of those who entered, how many reached the funnel's ``to`` stage (or a later one).
+    reached: int = 0
 
 
 class OutboxKey(NamedTuple):

@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -343,6 +343,8 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
 #: ``user_directory``; ``{user}`` is the column or parameter holding the user id).
 _USER_TENANT = ("coalesce((SELECT d.account_id FROM user_directory d "
                 "WHERE d.tenant_key = {user}), {user})")
+#: The user a pair's id (``w.u``) counts for: the one an alias links it to, else itself.
+_LINKED = "coalesce((SELECT a.user_id FROM aliases a WHERE a.tenant_key = w.u), w.u)"
 #: The tenant key of a subject's rows (qualifications, stage changes).
 _SUBJECT_TENANT = ("CASE WHEN subject_type = 'account' THEN subject_id ELSE "
                    + _USER_TENANT.format(user="subject_id") + " END")
@@ -441,11 +443,113 @@ IMPORT_CHECKPOINTS = (
     "line_no BIGINT NOT NULL, applied BIGINT NOT NULL, updated_at BIGINT NOT NULL)")
 
 
+def _trait_history(db: sqlite_utils.Database) -> None:
+    """Issue 20: every change of a trait, with its moment (the value as JSON, NULL when it
+    was removed); the traits already stored count as set when their subject was first
+    seen. A rejected lead qualifies again only on something new since the
+    rejection (a change of a trait the rule reads counts), and the funnel's ``by=`` groups
+    by the value a trait had when the subject entered a stage."""
+    db.execute(
+        "CREATE TABLE trait_changes (id INTEGER PRIMARY KEY, tenant_key TEXT NOT NULL, "
+        "subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, trait TEXT NOT NULL, "
+        "value TEXT, at INTEGER NOT NULL)")
+    db.execute("CREATE INDEX trait_changes_subject ON trait_changes(tenant_key, "
+               "subject_type, subject_id, trait, at)")
+    # what was known before: each current trait, as of when the subject was first seen
+    for subject_type, (table, key) in _TABLES.items():
+        rows = db.execute(f"SELECT tenant_key, {key}, traits, first_seen FROM {table} "
+                          "WHERE traits != '{}'").fetchall()
+        db.conn.executemany(
+            "INSERT INTO trait_changes (tenant_key, subject_type, subject_id, trait, value, "
+            "at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(tenant, subject_type, subject_id, name, json.dumps(value, sort_keys=True), at)
+             for tenant, subject_id, traits, at in rows
+             for name, value in sorted(json.loads(traits or "{}").items())
+             if value is not None])
+
+
+def _qualification_firings(db: sqlite_utils.Database) -> None:
+    """Issue 20: a rule may re-arm (``rearm``/``every``), and each firing is its own
+    qualification, so ``firing`` joins the unique key. The table's UNIQUE constraint
+    cannot be altered in place: ``round`` (one of its columns) is rebuilt by
+    ``table.transform()``, which leaves that constraint out, and the key comes back as a
+    unique index with ``firing``. A release that predates this one keeps writing (firing
+    defaults to 0, its ``ON CONFLICT DO NOTHING`` meets the index)."""
+    table = db.table("qualifications")
+    order = [column.name for column in table.columns]
+    table.add_column("firing", int, not_null_default=0)
+    table.add_column("round_", int, not_null_default=0)
+    db.execute("UPDATE qualifications SET round_ = round")
+    table.transform(drop={"round"}, rename={"round_": "round"},
+                    column_order=[*order, "firing"])
+    db.execute("CREATE UNIQUE INDEX qualifications_once ON qualifications(tenant_key, "
+               "subject_type, subject_id, round, rule, shadow, firing)")
+
+
+#: A qualified lead stays open (waiting for sales) until its subject moves to one of these.
+SETTLING_STAGES = ("sql", "opportunity", "customer", "unqualified", "disqualified")
+
+#: The qualifications still waiting for sales, from what the store already holds (the
+#: handoff migration's backfill, the same text on both engines).
+HANDOFF_BACKFILL = (
+    "INSERT INTO handoffs (tenant_key, qualification_id, subject_type, subject_id, rule, "
+    "qualified_at) SELECT q.tenant_key, q.id, q.subject_type, q.subject_id, q.rule, "
+    "q.qualified_at FROM qualifications q "
+    "WHERE q.shadow = 0 AND NOT EXISTS (SELECT 1 FROM stage_changes sc WHERE "
+    "sc.tenant_key = q.tenant_key AND "
+    "sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id AND sc.at >= "
+    "q.qualified_at AND sc.to_stage IN ('sql', 'opportunity', 'customer', 'unqualified', "
+    "'disqualified')) AND (EXISTS (SELECT 1 FROM users u WHERE q.subject_type = 'user' AND "
+    "u.tenant_key = q.tenant_key AND "
+    "u.user_id = q.subject_id AND u.stage IN ('subscriber', 'lead', 'mql', 'pql')) OR "
+    "EXISTS (SELECT 1 FROM accounts a WHERE q.subject_type = 'account' AND a.account_id = "
+    "q.subject_id AND a.stage IN ('subscriber', 'lead', 'mql', 'pql')))"
+)
+
+
+def _handoffs(db: sqlite_utils.Database) -> None:
+    """Issue 20: the qualifications sales has not yet accepted (moved to ``sql`` or later)
+    nor rejected, for ``overdue()`` and ``on_overdue``: a row per open live qualification,
+    removed when its subject moves to a settling stage; ``notified_at`` once ``on_overdue``
+    rows were written for it. Kept small (only open ones), read by ``qualified_at``."""
+    db.execute("CREATE TABLE handoffs (tenant_key TEXT NOT NULL, qualification_id TEXT NOT "
+               "NULL, subject_type TEXT NOT NULL, subject_id TEXT NOT NULL, rule TEXT NOT "
+               "NULL, qualified_at INTEGER NOT NULL, notified_at INTEGER, "
+               "PRIMARY KEY (tenant_key, qualification_id))")
+    db.execute("CREATE INDEX handoffs_time ON handoffs(qualified_at)")
+    db.execute("CREATE INDEX handoffs_subject ON handoffs(tenant_key, subject_type, "
+               "subject_id)")
+    db.execute(HANDOFF_BACKFILL)
+
+
+def _stage_criteria(db: sqlite_utils.Database) -> None:
+    """Issue 20: a stage change keeps sales' structured reasons beside the free text
+    (``criteria``, a JSON object such as ``{"budget": false}``)."""
+    db.execute("ALTER TABLE stage_changes ADD COLUMN criteria TEXT")
+
+
+def _identities(db: sqlite_utils.Database) -> None:
+    """Issue 20: identities. ``aliases`` maps an id that was linked to a user (Segment's
+    ``alias``, or an anonymous id an ``identify`` linked) to that user; calls under it count
+    for the user from then on. Events keep the call's Segment ``context`` and
+    ``integrations`` as given (NULL when absent)."""
+    db.execute("CREATE TABLE aliases (tenant_key TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+               "at INTEGER NOT NULL) WITHOUT ROWID")  # tenant_key: the linked id itself
+    db.execute("CREATE INDEX aliases_user ON aliases(user_id)")
+    db.execute("ALTER TABLE events ADD COLUMN context TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN integrations TEXT")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
     _outbox_claims_and_payload_format, _unambiguous_qualification_ids,
     _tenant_keys,  # issue 19: the tenant key
+    _trait_history,  # issue 20
+    _qualification_firings,  # issue 20
+    _handoffs,  # issue 20
+    _stage_criteria,  # issue 20
+    _identities,  # issue 20
     _import_checkpoints,  # issue 21: import checkpoints
 ]
 
@@ -843,7 +947,8 @@ _MOVES = [
     # id the new tenant already holds is stored there once, as track() would.
     "DELETE FROM events WHERE tenant_key = :old AND user_id = :user AND account_id = :new",
     "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, ts, "
-    "properties) SELECT :new, message_id, user_id, account_id, event, ts, properties "
+    "properties, context, integrations) SELECT :new, message_id, user_id, account_id, "
+    "event, ts, properties, context, integrations "
     "FROM events WHERE tenant_key = :old AND user_id = :user ORDER BY id",
     "DELETE FROM events WHERE tenant_key = :old AND user_id = :user "
     "AND (account_id IS NULL OR account_id <> :old)",
@@ -855,18 +960,36 @@ _MOVES = [
     "DELETE FROM event_rollups WHERE tenant_key = :old AND user_id = :user "
     "AND (account_id IS NULL OR account_id <> :old)",
     "INSERT INTO stage_changes (tenant_key, subject_type, subject_id, from_stage, to_stage, "
-    "at, source, reason) SELECT :new, subject_type, subject_id, from_stage, to_stage, at, "
-    "source, reason FROM stage_changes WHERE tenant_key = :old AND subject_type = 'user' "
-    "AND subject_id = :user ORDER BY id",
+    "at, source, reason, criteria) SELECT :new, subject_type, subject_id, from_stage, "
+    "to_stage, at, source, reason, criteria FROM stage_changes WHERE tenant_key = :old "
+    "AND subject_type = 'user' AND subject_id = :user ORDER BY id",
     "DELETE FROM stage_changes WHERE tenant_key = :old AND subject_type = 'user' "
     "AND subject_id = :user",
 ]
 #: Rows of a moving user read and written back (their keys are unique without the tenant
 #: key on SQLite, so they leave the old tenant before they enter the new one).
+#: What an alias moves from the previous id to the user: (table, the column naming the
+#: user, order). Qualifications take the user's round.
+_MERGED: list[tuple[str, str, str | None]] = [
+    ("events", "user_id", "id"),
+    ("event_rollups", "user_id", "id"),
+    ("qualifications", "subject_id", "qualified_at, rowid"),
+    ("stage_changes", "subject_id", "id"),
+    ("trait_changes", "subject_id", "id"),
+    ("handoffs", "subject_id", None),
+    ("import_done", "user_id", None),
+    ("import_staging", "user_id", None),
+]
+#: Tables whose rows get new ids when written back (their ids are only an order).
+_RENUMBERED = ("events", "event_rollups", "stage_changes", "trait_changes")
+
 _MOVED_ROWS: list[tuple[str, str, str | None]] = [
     ("users", "tenant_key = ? AND user_id = ?", None),
     ("qualifications", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?",
      "qualified_at, rowid"),
+    # issue 20: the trait history and the hand-offs waiting for sales
+    ("trait_changes", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?", "id"),
+    ("handoffs", "tenant_key = ? AND subject_type = 'user' AND subject_id = ?", None),
 ]
 
 
@@ -886,9 +1009,9 @@ INSERT_EVENT = (
 #: Record a qualification (without its ``ON CONFLICT DO NOTHING``).
 INSERT_QUALIFICATION = (
     "INSERT INTO qualifications (tenant_key, id, rule, stage, subject_type, subject_id, "
-    "user_id, account_id, qualified_at, evidence, round, rule_version, shadow) VALUES "
-    "(:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
-    ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow)")
+    "user_id, account_id, qualified_at, evidence, round, rule_version, shadow, firing) "
+    "VALUES (:tenant_key, :id, :rule, :stage, :subject_type, :subject_id, :user_id, "
+    ":account_id, :qualified_at, :evidence, :round, :rule_version, :shadow, :firing)")
 
 _INSERT_QUALIFICATION_ONCE = INSERT_QUALIFICATION + " ON CONFLICT DO NOTHING"
 
@@ -1003,6 +1126,144 @@ class Transaction:
         )
         return cursor.rowcount == 1
 
+    def insert_event_with(self, message_id: str | None, user_id: str, account_id: str | None,
+                          event: str, ts: int, properties: str, context: str | None,
+                          integrations: str | None) -> bool:
+        """:meth:`insert_event` with the call's Segment ``context`` and ``integrations``
+        (JSON texts, kept as given)."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO events (tenant_key, message_id, user_id, account_id, event, "
+            "ts, properties, context, integrations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.tenant_for("user", user_id), message_id, user_id, account_id, event, ts,
+             properties, context, integrations))
+        return cursor.rowcount == 1
+
+    def remember_call(self, message_id: str, user_id: str) -> bool:
+        """Record the ``message_id`` of an identify/group/alias call (as imports do); False
+        when it was recorded before (the call is a duplicate)."""
+        return self.conn.execute(
+            "INSERT OR IGNORE INTO import_done (tenant_key, message_id, user_id) "
+            "VALUES (?2, ?1, ?2)", (message_id, user_id)).rowcount == 1
+
+    # -- identities -----------------------------------------------------------------------
+
+    def alias_of(self, user_id: str) -> str | None:
+        """The user an id was linked to (``alias``), or None."""
+        row = self.conn.execute("SELECT user_id FROM aliases WHERE tenant_key = ?",
+                                (user_id,)).fetchone()
+        return row[0] if row else None
+
+    def user_row(self, user_id: str) -> dict[str, Any] | None:
+        """A user's row (traits, account, stage, round, first entries), or None."""
+        cursor = self.conn.execute("SELECT * FROM users WHERE tenant_key = ? AND user_id = ?",
+                                   (self.tenant_for("user", user_id), user_id))
+        row = cursor.fetchone()
+        return None if row is None else _row_dict(cursor, row)
+
+    def rule_firsts(self, user_ids: tuple[str, str]) -> list[tuple[str, str, int, int]]:
+        """``(user id, rule, shadow, first qualified_at)`` of both users' qualifications."""
+        return [row for user_id in user_ids for row in self.conn.execute(
+            "SELECT subject_id, rule, shadow, min(qualified_at) FROM qualifications WHERE "
+            "tenant_key = ? AND subject_type = 'user' AND subject_id = ? "
+            "GROUP BY subject_id, rule, shadow",
+            (self.tenant_for("user", user_id), user_id)).fetchall()]
+
+    def drop_qualifications(self, user_id: str, rule: str, shadow: int) -> None:
+        """Remove a user's qualifications of one rule (an alias keeps the earlier one)."""
+        args = (self.tenant_for("user", user_id), user_id, rule, shadow)
+        self.conn.execute(
+            "DELETE FROM handoffs WHERE tenant_key = ?1 AND qualification_id IN (SELECT id "
+            "FROM qualifications WHERE tenant_key = ?1 AND subject_type = 'user' "
+            "AND subject_id = ?2 AND rule = ?3 AND shadow = ?4)", args)
+        self.conn.execute(
+            "DELETE FROM qualifications WHERE tenant_key = ? AND subject_type = 'user' "
+            "AND subject_id = ? AND rule = ? AND shadow = ?", args)
+
+    def move_user_rows(self, previous: str, user_id: str, round_: int,
+                       tenants: tuple[str, str]) -> None:
+        """Everything recorded under user ``previous`` (in tenant ``tenants[0]``) now
+        belongs to ``user_id`` (in ``tenants[1]``), its qualifications in ``round_``:
+        events, rollups, qualifications, history, trait history, hand-offs and import
+        bookkeeping are written to the user's tenant and removed from the old one (never
+        an update of a tenant key); pending deliveries, account qualifications the previous
+        id completed and the ids linked to it follow by user id (an alias is named
+        cross-tenant work, as group and forget are)."""
+        args = {"old": tenants[0], "new": tenants[1], "prev": previous, "user": user_id,
+                "round": round_}
+        for table, who, order in _MERGED:
+            keyed_by_user = table in ("import_done", "import_staging")
+            where = (f"tenant_key = ? AND {who} = ?"
+                     + ("" if who == "user_id" else " AND subject_type = 'user'"))
+            found = self.rows(table, where, [previous if keyed_by_user else tenants[0],
+                                             previous], order)
+            if not found:
+                continue
+            self.conn.execute(f"DELETE FROM {table} WHERE {where}",
+                              (previous if keyed_by_user else tenants[0], previous))
+            for row in found:  # read, removed, written back: no key is ever shared
+                row["tenant_key"] = user_id if keyed_by_user else tenants[1]
+                row[who] = user_id
+                if table == "qualifications":
+                    row["round"] = round_
+                if table in _RENUMBERED:
+                    row.pop("id", None)
+                names = ", ".join(row)
+                self.conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES "
+                                  f"({', '.join('?' * len(row))})", list(row.values()))
+        for sql in (
+            "UPDATE qualifications SET user_id = :user WHERE user_id = :prev",
+            "UPDATE outbox SET user_id = :user WHERE user_id = :prev",
+            "UPDATE aliases SET user_id = :user WHERE user_id = :prev",
+        ):
+            self.conn.execute(sql, args)
+
+    def rename_user(self, previous: str, user_id: str) -> tuple[str, str]:
+        """``user_id`` (never seen) takes the previous subject's place: a user row and a
+        directory entry of its own, in the account the previous one was in (else its own
+        tenant); the previous one's row goes. Returns ``(old tenant, new tenant)``."""
+        old = self.tenant_for("user", previous)
+        row = self.user_row(previous)
+        assert row is not None
+        new = row["account_id"] or user_id
+        self.conn.execute("INSERT INTO user_directory (tenant_key, account_id) VALUES (?, ?)",
+                          (user_id, row["account_id"]))
+        row = {**row, "tenant_key": new, "user_id": user_id}
+        self.conn.execute(f"INSERT INTO users ({', '.join(row)}) VALUES "
+                          f"({', '.join('?' * len(row))})", list(row.values()))
+        self._drop_user(previous, old)
+        self.tenant, self.tenant_user = new, user_id
+        return old, new
+
+    def merge_user_row(self, previous: str, user_id: str, traits_json: str) -> tuple[str, str]:
+        """Fold ``previous``'s row into ``user_id``'s: the merged traits, the earliest
+        first-seen and first entry into each stage (the user keeps its account); then
+        remove it. Returns ``(old tenant, new tenant)``."""
+        old, new = self.tenant_for("user", previous), self.tenant_for("user", user_id)
+        firsts = ", ".join(f"first_{stage} = CASE WHEN p.first_{stage} IS NULL THEN "
+                           f"users.first_{stage} WHEN users.first_{stage} IS NULL THEN "
+                           f"p.first_{stage} WHEN p.first_{stage} < users.first_{stage} THEN "
+                           f"p.first_{stage} ELSE users.first_{stage} END"
+                           for stage in STAGES)
+        self.conn.execute(
+            f"UPDATE users SET traits = :traits, first_seen = CASE WHEN "
+            f"p.first_seen < users.first_seen THEN p.first_seen ELSE users.first_seen END, "
+            f"{firsts} FROM (SELECT * FROM users WHERE tenant_key = :old AND user_id = :prev) "
+            f"AS p WHERE users.tenant_key = :new AND users.user_id = :user",
+            {"traits": traits_json, "old": old, "new": new, "prev": previous,
+             "user": user_id})
+        self._drop_user(previous, old)
+        return old, new
+
+    def _drop_user(self, user_id: str, tenant: str) -> None:
+        self.conn.execute("DELETE FROM users WHERE tenant_key = ? AND user_id = ?",
+                          (tenant, user_id))
+        self.conn.execute("DELETE FROM user_directory WHERE tenant_key = ?", (user_id,))
+
+    def add_alias(self, alias: str, user_id: str, at: int) -> None:
+        """Link ``alias`` to ``user_id``."""
+        self.conn.execute("INSERT INTO aliases (tenant_key, user_id, at) VALUES (?, ?, ?) "
+                          "ON CONFLICT DO NOTHING", (alias, user_id, at))
+
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, the user's row and its account's. ``None`` for an unknown user."""
@@ -1038,28 +1299,29 @@ class Transaction:
         holds both accounts' row locks, see :meth:`lock_subjects`); from here on this
         transaction is on the new tenant."""
         old = self.tenant_for("user", user_id)
-        if old == account_id:  # a user id that is also the account's: the same tenant
-            self.conn.execute("UPDATE users SET account_id = ?1 WHERE tenant_key = ?1 "
-                              "AND user_id = ?2", (account_id, user_id))
-        else:
+        # (a user id that is also the new account's id is in that tenant already: only its
+        # row changes; no statement updates users.account_id, which the previous release's
+        # trigger on PostgreSQL would take for a move of its own)
+        moved = _MOVED_ROWS if old != account_id else _MOVED_ROWS[:1]
+        if old != account_id:
             for sql in _MOVES:
                 self.conn.execute(sql, {"old": old, "new": account_id, "user": user_id})
-            for table, where, order in _MOVED_ROWS:
-                rows = self.rows(table, where, [old, user_id], order)
-                self.conn.execute(f"DELETE FROM {table} WHERE {where}", (old, user_id))
-                for row in rows:
-                    row["tenant_key"] = account_id
-                    if table == "users":
-                        row["account_id"] = account_id
-                    names = ", ".join(row)
-                    self.conn.execute(f"INSERT INTO {table} ({names}) VALUES "
-                                      f"({', '.join('?' * len(row))})", list(row.values()))
+        for table, where, order in moved:
+            rows = self.rows(table, where, [old, user_id], order)
+            self.conn.execute(f"DELETE FROM {table} WHERE {where}", (old, user_id))
+            for row in rows:
+                row["tenant_key"] = account_id
+                if table == "users":
+                    row["account_id"] = account_id
+                names = ", ".join(row)
+                self.conn.execute(f"INSERT INTO {table} ({names}) VALUES "
+                                  f"({', '.join('?' * len(row))})", list(row.values()))
         self.conn.execute("UPDATE user_directory SET account_id = ? WHERE tenant_key = ?",
                           (account_id, user_id))
         self.tenant, self.tenant_user = account_id, user_id
 
     def add_account(self, account_id: str, ts: int) -> bool:
-        """Record an account (a ``lead`` from ``ts``), unless it is known already; True if
+        """Record an account (a ``lead`` from ``ts``), unless it is known already; whether
         it was new."""
         cursor = self.conn.execute(
             "INSERT OR IGNORE INTO accounts (tenant_key, account_id, traits, first_seen, "
@@ -1075,17 +1337,20 @@ class Transaction:
     # -- lifecycle ------------------------------------------------------------------------
 
     def add_stage_change(self, subject_type: str, subject_id: str, from_stage: str | None,
-                         to_stage: str, at: int, source: str, reason: str | None) -> None:
-        """Append to the subject's history (:meth:`change_stage` also moves the subject)."""
+                         to_stage: str, at: int, source: str, reason: str | None,
+                         criteria: str | None = None) -> None:
+        """Append to the subject's history (:meth:`change_stage` also moves the subject);
+        ``criteria``: sales' structured reasons as a JSON object, or None."""
         self.conn.execute(
             "INSERT INTO stage_changes (tenant_key, subject_type, subject_id, from_stage, "
-            "to_stage, at, source, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "to_stage, at, source, reason, criteria) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.tenant_for(subject_type, subject_id), subject_type, subject_id, from_stage,
-             to_stage, at, source, reason),
+             to_stage, at, source, reason, criteria),
         )
 
     def change_stage(self, subject_type: str, subject_id: str, from_stage: str,
-                     to_stage: str, at: int, source: str, reason: str | None) -> None:
+                     to_stage: str, at: int, source: str, reason: str | None,
+                     criteria: str | None = None) -> None:
         """Move a subject: its stage, its first entry into an ordered stage (what the funnel
         reads), a new round on a move to a side state, and its history row."""
         table, key = _TABLES[subject_type]
@@ -1094,11 +1359,14 @@ class Transaction:
             sql = f"UPDATE {table} SET stage = :to, {column} = coalesce({column}, :at)"
         else:
             sql = f"UPDATE {table} SET stage = :to, round = round + 1, round_since = :at"
+        tenant = self.tenant_for(subject_type, subject_id)
         self.conn.execute(f"{sql} WHERE tenant_key = :tenant AND {key} = :id",
-                          {"to": to_stage, "at": at, "id": subject_id,
-                           "tenant": self.tenant_for(subject_type, subject_id)})
+                          {"to": to_stage, "at": at, "id": subject_id, "tenant": tenant})
+        if to_stage in SETTLING_STAGES:  # sales accepted or rejected its qualifications
+            self.conn.execute("DELETE FROM handoffs WHERE tenant_key = ? AND subject_type = ? "
+                              "AND subject_id = ?", (tenant, subject_type, subject_id))
         self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
-                              reason)
+                              reason, criteria)
 
     def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's stage changes, oldest first."""
@@ -1114,6 +1382,44 @@ class Transaction:
         table, key = _TABLES[subject_type]
         self.conn.execute(f"UPDATE {table} SET traits = ? WHERE tenant_key = ? AND {key} = ?",
                           (traits_json, self.tenant_for(subject_type, subject_id), subject_id))
+
+    def record_traits(self, subject_type: str, subject_id: str,
+                      changes: list[tuple[str, str | None]], at: int) -> None:
+        """Keep each ``(trait, value JSON or None when removed)`` change in the subject's
+        trait history, at ``at``."""
+        tenant = self.tenant_for(subject_type, subject_id)
+        self.conn.executemany(
+            "INSERT INTO trait_changes (tenant_key, subject_type, subject_id, trait, value, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(tenant, subject_type, subject_id, name, value, at) for name, value in changes])
+
+    def anything_new(self, subject_type: str, subject_id: str, events: Iterable[str],
+                     traits: Iterable[str], since: int, until: int) -> bool:
+        """Whether, in ``[since, until]``, the subject did one of ``events`` or had one of
+        ``traits`` changed (what a rejected lead needs before it qualifies again)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        tenant = self.tenant_for(subject_type, subject_id)
+        events, traits = sorted(events), sorted(traits)
+        parts: list[str] = []
+        args: list[Any] = []
+        if events:
+            marks = ",".join("?" * len(events))
+            parts.append(f"EXISTS (SELECT 1 FROM events WHERE tenant_key = ? AND {column} = ? "
+                         f"AND event IN ({marks}) AND ts >= ? AND ts <= ?)")
+            parts.append(f"EXISTS (SELECT 1 FROM event_rollups WHERE tenant_key = ? AND "
+                         f"{column} = ? AND event IN ({marks}) AND last_ts >= ? "
+                         f"AND first_ts <= ?)")
+            args += [tenant, subject_id, *events, since, until] * 2
+        if traits:
+            marks = ",".join("?" * len(traits))
+            parts.append(f"EXISTS (SELECT 1 FROM trait_changes WHERE tenant_key = ? AND "
+                         f"subject_type = ? AND subject_id = ? AND trait IN ({marks}) "
+                         f"AND at >= ? AND at <= ?)")
+            args += [tenant, subject_type, subject_id, *traits, since, until]
+        if not parts:
+            return False
+        return self.conn.execute(f"SELECT 1 WHERE {' OR '.join(parts)}",
+                                 args).fetchone() is not None
 
     def account_of(self, user_id: str) -> str | None:
         """The account the user belongs to now, if any."""
@@ -1171,6 +1477,12 @@ class Transaction:
             "AND subject_id = :user",
             "DELETE FROM stage_changes WHERE tenant_key = :tenant AND subject_type = 'user' "
             "AND subject_id = :user",
+            "DELETE FROM trait_changes WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            "DELETE FROM handoffs WHERE tenant_key = :tenant AND subject_type = 'user' "
+            "AND subject_id = :user",
+            # the ids linked to the user (each its own key) and a link of the user's own id
+            "DELETE FROM aliases WHERE user_id = :user OR tenant_key = :user",
             "DELETE FROM users WHERE tenant_key = :tenant AND user_id = :user",
             "DELETE FROM user_directory WHERE tenant_key = :user",
         ):
@@ -1193,9 +1505,74 @@ class Transaction:
         """Record a qualification; False when the subject already had one for that rule."""
         cursor = self.conn.execute(
             _INSERT_QUALIFICATION_ONCE,
-            {**row, "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])},
+            {"firing": 0, **row,
+             "tenant_key": self.tenant_for(row["subject_type"], row["subject_id"])},
         )
         return cursor.rowcount == 1
+
+    def open_handoff(self, qualification_id: str, subject_type: str, subject_id: str,
+                     rule: str, qualified_at: int) -> None:
+        """A live qualification now waits for sales (see :meth:`overdue`)."""
+        self.conn.execute(
+            "INSERT INTO handoffs (tenant_key, qualification_id, subject_type, subject_id, "
+            "rule, qualified_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (self.tenant_for(subject_type, subject_id), qualification_id, subject_type,
+             subject_id, rule, qualified_at))
+
+    def overdue(self, qualified_before: int, *, unnotified: bool = False,
+                limit: int | None = None) -> list[tuple[Any, ...]]:
+        """Open qualifications from before ``qualified_before``, oldest first:
+        ``(qualification id, subject type, subject id, subject's stage, rule, qualified
+        at, tenant key)`` (a read across tenants, as reports are); ``unnotified``: only
+        those ``on_overdue`` was not told of yet. One indexed range scan, each subject's
+        stage by its primary key."""
+        return self.conn.execute(
+            "SELECT h.qualification_id, h.subject_type, h.subject_id, "
+            "coalesce(u.stage, a.stage, 'lead'), h.rule, h.qualified_at, h.tenant_key "
+            "FROM handoffs h LEFT JOIN users u ON h.subject_type = 'user' "
+            "AND u.tenant_key = h.tenant_key AND u.user_id = h.subject_id "
+            "LEFT JOIN accounts a ON h.subject_type = 'account' "
+            "AND a.tenant_key = h.tenant_key AND a.account_id = h.subject_id "
+            "WHERE h.qualified_at <= ?"
+            + (" AND h.notified_at IS NULL" if unnotified else "")
+            + " ORDER BY h.qualified_at, h.qualification_id LIMIT ?",
+            (qualified_before, -1 if limit is None else limit)).fetchall()
+
+    def mark_notified(self, handoffs: list[tuple[str, str]], at: int) -> None:
+        """``on_overdue`` rows were written for these open qualifications: ``(tenant key,
+        qualification id)``."""
+        self.conn.executemany("UPDATE handoffs SET notified_at = ? WHERE tenant_key = ? "
+                              "AND qualification_id = ?",
+                              [(at, tenant, qid) for tenant, qid in handoffs])
+
+    def settlements(self, subject_type: str, since: int | None, until: int | None
+                    ) -> list[tuple[str, int, str, int]]:
+        """Each live qualification (qualified in ``[since, until]``) with each later move
+        of its subject to a settling stage other than the rule's own: ``(qualification
+        id, qualified at, to stage, at)``, in time order."""
+        return self.conn.execute(
+            "SELECT q.id, q.qualified_at, sc.to_stage, sc.at FROM qualifications q "
+            "JOIN stage_changes sc ON sc.tenant_key = q.tenant_key "
+            "AND sc.subject_type = q.subject_type "
+            "AND sc.subject_id = q.subject_id AND sc.at >= q.qualified_at "
+            "AND sc.source != 'rule:' || q.rule AND sc.to_stage IN ('sql', 'opportunity', "
+            "'customer', 'unqualified', 'disqualified') "
+            "WHERE q.shadow = 0 AND q.subject_type = ? AND q.qualified_at >= ? "
+            "AND q.qualified_at <= ? ORDER BY q.id, sc.at, sc.id",
+            (subject_type, -(2**62) if since is None else since,
+             2**62 if until is None else until)).fetchall()
+
+    def firings(self, subject_type: str, subject_id: str, round_: int
+                ) -> dict[tuple[str, bool], tuple[int, int]]:
+        """Per ``(rule, shadow)`` the subject met this round: ``(how many firings, when
+        the last one was)``."""
+        rows = self.conn.execute(
+            "SELECT rule, shadow, count(*), max(qualified_at) FROM qualifications "
+            "WHERE tenant_key = ? AND subject_type = ? AND subject_id = ? AND round = ? "
+            "GROUP BY rule, shadow",
+            (self.tenant_for(subject_type, subject_id), subject_type, subject_id,
+             round_)).fetchall()
+        return {(rule, bool(shadow)): (count, last) for rule, shadow, count, last in rows}
 
     def qualifications_by_id(self, ids: set[str]) -> list[dict[str, Any]]:
         """The stored qualifications with these ids (those still there)."""
@@ -1503,8 +1880,9 @@ class Transaction:
 
     def imported(self, messages: list[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of the ``(user id, message id)`` pairs are stored already (an event in the
-        user's tenant now, where its events are whatever accounts it moved between, as a
-        live call's message id is deduplicated; or an imported identify/group/stage
+        tenant of the user now (the user an alias links the id to, if any), where its
+        events are whatever accounts it moved between, as a live call's message id is
+        deduplicated; or an imported identify/group/stage
         message, remembered under the user) or belong to a forgotten user: an import skips
         them. Each pair is looked up in its own tenant (by its key, as the staging of
         earlier releases did), 400 pairs a statement."""
@@ -1514,7 +1892,7 @@ class Transaction:
             pairs = ", ".join(["(?, ?)"] * len(part))
             found.update((u, m) for u, m in self.conn.execute(
                 f"WITH w(u, m) AS (VALUES {pairs}) SELECT u, m FROM w WHERE EXISTS (SELECT 1 "
-                f"FROM events e WHERE e.tenant_key = {_USER_TENANT.format(user='w.u')} AND "
+                f"FROM events e WHERE e.tenant_key = {_USER_TENANT.format(user=_LINKED)} AND "
                 f"e.message_id = w.m) OR EXISTS (SELECT 1 FROM import_done i WHERE "
                 f"i.tenant_key = w.u AND i.message_id = w.m)",
                 [value for pair in part for value in pair]))
@@ -1554,85 +1932,93 @@ class Transaction:
     # -- reports --------------------------------------------------------------------------
 
     def funnel_rows(self, subject_type: str, since: int | None, until: int | None,
-                    by: str | None) -> FunnelRows:
-        """For all subjects and per group (the ``by`` trait's value; one group ``None``
-        without ``by``), per ordered stage: :class:`StageCounts`, in one pass.
+                    by: str | None, *, to: str | None = None,
+                    exclude_rejected: bool = False) -> FunnelRows:
+        """For all subjects and per group, per ordered stage: :class:`StageCounts`, in one
+        statement (medians included, computed in SQL: the interpreter is free for other
+        threads meanwhile).
 
         A subject entered a stage at its first move into it (in ``[since, until]``), and
-        moved on if it later entered any later stage. It reads each subject's first entry
-        per stage (kept on its row by :meth:`change_stage`). Everything, medians included,
-        is computed in SQL: the interpreter is free for other threads meanwhile.
+        moved on if it later entered any later stage; with ``to``, it reached ``to`` if at
+        or after entering the stage it entered ``to`` or a stage after it (counted for the
+        stages before ``to``). It reads each subject's first entry per stage (kept on its
+        row by :meth:`change_stage`). With ``by``, a subject's entry into a stage counts in
+        the group of the value the ``by`` trait had at that moment (its trait history;
+        groups are JSON texts, None when the trait was not set). ``exclude_rejected``
+        leaves out subjects now ``unqualified`` or ``disqualified``.
         """
-        table, _ = _TABLES[subject_type]
+        table, key = _TABLES[subject_type]
         count = len(STAGES)
+        target = count if to is None else STAGES.index(to)
         firsts = ", ".join(
             f"first_{stage} AS s{k}" if until is None
             else f"CASE WHEN first_{stage} <= :until THEN first_{stage} END AS s{k}"
             for k, stage in enumerate(STAGES))
+        where = (" WHERE stage NOT IN ('unqualified', 'disqualified')"
+                 if exclude_rejected else "")
+
+        def first_at_or_after(k: int, stages: range) -> str:
+            later = ", ".join(f"coalesce(CASE WHEN s{j} >= s{k} THEN s{j} END, {_NEVER})"
+                              for j in stages)
+            if len(stages) == 1:
+                return f"nullif({later}, {_NEVER})"
+            return f"nullif(min({later}), {_NEVER})"
+
+        extra = []
+        for k in range(count):
+            extra.append(f"{first_at_or_after(k, range(k + 1, count))} AS n{k}"
+                         if k < count - 1 else f"CAST(NULL AS BIGINT) AS n{k}")
+            extra.append(f"{first_at_or_after(k, range(max(target, k + 1), count))} AS r{k}"
+                         if to is not None and k < target else f"CAST(NULL AS BIGINT) AS r{k}")
+        entered = "s{k} IS NOT NULL" + ("" if since is None else " AND s{k} >= :since")
         if by is None:
             group = "NULL"
-        elif _PLAIN_KEY.fullmatch(by):
-            group = "json_extract(traits, :path)"
-        else:  # any other trait name: a JSON path cannot spell every key, json_each can
-            group = "(SELECT value FROM json_each(traits) WHERE key = :by)"
-        nexts = []
-        for k in range(count - 1):
-            later = ", ".join(f"coalesce(CASE WHEN s{j} >= s{k} THEN s{j} END, {_NEVER})"
-                              for j in range(k + 1, count))
-            nexts.append(f"nullif(min({later}, {_NEVER}), {_NEVER}) AS n{k}")
-        nexts.append(f"NULL AS n{count - 1}")
-        entered = "s{k} IS NOT NULL" + ("" if since is None else " AND s{k} >= :since")
-        columns = []
-        for k in range(count):
-            cond = entered.format(k=k)
-            columns += [
-                f"count(CASE WHEN {cond} THEN 1 END)",
-                f"count(CASE WHEN {cond} AND n{k} IS NOT NULL THEN 1 END)",
-            ]
-        waits = " UNION ALL ".join(
-            f"SELECT grp, {k} AS k, n{k} - s{k} AS d FROM q "
-            f"WHERE {entered.format(k=k)} AND n{k} IS NOT NULL" for k in range(count - 1))
-        # the medians of all subjects: ranks over every group (without ``by``, the one
-        # group's ranks are those already)
-        if by is None:
-            overall_rank, overall_pick = ", count(*) OVER (PARTITION BY grp, k) AS ac", "rn"
-        else:
-            overall_rank, overall_pick = (", row_number() OVER (PARTITION BY k ORDER BY d) "
-                                          "AS arn, count(*) OVER (PARTITION BY k) AS ac"), "arn"
+        else:  # the value the trait had when the subject entered the stage
+            group = ("(SELECT tc.value FROM trait_changes tc WHERE tc.tenant_key = q.tkey "
+                     "AND tc.subject_type = :kind "
+                     "AND tc.subject_id = q.sid AND tc.trait = :by AND tc.at <= q.s{k} "
+                     "ORDER BY tc.at DESC, tc.id DESC LIMIT 1)")
+        long = " UNION ALL ".join(
+            f"SELECT {group.format(k=k)} AS grp, {k} AS k, s{k} AS s, n{k} AS n, r{k} AS r "
+            f"FROM q WHERE {entered.format(k=k)}" for k in range(count))
         rows = self.conn.execute(
-            f"WITH p AS (SELECT {group} AS grp, {firsts} FROM {table}), "
-            f"q AS MATERIALIZED (SELECT p.*, {', '.join(nexts)} FROM p), "
-            f"w AS ({waits}), "
-            f"r AS (SELECT grp, k, d, row_number() OVER (PARTITION BY grp, k ORDER BY d) AS rn, "
-            f"count(*) OVER (PARTITION BY grp, k) AS c{overall_rank} FROM w), "
-            f"m AS (SELECT grp, k, avg(d) AS median FROM r "
-            f"WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
-            f"a AS (SELECT k, avg(d) AS median FROM r "
-            f"WHERE {overall_pick} IN ((ac + 1) / 2, (ac + 2) / 2) GROUP BY k), "
-            f"n AS (SELECT grp, {', '.join(columns)} FROM q GROUP BY grp) "
-            f"SELECT n.*, (SELECT json_group_object(k, median) FROM m WHERE m.grp IS n.grp), "
-            f"(SELECT json_group_object(k, median) FROM a) FROM n",
-            {"until": until, "since": since, "by": by,
-             "path": f'$."{by}"'}).fetchall()
-        groups = []
-        for row in rows:
-            middle = json.loads(row[-2] or "{}")  # at most one median per stage: tiny
-            groups.append((row[0], [StageCounts(row[1 + 2 * k], row[2 + 2 * k],
-                                                middle.get(str(k))) for k in range(count)]))
-        middle = json.loads(rows[0][-1] or "{}") if rows else {}
-        overall = [StageCounts(sum(parts[k].entered for _, parts in groups),
-                               sum(parts[k].moved_on for _, parts in groups),
-                               middle.get(str(k))) for k in range(count)]
-        return FunnelRows(overall, groups)
+            f"WITH p AS (SELECT tenant_key AS tkey, {key} AS sid, {firsts} "
+            f"FROM {table}{where}), "
+            f"q AS MATERIALIZED (SELECT p.*, {', '.join(extra)} FROM p), "
+            f"l AS MATERIALIZED ({long}), "
+            "w AS (SELECT grp, k, n - s AS d, "
+            "row_number() OVER (PARTITION BY grp, k ORDER BY n - s) AS rn, "
+            "count(*) OVER (PARTITION BY grp, k) AS c, "
+            "row_number() OVER (PARTITION BY k ORDER BY n - s) AS arn, "
+            "count(*) OVER (PARTITION BY k) AS ac FROM l WHERE n IS NOT NULL), "
+            "m AS (SELECT grp, k, avg(d) AS median FROM w "
+            "WHERE rn IN ((c + 1) / 2, (c + 2) / 2) GROUP BY grp, k), "
+            "a AS (SELECT k, avg(d) AS median FROM w "
+            "WHERE arn IN ((ac + 1) / 2, (ac + 2) / 2) GROUP BY k) "
+            "SELECT l.grp, l.k, count(*), count(l.n), count(l.r), "
+            "(SELECT m.median FROM m WHERE m.grp IS l.grp AND m.k = l.k), "
+            "(SELECT a.median FROM a WHERE a.k = l.k) FROM l GROUP BY l.grp, l.k",
+            {"until": until, "since": since, "by": by, "kind": subject_type}).fetchall()
+        empty = StageCounts(0, 0, None, 0)
+        grouped: dict[Any, list[StageCounts]] = {}
+        overall = [empty] * count
+        for grp, k, entered_n, moved, reached, median, all_median in rows:
+            grouped.setdefault(grp, [empty] * count)[k] = StageCounts(
+                entered_n, moved, None if median is None else float(median), reached)
+            before = overall[k]
+            overall[k] = StageCounts(before.entered + entered_n, before.moved_on + moved,
+                                     None if all_median is None else float(all_median),
+                                     before.reached + reached)
+        return FunnelRows(overall, list(grouped.items()))
 
     def rule_outcomes(self, since: int | None) -> list[tuple[Any, ...]]:
         """Each qualification (since ``since``) with every later move of its subject to sql,
         opportunity, customer, unqualified or disqualified that the rule itself did not
         cause: ``(rule, subject_type, subject_id, to_stage, reason, shadow, rule_version,
-        qualified_at)``."""
+        qualified_at, qualification id, criteria JSON)``."""
         return self.conn.execute(
             "SELECT q.rule, q.subject_type, q.subject_id, sc.to_stage, sc.reason, q.shadow, "
-            "q.rule_version, q.qualified_at "
+            "q.rule_version, q.qualified_at, q.id, sc.criteria "
             "FROM qualifications q LEFT JOIN stage_changes sc "
             "ON sc.subject_type = q.subject_type AND sc.subject_id = q.subject_id "
             "AND sc.at >= q.qualified_at AND sc.source != 'rule:' || q.rule "
@@ -1641,6 +2027,15 @@ class Transaction:
             "WHERE q.qualified_at >= ? ORDER BY q.rule",
             (since if since is not None else -(2**62),),
         ).fetchall()
+
+    def users_in_stage_since(self, stage: str, entered_before: int) -> list[str]:
+        """Users now at ``stage`` whose last move into it was at or before
+        ``entered_before`` (what ``purge`` removes)."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT u.user_id FROM users u WHERE u.stage = ? AND (SELECT max(sc.at) FROM "
+            "stage_changes sc WHERE sc.tenant_key = u.tenant_key AND sc.subject_type = 'user' "
+            "AND sc.subject_id = u.user_id AND sc.to_stage = ?) <= ? ORDER BY u.user_id",
+            (stage, stage, entered_before))]
 
     def all_subjects(self, subject_type: str) -> list[str]:
         """Every user (or account) id."""
@@ -1708,6 +2103,11 @@ class Transaction:
             f"SELECT {column}, min(ts) FROM events WHERE event = ? AND ts <= ? "
             f"AND {column} IS NOT NULL AND {canonical(subject_type)} GROUP BY {column}",
             (event, until)).fetchall())
+
+    def first_seen_times(self, subject_type: str) -> dict[str, int]:
+        """When each user (or account) was first seen, by id."""
+        table, key = _TABLES[subject_type]
+        return dict(self.conn.execute(f"SELECT {key}, first_seen FROM {table}").fetchall())
 
     def all_traits(self, subject_type: str) -> dict[str, str]:
         """Every user's (or account's) traits JSON, by id."""

@@ -1,0 +1,226 @@
+"""Issue 20 item 4: identities (alias, anonymous ids), page/screen, Segment parity
+(message_id on identify/group/page/alias, context and integrations) (SPEC §11)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import pqlsdk
+from pqlsdk import event
+from pqlsdk.importer import import_jsonl
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+PRICING = pqlsdk.Rule("pricing_visits", event("page", at_least=3, within="7d",
+                                              where={"name": "Pricing"}), stage="mql")
+ENGAGED = pqlsdk.Rule("engaged", event("report_generated", at_least=2), stage="mql")
+TEAM = pqlsdk.Rule("team", event("teammate_invited"), stage="pql")
+
+
+def day(n: float) -> datetime:
+    return T0 + timedelta(days=n)
+
+
+def test_anonymous_pages_count_for_the_user_once_identify_links_them(make_client):
+    client = make_client([PRICING])
+    assert client.page(None, "Pricing", {"url": "/pricing"}, anonymous_id="anon1",
+                       timestamp=day(0)) == []
+    client.page(None, "Pricing", anonymous_id="anon1", timestamp=day(1))
+    client.page(None, "Docs", anonymous_id="anon1", timestamp=day(1.5))  # not Pricing
+    client.identify("ada", {"plan": "trial"}, anonymous_id="anon1", timestamp=day(2))
+    with pytest.raises(pqlsdk.UnknownSubject):
+        client.status("anon1")  # not a separate lead any more
+    [q] = client.page("ada", "Pricing", timestamp=day(3))
+    assert (q.subject_id, q.rule, q.evidence.value) == ("ada", "pricing_visits", 3)
+    assert client.funnel().stage("lead").entered == 1
+    assert client.funnel().stage("mql").entered == 1
+    # later activity under the anonymous id counts for ada too
+    client.track(None, "report_generated", anonymous_id="anon1", timestamp=day(4))
+    assert "ada: stage mql" in client.explain("ada")
+    with pytest.raises(pqlsdk.UnknownSubject):
+        client.status("anon1")
+
+
+def test_page_and_screen_are_events_with_name_and_category(make_client):
+    client = make_client([])
+    client.page("ada", "Pricing", {"url": "/pricing"}, category="Marketing",
+                timestamp=day(0), message_id="p1")
+    client.page("ada", "Pricing", {"url": "/pricing"}, category="Marketing",
+                timestamp=day(0), message_id="p1")  # the same message id: once
+    client.screen("ada", "Settings", timestamp=day(1))
+    with client.store.read() as tx:
+        rows = tx.rows("events", "user_id = ?", ["ada"], order_by="ts")
+    assert [(r["event"], json.loads(r["properties"])) for r in rows] == [
+        ("page", {"url": "/pricing", "name": "Pricing", "category": "Marketing"}),
+        ("screen", {"name": "Settings"})]
+    with pytest.raises(pqlsdk.ValidationError, match="pass user_id, or anonymous_id"):
+        client.page(None, "Pricing")
+
+
+def test_alias_merges_history_stage_and_keeps_the_earlier_qualification(make_client):
+    changes = []
+    client = make_client([ENGAGED, TEAM], sync_mode=True)
+    client.on_stage_change(changes.append, name="crm")
+    client.track("old", "report_generated", timestamp=day(0))
+    [earlier] = client.track("old", "report_generated", timestamp=day(1))   # old: mql
+    client.track("ada", "teammate_invited", timestamp=day(2))               # ada: pql
+    client.track("ada", "report_generated", timestamp=day(3))
+    [later] = client.track("ada", "report_generated", timestamp=day(4))
+    client.identify("old", {"plan": "trial", "seats": 2}, timestamp=day(4))
+    client.identify("ada", {"plan": "pro"}, timestamp=day(4))
+    assert client.alias("old", "ada", timestamp=day(5)) == []
+    status = client.status("ada")
+    assert status.stage == "pql"  # the later of mql and pql
+    # engaged: both met it; the earlier (old's, day 1) stays, under ada
+    assert sorted((q.rule, q.id, q.qualified_at) for q in status.qualifications) == sorted([
+        ("engaged", earlier.id, day(1)), ("team", status.qualifications[0].id
+                                          if status.qualifications[0].rule == "team"
+                                          else status.qualifications[1].id, day(2))])
+    assert later.id not in {q.id for q in client.qualifications()}
+    assert {q.subject_id for q in client.qualifications()} == {"ada"}
+    # history joined, oldest first: both first_seen entries and both rule moves
+    assert [(c.to_stage, c.source) for c in client.history("ada")] == [
+        ("lead", "first_seen"), ("mql", "rule:engaged"), ("lead", "first_seen"),
+        ("pql", "rule:team")]
+    assert client.export("ada")["traits"] == {"plan": "pro", "seats": 2}  # the user's win
+    with pytest.raises(pqlsdk.UnknownSubject):
+        client.status("old")
+    client.track("old", "signed_in", timestamp=day(6))   # counts for ada from then on
+    assert [e["event"] for e in client.export("ada")["events"]][-1] == "signed_in"
+    assert client.alias("old", "ada", timestamp=day(7)) == []  # again: nothing to do
+    with pytest.raises(pqlsdk.ValidationError, match="already linked to user 'ada'"):
+        client.alias("old", "bob")
+    assert [c.to_stage for c in changes] == ["mql", "pql"]  # the merge moved nobody
+
+
+def test_alias_moves_the_user_to_the_later_stage_and_rechecks_its_rules(make_client):
+    changes = []
+    rule = pqlsdk.Rule("busy", event("report_generated", at_least=3), stage="mql")
+    client = make_client([rule], sync_mode=True)
+    client.on_stage_change(changes.append, name="crm")
+    client.track("old", "report_generated", timestamp=day(0))
+    client.track("old", "report_generated", timestamp=day(1))
+    client.set_stage("old", stage="sql", reason="demo", timestamp=day(1.5))
+    client.track("ada", "report_generated", timestamp=day(2))
+    [q] = client.alias("old", "ada", timestamp=day(3))  # 2 + 1 reports together: 3
+    assert (q.subject_id, q.qualified_at, q.evidence.value) == ("ada", day(3), 3)
+    assert client.status("ada").stage == "sql"
+    [moved] = [c for c in changes if c.source == "alias"]
+    assert (moved.subject_id, moved.from_stage, moved.to_stage, moved.reason) == (
+        "ada", "lead", "sql", "alias of old")
+
+
+def test_alias_of_an_unknown_user_hands_the_subject_over(make_client):
+    client = make_client([ENGAGED])
+    client.track("anon9", "report_generated", timestamp=day(0))
+    client.alias("anon9", "zoe", timestamp=day(1))
+    [q] = client.track("zoe", "report_generated", timestamp=day(2))
+    assert q.subject_id == "zoe"
+    assert [c.source for c in client.history("zoe")] == ["first_seen", "rule:engaged"]
+
+
+def test_message_id_makes_identify_group_and_alias_idempotent(make_client):
+    client = make_client([])
+    client.identify("ada", {"plan": "trial"}, message_id="m1", timestamp=day(0))
+    client.identify("ada", {"plan": "pro"}, message_id="m1", timestamp=day(1))
+    client.group("ada", "acme", {"seats": 3}, message_id="m2", timestamp=day(0))
+    client.group("ada", "acme", {"seats": 9}, message_id="m2", timestamp=day(1))
+    assert client.export("ada")["traits"] == {"plan": "trial"}
+    with client.store.read() as tx:
+        [acme] = tx.rows("accounts", "account_id = ?", ["acme"])
+    assert json.loads(acme["traits"]) == {"seats": 3}
+
+
+def test_context_and_integrations_are_kept_and_forwarded_as_given(
+        make_client, segment_server, segment_client):
+    client = make_client([], segment=segment_client, forward_events=True, sync_mode=True)
+    client.track("ada", "signed_in", {"x": 1}, context={"ip": "10.0.0.1", "locale": "fr"},
+                 integrations={"All": False, "Mixpanel": True}, timestamp=day(0),
+                 message_id="t1")
+    client.page(None, "Pricing", anonymous_id="anon1", timestamp=day(1), message_id="p1")
+    client.alias("anon1", "ada", timestamp=day(2), message_id="a1")
+    with client.store.read() as tx:
+        [row] = tx.rows("events", "message_id = ?", ["t1"])
+    assert json.loads(row["context"]) == {"ip": "10.0.0.1", "locale": "fr"}
+    assert json.loads(row["integrations"]) == {"All": False, "Mixpanel": True}
+    track, page, alias = segment_server.messages
+    assert (track["context"]["ip"], track["integrations"]) == (
+        "10.0.0.1", {"All": False, "Mixpanel": True})
+    assert track["context"]["library"]["name"] == "analytics-python"
+    assert (page["anonymousId"], page["event"], page["properties"]) == (
+        "anon1", "page", {"name": "Pricing"})
+    assert (alias["type"], alias["previousId"], alias["userId"], alias["messageId"]) == (
+        "alias", "anon1", "ada", "a1")
+
+
+def test_replay_equals_live_with_aliases_anonymous_ids_pages_and_stages(make_client,
+                                                                        tmp_path):
+    rules = [PRICING, ENGAGED, TEAM]
+    messages = [
+        {"type": "page", "anonymousId": "v1", "name": "Pricing", "timestamp": day(0)},
+        {"type": "page", "anonymousId": "v1", "name": "Pricing", "timestamp": day(1)},
+        {"type": "track", "userId": "old", "event": "report_generated", "timestamp": day(1)},
+        {"type": "identify", "userId": "ada", "anonymousId": "v1", "traits": {"plan": "x"},
+         "timestamp": day(2)},
+        {"type": "page", "userId": "ada", "name": "Pricing", "timestamp": day(3)},
+        {"type": "track", "userId": "ada", "event": "report_generated", "timestamp": day(3)},
+        {"type": "alias", "previousId": "old", "userId": "ada", "timestamp": day(4)},
+        {"type": "screen", "userId": "bob", "name": "Home", "timestamp": day(4)},
+        {"type": "stage", "userId": "bob", "stage": "unqualified", "reason": "spam",
+         "timestamp": day(5)},
+        {"type": "track", "userId": "old", "event": "teammate_invited", "timestamp": day(6)},
+    ]
+    for n, message in enumerate(messages):
+        message["timestamp"] = message["timestamp"].isoformat()
+        message["messageId"] = f"m{n}"
+    live = make_client(rules)
+    for m in messages:
+        at, mid = m["timestamp"], m["messageId"]
+        if m["type"] in ("page", "screen"):
+            getattr(live, m["type"])(m.get("userId"), m["name"], anonymous_id=m.get(
+                "anonymousId"), timestamp=at, message_id=mid)
+        elif m["type"] == "track":
+            live.track(m["userId"], m["event"], timestamp=at, message_id=mid)
+        elif m["type"] == "identify":
+            live.identify(m["userId"], m["traits"], anonymous_id=m["anonymousId"],
+                          timestamp=at, message_id=mid)
+        elif m["type"] == "alias":
+            live.alias(m["previousId"], m["userId"], timestamp=at, message_id=mid)
+        else:
+            live.set_stage(m["userId"], stage=m["stage"], reason=m["reason"], timestamp=at)
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps(m) + "\n" for m in reversed(messages)))
+    replay = pqlsdk.Client(database=":memory:", rules=rules)
+    result = import_jsonl(replay, str(path))
+    assert result.errors == () and result.skipped == {}
+
+    def state(client):
+        return ([(q.id, q.rule, q.subject_id, q.qualified_at) for q in
+                 client.qualifications()],
+                # (a stage line's source is "import", a live set_stage's "manual")
+                {u: [(c.from_stage, c.to_stage, c.at, c.source.replace("import", "manual"))
+                     for c in client.history(u)] for u in ("ada", "bob")})
+
+    assert state(live) == state(replay)
+    quals, stages = state(live)
+    # pricing: 2 anonymous + 1 of ada's pages on day 3; engaged: old's report and ada's
+    # count together from the alias (day 4); team: old's invite on day 6 is ada's
+    assert [(rule, subject, at) for _, rule, subject, at in quals] == [
+        ("pricing_visits", "ada", day(3)), ("engaged", "ada", day(4)),
+        ("team", "ada", day(6))]
+    assert stages["bob"][-1] == ("lead", "unqualified", day(5), "manual")
+    assert [s[1] for s in stages["ada"]] == ["lead", "lead", "mql", "pql"]
+    replay.close()
+
+
+def test_forget_erases_the_links_too(make_client):
+    client = make_client([])
+    client.track(None, "visited", anonymous_id="v1", timestamp=day(0))
+    client.identify("ada", {}, anonymous_id="v1", timestamp=day(1))
+    client.forget("ada")
+    with client.store.read() as tx:
+        assert tx.rows("aliases", "user_id = ? OR tenant_key = ?", ["ada", "v1"]) == []
+    client.track(None, "visited", anonymous_id="v1", timestamp=day(2))  # a new visitor
+    assert [c.source for c in client.history("v1")] == ["first_seen"]
