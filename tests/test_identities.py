@@ -178,6 +178,38 @@ def test_context_and_integrations_are_kept_and_forwarded_as_given(
         "alias", "anon1", "ada", "a1")
 
 
+def test_identify_group_and_alias_keep_context_and_integrations_and_forward_them(
+        make_client, segment_server, segment_client):
+    client = make_client([], segment=segment_client, forward_events=True, sync_mode=True)
+    client.identify("ada", {"plan": "pro"}, context={"ip": "10.0.0.2"},
+                    integrations={"Salesforce": False}, timestamp=day(0), message_id="i1")
+    client.group("ada", "acme", {"seats": 3}, context={"locale": "de"}, timestamp=day(1))
+    client.identify("bob", {"plan": "trial"}, timestamp=day(1))  # carries neither: no row
+    client.alias("crm-7", "ada", integrations={"All": True}, timestamp=day(2))
+    client.identify("ada", {"plan": "pro"}, context={"ip": "9.9.9.9"}, timestamp=day(3),
+                    message_id="i1")  # a duplicate: neither applied nor kept
+    with client.store.read() as tx:
+        rows = tx.rows("call_contexts", "user_id = ?", ["ada"], order_by="at")
+        assert tx.rows("call_contexts", "user_id = ?", ["bob"]) == []
+    t0 = int(T0.timestamp()) * 10**6
+    assert [(r["kind"], r["account_id"], r["message_id"], (r["at"] - t0) // (86_400 * 10**6),
+             r["context"] and json.loads(r["context"]),
+             r["integrations"] and json.loads(r["integrations"])) for r in rows] == [
+        ("identify", None, "i1", 0, {"ip": "10.0.0.2"}, {"Salesforce": False}),
+        ("group", "acme", None, 1, {"locale": "de"}, None),
+        ("alias", None, None, 2, None, {"All": True})]
+    identify, group, _bob, alias = segment_server.messages
+    assert (identify["type"], identify["context"]["ip"], identify["integrations"]) == (
+        "identify", "10.0.0.2", {"Salesforce": False})
+    assert (group["type"], group["groupId"], group["context"]["locale"]) == (
+        "group", "acme", "de")
+    assert (alias["type"], alias["previousId"], alias["integrations"]) == (
+        "alias", "crm-7", {"All": True})
+    client.forget("ada")
+    with client.store.read() as tx:
+        assert tx.rows("call_contexts", "user_id = ?", ["ada"]) == []
+
+
 def test_replay_equals_live_with_aliases_anonymous_ids_pages_and_stages(make_client,
                                                                         tmp_path):
     rules = [PRICING, ENGAGED, TEAM]
