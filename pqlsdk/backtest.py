@@ -26,7 +26,9 @@ subject's next event that the rule reads. Traits are today's (their history is n
 stored): a rule on a trait that changes at conversion (``plan = "paid"``) can look better
 than it was. Lifecycle is not replayed either: each subject's first qualification
 per rule is found whatever its stage (a lead rejected by hand and its new round are not
-modelled, and a ``disqualified`` subject is still measured).
+modelled, and a ``disqualified`` subject is still measured). A rule that re-arms
+(``rearm``/``every``) fires again in the replay as it does live, and each firing is its own
+qualification (classified on its own; ``recall`` and ``missed`` count converters).
 """
 
 from __future__ import annotations
@@ -60,8 +62,6 @@ from .stages import STAGES, rank
 from .store import Transaction
 from .timestamps import MICROSECOND, from_micros
 
-#: Marks, during a replay, a rule that cannot qualify the subject (a trait fails).
-NEVER = -(2**63)
 #: The z of a two-sided 95% interval.
 Z95 = 1.959963984540054
 
@@ -121,9 +121,10 @@ class RuleBacktest:
     """How one rule (one version of it) did on history.
 
     ``qualified``: subjects it qualified in the period whose outcome is known (neither
-    late nor pending); ``converted``: of those, how many reached the outcome within the
-    horizon; ``precision`` (None when nothing qualified) with ``precision_low`` and
-    ``precision_high`` (95% Wilson); ``recall``: converted / all converters;
+    late nor pending; each firing, for a rule that re-arms); ``converted``: of those, how
+    many reached the outcome within the horizon; ``precision`` (None when nothing
+    qualified) with ``precision_low`` and ``precision_high`` (95% Wilson); ``recall``:
+    converters it qualified in time / all converters;
     ``base_rate``: converters / subjects; ``lift``: precision / base rate;
     ``median_lead_time``: from qualification to conversion, over the converters it
     qualified (timely and late: a late one counts as zero or negative, which is how a
@@ -261,6 +262,9 @@ class ReplayFacts:
         self.scoring = scoring
         self.until = 0
         self.position = 0
+        #: Events before this moment do not count (a ``rearm`` rule counts only events
+        #: after its last firing, as live), or None.
+        self.floor: int | None = None
         self._traits: dict[str, Any] | None = None
         self._score: Score | None = None
 
@@ -279,10 +283,17 @@ class ReplayFacts:
         self.until, self.position = ts, position
         self._score = None
 
+    def count_from(self, floor: int | None) -> None:
+        """Count only events at or after ``floor`` from now on (None: all of them)."""
+        if floor != self.floor:
+            self.floor, self._score = floor, None
+
     def _span(self, event: str, since: int | None) -> tuple[_Events | None, int, int]:
         rows = self.by_name.get(event)
         if rows is None:
             return None, 0, 0
+        if self.floor is not None:
+            since = self.floor if since is None else max(since, self.floor)
         hi = bisect_right(rows.positions, self.position)
         lo = 0 if since is None else bisect_left(rows.times, since, 0, hi)
         return rows, lo, hi
@@ -355,10 +366,19 @@ def _reads_properties(rules: Sequence[Rule], scoring: Scoring | None) -> set[str
 def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
            subject_type: str, until: int) -> Iterator[tuple[str, list[int | None]]]:
     """For each subject with events up to ``until`` (that a rule reads): when each of
-    ``rules`` would first have qualified it (µs, or None), replaying its events in time
-    order. A rule that reads no event (traits alone), and one that holds on a subject with
-    no events and no traits (checked live when a subject is first seen), are checked at the
-    subject's first event."""
+    ``rules`` would first have qualified it (µs, or None); see :func:`firings`."""
+    for subject_id, found in firings(tx, rules, scoring, subject_type, until):
+        yield subject_id, [times[0] if times else None for times in found]
+
+
+def firings(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
+            subject_type: str, until: int) -> Iterator[tuple[str, list[tuple[int, ...]]]]:
+    """For each subject with events up to ``until`` (that a rule reads): when each of
+    ``rules`` would have qualified it (µs, oldest first; more than one for a rule that
+    re-arms: ``rearm`` counts only the events after the last firing, ``every`` is a
+    cooldown, as live), replaying its events in time order. A rule that reads no event
+    (traits alone), and one that holds on a subject with no events and no traits (checked
+    live when a subject is first seen), are checked at the subject's first event."""
     triggers: dict[str, list[int]] = {}
     eventless = []
     needs_traits = False
@@ -380,7 +400,7 @@ def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
                             sorted(_reads_properties(rules, scoring)), until)
     current: str | None = None
     facts = ReplayFacts("{}", scoring)
-    found: list[int | None] = []
+    found: list[list[int] | None] = []
     position = 0
     for subject_id, event, ts, properties in rows:
         if subject_id != current:
@@ -388,11 +408,11 @@ def replay(tx: Transaction, rules: Sequence[Rule], scoring: Scoring | None,
                 yield current, _found(found)
             current, position = subject_id, 0
             facts = ReplayFacts(traits.get(subject_id, "{}"), scoring)
-            found = [None] * len(rules)
+            found = [[] for _ in rules]
             if needs_traits:  # a rule whose traits fail can never hold: traits stay put
                 for k in never_candidates:
                     if _fails_on_traits(rules[k].condition, facts):
-                        found[k] = NEVER
+                        found[k] = None
             seen = first_seen.get(subject_id)
             if seen is not None and seen < ts:  # as live: checked when first seen (by a
                 facts.at(seen, -1)              # call without an event: no events yet)
@@ -432,15 +452,28 @@ def _fails_on_traits(condition: Condition, facts: ReplayFacts) -> bool:
     return False
 
 
-def _check(rules: Sequence[Rule], check: Sequence[int], found: list[int | None],
+def _check(rules: Sequence[Rule], check: Sequence[int], found: list[list[int] | None],
            facts: ReplayFacts, ts: int) -> None:
+    """Check ``rules[k]`` for each ``k`` in ``check`` as of ``ts``: once, or again when it
+    re-arms and its last firing is ``rearm``/``every`` behind (as
+    :func:`pqlsdk.qualifier.eligible` decides live)."""
     for k in check:
-        if found[k] is None and holds(rules[k].condition, facts):
-            found[k] = ts
+        times = found[k]
+        if times is None:  # its traits fail: never
+            continue
+        rule = rules[k]
+        if times:
+            gap = rule.rearms
+            if gap is None or ts < times[-1] + gap // MICROSECOND:
+                continue
+            facts.count_from(times[-1] + 1 if rule.rearm is not None else None)
+        if holds(rule.condition, facts):
+            times.append(ts)
+        facts.count_from(None)
 
 
-def _found(found: list[int | None]) -> list[int | None]:
-    return [None if q == NEVER else q for q in found]
+def _found(found: list[list[int] | None]) -> list[tuple[int, ...]]:
+    return [() if times is None else tuple(times) for times in found]
 
 
 # --- scoring the replay -----------------------------------------------------------------
@@ -488,10 +521,12 @@ def population(tx: Transaction, subject_type: str, frame: Frame,
 class _Tally:
     """Per rule: counts as the subjects go by."""
 
-    __slots__ = ("converted", "late", "lead", "leads", "pending", "qualified")
+    __slots__ = ("converted", "converters", "late", "lead", "leads", "pending", "qualified")
 
     def __init__(self) -> None:
         self.qualified = self.converted = self.pending = self.late = 0
+        #: The converters it qualified in time (a re-arming rule may fire twice for one).
+        self.converters: set[str] = set()
         self.lead: list[int] = []
         self.leads: list[int] = []
 
@@ -511,17 +546,15 @@ def score_replay(
     tallies = [_Tally() for _ in rules]
     qualified_at: list[dict[str, int]] = [{} for _ in rules]
     pending: set[str] = set()
-    for subject_id, found in replay(tx, rules, scoring, subject_type, frame.until):
+    for subject_id, found in firings(tx, rules, scoring, subject_type, frame.until):
         if subject_id not in subjects:
             continue
         c = converted_at.get(subject_id)
-        for k, q in enumerate(found):
-            if q is None:
-                continue
-            verdict = classify(q, c, frame)
+        for k, q in ((k, q) for k, times in enumerate(found) for q in times):
+            verdict = classify(q, c, frame)  # each firing is its own qualification
             if verdict == OUTSIDE:
                 continue
-            qualified_at[k][subject_id] = q
+            qualified_at[k].setdefault(subject_id, q)
             tally = tallies[k]
             lead = 0 if c is None else c - q
             if verdict == LATE:
@@ -530,6 +563,7 @@ def score_replay(
             elif verdict == CONVERTED:
                 tally.qualified += 1
                 tally.converted += 1
+                tally.converters.add(subject_id)
                 tally.lead.append(lead)
                 tally.leads.append(lead)
             elif verdict == PENDING:
@@ -556,9 +590,10 @@ def _result(rule: Rule, tally: _Tally, converters: int, base_rate: float | None
     return RuleBacktest(
         rule=rule.name, version=rule.version, qualified=tally.qualified,
         converted=tally.converted, precision=precision, precision_low=low,
-        precision_high=high, recall=tally.converted / converters if converters else None,
+        precision_high=high,
+        recall=len(tally.converters) / converters if converters else None,
         base_rate=base_rate, lift=lift, median_lead_time=median,
-        missed=converters - tally.converted, shadow=rule.shadow, pending=tally.pending,
+        missed=converters - len(tally.converters), shadow=rule.shadow, pending=tally.pending,
         late=tally.late, lead_times=tuple(sorted(t * MICROSECOND for t in tally.lead)),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -10,7 +11,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from .errors import DeliveryNameWarning, StoreBusy, ValidationError
 from .explain import explain_lines
 from .facts import SubjectFacts, load_subject
 from .health import Health, build_health
+from .identities import resolve
 from .models import Overdue, Qualification, StageChange, Status
 from .outbox import OVERDUE_HOOK, SEGMENT, STAGE_HOOK, Delivery, Outbox, wall_micros
 from .reports import Funnel, RuleOutcome
@@ -588,11 +590,21 @@ class Client:
         >>> client.score("ada").total
         45.0
         """
-        subject_type, subject_id = _subject(user_id, account_id)
         until = _micros(as_of, "as_of")
-        with self.store.read() as tx:
+        with self._read_subject(user_id, account_id) as (tx, subject_type, subject_id):
             subject = known_subject(tx, subject_type, subject_id)._replace(since=None)
             return SubjectFacts(tx, subject, until, self.rules.scoring).scores()
+
+    @contextlib.contextmanager
+    def _read_subject(self, user_id: str | None, account_id: str | None
+                      ) -> Iterator[tuple[Transaction, str, str]]:
+        """The read path of every per-subject reading (status, explain, score, history): a
+        read transaction and the subject, a user id resolved to the user it was linked to
+        (an aliased previous id, a linked anonymous id), as Segment and PostHog resolve an
+        alias."""
+        subject_type, subject_id = _subject(user_id, account_id)
+        with self.store.read() as tx:
+            yield tx, subject_type, resolve(tx, subject_type, subject_id)
 
     def scores(self, *, subject: str = "user", as_of: datetime | str | None = None
                ) -> list[float]:
@@ -662,8 +674,7 @@ class Client:
                 ) -> list[StageChange]:
         """Every stage change of a user (or an account), oldest first: when it was first seen
         (``first_seen``), each qualification's move (``rule:NAME``), each manual one."""
-        subject_type, subject_id = _subject(user_id, account_id)
-        with self.store.read() as tx:
+        with self._read_subject(user_id, account_id) as (tx, subject_type, subject_id):
             return [StageChange.from_row(row) for row in tx.history(subject_type, subject_id)]
 
     def forget(self, user_id: str) -> None:
@@ -866,9 +877,8 @@ class Client:
     ) -> Status:
         """Where a user (or, with ``account_id=``, an account) stands; progress is measured
         as of ``as_of`` (default now)."""
-        subject_type, subject_id = _subject(user_id, account_id)
         until = _micros(as_of, "as_of")
-        with self.store.read() as tx:
+        with self._read_subject(user_id, account_id) as (tx, subject_type, subject_id):
             return self.engine.status(tx, subject_type, subject_id, until)
 
     def explain(
@@ -889,9 +899,8 @@ class Client:
         A user's explanation also covers its account's rules. Progress is measured as of
         ``as_of`` (default now).
         """
-        subject_type, subject_id = _subject(user_id, account_id)
         until = _micros(as_of, "as_of")
-        with self.store.read() as tx:
+        with self._read_subject(user_id, account_id) as (tx, subject_type, subject_id):
             statuses = [self.engine.status(tx, subject_type, subject_id, until)]
             if subject_type == "user":
                 account = tx.account_of(subject_id)

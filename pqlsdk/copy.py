@@ -62,6 +62,8 @@ TABLES: list[Table] = [
                        "rule", "qualified_at", "notified_at"]),  # issue 20
     Table("event_rollups", ["tenant_key", "user_id", "account_id", "event", "properties", "n",
                             "first_ts", "last_ts"], resume=True),
+    Table("call_contexts", ["tenant_key", "kind", "user_id", "account_id", "message_id",
+                            "at", "context", "integrations"], resume=True),  # issue 20b
     Table("import_done", ["tenant_key", "message_id", "user_id"]),
     Table("import_staging", ["tenant_key", "message_id", "ts", "line_no", "kind", "user_id",
                              "account_id", "event", "data"]),

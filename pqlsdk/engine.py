@@ -36,7 +36,7 @@ from .calls import Call
 from .errors import UnknownSubject
 from .evaluator import holds, measure
 from .facts import EmptyFacts, Subject, SubjectFacts, load_subject, load_subjects
-from .identities import link
+from .identities import canonical, link
 from .messages import call_message
 from .models import Qualification, StageChange, Status
 from .outbox import Outbox, wall_micros
@@ -161,12 +161,14 @@ class Engine:
                                          account_id=account_id, at=call.at, moves=moves,
                                          event=(call.event, call.data_json))
         elif call.kind == "identify":
+            _keep_context(tx, call, account_id, ts)
             user, changed = merge_traits(tx, user, call.data, ts)
             created = self._qualify(tx, self.rules.reading_traits("user", changed), user,
                                     user_id=call.user_id, account_id=account_id, at=call.at,
                                     moves=moves)
         else:
             assert account is not None  # a group call always names its account
+            _keep_context(tx, call, account_id, ts)
             account, changed = merge_traits(tx, account, call.data, ts)
             created = self._qualify(tx, self.rules.reading_traits("account", changed),
                                     account, user_id=call.user_id, account_id=account_id,
@@ -209,6 +211,8 @@ class Engine:
                                                                 call.user_id):
             return Outcome(applied=False)
         outcome = self._link(tx, call.event, call.user_id, call.at, deliver)
+        _keep_context(tx, call._replace(user_id=canonical(tx, call.user_id)), None,
+                      to_micros(call.at))
         if deliver and self.forward_events:
             message = call_message(call, None)
             tx.enqueue([self.outbox.segment_row("alias", call.user_id, message,
@@ -383,6 +387,14 @@ class Engine:
         if rows:
             self.outbox.write(tx, rows)
         return bool(rows)
+
+
+def _keep_context(tx: Transaction, call: Call, account_id: str | None, ts: int) -> None:
+    """Keep an identify/group/alias call's Segment ``context`` and ``integrations`` (when
+    it carried either) for the user it counted for, as events keep a track's."""
+    if call.context is not None or call.integrations is not None:
+        tx.insert_call_context(call.kind, call.user_id, account_id, call.message_id, ts,
+                               call.context, call.integrations)
 
 
 def known_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject:

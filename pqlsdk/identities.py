@@ -42,6 +42,13 @@ def canonical(tx: Transaction, user_id: str) -> str:
     return tx.alias_of(user_id) or user_id
 
 
+def resolve(tx: Transaction, subject_type: str, subject_id: str) -> str:
+    """The subject a read about ``subject_id`` is about: for a user, the user the id was
+    linked to (an aliased previous id, a linked anonymous id), as Segment and PostHog
+    resolve an alias; an account id is itself."""
+    return canonical(tx, subject_id) if subject_type == "user" else subject_id
+
+
 def link(tx: Transaction, previous: str, user_id: str, ts: int) -> Linked:
     """Link ``previous`` to ``user_id`` (to the user ``user_id`` counts for) inside ``tx``;
     idempotent. Raises :class:`ValidationError` when ``previous`` already counts for

@@ -237,20 +237,25 @@ def format_funnel(result: Funnel) -> str:
 
 
 def format_rule_report(outcomes: list[RuleOutcome]) -> str:
-    """A plain-text table for people."""
-    head = (f"{'rule':<24}{'qualified':>10}{'sql':>6}{'opp':>6}{'cust':>6}"
+    """A plain-text table for people: per rule, subjects qualified and firings
+    (qualifications: more when the rule re-arms), how many reached each later stage, how
+    many sales rejected and why, and a line of the rejections by criterion."""
+    head = (f"{'rule':<24}{'qualified':>10}{'fired':>7}{'sql':>6}{'opp':>6}{'cust':>6}"
             f"{'unq':>6}{'disq':>6}  top reasons")
     lines = [head]
     for o in outcomes:
         reasons = "; ".join(f"{r} ({n})" for r, n in o.top_reasons)
         name = o.rule + (" (shadow)" if o.shadow else "")
-        lines.append(f"{name:<24}{o.qualified:>10}{o.reached['sql']:>6}"
+        lines.append(f"{name:<24}{o.qualified:>10}{o.firings:>7}{o.reached['sql']:>6}"
                      f"{o.reached['opportunity']:>6}{o.reached['customer']:>6}"
                      f"{o.rejected['unqualified']:>6}{o.rejected['disqualified']:>6}  {reasons}")
+        if o.rejected_by:  # sales' criteria marked False, most common first
+            lines.append("  rejected by criterion: " + ", ".join(
+                f"{criterion} ({n})" for criterion, n in o.rejected_by.items()))
         if len(o.versions) > 1:  # the rule changed: when, and how each version did
             for v in o.versions:
                 label = f"  version {v.version or '(before versions)'}"
-                lines.append(f"{label:<24}{v.qualified:>10}{v.reached['sql']:>6}"
+                lines.append(f"{label:<24}{v.qualified:>10}{'':>7}{v.reached['sql']:>6}"
                              f"{v.reached['opportunity']:>6}{v.reached['customer']:>6}"
                              f"{'':>12}  {v.first:%Y-%m-%d} to {v.last:%Y-%m-%d}")
     return "\n".join(lines)

@@ -94,3 +94,28 @@ def test_cli_purge(make_client, database):
     bad = runner.invoke(main, ["purge", "--db", database["database"], "--stage", "nope",
                                "--older-than", "1d"])
     assert bad.exit_code == 2 and "stage must be one of" in bad.output
+
+
+def test_cli_rules_report_shows_firings_and_rejections_by_criterion(make_client, database,
+                                                                    tmp_path):
+    if "schema" in database:
+        pytest.skip("the command line is covered on SQLite")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rules]]\nname = "team"\nstage = "pql"\nrearm = "30d"\n'
+                     '[[rules.all]]\nevent = "teammate_invited"\n')
+    client = make_client(str(rules))
+    for user in ("ada", "bob", "cy"):
+        client.track(user, "teammate_invited", timestamp=day(0))       # 3 firings
+    client.track("ada", "teammate_invited", timestamp=day(31))          # re-armed: 4th
+    client.set_stage("bob", stage="unqualified", timestamp=day(1),
+                     criteria={"budget": False, "timing": False})
+    client.set_stage("cy", stage="unqualified", timestamp=day(2), criteria={"budget": False})
+    client.close()
+    out = CliRunner().invoke(main, ["rules-report", "--db", database["database"],
+                                    "--rules", str(rules)])
+    assert out.exit_code == 0, out.output
+    head, row, by_criterion = out.output.splitlines()
+    assert head.split()[:4] == ["rule", "qualified", "fired", "sql"]
+    # 3 subjects, 4 firings, none reached sql/opp/cust, 2 unqualified, 0 disqualified
+    assert row.split() == ["team", "3", "4", "0", "0", "0", "2", "0"]
+    assert by_criterion == "  rejected by criterion: budget (2), timing (1)"

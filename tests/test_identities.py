@@ -30,8 +30,7 @@ def test_anonymous_pages_count_for_the_user_once_identify_links_them(make_client
     client.page(None, "Pricing", anonymous_id="anon1", timestamp=day(1))
     client.page(None, "Docs", anonymous_id="anon1", timestamp=day(1.5))  # not Pricing
     client.identify("ada", {"plan": "trial"}, anonymous_id="anon1", timestamp=day(2))
-    with pytest.raises(pqlsdk.UnknownSubject):
-        client.status("anon1")  # not a separate lead any more
+    assert client.status("anon1").subject_id == "ada"  # not a separate lead: ada's
     [q] = client.page("ada", "Pricing", timestamp=day(3))
     assert (q.subject_id, q.rule, q.evidence.value) == ("ada", "pricing_visits", 3)
     assert client.funnel().stage("lead").entered == 1
@@ -39,8 +38,7 @@ def test_anonymous_pages_count_for_the_user_once_identify_links_them(make_client
     # later activity under the anonymous id counts for ada too
     client.track(None, "report_generated", anonymous_id="anon1", timestamp=day(4))
     assert "ada: stage mql" in client.explain("ada")
-    with pytest.raises(pqlsdk.UnknownSubject):
-        client.status("anon1")
+    assert client.explain("anon1") == client.explain("ada")
 
 
 def test_page_and_screen_are_events_with_name_and_category(make_client):
@@ -85,14 +83,39 @@ def test_alias_merges_history_stage_and_keeps_the_earlier_qualification(make_cli
         ("lead", "first_seen"), ("mql", "rule:engaged"), ("lead", "first_seen"),
         ("pql", "rule:team")]
     assert client.export("ada")["traits"] == {"plan": "pro", "seats": 2}  # the user's win
-    with pytest.raises(pqlsdk.UnknownSubject):
-        client.status("old")
+    assert client.status("old") == status  # the previous id reads as the user
     client.track("old", "signed_in", timestamp=day(6))   # counts for ada from then on
     assert [e["event"] for e in client.export("ada")["events"]][-1] == "signed_in"
     assert client.alias("old", "ada", timestamp=day(7)) == []  # again: nothing to do
     with pytest.raises(pqlsdk.ValidationError, match="already linked to user 'ada'"):
         client.alias("old", "bob")
     assert [c.to_stage for c in changes] == ["mql", "pql"]  # the merge moved nobody
+
+
+def test_reads_under_a_linked_id_resolve_to_the_user(make_client):
+    """status, explain, score and history under an aliased previous id or a linked
+    anonymous id read the user it was linked to, as Segment and PostHog resolve an alias."""
+    client = make_client({"rules": [{"name": "engaged", "stage": "mql", "all": [
+        {"event": "report_generated", "at_least": 2}]}], "scoring": {"behavior": [
+        {"event": "report_generated", "points": 5},
+        {"event": "page", "points": 2}]}})
+    client.page(None, "Pricing", anonymous_id="anon1", timestamp=day(0))
+    client.track("old", "report_generated", timestamp=day(1))
+    client.identify("ada", anonymous_id="anon1", timestamp=day(2))
+    client.track("ada", "report_generated", timestamp=day(3))   # ada: 2 reports, mql
+    client.alias("old", "ada", timestamp=day(4))
+    # ada: 1 page (2 points) + 2 reports (5 each) = 12
+    for linked in ("anon1", "old", "ada"):
+        score = client.score(linked, as_of=day(5))
+        assert (score.behavior, score.total) == (12, 12)
+        status = client.status(linked, as_of=day(5))
+        assert (status.subject_id, status.stage) == ("ada", "mql")
+        assert [q.rule for q in status.qualifications] == ["engaged"]
+        assert [(c.subject_id, c.to_stage) for c in client.history(linked)] == [
+            ("ada", "lead"), ("ada", "lead"), ("ada", "mql")]
+        assert client.explain(linked, as_of=day(5)).startswith("user ada: stage mql")
+    with pytest.raises(pqlsdk.UnknownSubject, match="'nobody'"):
+        client.status("nobody")  # an id never seen nor linked is still unknown
 
 
 def test_alias_moves_the_user_to_the_later_stage_and_rechecks_its_rules(make_client):
@@ -153,6 +176,38 @@ def test_context_and_integrations_are_kept_and_forwarded_as_given(
         "anon1", "page", {"name": "Pricing"})
     assert (alias["type"], alias["previousId"], alias["userId"], alias["messageId"]) == (
         "alias", "anon1", "ada", "a1")
+
+
+def test_identify_group_and_alias_keep_context_and_integrations_and_forward_them(
+        make_client, segment_server, segment_client):
+    client = make_client([], segment=segment_client, forward_events=True, sync_mode=True)
+    client.identify("ada", {"plan": "pro"}, context={"ip": "10.0.0.2"},
+                    integrations={"Salesforce": False}, timestamp=day(0), message_id="i1")
+    client.group("ada", "acme", {"seats": 3}, context={"locale": "de"}, timestamp=day(1))
+    client.identify("bob", {"plan": "trial"}, timestamp=day(1))  # carries neither: no row
+    client.alias("crm-7", "ada", integrations={"All": True}, timestamp=day(2))
+    client.identify("ada", {"plan": "pro"}, context={"ip": "9.9.9.9"}, timestamp=day(3),
+                    message_id="i1")  # a duplicate: neither applied nor kept
+    with client.store.read() as tx:
+        rows = tx.rows("call_contexts", "user_id = ?", ["ada"], order_by="at")
+        assert tx.rows("call_contexts", "user_id = ?", ["bob"]) == []
+    t0 = int(T0.timestamp()) * 10**6
+    assert [(r["kind"], r["account_id"], r["message_id"], (r["at"] - t0) // (86_400 * 10**6),
+             r["context"] and json.loads(r["context"]),
+             r["integrations"] and json.loads(r["integrations"])) for r in rows] == [
+        ("identify", None, "i1", 0, {"ip": "10.0.0.2"}, {"Salesforce": False}),
+        ("group", "acme", None, 1, {"locale": "de"}, None),
+        ("alias", None, None, 2, None, {"All": True})]
+    identify, group, _bob, alias = segment_server.messages
+    assert (identify["type"], identify["context"]["ip"], identify["integrations"]) == (
+        "identify", "10.0.0.2", {"Salesforce": False})
+    assert (group["type"], group["groupId"], group["context"]["locale"]) == (
+        "group", "acme", "de")
+    assert (alias["type"], alias["previousId"], alias["integrations"]) == (
+        "alias", "crm-7", {"All": True})
+    client.forget("ada")
+    with client.store.read() as tx:
+        assert tx.rows("call_contexts", "user_id = ?", ["ada"]) == []
 
 
 def test_replay_equals_live_with_aliases_anonymous_ids_pages_and_stages(make_client,

@@ -148,3 +148,40 @@ def test_the_migration_keeps_qualifications_and_adds_firing_to_the_key(tmp_path)
               "'r', 'pql', 'user', 'ada', 'ada', 5, '{}', 2, ?) ON CONFLICT DO NOTHING")
     assert conn.execute(insert, ("q2", 0)).rowcount == 0  # same firing: once
     assert conn.execute(insert, ("q3", 1)).rowcount == 1  # the next firing: its own row
+
+
+def test_backtest_fires_a_rearmed_rule_again_as_live_does(make_client):
+    """The backtest's replay re-arms a rule as live traffic does (``rearm``: only events
+    after the last firing count; ``every``: a cooldown) and counts each firing."""
+    from pqlsdk.backtest import firings
+    from pqlsdk.timestamps import from_micros, to_micros
+
+    weekly = pqlsdk.Rule("weekly_active", event("login", at_least=2, within="7d"),
+                         every="10d")
+    client = make_client([REARM, weekly])
+    for n in (0, 1, 10, 50, 91):  # REARM fires day 1 and day 91 (days 10, 50, 91 after)
+        client.track("ada", "report_generated", timestamp=day(n))
+    for n in (0, 1, 3, 4, 12, 13, 14, 30, 31):  # weekly: day 1, day 13, day 31
+        client.track("ada", "login", timestamp=day(n))
+    for n in (0, 1):  # REARM fires day 1
+        client.track("bob", "report_generated", timestamp=day(n))
+    client.track("ada", "upgraded", timestamp=day(100))
+    live = sorted((q.rule, q.subject_id, q.qualified_at) for q in client.qualifications())
+    assert live == [("active_again", "ada", day(1)), ("active_again", "ada", day(91)),
+                    ("active_again", "bob", day(1)), ("weekly_active", "ada", day(1)),
+                    ("weekly_active", "ada", day(13)), ("weekly_active", "ada", day(31))]
+    with client.store.read() as tx:
+        replayed = sorted((rule.name, subject_id, from_micros(q))
+                          for subject_id, found in firings(tx, client.rules.rules, None,
+                                                           "user", to_micros(day(200)))
+                          for rule, times in zip(client.rules.rules, found, strict=True)
+                          for q in times)
+    assert replayed == live
+    result = client.backtest(outcome={"event": "upgraded"}, horizon="30d", until=day(200))
+    again = result.rule("active_again")
+    # firings: ada day 1 (upgrade 99 days later: not converted), ada day 91 (9 days:
+    # converted), bob day 1 (never): 3 qualified, 1 converted; ada is the one converter
+    assert (result.subjects, result.converters) == (2, 1)
+    assert (again.qualified, again.converted, again.recall, again.missed) == (3, 1, 1.0, 0)
+    assert again.precision == 1 / 3
+    assert again.median_lead_time == timedelta(days=9)

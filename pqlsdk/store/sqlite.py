@@ -540,6 +540,18 @@ def _identities(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN integrations TEXT")
 
 
+def _call_contexts(db: sqlite_utils.Database) -> None:
+    """Issue 20b (after issue 20's; the lead renumbers): the Segment ``context`` and
+    ``integrations`` of an ``identify``, ``group`` or ``alias`` call, kept as given (JSON
+    texts) as events keep a track's; a row only for a call that carried either. Keyed by
+    the user's tenant, like the user's events."""
+    db.execute(
+        "CREATE TABLE call_contexts (id INTEGER PRIMARY KEY, tenant_key TEXT NOT NULL, "
+        "kind TEXT NOT NULL, user_id TEXT NOT NULL, account_id TEXT, message_id TEXT, "
+        "at INTEGER NOT NULL, context TEXT, integrations TEXT)")
+    db.execute("CREATE INDEX call_contexts_user ON call_contexts(tenant_key, user_id, at)")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
@@ -550,6 +562,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _handoffs,  # issue 20
     _stage_criteria,  # issue 20
     _identities,  # issue 20
+    _call_contexts,  # issue 20b: context/integrations of identify, group, alias
     _import_checkpoints,  # issue 21: import checkpoints
 ]
 
@@ -979,9 +992,10 @@ _MERGED: list[tuple[str, str, str | None]] = [
     ("handoffs", "subject_id", None),
     ("import_done", "user_id", None),
     ("import_staging", "user_id", None),
+    ("call_contexts", "user_id", "id"),  # issue 20b
 ]
 #: Tables whose rows get new ids when written back (their ids are only an order).
-_RENUMBERED = ("events", "event_rollups", "stage_changes", "trait_changes")
+_RENUMBERED = ("events", "event_rollups", "stage_changes", "trait_changes", "call_contexts")
 
 _MOVED_ROWS: list[tuple[str, str, str | None]] = [
     ("users", "tenant_key = ? AND user_id = ?", None),
@@ -1137,6 +1151,17 @@ class Transaction:
             (self.tenant_for("user", user_id), message_id, user_id, account_id, event, ts,
              properties, context, integrations))
         return cursor.rowcount == 1
+
+    def insert_call_context(self, kind: str, user_id: str, account_id: str | None,
+                            message_id: str | None, at: int, context: str | None,
+                            integrations: str | None) -> None:
+        """Keep the Segment ``context`` and ``integrations`` (JSON texts, as given) of an
+        identify/group/alias call of ``user_id`` (events keep a track's)."""
+        self.conn.execute(
+            "INSERT INTO call_contexts (tenant_key, kind, user_id, account_id, message_id, "
+            "at, context, integrations) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.tenant_for("user", user_id), kind, user_id, account_id, message_id, at,
+             context, integrations))
 
     def remember_call(self, message_id: str, user_id: str) -> bool:
         """Record the ``message_id`` of an identify/group/alias call (as imports do); False
@@ -1491,6 +1516,7 @@ class Transaction:
             for sql in (
                 "DELETE FROM events WHERE tenant_key = :tenant AND user_id = :user",
                 "DELETE FROM event_rollups WHERE tenant_key = :tenant AND user_id = :user",
+                "DELETE FROM call_contexts WHERE tenant_key = :tenant AND user_id = :user",
                 # an account's qualification the user completed keeps no trace of who
                 "UPDATE qualifications SET user_id = '(forgotten)' WHERE tenant_key = :tenant "
                 "AND user_id = :user",
