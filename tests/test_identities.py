@@ -279,3 +279,32 @@ def test_forget_erases_the_links_too(make_client):
         assert tx.rows("aliases", "user_id = ? OR tenant_key = ?", ["ada", "v1"]) == []
     client.track(None, "visited", anonymous_id="v1", timestamp=day(2))  # a new visitor
     assert [c.source for c in client.history("v1")] == ["first_seen"]
+
+
+E10 = {"rules": [
+    {"name": "acct10", "subject": "account", "all": [{"event": "e", "at_least": 10}]},
+    {"name": "u10", "all": [{"event": "e", "at_least": 10}]},
+]}
+
+
+def _count(client, **subject) -> str:
+    return client.explain(**subject).splitlines()[-1].strip()
+
+
+def test_alias_leaves_the_old_accounts_events_in_it_and_a_later_group_keeps_them(
+        make_client):
+    """An alias moves the previous id's events as a group move does: those recorded with
+    an account stay in its tenant (its rules count them) and the user takes a copy; when
+    the user later joins that account, nothing is lost (review s3)."""
+    client = make_client(E10)
+    client.track("old-id", "e", account_id="accA", message_id="o1", timestamp=day(0))
+    client.track("old-id", "e", account_id="accA", message_id="o2", timestamp=day(0))
+    client.track("z", "e", account_id="accA", message_id="z1", timestamp=day(0))
+    client.track("ada", "e", account_id="accB", message_id="a1", timestamp=day(0))
+    client.alias("old-id", "ada", timestamp=day(1))
+    assert _count(client, account_id="accA") == "✗ e: 3 of at least 10"  # z1, o1, o2
+    assert _count(client, account_id="accB") == "✗ e: 1 of at least 10"  # a1
+    assert "e: 3 of at least 10" in client.explain("ada")  # o1, o2, a1
+    client.group("ada", "accA", timestamp=day(2))
+    assert "e: 3 of at least 10" in client.explain("ada")  # o1, o2, a1: none deleted
+    assert _count(client, account_id="accA") == "✗ e: 3 of at least 10"  # z1, o1, o2

@@ -1173,10 +1173,12 @@ class Transaction:
         """Everything recorded under user ``previous`` (in tenant ``tenants[0]``) now
         belongs to ``user_id`` (in ``tenants[1]``), its qualifications in ``round_``:
         events, rollups, qualifications, history, trait history, hand-offs and import
-        bookkeeping are written to the user's tenant and removed from the old one (never
-        an update of a tenant key); pending deliveries, account qualifications the previous
-        id completed and the ids linked to it follow by user id (an alias is named
-        cross-tenant work, as group and forget are)."""
+        bookkeeping are written to the user's tenant and removed from the old one (never an
+        update of a tenant key), except that events and rollups recorded with the old
+        tenant's account stay there too (rewritten to ``user_id``), as a group move keeps
+        them; pending deliveries, account qualifications the previous id completed and the
+        ids linked to it follow by user id (an alias is named cross-tenant work, as group
+        and forget are)."""
         args = {"old": tenants[0], "new": tenants[1], "prev": previous, "user": user_id,
                 "round": round_}
         for table, who, order in _MERGED:
@@ -1192,19 +1194,27 @@ class Transaction:
             for row in found:  # read, removed, written back: no key is ever shared
                 row["tenant_key"] = user_id if keyed_by_user else tenants[1]
                 row[who] = user_id
-                if table == "qualifications":
-                    row["round"] = round_
                 if table in _RENUMBERED:
                     row.pop("id", None)
-                names = ", ".join(row)
-                self.conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES "
-                                  f"({', '.join('?' * len(row))})", list(row.values()))
+                if table == "qualifications":
+                    row["round"] = round_
+                if (table in ("events", "event_rollups") and tenants[0] != tenants[1]
+                        and row["account_id"] == tenants[0]):
+                    # as a group move does: what was recorded with the old account stays
+                    # in its tenant (its rules count it) and the user takes a copy
+                    self._insert_row(table, {**row, "tenant_key": tenants[0]})
+                self._insert_row(table, row)
         for sql in (
             "UPDATE qualifications SET user_id = :user WHERE user_id = :prev",
             "UPDATE outbox SET user_id = :user WHERE user_id = :prev",
             "UPDATE aliases SET user_id = :user WHERE user_id = :prev",
         ):
             self.conn.execute(sql, args)
+
+    def _insert_row(self, table: str, row: dict[str, Any]) -> None:
+        # an event whose message id the tenant already holds is stored there once
+        self.conn.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(row)}) VALUES "
+                          f"({', '.join('?' * len(row))})", list(row.values()))
 
     def rename_user(self, previous: str, user_id: str) -> tuple[str, str]:
         """``user_id`` (never seen) takes the previous subject's place: a user row and a
