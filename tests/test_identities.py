@@ -308,3 +308,32 @@ def test_alias_leaves_the_old_accounts_events_in_it_and_a_later_group_keeps_them
     client.group("ada", "accA", timestamp=day(2))
     assert "e: 3 of at least 10" in client.explain("ada")  # o1, o2, a1: none deleted
     assert _count(client, account_id="accA") == "✗ e: 3 of at least 10"  # z1, o1, o2
+
+
+ACCEPT = {"accept_within": "2d"}
+EV2 = {"rules": [{"name": "ev", "all": [{"event": "e", "at_least": 2}]}],
+       "lifecycle": ACCEPT}
+
+
+def test_alias_into_a_settled_user_settles_the_previous_ids_handoffs(make_client):
+    """Sales settled the user (a customer; disqualified): the anonymous id's hand-off is
+    closed with it, and a disqualified user's incoming qualification joins the round its
+    rejection closed, not the live one (review s13)."""
+    client = make_client(EV2)
+    client.track("w", "e", timestamp=day(0))
+    client.set_stage("w", stage="disqualified", reason="competitor", timestamp=day(1))
+    client.track(None, "e", anonymous_id="anw", timestamp=day(2))
+    client.track(None, "e", anonymous_id="anw", timestamp=day(2))
+    client.alias("anw", "w", timestamp=day(3))
+    status = client.status("w")
+    assert status.stage == "disqualified"
+    assert [q.subject_id for q in status.qualifications] == ["w"]  # kept, not lost
+    assert "ev" in status.progress  # not met in the live round
+    client.track("cust", "x", timestamp=day(0))
+    client.set_stage("cust", stage="customer", timestamp=day(1))
+    client.track(None, "e", anonymous_id="anc", timestamp=day(2))
+    client.track(None, "e", anonymous_id="anc", timestamp=day(2))
+    client.identify("cust", anonymous_id="anc", timestamp=day(3))
+    assert client.status("cust").stage == "customer"
+    assert client.overdue(as_of=day(10)) == []
+

@@ -1361,11 +1361,18 @@ class Transaction:
         tenant = self.tenant_for(subject_type, subject_id)
         self.conn.execute(f"{sql} WHERE tenant_key = :tenant AND {key} = :id",
                           {"to": to_stage, "at": at, "id": subject_id, "tenant": tenant})
-        if to_stage in SETTLING_STAGES:  # sales accepted or rejected its qualifications
-            self.conn.execute("DELETE FROM handoffs WHERE tenant_key = ? AND subject_type = ? "
-                              "AND subject_id = ?", (tenant, subject_type, subject_id))
+        self.settle_handoffs(subject_type, subject_id, to_stage)
         self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
                               reason, criteria)
+
+    def settle_handoffs(self, subject_type: str, subject_id: str, stage: str) -> None:
+        """Close the subject's open hand-offs when ``stage`` settles them (sales accepted or
+        rejected its qualifications)."""
+        if stage in SETTLING_STAGES:
+            self.conn.execute("DELETE FROM handoffs WHERE tenant_key = ? AND subject_type = ? "
+                              "AND subject_id = ?",
+                              (self.tenant_for(subject_type, subject_id), subject_type,
+                               subject_id))
 
     def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's stage changes, oldest first."""
