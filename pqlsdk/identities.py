@@ -70,7 +70,7 @@ def link(tx: Transaction, previous: str, user_id: str, ts: int) -> Linked:
         return Linked(target, False)
     if new is None:  # the user takes over the previous subject as it is
         tenants = tx.rename_user(previous, target)
-        tx.move_user_rows(previous, target, old["round"], tenants)
+        tx.move_user_rows(previous, target, None, tenants)
         return Linked(target, True)
     _keep_earlier_qualifications(tx, previous, target)
     traits = {**json.loads(old["traits"] or "{}"), **json.loads(new["traits"] or "{}")}

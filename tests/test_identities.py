@@ -337,3 +337,19 @@ def test_alias_into_a_settled_user_settles_the_previous_ids_handoffs(make_client
     assert client.status("cust").stage == "customer"
     assert client.overdue(as_of=day(10)) == []
 
+
+def test_alias_keeps_every_firing_of_the_previous_id_and_their_handoffs(make_client):
+    """"pre" qualified in rounds 0 and 1 (sales rejected it between): both qualifications
+    move to ada with their ids, and the open hand-off follows the round-1 one (review s14)."""
+    client = make_client({"rules": [{"name": "r", "all": [{"event": "e"}]}],
+                          "lifecycle": ACCEPT})
+    client.track("pre", "e", timestamp=day(0))
+    client.set_stage("pre", stage="unqualified", reason="no budget", timestamp=day(1))
+    client.track("pre", "e", timestamp=day(2))
+    before = [q.id for q in client.qualifications()]
+    assert len(before) == 2
+    client.track("ada", "x", timestamp=day(3))
+    client.alias("pre", "ada", timestamp=day(4))
+    after = client.qualifications()
+    assert [(q.id, q.subject_id) for q in after] == [(before[0], "ada"), (before[1], "ada")]
+    assert [o.qualification_id for o in client.overdue(as_of=day(30))] == [before[1]]

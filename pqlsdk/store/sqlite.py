@@ -1168,10 +1168,11 @@ class Transaction:
             "DELETE FROM qualifications WHERE tenant_key = ? AND subject_type = 'user' "
             "AND subject_id = ? AND rule = ? AND shadow = ?", args)
 
-    def move_user_rows(self, previous: str, user_id: str, round_: int,
+    def move_user_rows(self, previous: str, user_id: str, round_: int | None,
                        tenants: tuple[str, str]) -> None:
         """Everything recorded under user ``previous`` (in tenant ``tenants[0]``) now
-        belongs to ``user_id`` (in ``tenants[1]``), its qualifications in ``round_``:
+        belongs to ``user_id`` (in ``tenants[1]``), its qualifications in ``round_``
+        (None: each in its own), each the next firing of its rule there (none is dropped):
         events, rollups, qualifications, history, trait history, hand-offs and import
         bookkeeping are written to the user's tenant and removed from the old one (never an
         update of a tenant key), except that events and rollups recorded with the old
@@ -1197,7 +1198,8 @@ class Transaction:
                 if table in _RENUMBERED:
                     row.pop("id", None)
                 if table == "qualifications":
-                    row["round"] = round_
+                    self._merge_qualification(row, round_)
+                    continue
                 if (table in ("events", "event_rollups") and tenants[0] != tenants[1]
                         and row["account_id"] == tenants[0]):
                     # as a group move does: what was recorded with the old account stays
@@ -1214,6 +1216,22 @@ class Transaction:
     def _insert_row(self, table: str, row: dict[str, Any]) -> None:
         # an event whose message id the tenant already holds is stored there once
         self.conn.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(row)}) VALUES "
+                          f"({', '.join('?' * len(row))})", list(row.values()))
+
+    def _merge_qualification(self, row: dict[str, Any], round_: int | None) -> None:
+        """Write a merged qualification (its id kept: it was delivered) in ``round_`` (None:
+        its own round) as the next firing of its rule there, so that no distinct firing of
+        the previous id collides with another and is lost."""
+        if round_ is not None:
+            row["round"] = round_
+        taken = self.conn.execute(
+            "SELECT max(firing) FROM qualifications WHERE tenant_key = ? "
+            "AND subject_type = 'user' AND subject_id = ? AND rule = ? AND shadow = ? "
+            "AND round = ?", (row["tenant_key"], row["subject_id"], row["rule"],
+                              row["shadow"], row["round"])).fetchone()[0]
+        if taken is not None:
+            row["firing"] = max(int(row.get("firing") or 0), taken + 1)
+        self.conn.execute(f"INSERT INTO qualifications ({', '.join(row)}) VALUES "
                           f"({', '.join('?' * len(row))})", list(row.values()))
 
     def rename_user(self, previous: str, user_id: str) -> tuple[str, str]:
