@@ -70,20 +70,30 @@ def link(tx: Transaction, previous: str, user_id: str, ts: int) -> Linked:
         return Linked(target, False)
     if new is None:  # the user takes over the previous subject as it is
         tenants = tx.rename_user(previous, target)
-        tx.move_user_rows(previous, target, old["round"], tenants)
+        tx.move_user_rows(previous, target, None, tenants)
         return Linked(target, True)
     _keep_earlier_qualifications(tx, previous, target)
     traits = {**json.loads(old["traits"] or "{}"), **json.loads(new["traits"] or "{}")}
     tenants = tx.merge_user_row(previous, target, json.dumps(traits, sort_keys=True))
-    tx.move_user_rows(previous, target, new["round"], tenants)
+    tx.move_user_rows(previous, target, merged_round(new["stage"], new["round"]), tenants)
     tx.lock_subjects(target, None)  # the call goes on in the user's tenant
     stage = merged_stage(old["stage"], new["stage"])
+    # sales settled the user (sql or later, or a side state): what the previous id
+    # qualified for is settled with it, as a stage move settles it
+    tx.settle_handoffs("user", target, stage)
     if stage == new["stage"]:
         return Linked(target, True)
     reason = f"alias of {previous}"
     tx.change_stage("user", target, new["stage"], stage, ts, ALIAS_SOURCE, reason)
     return Linked(target, True, StageChange("user", target, new["stage"], stage,
                                             from_micros(ts), ALIAS_SOURCE, reason))
+
+
+def merged_round(user_stage: str, user_round: int) -> int:
+    """The round the previous id's qualifications join: the user's current one, or, for a
+    user sales put in a side state, the round that move closed (they are not live in the
+    round after a rejection; sales judged the person already)."""
+    return user_round - 1 if user_stage in SIDE_STATES else user_round
 
 
 def merged_stage(previous: str, user: str) -> str:

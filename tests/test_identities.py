@@ -279,3 +279,77 @@ def test_forget_erases_the_links_too(make_client):
         assert tx.rows("aliases", "user_id = ? OR tenant_key = ?", ["ada", "v1"]) == []
     client.track(None, "visited", anonymous_id="v1", timestamp=day(2))  # a new visitor
     assert [c.source for c in client.history("v1")] == ["first_seen"]
+
+
+E10 = {"rules": [
+    {"name": "acct10", "subject": "account", "all": [{"event": "e", "at_least": 10}]},
+    {"name": "u10", "all": [{"event": "e", "at_least": 10}]},
+]}
+
+
+def _count(client, **subject) -> str:
+    return client.explain(**subject).splitlines()[-1].strip()
+
+
+def test_alias_leaves_the_old_accounts_events_in_it_and_a_later_group_keeps_them(
+        make_client):
+    """An alias moves the previous id's events as a group move does: those recorded with
+    an account stay in its tenant (its rules count them) and the user takes a copy; when
+    the user later joins that account, nothing is lost (review s3)."""
+    client = make_client(E10)
+    client.track("old-id", "e", account_id="accA", message_id="o1", timestamp=day(0))
+    client.track("old-id", "e", account_id="accA", message_id="o2", timestamp=day(0))
+    client.track("z", "e", account_id="accA", message_id="z1", timestamp=day(0))
+    client.track("ada", "e", account_id="accB", message_id="a1", timestamp=day(0))
+    client.alias("old-id", "ada", timestamp=day(1))
+    assert _count(client, account_id="accA") == "✗ e: 3 of at least 10"  # z1, o1, o2
+    assert _count(client, account_id="accB") == "✗ e: 1 of at least 10"  # a1
+    assert "e: 3 of at least 10" in client.explain("ada")  # o1, o2, a1
+    client.group("ada", "accA", timestamp=day(2))
+    assert "e: 3 of at least 10" in client.explain("ada")  # o1, o2, a1: none deleted
+    assert _count(client, account_id="accA") == "✗ e: 3 of at least 10"  # z1, o1, o2
+
+
+ACCEPT = {"accept_within": "2d"}
+EV2 = {"rules": [{"name": "ev", "all": [{"event": "e", "at_least": 2}]}],
+       "lifecycle": ACCEPT}
+
+
+def test_alias_into_a_settled_user_settles_the_previous_ids_handoffs(make_client):
+    """Sales settled the user (a customer; disqualified): the anonymous id's hand-off is
+    closed with it, and a disqualified user's incoming qualification joins the round its
+    rejection closed, not the live one (review s13)."""
+    client = make_client(EV2)
+    client.track("w", "e", timestamp=day(0))
+    client.set_stage("w", stage="disqualified", reason="competitor", timestamp=day(1))
+    client.track(None, "e", anonymous_id="anw", timestamp=day(2))
+    client.track(None, "e", anonymous_id="anw", timestamp=day(2))
+    client.alias("anw", "w", timestamp=day(3))
+    status = client.status("w")
+    assert status.stage == "disqualified"
+    assert [q.subject_id for q in status.qualifications] == ["w"]  # kept, not lost
+    assert "ev" in status.progress  # not met in the live round
+    client.track("cust", "x", timestamp=day(0))
+    client.set_stage("cust", stage="customer", timestamp=day(1))
+    client.track(None, "e", anonymous_id="anc", timestamp=day(2))
+    client.track(None, "e", anonymous_id="anc", timestamp=day(2))
+    client.identify("cust", anonymous_id="anc", timestamp=day(3))
+    assert client.status("cust").stage == "customer"
+    assert client.overdue(as_of=day(10)) == []
+
+
+def test_alias_keeps_every_firing_of_the_previous_id_and_their_handoffs(make_client):
+    """"pre" qualified in rounds 0 and 1 (sales rejected it between): both qualifications
+    move to ada with their ids, and the open hand-off follows the round-1 one (review s14)."""
+    client = make_client({"rules": [{"name": "r", "all": [{"event": "e"}]}],
+                          "lifecycle": ACCEPT})
+    client.track("pre", "e", timestamp=day(0))
+    client.set_stage("pre", stage="unqualified", reason="no budget", timestamp=day(1))
+    client.track("pre", "e", timestamp=day(2))
+    before = [q.id for q in client.qualifications()]
+    assert len(before) == 2
+    client.track("ada", "x", timestamp=day(3))
+    client.alias("pre", "ada", timestamp=day(4))
+    after = client.qualifications()
+    assert [(q.id, q.subject_id) for q in after] == [(before[0], "ada"), (before[1], "ada")]
+    assert [o.qualification_id for o in client.overdue(as_of=day(30))] == [before[1]]

@@ -1204,15 +1204,18 @@ class Transaction:
             "DELETE FROM qualifications WHERE tenant_key = ? AND subject_type = 'user' "
             "AND subject_id = ? AND rule = ? AND shadow = ?", args)
 
-    def move_user_rows(self, previous: str, user_id: str, round_: int,
+    def move_user_rows(self, previous: str, user_id: str, round_: int | None,
                        tenants: tuple[str, str]) -> None:
         """Everything recorded under user ``previous`` (in tenant ``tenants[0]``) now
-        belongs to ``user_id`` (in ``tenants[1]``), its qualifications in ``round_``:
+        belongs to ``user_id`` (in ``tenants[1]``), its qualifications in ``round_``
+        (None: each in its own), each the next firing of its rule there (none is dropped):
         events, rollups, qualifications, history, trait history, hand-offs and import
-        bookkeeping are written to the user's tenant and removed from the old one (never
-        an update of a tenant key); pending deliveries, account qualifications the previous
-        id completed and the ids linked to it follow by user id (an alias is named
-        cross-tenant work, as group and forget are)."""
+        bookkeeping are written to the user's tenant and removed from the old one (never an
+        update of a tenant key), except that events and rollups recorded with the old
+        tenant's account stay there too (rewritten to ``user_id``), as a group move keeps
+        them; pending deliveries, account qualifications the previous id completed and the
+        ids linked to it follow by user id (an alias is named cross-tenant work, as group
+        and forget are)."""
         args = {"old": tenants[0], "new": tenants[1], "prev": previous, "user": user_id,
                 "round": round_}
         for table, who, order in _MERGED:
@@ -1228,19 +1231,44 @@ class Transaction:
             for row in found:  # read, removed, written back: no key is ever shared
                 row["tenant_key"] = user_id if keyed_by_user else tenants[1]
                 row[who] = user_id
-                if table == "qualifications":
-                    row["round"] = round_
                 if table in _RENUMBERED:
                     row.pop("id", None)
-                names = ", ".join(row)
-                self.conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES "
-                                  f"({', '.join('?' * len(row))})", list(row.values()))
+                if table == "qualifications":
+                    self._merge_qualification(row, round_)
+                    continue
+                if (table in ("events", "event_rollups") and tenants[0] != tenants[1]
+                        and row["account_id"] == tenants[0]):
+                    # as a group move does: what was recorded with the old account stays
+                    # in its tenant (its rules count it) and the user takes a copy
+                    self._insert_row(table, {**row, "tenant_key": tenants[0]})
+                self._insert_row(table, row)
         for sql in (
             "UPDATE qualifications SET user_id = :user WHERE user_id = :prev",
             "UPDATE outbox SET user_id = :user WHERE user_id = :prev",
             "UPDATE aliases SET user_id = :user WHERE user_id = :prev",
         ):
             self.conn.execute(sql, args)
+
+    def _insert_row(self, table: str, row: dict[str, Any]) -> None:
+        # an event whose message id the tenant already holds is stored there once
+        self.conn.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(row)}) VALUES "
+                          f"({', '.join('?' * len(row))})", list(row.values()))
+
+    def _merge_qualification(self, row: dict[str, Any], round_: int | None) -> None:
+        """Write a merged qualification (its id kept: it was delivered) in ``round_`` (None:
+        its own round) as the next firing of its rule there, so that no distinct firing of
+        the previous id collides with another and is lost."""
+        if round_ is not None:
+            row["round"] = round_
+        taken = self.conn.execute(
+            "SELECT max(firing) FROM qualifications WHERE tenant_key = ? "
+            "AND subject_type = 'user' AND subject_id = ? AND rule = ? AND shadow = ? "
+            "AND round = ?", (row["tenant_key"], row["subject_id"], row["rule"],
+                              row["shadow"], row["round"])).fetchone()[0]
+        if taken is not None:
+            row["firing"] = max(int(row.get("firing") or 0), taken + 1)
+        self.conn.execute(f"INSERT INTO qualifications ({', '.join(row)}) VALUES "
+                          f"({', '.join('?' * len(row))})", list(row.values()))
 
     def rename_user(self, previous: str, user_id: str) -> tuple[str, str]:
         """``user_id`` (never seen) takes the previous subject's place: a user row and a
@@ -1387,11 +1415,18 @@ class Transaction:
         tenant = self.tenant_for(subject_type, subject_id)
         self.conn.execute(f"{sql} WHERE tenant_key = :tenant AND {key} = :id",
                           {"to": to_stage, "at": at, "id": subject_id, "tenant": tenant})
-        if to_stage in SETTLING_STAGES:  # sales accepted or rejected its qualifications
-            self.conn.execute("DELETE FROM handoffs WHERE tenant_key = ? AND subject_type = ? "
-                              "AND subject_id = ?", (tenant, subject_type, subject_id))
+        self.settle_handoffs(subject_type, subject_id, to_stage)
         self.add_stage_change(subject_type, subject_id, from_stage, to_stage, at, source,
                               reason, criteria)
+
+    def settle_handoffs(self, subject_type: str, subject_id: str, stage: str) -> None:
+        """Close the subject's open hand-offs when ``stage`` settles them (sales accepted or
+        rejected its qualifications)."""
+        if stage in SETTLING_STAGES:
+            self.conn.execute("DELETE FROM handoffs WHERE tenant_key = ? AND subject_type = ? "
+                              "AND subject_id = ?",
+                              (self.tenant_for(subject_type, subject_id), subject_type,
+                               subject_id))
 
     def history(self, subject_type: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's stage changes, oldest first."""
