@@ -21,6 +21,7 @@ from . import backtest as backtests
 from . import calls, handoff, privacy, reports, validation
 from . import suggest as suggestions
 from .calls import Call
+from .commits import SharedCommits
 from .engine import Engine, known_subject
 from .errors import DeliveryNameWarning, StoreBusy, ValidationError
 from .explain import explain_lines
@@ -101,6 +102,10 @@ class Client:
         values, sums and scores without a window stay exact. A rule whose window is longer
         is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
+    :param shared_commits: calls made at the same time from several threads are applied
+        by one of them in one transaction (each in a savepoint of its own) and each returns
+        once that transaction committed (see the README's "Threads"); ``False``: one
+        transaction per call.
     :param lifecycle: the ``[lifecycle]`` section as a dict (``{"accept_within": "2d"}``),
         for rules given as Python objects.
     :param send: ``False`` records, evaluates, stores qualifications and runs callbacks but
@@ -134,6 +139,7 @@ class Client:
         connect_timeout: float = 10.0,
         statement_timeout: float | None = None,
         lock_timeout: float | None = None,
+        shared_commits: bool = True,
     ) -> None:
         self.rules: RuleSet = load_rules(rules, scoring, lifecycle)
         keep = parse_retention(retention)
@@ -178,6 +184,8 @@ class Client:
             database, busy_timeout=busy_timeout, synchronous=synchronous, schema=schema,
             connect_timeout=connect_timeout, statement_timeout=statement_timeout,
             lock_timeout=lock_timeout)
+        self._shared_commits = shared_commits
+        self._commits = SharedCommits(self.store)
         self._outbox = Outbox(self.store, segment=segment, on_error=on_error,
                               max_retries=max_retries, max_backoff=max_backoff,
                               lease=delivery_lease, send=send)
@@ -530,7 +538,8 @@ class Client:
                                    integrations=integrations)
 
     def _record(self, call: Call) -> list[Qualification]:
-        outcome = self.store.transact(lambda tx: self.engine.apply(tx, call))
+        run = self._commits.run if self._shared_commits else self.store.transact
+        outcome = run(lambda tx: self.engine.apply(tx, call))
         created = list(outcome.qualifications)
         _log_created(created)
         self._dispatch(outcome.queued)
@@ -1098,6 +1107,7 @@ def _forget_after_fork(client: Client) -> None:
         if child is None or child._closed:
             return
         child.store.reopen_after_fork()
+        child._commits = SharedCommits(child.store)
         child._worker = Worker(child._outbox, child._worker.poll_interval)
         child._outbox.after_fork()
         child._closing = threading.Event()

@@ -1,14 +1,15 @@
 """``pqlsdk copy pql.db postgresql://...``: move an embedded file into PostgreSQL.
 
 Copies the user directory, events, users, accounts (traits, stage, rounds), stage history,
-qualifications, pruned-event rollups, the import bookkeeping, forgotten ids and the outbox
-rows still pending or failed, each row with its tenant key as the file has it. Each chunk of
-a table travels by ``COPY ... FROM STDIN`` into a temporary staging table, then ``INSERT ...
-SELECT ... ON CONFLICT DO NOTHING`` moves it into the table, in one transaction with how far
-the copy got (table ``copy_progress``, per source file). So it is idempotent and resumable:
-a stopped copy resumes where it stopped and a second run adds nothing. Rows keyed by their
-own id (users, accounts, qualifications, import ids) are inserted unless there; the others
-resume by the file's row id.
+qualifications, pruned-event rollups, the import bookkeeping (with each file's checkpoint),
+forgotten ids and the outbox rows still pending or failed, each row with its tenant key as
+the file has it (a mirrored track's row refers to its event by message id, which the copy
+keeps). Each chunk of a table travels by ``COPY ... FROM STDIN`` into a temporary staging
+table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` moves it into the table, in one
+transaction with how far the copy got (table ``copy_progress``, per source file). So it is
+idempotent and resumable: a stopped copy resumes where it stopped and a second run adds
+nothing. Rows keyed by their own id (users, accounts, qualifications, import ids and
+checkpoints) are inserted unless there; the others resume by the file's row id.
 
     >>> copy_file("pql.db", "postgresql://app@db/app")
     CopyResult(copied={'events': 1200, ...})
@@ -66,6 +67,7 @@ TABLES: list[Table] = [
     Table("import_done", ["tenant_key", "message_id", "user_id"]),
     Table("import_staging", ["tenant_key", "message_id", "ts", "line_no", "kind", "user_id",
                              "account_id", "event", "data"]),
+    Table("import_checkpoints", ["source", "ts", "line_no", "applied", "updated_at"]),
     Table("forgotten", ["hash"]),
     Table("outbox", ["tenant_key", "destination", "kind", "user_id", "payload", "status",
                      "attempts", "next_attempt_at", "last_error", "created_at", "format"],

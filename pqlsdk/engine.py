@@ -25,12 +25,13 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+from . import bulk
 from .calls import Call
 from .errors import UnknownSubject
 from .evaluator import holds, measure
@@ -41,7 +42,7 @@ from .models import Qualification, StageChange, Status
 from .outbox import Outbox, wall_micros
 from .qualifier import done_key, qualify
 from .rules import Rule, RuleSet
-from .store import Transaction
+from .store import EVENT_REF_FORMAT, Transaction
 from .timestamps import to_micros
 
 #: A forward stage move and the qualification that caused it.
@@ -132,22 +133,33 @@ class Engine:
         user, account = load_subjects(tx, call.user_id, call.account_id, ts, new)
         account_id = account.id if account else None
         moves: list[Move] = []
+        # a mirrored track's outbox row refers to its event by message id (the event row
+        # keeps the one generated for Segment when the call gave none), when the event row
+        # holds the whole message: the call's own user id, no context, integrations or
+        # anonymous id (else the row holds the message, as identify's and group's do)
+        mirror_id = (call.message_id or _new_id()) if (
+            call.kind == "track" and self.forward_events and deliver
+            and given.user_id == call.user_id and call.context is None
+            and call.integrations is None and call.anonymous_id is None) else None
+        message_id = mirror_id or call.message_id
         if call.kind == "track":
             if call.context is None and call.integrations is None:
-                inserted = tx.insert_event(call.message_id, call.user_id, account_id,
+                inserted = tx.insert_event(message_id, call.user_id, account_id,
                                            call.event, ts, call.data_json)
             else:
-                inserted = tx.insert_event_with(call.message_id, call.user_id, account_id,
+                inserted = tx.insert_event_with(message_id, call.user_id, account_id,
                                                 call.event, ts, call.data_json, call.context,
                                                 call.integrations)
             if not inserted:
                 return Outcome(applied=False)
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
-                                    account_id=account_id, at=call.at, moves=moves)
+                                    account_id=account_id, at=call.at, moves=moves,
+                                    event=(call.event, call.data_json))
             if account is not None and account_rules:
                 created += self._qualify(tx, account_rules, account, user_id=call.user_id,
-                                         account_id=account_id, at=call.at, moves=moves)
+                                         account_id=account_id, at=call.at, moves=moves,
+                                         event=(call.event, call.data_json))
         elif call.kind == "identify":
             _keep_context(tx, call, account_id, ts)
             user, changed = merge_traits(tx, user, call.data, ts)
@@ -165,8 +177,15 @@ class Engine:
             created += self._check_first_seen(tx, new, call, account_id, moves)
         if not deliver or not (created or self.forward_events):
             return linked.merge(Outcome(tuple(created), tuple(moves)))
-        message = call_message(given, account_id) if self.forward_events else None
+        # a mirrored track by reference: its message is built from the event row at delivery
+        message = (call_message(given, account_id)
+                   if self.forward_events and mirror_id is None else None)
         queued = self._enqueue(tx, created, moves, call.kind, call.user_id, message)
+        if mirror_id is not None:
+            self.outbox.write(tx, [self.outbox.event_row(mirror_id, call.user_id,
+                                                         wall_micros())],
+                              payload_format=EVENT_REF_FORMAT)
+            queued = True
         return linked.merge(Outcome(tuple(created), tuple(moves), queued=queued))
 
     def _check_first_seen(self, tx: Transaction, new: list[str], call: Call,
@@ -227,6 +246,19 @@ class Engine:
                     tx.enqueue(rows)
                     queued = True
         return Outcome(tuple(created), tuple(moves), linked.stage_change, queued)
+
+    # -- bulk ----------------------------------------------------------------------------
+
+    def replay_tracks(self, tx: Transaction, tracks: Sequence[bulk.Track], *,
+                      deliver: bool = False) -> Outcome:
+        """Record recorded track calls (in time order, none stored yet) in bulk: their
+        events in one statement, then only the rules each can change, in time order, with
+        the same result as :meth:`replay` of each (see :mod:`pqlsdk.bulk`)."""
+        result = bulk.apply_tracks(
+            tx, bulk.Rules(self._by_event, self._qualify, self._first_seen), tracks)
+        queued = deliver and self._enqueue(tx, result.qualifications, result.moves,
+                                           "evaluate", "", None)
+        return Outcome(tuple(result.qualifications), tuple(result.moves), queued=queued)
 
     # -- stages ---------------------------------------------------------------------------
 

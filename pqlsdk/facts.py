@@ -32,6 +32,8 @@ class Subject(NamedTuple):
     #: When the current round began (events before it do not count), or None.
     since: int | None = None
     done: frozenset[str | tuple[str]] = frozenset()
+    #: Created by the call being recorded: its one event is that call's (nothing to read).
+    new: bool = False
 
     @classmethod
     def from_row(cls, subject_type: str, subject_id: str, row: SubjectRow) -> Subject:
@@ -51,7 +53,7 @@ def load_subjects(
         tx.add_user(user_id, account_id, ts)
         if created is not None:
             created.append("user")
-        user = Subject("user", user_id)
+        user = Subject("user", user_id, new=True)
     else:
         user = Subject.from_row("user", user_id, row.user)
         if account_id is None or account_id == row.account_id:
@@ -61,8 +63,10 @@ def load_subjects(
         tx.move_user(user_id, account_id)
     if account_id is None:
         return user, None
-    if tx.add_account(account_id, ts) and created is not None:
-        created.append("account")
+    if tx.add_account(account_id, ts):
+        if created is not None:
+            created.append("account")
+        return user, Subject("account", account_id, new=True)
     return user, load_subject(tx, "account", account_id)
 
 
@@ -137,6 +141,37 @@ class SubjectFacts:
         return compute(self.scoring or Scoring(), self)
 
 
+class FirstEventFacts(SubjectFacts):
+    """Facts of a subject the call being recorded created: it has no traits, no round and
+    one event, that call's (``event`` with ``properties`` JSON at ``until``), so every
+    condition is answered without a statement (a signup costs the inserts only)."""
+
+    def __init__(self, subject: Subject, until: int, scoring: Scoring | None, event: str,
+                 properties: str) -> None:
+        super().__init__(None, subject, until, scoring)  # type: ignore[arg-type]
+        self.event, self.properties = event, properties
+
+    def _one(self, event: str, since: int | None) -> bool:
+        return event == self.event and (since is None or self.until >= since)
+
+    def measure(self, condition: EventCondition, limit: int | None) -> float:
+        """The one event, folded like the stored ones (the window always holds it)."""
+        if condition.event != self.event:
+            return 0.0 if condition.sum is not None else 0
+        matches = condition.matches_properties if condition.where else None
+        return fold([(json.loads(self.properties), 1)], condition, limit, matches)
+
+    def event_rows(self, event: str, since: int | None, limit: int | None
+                   ) -> Iterator[tuple[int, str]]:
+        """The one event, if it is of ``event`` and in range."""
+        one = self._one(event, since) and limit != 0
+        return iter([(self.until, self.properties)] if one else [])
+
+    def weighted_counts(self, lines: list[tuple[str, int | None, int | None, int | None]]
+                        ) -> list[float]:
+        """1.0 (an event of age 0 weighs 1 whatever the half-life) per line it counts for."""
+        return [1.0 if self._one(event, since) and limit != 0 else 0.0
+                for event, since, _, limit in lines]
 def distinct_key(value: Any) -> str:
     """How ``distinct`` tells values apart: as text, as PostHog's and Mixpanel's distinct
     counts of a property do, so ``1``, ``1.0`` and ``"1"`` are one value (as are ``true``

@@ -2,16 +2,21 @@
 
     result = import_jsonl(client, "export.jsonl")
 
-1. **Stage.** Every line is parsed and validated as it streams in (bounded memory) and
-   staged into an ``import_staging`` table of the same SQLite file, keyed by its
-   ``messageId`` (or, without one, a hash of the line), in batched transactions.
-2. **Replay.** Staged messages (validated, stored as columns) are applied in ``(timestamp,
-   line)`` order, many per transaction, each through :meth:`pqlsdk.engine.Engine.replay`
-   (the same path as a live ``track``/``identify``/``group`` or ``set_stage``), so the
-   qualifications, their ``qualified_at`` and the stages equal those of a live run of the
-   same messages in time order. Each batch removes its staged rows and records their ids in
-   ``import_done`` in the same transaction: killed at any point, a re-run resumes where it
-   stopped, and re-importing a file adds nothing.
+1. **Sort.** Every line is parsed and validated as it streams in and added to sorted runs
+   (:class:`pqlsdk.runs.SortedRuns`): bounded chunks sorted in memory, spilled to
+   temporary files, merged with ``heapq.merge``. A file already in time order (as Segment's
+   archives mostly are) is one run, streamed straight back.
+2. **Replay.** Messages come back in ``(timestamp, line)`` order and are applied a batch
+   per transaction: the batch's new events in one ``executemany``, then only the rules
+   each event can change, for its user and account, in time order
+   (:func:`pqlsdk.bulk.apply_tracks`); identify, group and stage messages through the same
+   code as the live calls. The qualifications, their ``qualified_at`` and the stages equal
+   those of a live run of the same messages in time order.
+3. **Resume.** Each batch's transaction also records a checkpoint for the file (a digest
+   of its lines): the last message applied. Killed at any point, a re-run reads the file
+   again and skips what the checkpoint covers; re-importing a file adds nothing (an event
+   already stored, by its message id in its user's tenant as a live call's, or an
+   identify/group/stage already imported is skipped whatever file it comes from).
 
 The input is read as bytes, plain or gzipped (known by its magic bytes, as Segment's
 archives are), and decoded line by line. A bad line stops nothing that was good, whatever it
@@ -24,28 +29,33 @@ unreadable file is refused by :func:`open_source` before any database is made.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import attrs
 
-from . import calls, validation
+from . import bulk, calls, validation
 from .calls import Call
 from .client import Client
+from .engine import Outcome
 from .errors import PqlError, StoreError, ValidationError
+from .outbox import wall_micros
+from .runs import SortedRuns
 from .store import Transaction
 from .timestamps import coerce, from_micros, to_micros
 
-#: Messages per transaction, staging and replay alike.
+#: Messages per transaction.
 BATCH = 2_000
+#: Messages sorted in memory before a run is spilled to a temporary file.
+CHUNK = 100_000
 KINDS = ("track", "identify", "group", "page", "screen", "alias")
 
 
@@ -53,9 +63,9 @@ KINDS = ("track", "identify", "group", "page", "screen", "alias")
 class ImportResult:
     """What an import did: lines read, messages applied, duplicates skipped (already
     imported, or the same messageId twice), other message types skipped, and each bad line
-    as ``(line number, reason)``. A line an interrupted earlier run had staged but not
-    applied is applied now: it counts in ``applied`` and ``resumed``, never in
-    ``duplicates``."""
+    as ``(line number, reason)``. When an interrupted earlier run of the same file left a
+    checkpoint, the lines it had not applied are applied now: they count in ``applied``
+    and ``resumed``, never in ``duplicates`` (those it applied are duplicates)."""
 
     read: int
     applied: int
@@ -303,9 +313,39 @@ or a :class:`Source`).
         return _Import(client, strict, deliver).run(opened, progress)
 
 
-def _staged_row(number: int, raw: bytes | str) -> tuple[Any, ...] | str:
-    """The staging row of one line, or the other message type to skip; raises whatever
-    makes the line bad."""
+class Message(NamedTuple):
+    """One good line, validated, as the import sorts and replays it: ``(ts, line)`` first,
+    so messages sort in replay order (the line number breaks ties: no two are equal)."""
+
+    ts: int
+    line: int
+    message_id: str
+    kind: str
+    user_id: str
+    account_id: str | None
+    event: str | None
+    data: str
+
+    def call(self) -> Call:
+        """The validated call again (identify, group, alias, stage; a track when it is not
+        applied in bulk)."""
+        traits = json.loads(self.data) if self.kind != "track" else {}
+        if self.kind == "identify":  # the event column holds the anonymous id it links
+            return Call(self.kind, self.user_id, from_micros(self.ts), self.account_id, "",
+                        traits, self.data, anonymous_id=self.event)
+        return Call(self.kind, self.user_id, from_micros(self.ts), self.account_id,
+                    self.event or "", traits, self.data,
+                    self.message_id if self.kind == "track" else None)
+
+    def track(self) -> bulk.Track:
+        """A track message as :func:`pqlsdk.bulk.apply_tracks` takes it."""
+        return bulk.Track(self.message_id, self.ts, self.user_id, self.account_id,
+                          self.event or "", self.data)
+
+
+def _message(number: int, raw: bytes | str) -> Message | str:
+    """The message of one line, or the other message type to skip; raises whatever makes
+    the line bad."""
     parsed = parse_message(_decode(raw))
     if isinstance(parsed, str):
         return parsed
@@ -314,27 +354,18 @@ def _staged_row(number: int, raw: bytes | str) -> tuple[Any, ...] | str:
     # an identify's event column holds the anonymous id it links (an alias's, the previous id)
     event = call.anonymous_id if call.kind == "identify" else call.event
     _text_check(message_id, call.user_id, call.account_id, event, data)
-    return (message_id, ts, number, call.kind, call.user_id, call.account_id,
-            event or None, data)
-
-
-def _stage_rows(tx: Transaction, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
-    """Stage ``rows``: ``(how many an interrupted run had staged already, how many are
-    new)``."""
-    return tx.already_staged([row[0] for row in rows]), tx.stage_messages(rows)
-
-
-def _unstage_one(tx: Transaction, row: tuple[Any, ...]) -> None:
-    tx.finish_staged([(row[0], row[3])], [])
+    return Message(ts, number, message_id, call.kind, call.user_id, call.account_id,
+                   event or None, data)
 
 
 class _Import:
-    """One run of an import: stage every good line, then replay what is staged."""
+    """One run of an import: read and sort every good line, then replay in batches."""
 
     def __init__(self, client: Client, strict: bool, deliver: bool) -> None:
         self.client, self.store, self.strict, self.deliver = client, client.store, strict, deliver
         self.engine = client.engine
         self.errors: list[tuple[int, str]] = []
+        self.applied = self.qualified = self.failed = 0
 
     def bad(self, number: int, reason: str) -> None:
         """Report a bad line (or stop, when strict)."""
@@ -344,111 +375,104 @@ class _Import:
 
     def run(self, source: Source,
             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None) -> ImportResult:
-        """Stage, replay, and say what happened."""
-        read = staged = valid = 0
-        self.resumed = 0
+        """Sort, replay, and say what happened."""
+        read = valid = 0
         skipped: dict[str, int] = {}
-        pending: list[tuple[Any, ...]] = []
-        for number, raw in source.lines():
-            read += 1
-            try:
-                row = _staged_row(number, raw)
-            except Exception as exc:  # a bad line, whatever it holds: reported, not fatal
-                self.bad(number, describe(exc))
-                continue
-            if isinstance(row, str):
-                skipped[row] = skipped.get(row, 0) + 1
-                continue
-            valid += 1
-            pending.append(row)
-            if len(pending) >= BATCH:
-                staged += self.stage(pending)
-        if pending:
-            staged += self.stage(pending)
-        if source.broken is not None:
-            self.bad(*source.broken)
-        applied, qualified = self.replay(progress)
-        return ImportResult(read, applied, valid - staged - self.resumed, skipped,
-                            tuple(self.errors), qualified, self.resumed)
-
-    def stage(self, pending: list[tuple[Any, ...]]) -> int:
-        """Stage a batch in one transaction; if a row makes it fail, stage the rows one by
-        one so that only that row is left out (and reported)."""
-        try:
-            resumed, added = self.store.transact(functools.partial(_stage_rows, rows=pending))
-            # staged by an interrupted run, not applied yet: applied now, not duplicates
-            self.resumed += resumed
-        except StoreError:
-            raise  # the file's problem, not a line's: stop (staged batches are kept)
-        except Exception:
-            added = 0
-            for row in pending:
+        digest = hashlib.blake2b(digest_size=16)
+        with SortedRuns(CHUNK) as runs:
+            for number, raw in source.lines():
+                read += 1
+                digest.update(raw if isinstance(raw, bytes)
+                              else raw.encode("utf-8", "surrogatepass"))
                 try:
-                    resumed, one = self.store.transact(
-                        functools.partial(_stage_rows, rows=[row]))
-                    self.resumed += resumed
-                    added += one
+                    message = _message(number, raw)
+                except Exception as exc:  # a bad line, whatever it holds: reported, not fatal
+                    self.bad(number, describe(exc))
+                    continue
+                if isinstance(message, str):
+                    skipped[message] = skipped.get(message, 0) + 1
+                    continue
+                valid += 1
+                runs.add(message)
+            if source.broken is not None:
+                self.bad(*source.broken)
+            key = digest.hexdigest()
+            with self.store.read() as tx:
+                checkpoint = tx.import_checkpoint(key)
+            skip = (checkpoint[0], checkpoint[1]) if checkpoint else None
+            self.applied = checkpoint[2] if checkpoint else 0
+            first = self.applied
+            messages = runs.merged()
+            batches = range(0, valid, BATCH)
+            for _ in progress(batches, valid) if progress else batches:
+                batch = list(itertools.islice(messages, BATCH))
+                if skip is not None:
+                    batch = [m for m in batch if (m.ts, m.line) > skip]
+                if batch:
+                    self.replay(key, batch)
+        applied = self.applied - first
+        return ImportResult(read, applied, valid - applied - self.failed, skipped,
+                            tuple(self.errors), self.qualified,
+                            applied if checkpoint else 0)
+
+    def replay(self, key: str, batch: list[Message]) -> None:
+        """Apply a batch in one transaction; if one message makes it fail, apply them one
+        per transaction so that only that one is left out (and reported)."""
+        try:
+            done, found, queued = self.store.transact(lambda tx: self.apply(tx, key, batch))
+        except StoreError:
+            raise  # the file's problem, not a line's: stop (applied batches are kept)
+        except Exception:
+            done = found = 0
+            queued = False
+            for message in batch:
+                try:
+                    one, more, wrote = self.store.transact(
+                        lambda tx, m=message: self.apply(tx, key, [m]))  # type: ignore[misc]
                 except StoreError:
                     raise
                 except Exception as exc:
-                    self.bad(row[2], describe(exc))
-        pending.clear()
-        return added
+                    self.bad(message.line, describe(exc))
+                    self.failed += 1
+                    continue
+                self.applied += one
+                done, found, queued = done + one, found + more, queued or wrote
+        else:
+            self.applied += done
+        self.qualified += found
+        if queued:
+            self.client.deliver_pending()
 
-    def replay(self, progress: Callable[[Iterable[Any], int], Iterable[Any]] | None
-               ) -> tuple[int, int]:
-        """Apply staged messages in time order, a batch per transaction."""
-        with self.store.read() as tx:
-            total = tx.staged_count()
-        batches = range(0, total, BATCH)
-        applied = qualified = 0
-        for _ in progress(batches, total) if progress else batches:
-            try:
-                done, found, queued = self.apply(None)
-            except StoreError:
-                raise
-            except Exception:  # one message cannot be applied: the others still are
-                with self.store.read() as tx:
-                    rows = tx.staged_batch(BATCH)
-                done = found = 0
-                queued = False
-                for row in rows:
-                    try:
-                        one, more, wrote = self.apply([row])
-                    except StoreError:
-                        raise
-                    except Exception as exc:
-                        self.bad(row[7], describe(exc))
-                        self.store.transact(functools.partial(_unstage_one, row=row))
-                        continue
-                    done, found, queued = done + one, found + more, queued or wrote
-            applied += done
-            qualified += found
-            if queued:
-                self.client.deliver_pending()
-        return applied, qualified
-
-    def apply(self, rows: list[tuple[Any, ...]] | None) -> tuple[int, int, bool]:
-        """Apply staged rows (None: the next batch) in one transaction: ``(applied,
-        qualifications, queued)``."""
-
-        def apply(tx: Transaction) -> tuple[int, int, bool]:  # may run again: see transact
-            batch = tx.staged_batch(BATCH) if rows is None else rows
-            queued = False
-            qualified = 0
-            for message_id, ts, kind, user_id, account_id, event, data, _ in batch:
-                traits = json.loads(data) if kind != "track" else {}
-                if kind == "identify":  # the event column holds the anonymous id it links
-                    call = Call(kind, user_id, from_micros(ts), account_id, "", traits, data,
-                                anonymous_id=event)
-                else:
-                    call = Call(kind, user_id, from_micros(ts), account_id, event or "",
-                                traits, data, message_id if kind == "track" else None)
-                outcome = self.engine.replay(tx, call, deliver=self.deliver)
-                queued |= outcome.queued
-                qualified += len(outcome.qualifications)
-            tx.finish_staged([(row[0], row[3]) for row in batch],
-                             [(row[0], row[3]) for row in batch if row[2] != "track"])
-            return len(batch), qualified, queued
-
-        return self.store.transact(apply)
+    def apply(self, tx: Transaction, key: str, batch: list[Message]) -> tuple[int, int, bool]:
+        """Apply messages in replay order inside ``tx``: the new ones (a message already
+        stored, or a forgotten user's, is skipped), the tracks in bulk, each other message
+        through the same path as the live call; then move the checkpoint past the last.
+        Returns ``(applied, qualifications, outbox rows written)``."""
+        # a message id is its user's (live calls dedupe it in the user's tenant)
+        known = tx.imported(list({(m.user_id or "", m.message_id) for m in batch}))
+        fresh: list[Message] = []
+        for message in batch:
+            mine = (message.user_id or "", message.message_id)
+            if mine not in known:
+                known.add(mine)  # the same user's id twice in a file: once
+                fresh.append(message)
+        outcome = Outcome()
+        tracks: list[bulk.Track] = []
+        whole = not (self.deliver and self.client.forward_events)  # a mirror row per call
+        for message in fresh:
+            if message.kind == "track" and whole:
+                tracks.append(message.track())
+                continue
+            if tracks:
+                outcome = outcome.merge(self.engine.replay_tracks(tx, tracks,
+                                                                  deliver=self.deliver))
+                tracks = []
+            outcome = outcome.merge(self.engine.replay(tx, message.call(),
+                                                       deliver=self.deliver))
+        if tracks:
+            outcome = outcome.merge(self.engine.replay_tracks(tx, tracks, deliver=self.deliver))
+        tx.remember_imported([(m.message_id, m.user_id) for m in fresh if m.kind != "track"])
+        last = batch[-1]
+        tx.set_import_checkpoint(key, last.ts, last.line, self.applied + len(fresh),
+                                 wall_micros())
+        return len(fresh), len(outcome.qualifications), outcome.queued

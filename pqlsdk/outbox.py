@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .messages import qualification_messages, stage_messages
+from .messages import event_message, qualification_messages, stage_messages
 from .models import Overdue, Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
-from .store import PAYLOAD_FORMAT, Store, StoreClosed, Transaction
+from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed, Transaction
 from .store.base import OutboxKey
 from .timestamps import from_micros
 
@@ -67,13 +67,19 @@ class PassResult(NamedTuple):
 
 def _decode(row: dict[str, Any]) -> Any:
     """A row's payload, or :class:`Undeliverable` if this release cannot read it."""
-    if row.get("format") != PAYLOAD_FORMAT:
+    if row.get("format") not in (PAYLOAD_FORMAT, EVENT_REF_FORMAT):
         raise Undeliverable(f"outbox payload format {row.get('format')!r} is not "
-                            f"{PAYLOAD_FORMAT}, the one this pqlsdk reads")
+                            f"{PAYLOAD_FORMAT} or {EVENT_REF_FORMAT}, the ones this pqlsdk "
+                            f"reads")
     try:
         payload = json.loads(row["payload"])
     except (TypeError, ValueError) as exc:
         raise Undeliverable(f"outbox payload is not JSON: {exc}") from None
+    if row.get("format") == EVENT_REF_FORMAT:
+        if not (isinstance(payload, dict) and isinstance(payload.get("message_id"), str)
+                and isinstance(row.get("user_id"), str)):
+            raise Undeliverable("a mirrored event's row must name its user and message_id")
+        return payload
     if row["kind"] == "qualification":
         if not (isinstance(payload, dict) and isinstance(payload.get("qualification_id"), str)):
             raise Undeliverable("a qualification row must name its qualification_id")
@@ -315,8 +321,18 @@ class Outbox:
     @staticmethod
     def segment_row(kind: str, user_id: str, message: dict[str, Any], now: int
                     ) -> tuple[str, str, str | None, str, int]:
-        """An outbox row mirroring one track/identify/group call to Segment."""
+        """An outbox row mirroring one identify/group call to Segment (the message itself:
+        these calls have no event row to refer to)."""
         return (SEGMENT, kind, user_id, json.dumps([message], default=json_default), now)
+
+    @staticmethod
+    def event_row(message_id: str, user_id: str, now: int
+                  ) -> tuple[str, str, str | None, str, int]:
+        """An outbox row mirroring one track call to Segment, of
+        :data:`~pqlsdk.store.EVENT_REF_FORMAT`: the event's message id (the row's user and
+        the message id find the event row in the user's tenant); the message is built from
+        the event row when it is delivered."""
+        return (SEGMENT, "track", user_id, json.dumps({"message_id": message_id}), now)
 
     # -- delivering -------------------------------------------------------------------------
 
@@ -324,15 +340,15 @@ class Outbox:
         """The destinations this process delivers to now (Segment not while paused)."""
         return [name for name, sink in self.sinks.items() if not sink.paused]
 
-    def write(self, tx: Transaction, rows: list[tuple[str, str, str | None, str, int]]
-              ) -> None:
+    def write(self, tx: Transaction, rows: list[tuple[str, str, str | None, str, int]], *,
+              payload_format: int = PAYLOAD_FORMAT) -> None:
         """Add new rows in ``tx``. Other processes' idle workers are woken for them (on
         PostgreSQL, after the commit) only if some are for a destination this process does
         not deliver now: this process's own workers are woken by the caller, and a wake-up
         per write would have every process of a fleet look at the outbox on every call."""
         sinks = self.sinks
         tx.enqueue(rows, announce=any(row[0] not in sinks or sinks[row[0]].paused
-                                      for row in rows))
+                                      for row in rows), payload_format=payload_format)
 
     def deliver_once(self) -> int:
         """One pass over every destination in the calling thread, each settled as soon as
@@ -397,6 +413,7 @@ class Outbox:
                 payloads[index] = _decode(row)
             except Undeliverable as exc:
                 results[index] = exc
+        self._build_events(rows, payloads, results)
         named = {p["qualification_id"] for i, p in payloads.items()
                  if rows[i]["kind"] == "qualification"}
         found: dict[str, Qualification] = {}
@@ -426,6 +443,35 @@ class Outbox:
             for (index, _), outcome in zip(items, outcomes, strict=True):
                 results[index] = outcome
         return results
+
+    def _build_events(self, rows: list[dict[str, Any]], payloads: dict[int, Any],
+                      results: list[Exception | None]) -> None:
+        """Replace each mirrored event's reference (format 2) by its Segment message, read
+        from the event row (one query per user, in the user's tenant); a row whose event is
+        gone (pruned by retention) fails alone."""
+        refs = [i for i in payloads if rows[i].get("format") == EVENT_REF_FORMAT]
+        if not refs:
+            return
+        with self.store.read() as tx:
+            events = tx.events_by_message(sorted({
+                (rows[i]["user_id"], payloads[i]["message_id"]) for i in refs}))
+        for index in refs:  # replaced in place: the rows keep their order
+            user_id, message_id = rows[index]["user_id"], payloads[index]["message_id"]
+            event = events.get((user_id, message_id))
+            if event is None:
+                del payloads[index]
+                results[index] = Undeliverable(
+                    f"its event (message id {message_id}) is no longer stored (pruned by "
+                    f"retention before it was delivered)")
+                continue
+            account_id, name, ts, properties = event
+            try:
+                payloads[index] = [event_message(
+                    "track", user_id, from_micros(ts).isoformat(timespec="milliseconds"),
+                    message_id, account_id, event=name, properties=json.loads(properties))]
+            except Exception as exc:  # a damaged row fails alone
+                del payloads[index]
+                results[index] = Undeliverable(f"its event cannot be read: {exc}")
 
     def _settle(self, rows: list[dict[str, Any]], results: list[Exception | None],
                 token: str) -> int:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from .evaluator import holds, measure
-from .facts import Subject, SubjectFacts
+from .facts import FirstEventFacts, Subject, SubjectFacts
 from .ids import qualification_id
 from .models import Qualification, StageChange
 from .rules import Rule
@@ -35,12 +35,15 @@ def qualify(
     at: datetime,
     moves: list[tuple[StageChange, Qualification]] | None = None,
     scoring: Scoring | None = None,
+    event: tuple[str, str] | None = None,
 ) -> list[Qualification]:
     """Record a qualification for each of ``rules`` the subject meets as of ``at`` and had not
     met this round; move the subject forward to each one's stage (appending the move and
     the qualification that caused it to ``moves``); return the qualifications created.
 
     A ``disqualified`` subject qualifies for nothing until a person moves it back.
+    ``event`` (name, properties JSON) is the tracked event: for a subject the call created,
+    the facts come from it alone, with no statement.
     """
     if subject.stage == "disqualified":
         return []
@@ -48,7 +51,8 @@ def qualify(
     pending = eligible(tx, rules, subject, ts)
     if not pending:
         return []
-    facts = SubjectFacts(tx, subject, ts, scoring)
+    facts = (FirstEventFacts(subject, ts, scoring, *event) if subject.new and event
+             else SubjectFacts(tx, subject, ts, scoring))
     stage = subject.stage
     created = []
     for rule, firing, since in pending:

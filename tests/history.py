@@ -65,6 +65,20 @@ def messages(count: int, seed: int = 1) -> list[dict]:
     return out
 
 
+def tied_messages(count: int, seed: int = 2) -> list[dict]:
+    """``count`` messages in time order where many share a timestamp, also for one user or
+    one account (time order is then the order of the list, as in a file)."""
+    rng = random.Random(seed)
+    out = []
+    at = START
+    for message in messages(count, seed):
+        if rng.random() < 0.6:
+            at += timedelta(seconds=rng.randrange(1, 1800))
+        out.append({**message, "timestamp": at.isoformat().replace("+00:00", "Z"),
+                    "userId": f"user-{rng.randrange(6)}"})
+    return out
+
+
 def apply_live(client, history: list[dict]) -> None:
     """What the application would have called, message by message, in time order."""
     for m in history:
@@ -81,9 +95,10 @@ def outcome(client) -> tuple:
     """Everything replay must reproduce: qualifications, stages and their histories."""
     qualifications = sorted((q.rule, q.subject_type, q.subject_id, q.user_id,
                              q.qualified_at.isoformat()) for q in client.qualifications())
-    conn = client.store.db.conn
-    history = sorted(conn.execute(
-        "SELECT subject_type, subject_id, from_stage, to_stage, at, source FROM stage_changes"
-    ).fetchall(), key=repr)
-    stages = sorted(conn.execute("SELECT user_id, stage FROM users").fetchall())
+    with client.store.read() as tx:  # either engine
+        changes = tx.rows("stage_changes", "subject_id IS NOT NULL", [])
+        users = tx.rows("users", "user_id IS NOT NULL", [])
+    history = sorted(((r["subject_type"], r["subject_id"], r["from_stage"], r["to_stage"],
+                       r["at"], r["source"]) for r in changes), key=repr)
+    stages = sorted((r["user_id"], r["stage"]) for r in users)
     return qualifications, history, stages

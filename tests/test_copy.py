@@ -88,3 +88,25 @@ def test_the_copy_command(tmp_path, pg_schema):
     assert result.exit_code != 0 or "u1" in result.output
     refused = CliRunner().invoke(main, ["copy", path, str(tmp_path / "other.db")])
     assert refused.exit_code != 0 and "postgresql://" in refused.output
+
+
+def test_a_mirrored_track_waiting_in_the_file_reaches_segment_from_the_server(
+        tmp_path, pg_schema, segment_server, segment_client):
+    url, schema = pg_schema
+    path = str(tmp_path / "pql.db")
+    live = pqlsdk.Client(path, segment=segment_client, forward_events=True, send=False)
+    live.track("u0", "signup", timestamp=T0)  # shifts the event ids of the file
+    with live.store.write() as tx:
+        tx.conn.execute("DELETE FROM outbox")
+    live.track("u1", "report_generated", {"k": 1}, account_id="acme", timestamp=T0 + DAY)
+    live.close(timeout=0)
+    pqlsdk.Client(url, schema=schema).track("other", "x", timestamp=T0)  # ids differ there
+    copy_file(path, url, schema=schema)
+    server = pqlsdk.Client(url, schema=schema, segment=segment_client, forward_events=True,
+                           sync_mode=True)
+    assert server.flush()
+    [sent] = [m for m in segment_server.messages if m["userId"] == "u1"]
+    assert (sent["event"], sent["properties"], sent["context"]["groupId"]) == (
+        "report_generated", {"k": 1}, "acme")
+    assert sent["timestamp"] == "2026-10-02T09:00:00.000+00:00"
+    server.close(timeout=0)

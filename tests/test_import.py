@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 
 import pytest
 
@@ -16,7 +17,7 @@ import pqlsdk
 from pqlsdk.importer import import_jsonl
 
 from .conftest import count_rows
-from .history import RULES, apply_live, messages, outcome
+from .history import RULES, apply_live, messages, outcome, tied_messages
 
 HISTORY = messages(4000)
 
@@ -41,15 +42,43 @@ def live(tmp_path_factory):
     return result
 
 
-def test_replay_of_a_shuffled_file_equals_live(tmp_path, live):
+def test_replay_of_a_shuffled_file_equals_live(tmp_path, live, make_client, monkeypatch):
     shuffled = HISTORY[:]
     random.Random(3).shuffle(shuffled)
     source = write_jsonl(tmp_path / "history.jsonl", shuffled)
-    client = pqlsdk.Client(str(tmp_path / "replay.db"), rules=RULES)
+    client = make_client(RULES)
+    monkeypatch.setattr(pqlsdk.importer, "CHUNK", 700)  # six runs spilled and merged
     result = import_jsonl(client, source)
     assert (result.read, result.applied, result.errors) == (4000, 4000, ())
     assert outcome(client) == live
-    client.close()
+
+
+def test_replay_with_timestamps_shared_by_one_user_equals_live(tmp_path, make_client):
+    # Six users, 40% of messages at the same instant as the one before: a user's or an
+    # account's later event at the same microsecond must not count for the earlier one.
+    rules = {**RULES, "rules": [*RULES["rules"], {"name": "reads_quietly", "all": [
+        {"event": "report_generated", "at_least": 3},
+        {"event": "page_viewed", "at_most": 4}]}]}
+    history = tied_messages(1500)
+    live = pqlsdk.Client(str(tmp_path / "live.db"), rules=rules)
+    apply_live(live, history)
+    expected = outcome(live)
+    live.close()
+    assert len(expected[0]) > 10
+    source = write_jsonl(tmp_path / "history.jsonl", history)
+    client = make_client(rules)
+    result = import_jsonl(client, source)
+    assert (result.applied, result.errors) == (1500, ())
+    assert outcome(client) == expected
+
+
+def test_replay_of_a_file_in_time_order_equals_live(tmp_path, live, make_client):
+    ordered = sorted(HISTORY, key=lambda m: pqlsdk.timestamps.coerce(m["timestamp"]))
+    source = write_jsonl(tmp_path / "history.jsonl", ordered)
+    client = make_client(RULES)
+    result = import_jsonl(client, source)
+    assert (result.read, result.applied, result.errors) == (4000, 4000, ())
+    assert outcome(client) == live
 
 
 def test_reimporting_the_same_file_adds_nothing(tmp_path):
@@ -249,15 +278,15 @@ def test_a_message_that_fails_to_apply_is_reported_and_its_batch_still_lands(tmp
                                                                              monkeypatch):
     source = write_jsonl(tmp_path / "h.jsonl", HISTORY[:300])
     client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
-    victim = HISTORY[150]
-    replay = client.engine.replay
+    victim = pqlsdk.timestamps.to_micros(pqlsdk.timestamps.coerce(HISTORY[150]["timestamp"]))
+    insert_events = type(client.store._tx).insert_events
 
-    def failing(tx, call, **options):
-        if call.at == pqlsdk.timestamps.coerce(victim["timestamp"]):
+    def failing(tx, rows):
+        if any(row[5] == victim for row in rows):  # (tenant, id, user, account, event, ts)
             raise OverflowError("a value the store cannot hold")
-        return replay(tx, call, **options)
+        return insert_events(tx, rows)
 
-    monkeypatch.setattr(client.engine, "replay", failing)
+    monkeypatch.setattr(type(client.store._tx), "insert_events", failing)
     result = import_jsonl(client, source)
     assert result.errors == ((151, "a value out of range (a value the store cannot hold), "
                                    "e.g. a timestamp past year 1 or 9999 in UTC"),)
@@ -327,3 +356,131 @@ def test_gzip_on_stdin_is_read_too(tmp_path):
                            "--json"], input=data, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["applied"] == 50
+
+
+def test_tracks_that_move_users_between_accounts_land_where_live_puts_them(tmp_path,
+                                                                           make_client):
+    """A track naming another account moves its user (and the user's stored events) to that
+    account's tenant mid-batch: the events of the batch before it go along, as live."""
+    history = []
+    for n, message in enumerate(messages(1200, seed=5)):
+        if message["type"] == "track" and n % 7 == 0:  # the user's account at the time
+            message = {**message, "context": {"groupId": f"acct-{n % 3}"}}
+        history.append(message)
+
+    def placed(client):
+        with client.store.read() as tx:
+            rows = tx.rows("events", "user_id IS NOT NULL", [])
+        return sorted((r["tenant_key"], r["user_id"], r["account_id"] or "", r["message_id"])
+                      for r in rows)
+
+    live = pqlsdk.Client(str(tmp_path / "live.db"), rules=RULES)
+    for m in history:
+        if m["type"] == "track":
+            live.track(m["userId"], m["event"], m["properties"], timestamp=m["timestamp"],
+                       message_id=m["messageId"],
+                       account_id=m.get("context", {}).get("groupId"))
+        else:
+            apply_live(live, [m])
+    expected = outcome(live), placed(live)
+    live.close()
+    moved = {(t, u) for t, u, _, _ in expected[1] if t != u}
+    assert len(moved) > 10 and len(expected[0][0]) > 10  # users moved and qualified
+    client = make_client(RULES)
+    result = import_jsonl(client, write_jsonl(tmp_path / "h.jsonl", history))
+    assert (result.applied, result.errors) == (1200, ())
+    assert (outcome(client), placed(client)) == expected
+
+
+LIFE_RULES = [
+    # re-arms: each firing its own qualification, counting only events after the last one
+    pqlsdk.Rule("active_again", pqlsdk.event("report_generated", at_least=3, within="7d"),
+                stage="mql", rearm="3d"),
+    pqlsdk.Rule("pricing_reader", pqlsdk.event("page", where={"name": "Pricing"},
+                                               at_least=2), stage="mql"),
+    pqlsdk.Rule("mobile", pqlsdk.event("screen", at_least=1)),
+    # holds on a subject first seen: checked when the import creates one
+    pqlsdk.Rule("no_plan_yet", pqlsdk.trait("plan", exists=False)),
+    pqlsdk.Rule("new_account", pqlsdk.trait("name", exists=False), subject="account"),
+]
+
+
+def life_history(count: int, seed: int = 9) -> list[dict]:
+    """Issue 20's lines mixed in: anonymous tracks and pages, identify linking an anonymous
+    id, alias, page/screen, CRM stage lines, tracks naming accounts; time order unique."""
+    rng = random.Random(seed)
+    at = pqlsdk.timestamps.coerce("2026-09-01T00:00:00Z")
+    out = []
+    for n in range(count):
+        at += timedelta(seconds=rng.randrange(60, 7200))
+        k = rng.randrange(16)  # an anonymous id belongs to one user (linked to no other)
+        user, anon = f"u{k % 12}", f"anon-{k}"
+        stamp = at.isoformat().replace("+00:00", "Z")
+        roll = rng.random()
+        if roll < 0.05:
+            message = {"type": "identify", "userId": user, "anonymousId": anon,
+                       "traits": {"plan": rng.choice(["free", "trial"])}}
+        elif roll < 0.08:
+            message = {"type": "alias", "previousId": anon, "userId": user}
+        elif roll < 0.10:
+            message = {"type": "stage", "userId": user,
+                       "stage": rng.choice(["unqualified", "lead", "sql"]), "reason": "crm"}
+        elif roll < 0.30:
+            message = {"type": rng.choice(["page", "screen"]),
+                       rng.choice(["userId", "anonymousId"]): rng.choice([user, anon]),
+                       "name": rng.choice(["Pricing", "Docs"])}
+        else:
+            message = {"type": "track", "event": "report_generated",
+                       rng.choice(["userId", "anonymousId"]): rng.choice([user, anon])}
+            if rng.random() < 0.2:
+                message["context"] = {"groupId": f"acct-{rng.randrange(3)}"}
+        message.update({"timestamp": stamp, "messageId": f"life-{n}"})
+        out.append(message)
+    return out
+
+
+def test_issue_20_lines_replay_in_bulk_as_each_call_alone(tmp_path, make_client, database,
+                                                          monkeypatch):
+    """Anonymous ids, alias, identify linking ids, page/screen, stage lines, re-arming and
+    first-seen rules: the bulk path's result equals applying each track alone through
+    Engine.replay (the live call's code), message by message."""
+    source = write_jsonl(tmp_path / "life.jsonl", life_history(1500))
+    bulk_client = make_client(LIFE_RULES)
+    result = import_jsonl(bulk_client, source)
+    assert (result.applied, result.errors) == (1500, ())
+    got = outcome(bulk_client), firings(bulk_client)
+
+    def one_by_one(engine, tx, tracks, deliver=False):
+        outcome_ = pqlsdk.engine.Outcome()
+        for t in tracks:
+            call = pqlsdk.calls.Call("track", t.user_id, pqlsdk.timestamps.from_micros(t.ts),
+                                     t.account_id, t.event, {}, t.properties, t.message_id)
+            outcome_ = outcome_.merge(engine.replay(tx, call, deliver=deliver))
+        return outcome_
+
+    monkeypatch.setattr(pqlsdk.engine.Engine, "replay_tracks", one_by_one)
+    if "schema" in database:  # a second schema on the same server, dropped after
+        alone = make_client(LIFE_RULES, schema=database["schema"] + "_alone")
+    else:
+        alone = make_client(LIFE_RULES, database=str(tmp_path / "alone.db"))
+    try:
+        assert import_jsonl(alone, source).applied == 1500
+        expected = outcome(alone), firings(alone)
+    finally:
+        alone.close()
+        if "schema" in database:
+            import psycopg
+
+            with psycopg.connect(database["database"], autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {database['schema']}_alone CASCADE")
+    rules = {q[0] for q in expected[0][0]}
+    assert {"active_again", "pricing_reader", "mobile", "no_plan_yet",
+            "new_account"} <= rules, rules
+    assert max(f for _, f in expected[1]) >= 1  # a rule re-armed and fired again
+    assert got == expected
+
+
+def firings(client) -> list[tuple[str, int]]:
+    with client.store.read() as tx:
+        rows = tx.rows("qualifications", "shadow = 0", [])
+    return sorted((r["subject_id"] + "/" + r["rule"], r["firing"]) for r in rows)

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 import pqlsdk
+from pqlsdk.commits import _Request
 from pqlsdk.store import postgres as pg
 
 PARTITIONS = 8
@@ -144,7 +145,29 @@ def _scenarios(client: pqlsdk.Client, failing: list[int]) -> None:
     client.flush()
 
 
-def test_every_statement_of_a_call_touches_one_partition_of_each_table(sharded):
+#: Transaction control inside a transaction (a shared commit's savepoint per call): no
+#: table, no plan.
+CONTROL = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
+
+
+def _shared_batch(client: pqlsdk.Client) -> None:
+    """Calls of several tenants applied as one shared commit (what concurrent threads get),
+    each in its savepoint, then delivered."""
+    calls = [client.prepare_track("solo", "report_generated", timestamp=AT),
+             client.prepare_track("ada", "report_generated", timestamp=AT),
+             client.prepare_track("eve", "report_generated", account_id="initech",
+                                  timestamp=AT),
+             client.prepare_identify("bob", {"plan": "team"}, timestamp=AT)]
+    batch = [_Request(lambda tx, call=call: client.apply(tx, call)) for call in calls]
+    before = client._commits.batches
+    client._commits.apply(batch)
+    assert [r.error for r in batch] == [None] * 4
+    assert client._commits.batches == before + 1  # one transaction for the four
+    client.flush()
+
+
+def test_every_statement_of_a_call_touches_one_partition_of_each_table(
+        sharded, segment_server, segment_client):
     url, schema = sharded
     delivered, failing = [], []
 
@@ -154,12 +177,15 @@ def test_every_statement_of_a_call_touches_one_partition_of_each_table(sharded):
             raise RuntimeError("the CRM is down")
         delivered.append(q.rule)
 
+    # forward_events: every call is mirrored to Segment, a track's row by its message id
     client = pqlsdk.Client(url, schema=schema, rules=RULES, sync_mode=True,
-                           on_qualified={"crm": crm}, max_retries=3)
+                           on_qualified={"crm": crm}, max_retries=3, segment=segment_client,
+                           forward_events=True)
     recorder = Recorder()
     client.store.on_statement = recorder
     try:
         _scenarios(client, failing)
+        _shared_batch(client)
         # the retried delivery is due after its backoff: deliver it now
         with client.store.write() as tx:
             tx.conn.execute("UPDATE outbox SET next_attempt_at = 0 WHERE status = 'pending'")
@@ -169,12 +195,22 @@ def test_every_statement_of_a_call_touches_one_partition_of_each_table(sharded):
         client.close()
     # solo: 2 reports (a retry counted once) and a plan; bob: 2 reports by its 2nd; acme: a
     # size of 120, and 3 reports by bob's 2nd (ada 1, bob 2); cy and dee: 1 report each
-    assert sorted(delivered) == ["big_company", "big_plan", "reporter", "reporter", "team"]
+    # the shared batch: ada's 2nd report ("reporter"), and acme's 4th (it already has "team")
+    assert sorted(delivered) == ["big_company", "big_plan", "reporter", "reporter", "reporter",
+                                 "team"]
+    # every applied track was mirrored and built from its event row at delivery: solo's m1
+    # once (its retry is not applied) and 7 more in the scenarios, 3 in the shared batch
+    reports = [m for m in segment_server.messages if m.get("event") == "report_generated"]
+    assert len(reports) == 11 and len({m["messageId"] for m in reports}) == 11
+    assert [m["userId"] for m in reports][-3:] == ["solo", "ada", "eve"]
+    assert any(sql.startswith("SAVEPOINT") for sql, _ in recorder.statements)
+    assert any(sql.startswith("SELECT message_id, account_id, event, ts, properties FROM events")
+               for sql, _ in recorder.statements)
 
     checked: dict[str, int] = {}
     wide = []
     for sql, args in recorder.statements:
-        if sql.startswith(ACROSS_TENANTS) or "SET next_attempt_at = 0" in sql:
+        if sql.startswith(ACROSS_TENANTS + CONTROL) or "SET next_attempt_at = 0" in sql:
             continue
         touched = _partitions(_explain(url, schema, sql, args))
         for table, parts in touched.items():

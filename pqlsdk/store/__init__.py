@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
 from .base import FunnelRows, StageCounts
 from .sqlite import (
+    EVENT_REF_FORMAT,
     MIGRATIONS,
     PAYLOAD_FORMAT,
     SYNCHRONOUS,
@@ -22,6 +23,7 @@ from .sqlite import (
 )
 
 __all__ = [
+    "EVENT_REF_FORMAT",
     "MIGRATIONS",
     "PAYLOAD_FORMAT",
     "SYNCHRONOUS",

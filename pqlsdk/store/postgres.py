@@ -30,8 +30,10 @@ from .dialect import bind, to_postgres
 from .sqlite import (
     _USER_SNAPSHOT,
     HANDOFF_BACKFILL,
+    IMPORT_CHECKPOINTS,
     INSERT_EVENT,
     INSERT_QUALIFICATION,
+    PAYLOAD_FORMAT,
     TENANT_BACKFILL,
     TENANT_COPIES,
     TENANT_INDEXES,
@@ -52,7 +54,7 @@ StatementHook = Callable[[str, dict[str, Any]], None]
 #: package schema generation that can still use a database at this one). A migration keeps
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
-SCHEMA_VERSION = 10  # issue 20b: call_contexts (the lead renumbers)
+SCHEMA_VERSION = 11
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: libpq's PGRES_TUPLES_OK: a statement's result that holds rows.
@@ -131,9 +133,11 @@ TENANT_TABLES = [*TENANT_BACKFILL, "user_directory",
                  "trait_changes", "handoffs", "aliases",  # issue 20's, created with it
                  "call_contexts"]  # issue 20b's
 #: Tables that are not a tenant's (the schema's version, the random forget key, forgotten
-#: ids' keyed hashes, the delivery lanes): on a sharded engine, reference tables. No
-#: statement of track, identify, group, set_stage, status or an outbox ack touches them.
-GLOBAL_TABLES = ["schema_version", "pqlsdk_meta", "forgotten", "outbox_lanes"]
+#: ids' keyed hashes, the delivery lanes, an import's checkpoint per source file): on a
+#: sharded engine, reference tables. No statement of track, identify, group, set_stage,
+#: status or an outbox ack touches them.
+GLOBAL_TABLES = ["schema_version", "pqlsdk_meta", "forgotten", "outbox_lanes",
+                 "import_checkpoints"]
 
 #: A row written without a tenant key (by the previous release, during a rolling deploy)
 #: gets the one this release would have written.
@@ -245,6 +249,10 @@ _V4 = [
     "DROP TRIGGER IF EXISTS outbox_notify ON outbox",
 ]
 
+# issue 21: an import resumes from a checkpoint per source file (a digest of its lines),
+# not from a staging row per message; a file is no tenant's, so the table is global
+_IMPORT_CHECKPOINTS = [IMPORT_CHECKPOINTS]
+
 #: (statements, the oldest package schema generation that can still use the result)
 # issue 20: the trait history (see the SQLite store's _trait_history)
 _TRAIT_HISTORY = [
@@ -309,6 +317,7 @@ MIGRATIONS: list[tuple[list[str], int]] = [
     (["ALTER TABLE stage_changes ADD COLUMN criteria TEXT"], 1),  # issue 20: criteria
     (_IDENTITIES, 1),  # issue 20
     (_CALL_CONTEXTS, 1),  # issue 20b: context/integrations of identify, group, alias
+    (_IMPORT_CHECKPOINTS, 1),  # issue 21: import checkpoints
 ]
 
 
@@ -511,9 +520,9 @@ class PgTransaction(Transaction):
         self._snapshot: _Snapshot | None = None
 
     def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
-                announce: bool = False) -> None:
+                announce: bool = False, payload_format: int = PAYLOAD_FORMAT) -> None:
         """See :meth:`Transaction.enqueue`."""
-        super().enqueue(rows, announce=announce)
+        super().enqueue(rows, announce=announce, payload_format=payload_format)
         self.announce = self.announce or announce
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:

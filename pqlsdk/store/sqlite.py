@@ -271,6 +271,12 @@ def _shadow_and_rule_versions(db: sqlite_utils.Database) -> None:
 #: Format 1: a qualification row holds ``{"qualification_id", "moved_to"}``; every other
 #: row holds the list of Segment messages it sends.
 PAYLOAD_FORMAT = 1
+#: (issue 21) Format 2: a ``forward_events`` track row refers to its event row by the
+#: event's message id, ``{"message_id"}`` (the event row keeps the ``messageId`` generated
+#: for Segment when the call gave none); the row's user and the message id find the event
+#: in the user's tenant at delivery, wherever the user moved since. Rows of format 1 still
+#: deliver.
+EVENT_REF_FORMAT = 2
 
 
 def _outbox_claims_and_payload_format(db: sqlite_utils.Database) -> None:
@@ -337,6 +343,8 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
 #: ``user_directory``; ``{user}`` is the column or parameter holding the user id).
 _USER_TENANT = ("coalesce((SELECT d.account_id FROM user_directory d "
                 "WHERE d.tenant_key = {user}), {user})")
+#: The user a pair's id (``w.u``) counts for: the one an alias links it to, else itself.
+_LINKED = "coalesce((SELECT a.user_id FROM aliases a WHERE a.tenant_key = w.u), w.u)"
 #: The tenant key of a subject's rows (qualifications, stage changes).
 _SUBJECT_TENANT = ("CASE WHEN subject_type = 'account' THEN subject_id ELSE "
                    + _USER_TENANT.format(user="subject_id") + " END")
@@ -421,6 +429,18 @@ def _tenant_keys(db: sqlite_utils.Database) -> None:
                "WHERE message_id IS NOT NULL")
     db.execute("CREATE INDEX users_account ON users(tenant_key, account_id) "
                "WHERE account_id IS NOT NULL")
+def _import_checkpoints(db: sqlite_utils.Database) -> None:
+    """(issue 21) An import resumes from a checkpoint per source file (the last message
+    applied, in replay order) instead of a staging row per message. ``import_staging`` is
+    no longer written (kept one release for files an older version left half-imported;
+    ``import_done`` still remembers identify/group/stage message ids)."""
+    db.execute(IMPORT_CHECKPOINTS)
+
+
+#: The table behind :meth:`Transaction.import_checkpoint` (both engines).
+IMPORT_CHECKPOINTS = (
+    "CREATE TABLE import_checkpoints (source TEXT PRIMARY KEY, ts BIGINT NOT NULL, "
+    "line_no BIGINT NOT NULL, applied BIGINT NOT NULL, updated_at BIGINT NOT NULL)")
 
 
 def _trait_history(db: sqlite_utils.Database) -> None:
@@ -543,6 +563,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _stage_criteria,  # issue 20
     _identities,  # issue 20
     _call_contexts,  # issue 20b: context/integrations of identify, group, alias
+    _import_checkpoints,  # issue 21: import checkpoints
 ]
 
 
@@ -1061,6 +1082,21 @@ class Transaction:
                 "SELECT value FROM pqlsdk_meta WHERE key = 'forget_key'").fetchone()[0]
         return hmac.new(self._forget_key, message_id.encode("utf-8", "surrogatepass"),
                         hashlib.sha256).digest()[:16]
+
+    # -- savepoints (shared commits: one per call of a batch) ------------------------------
+
+    def savepoint(self) -> None:
+        """Mark where the next call of a shared batch starts."""
+        self.conn.execute("SAVEPOINT pqlsdk_call")
+
+    def release_savepoint(self) -> None:
+        """Keep what the call did since :meth:`savepoint`."""
+        self.conn.execute("RELEASE SAVEPOINT pqlsdk_call")
+
+    def rollback_to_savepoint(self) -> None:
+        """Undo what the call did since :meth:`savepoint` (the others of the batch stay)."""
+        self.conn.execute("ROLLBACK TO SAVEPOINT pqlsdk_call")
+        self.conn.execute("RELEASE SAVEPOINT pqlsdk_call")
 
     # -- events, users, accounts ----------------------------------------------------------
 
@@ -1636,17 +1672,39 @@ class Transaction:
     # -- outbox ---------------------------------------------------------------------------
 
     def enqueue(self, rows: list[tuple[str, str, str | None, str, int]], *,
-                announce: bool = False) -> None:
+                announce: bool = False, payload_format: int = PAYLOAD_FORMAT) -> None:
         """Add ``(destination, kind, user_id, payload JSON, now)`` rows, due at once, in
-        the tenant of their user (the call's). ``announce``: wake other processes' idle
-        delivery workers after the commit (on PostgreSQL; a file has no such signal: its
-        workers poll)."""
+        the tenant of their user (the call's), their payloads of ``payload_format``.
+        ``announce``: wake other processes' idle delivery workers after the commit (on
+        PostgreSQL; a file has no such signal: its workers poll)."""
         self.conn.executemany(
             "INSERT INTO outbox (tenant_key, destination, kind, user_id, payload, "
             f"next_attempt_at, created_at, format) VALUES (?, ?, ?, ?, ?, ?6, ?6, "
-            f"{PAYLOAD_FORMAT})",
+            f"{int(payload_format)})",
             [(self.tenant_for("user", row[2]) if row[2] else "", *row) for row in rows],
         )
+
+    def events_by_message(self, refs: list[tuple[str, str]]
+                          ) -> dict[tuple[str, str], tuple[Any, ...]]:
+        """``(user id, message id) -> (account_id, event, ts, properties)`` of the events
+        still stored among ``refs`` (mirrored tracks' rows, at delivery), each read in its
+        user's tenant now (where all of a user's events are, whatever accounts it moved
+        between): one statement per user."""
+        found: dict[tuple[str, str], tuple[Any, ...]] = {}
+        by_user: dict[str, list[str]] = {}
+        for user_id, message_id in refs:
+            by_user.setdefault(user_id, []).append(message_id)
+        for user_id, message_ids in by_user.items():
+            tenant = self.tenant_of(user_id) or user_id
+            for start in range(0, len(message_ids), 500):
+                part = message_ids[start:start + 500]
+                marks = ",".join("?" * len(part))
+                for row in self.conn.execute(
+                        f"SELECT message_id, account_id, event, ts, properties FROM events "
+                        f"WHERE tenant_key = ? AND user_id = ? AND message_id IN ({marks})",
+                        [tenant, user_id, *part]):
+                    found[(user_id, row[0])] = tuple(row[1:])
+        return found
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
               ) -> list[dict[str, Any]]:
@@ -1875,61 +1933,62 @@ class Transaction:
 
     # -- import ---------------------------------------------------------------------------
 
-    def stage_messages(self, rows: list[tuple[Any, ...]]) -> int:
-        """Stage validated messages ``(message id, ts, line number, kind, user id, account
-        id, event, data JSON)`` for replay, unless already staged or imported or of a
-        forgotten user; return how many were new."""
-        if rows and self.conn.execute("SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
-            hashes = {self.forgotten_hash(row[0]): row for row in rows}
-            marks = ",".join("?" * len(hashes))
-            gone = {h for (h,) in self.conn.execute(
-                f"SELECT hash FROM forgotten WHERE hash IN ({marks})", list(hashes))}
-            rows = [row for h, row in hashes.items() if h not in gone]
-        before = self.conn.total_changes
-        # an event imported before is in its user's tenant now (it moves with the user)
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO import_staging (tenant_key, message_id, ts, line_no, kind, "
-            "user_id, account_id, event, data) SELECT ?5, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
-            "WHERE NOT EXISTS (SELECT 1 FROM import_done WHERE tenant_key = ?5 "
-            "AND message_id = ?1) AND NOT EXISTS (SELECT 1 FROM events WHERE tenant_key = "
-            + _USER_TENANT.format(user="?5") + " AND message_id = ?1)",
-            rows,
-        )
-        return self.conn.total_changes - before
+    def insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store ``(tenant key, message id, user id, account id, event, ts, properties
+        JSON)`` rows in one ``executemany`` (an import's batch; the ids were checked new: a
+        duplicate raises)."""
+        self.conn.executemany(INSERT_EVENT.replace("INSERT OR IGNORE", "INSERT", 1), rows)
 
-    def already_staged(self, message_ids: list[str]) -> int:
-        """How many of these (distinct) message ids are staged already, not yet replayed."""
-        ids = sorted(set(message_ids))
-        found = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            found += self.conn.execute(
-                f"SELECT count(*) FROM import_staging WHERE message_id IN "
-                f"({','.join('?' * len(chunk))})", chunk).fetchone()[0]
+    def imported(self, messages: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of the ``(user id, message id)`` pairs are stored already (an event in the
+        tenant of the user now (the user an alias links the id to, if any), where its
+        events are whatever accounts it moved between, as a live call's message id is
+        deduplicated; or an imported identify/group/stage
+        message, remembered under the user) or belong to a forgotten user: an import skips
+        them. Each pair is looked up in its own tenant (by its key, as the staging of
+        earlier releases did), 400 pairs a statement."""
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(messages), 400):
+            part = messages[start:start + 400]
+            pairs = ", ".join(["(?, ?)"] * len(part))
+            found.update((u, m) for u, m in self.conn.execute(
+                f"WITH w(u, m) AS (VALUES {pairs}) SELECT u, m FROM w WHERE EXISTS (SELECT 1 "
+                f"FROM events e WHERE e.tenant_key = {_USER_TENANT.format(user=_LINKED)} AND "
+                f"e.message_id = w.m) OR EXISTS (SELECT 1 FROM import_done i WHERE "
+                f"i.tenant_key = w.u AND i.message_id = w.m)",
+                [value for pair in part for value in pair]))
+        if messages and self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
+            hashes = {self.forgotten_hash(m): (u, m) for u, m in messages}
+            keys = list(hashes)
+            for start in range(0, len(keys), 500):
+                hashed = keys[start:start + 500]
+                marks = ",".join("?" * len(hashed))
+                found.update(hashes[bytes(h)] for (h,) in self.conn.execute(
+                    f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed))
         return found
 
-    def staged_count(self) -> int:
-        """Messages waiting for replay."""
-        return self.conn.execute("SELECT count(*) FROM import_staging").fetchone()[0]
+    def remember_imported(self, rows: list[tuple[str, str | None]]) -> None:
+        """Remember ``(message id, user id)`` of imported identify/group/stage messages,
+        keyed by their user (a track is remembered by its event's message id)."""
+        self.conn.executemany("INSERT INTO import_done (tenant_key, message_id, user_id) "
+                              "VALUES (coalesce(?2, ''), ?1, ?2) ON CONFLICT DO NOTHING", rows)
 
-    def staged_batch(self, limit: int) -> list[tuple[Any, ...]]:
-        """The next staged messages to replay, in time order (columns as staged, the line
-        number last)."""
-        return self.conn.execute(
-            "SELECT message_id, ts, kind, user_id, account_id, event, data, line_no "
-            "FROM import_staging ORDER BY ts, line_no LIMIT ?",
-            (limit,),
-        ).fetchall()
+    def import_checkpoint(self, source: str) -> tuple[int, int, int] | None:
+        """``(ts, line number, messages applied)`` of the last message an import of
+        ``source`` (a digest of the file) applied, in replay order, or None."""
+        row = self.conn.execute("SELECT ts, line_no, applied FROM import_checkpoints "
+                                "WHERE source = ?", (source,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
 
-    def finish_staged(self, staged: list[tuple[str, str]], remember: list[tuple[str, str]]
-                      ) -> None:
-        """Replayed: unstage the ``(message id, user id)`` of ``staged`` (staging rows are
-        keyed by their user); remember those of ``remember`` (identify and group: a track
-        is remembered by its event's message id)."""
-        self.conn.executemany("DELETE FROM import_staging WHERE tenant_key = coalesce(?2, '') "
-                              "AND message_id = ?1", staged)
-        self.conn.executemany("INSERT OR IGNORE INTO import_done (tenant_key, message_id, "
-                              "user_id) VALUES (coalesce(?2, ''), ?1, ?2)", remember)
+    def set_import_checkpoint(self, source: str, ts: int, line: int, applied: int,
+                              now: int) -> None:
+        """Record, in the batch's own transaction, how far an import of ``source`` got."""
+        self.conn.execute(
+            "INSERT INTO import_checkpoints (source, ts, line_no, applied, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET ts = excluded.ts, "
+            "line_no = excluded.line_no, applied = excluded.applied, "
+            "updated_at = excluded.updated_at", (source, ts, line, applied, now))
 
     # -- reports --------------------------------------------------------------------------
 
