@@ -149,7 +149,14 @@ def test_flask_under_gunicorn_preload_qualifies_each_user_once(flask_app, segmen
         answers = list(pool.map(lambda n: request(f"{url}/track", {
             "user_id": users[n % 12], "event": "report_generated"}), range(12 * 4)))
     assert all(status == 200 for status, _ in answers)
-    assert len({body["pid"] for _, body in answers}) >= 2  # forked workers did the work
+    pids = {body["pid"] for _, body in answers}
+    for _ in range(50):  # the kernel may hand a busy machine's burst to one worker: probe on
+        if len(pids) >= 2:
+            break
+        with ThreadPoolExecutor(8) as pool:
+            pids |= {body["pid"] for _, body in pool.map(lambda _: request(f"{url}/track", {
+                "user_id": users[0], "event": "page_viewed"}), range(8))}
+    assert len(pids) >= 2  # both forked workers recorded calls
     db = str(tmp / "pql.db")
     assert qualified(db) == sorted(("reports", "user", u) for u in users)
     ids = {qid for (qid,) in rows(db, "SELECT id FROM qualifications")}
