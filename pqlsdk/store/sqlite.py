@@ -2107,12 +2107,13 @@ class Transaction:
 
     def replay_subjects(self, subject_type: str, since: int | None, until: int) -> list[str]:
         """Every user (or account) with an event in ``[since, until]`` (one index probe
-        each)."""
+        each, in the subject's own tenant: it holds a copy of all the subject's events)."""
         table, key = _TABLES[subject_type]
         column = "user_id" if subject_type == "user" else "account_id"
         return [row[0] for row in self.conn.execute(
             f"SELECT s.{key} FROM {table} s WHERE EXISTS (SELECT 1 FROM events e "
-            f"WHERE e.{column} = s.{key} AND e.ts <= :until AND e.ts >= :since)",
+            f"WHERE e.tenant_key = s.tenant_key AND e.{column} = s.{key} "
+            f"AND e.ts <= :until AND e.ts >= :since)",
             {"since": -(2**62) if since is None else since, "until": until})]
 
     def replay_events(self, subject_type: str, events: list[str] | None,
