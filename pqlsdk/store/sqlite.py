@@ -33,7 +33,16 @@ from .. import ids
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
 from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
 from ..stages import FIRST_STAGE, STAGES
-from .base import FunnelRows, OutboxKey, PropertyRow, StageCounts, SubjectRow, UserRow
+from .base import (
+    FunnelRows,
+    OutboxKey,
+    PropertyRow,
+    PrunedEvent,
+    RollupAdd,
+    StageCounts,
+    SubjectRow,
+    UserRow,
+)
 
 T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -1892,44 +1901,47 @@ class Transaction:
 
     # -- retention ------------------------------------------------------------------------
 
-    def events_to_prune(self, after_id: int, chunk: int, cutoff: int
-                        ) -> tuple[int | None, list[tuple[Any, ...]]]:
-        """Scan the next ``chunk`` events by id after ``after_id``: ``(the last id scanned,
-        or None at the end; those older than cutoff as (id, tenant key, user id, account id,
-        event, ts, properties JSON))``. A sweep by id reads a bounded slice per call, with no
-        index on time (which every track() would pay for)."""
+    def take_old_events(self, after_id: int, chunk: int, cutoff: int
+                        ) -> tuple[int | None, list[PrunedEvent]]:
+        """Remove the events older than ``cutoff`` among the next ``chunk`` by id after
+        ``after_id``: ``(the last id scanned, or None at the end; the events this
+        transaction removed)``. One ``DELETE ... RETURNING``: a pruner running beside this
+        one (another process of the fleet) waits on these rows and then finds them gone, so
+        each event is folded into the rollups by exactly one pruner. A sweep by id reads a
+        bounded slice per call, with no index on time (which every track() would pay for).
+        """
         last = self.conn.execute(
             "SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
             (after_id, chunk)).fetchone()[0]
         if last is None:
             return None, []
-        rows = self.conn.execute(
-            "SELECT id, tenant_key, user_id, account_id, event, ts, properties FROM events "
-            "WHERE id > ? AND id <= ? AND ts < ? ORDER BY id", (after_id, last, cutoff)
-        ).fetchall()
-        return last, rows
+        return last, [PrunedEvent(*row) for row in self.conn.execute(
+            "DELETE FROM events WHERE id > ? AND id <= ? AND ts < ? RETURNING tenant_key, "
+            "user_id, account_id, event, ts, properties", (after_id, last, cutoff))]
 
-    def rollups_of(self, user_ids: set[str]) -> list[tuple[Any, ...]]:
-        """``(id, tenant key, user id, account id, event, properties JSON, n, first ts, last
-        ts)`` of these users' rollups."""
-        marks = ",".join("?" * len(user_ids))
-        return self.conn.execute(
-            "SELECT id, tenant_key, user_id, account_id, event, properties, n, first_ts, "
-            "last_ts "
-            f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
-
-    def fold_events(self, events: list[tuple[str, int]],
-                    updates: list[tuple[int, int, int, str, int]],
-                    inserts: list[tuple[Any, ...]]) -> None:
-        """Delete the pruned events (``(tenant key, id)``); ``updates``: ``(n, first ts,
-        last ts, tenant key, rollup id)``; ``inserts``: ``(tenant key, user id, account id,
-        event, properties, n, first ts, last ts)``."""
-        self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
-                              "WHERE tenant_key = ? AND id = ?", updates)
-        self.conn.executemany(
-            "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
-            "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-        self.conn.executemany("DELETE FROM events WHERE tenant_key = ? AND id = ?", events)
+    def add_to_rollups(self, added: list[RollupAdd]) -> None:
+        """Fold counted events into their rollups: each rollup row of the key grows by what
+        was added (one ``UPDATE`` adding in place, so two pruners adding to one rollup both
+        count), or a new row holds them."""
+        for add in added:
+            key = add.key
+            found = self.conn.execute(
+                "SELECT id FROM event_rollups WHERE tenant_key = ? AND user_id = ? "
+                "AND event = ? AND coalesce(account_id, '') = ? AND properties = ? "
+                "ORDER BY id LIMIT 1",
+                (key.tenant_key, key.user_id, key.event, key.account_id or "",
+                 key.properties)
+            ).fetchone()
+            if found is not None:
+                self.conn.execute(
+                    "UPDATE event_rollups SET n = n + ?, first_ts = min(first_ts, ?), "
+                    "last_ts = max(last_ts, ?) WHERE tenant_key = ? AND id = ?",
+                    (add.n, add.first_ts, add.last_ts, key.tenant_key, found[0]))
+            else:
+                self.conn.execute(
+                    "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, "
+                    "properties, n, first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, add.n, add.first_ts, add.last_ts))
 
     # -- import ---------------------------------------------------------------------------
 
