@@ -525,6 +525,14 @@ class PgTransaction(Transaction):
         super().enqueue(rows, announce=announce, payload_format=payload_format)
         self.announce = self.announce or announce
 
+    def lock_user(self, user_id: str, account_id: str | None) -> str:
+        """See :meth:`Transaction.lock_user`: the alias read, then :meth:`lock_subjects`
+        (an alias row and the user's directory row are keyed by different ids, so on a
+        sharded server they live apart and one statement cannot read both)."""
+        user_id = self.alias_of(user_id) or user_id
+        self.lock_subjects(user_id, account_id)
+        return user_id
+
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
         """Serialize this call with every other call on the same subjects, and bind it to
         the user's tenant: a row lock on the account's row (both accounts', in id order,
