@@ -77,3 +77,28 @@ def test_a_returning_user_s_track_runs_five_statements(make_client):
     conn.set_trace_callback(None)
     # BEGIN, the start (alias, tenant, snapshot), the event, the rule's count, COMMIT
     assert len(statements) == 5, statements
+
+
+def test_a_returning_user_s_alias_and_directory_reads_share_a_round_trip(pg_schema,
+                                                                           monkeypatch):
+    import pqlsdk
+    from pqlsdk.store import postgres
+
+    url, schema = pg_schema
+    client = pqlsdk.Client(url, schema=schema, rules=RULES)
+    client.identify("ada", {"plan": "free"}, account_id="acme", timestamp=T0)
+    client.track("ada", "page_viewed", timestamp=T0)
+    trips = []
+    sync = postgres._Connection.sync
+
+    def counted(self):
+        if self.pipeline is not None and self._unsynced:
+            trips.append(self.statements)
+        sync(self)
+
+    monkeypatch.setattr(postgres._Connection, "sync", counted)
+    client.track("ada", "page_viewed", timestamp=T0)
+    # the waits for answers inside the call: BEGIN with the alias and directory reads, then
+    # the locks with the snapshot (the event travels with the COMMIT: no rule reads it)
+    assert len(trips) == 2, trips
+    client.close()
