@@ -46,7 +46,7 @@ def test_the_snapshot_read_at_the_start_is_not_used_after_a_write(make_client):
     client.identify("ada", {"plan": "free"}, timestamp=T0)
 
     def start(tx):
-        tx.lock_subjects("ada", None)
+        tx.lock_user("ada", None)
         tx.set_traits("user", "ada", '{"plan": "pro"}')
         return tx.user_snapshot("ada").user.traits
 

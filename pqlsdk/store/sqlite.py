@@ -947,28 +947,21 @@ _USER_SNAPSHOT = (
 )
 
 
-def _locking_snapshot(resolve_alias: bool) -> str:
-    """One statement for the start of a call on SQLite: the user's id (the one ``:given``
-    was linked to by an alias, with ``resolve_alias``), its tenant (its account now, else
-    itself; a new user's: ``:account``, else itself), and what :data:`_USER_SNAPSHOT` reads
-    (the user's row found when ``u.user_id`` is set)."""
-    given = ("coalesce((SELECT user_id FROM aliases WHERE tenant_key = :given), :given)"
-             if resolve_alias else ":given")
-    return (
-        f"SELECT t.id, t.tenant, u.user_id IS NOT NULL, u.account_id, "
-        f"{_subject_columns('u', 'user', 'user_id', 't.tenant')}, "
-        f"{_subject_columns('a', 'account', 'account_id', 't.tenant')} "
-        f"FROM (SELECT c.id, coalesce(d.account_id, d.tenant_key, :account, c.id) AS tenant "
-        f"FROM (SELECT {given} AS id) c "
-        f"LEFT JOIN user_directory d ON d.tenant_key = c.id) t "
-        f"LEFT JOIN users u ON u.tenant_key = t.tenant AND u.user_id = t.id "
-        f"LEFT JOIN accounts a ON a.tenant_key = t.tenant AND a.account_id = u.account_id"
-    )
-
-
-#: :func:`_locking_snapshot`, for :meth:`Transaction.lock_user` (resolving an alias) and
-#: :meth:`Transaction.lock_subjects` (the id as given).
-_LOCK_USER = {resolve: _locking_snapshot(resolve) for resolve in (True, False)}
+#: The start of a call on SQLite (:meth:`Transaction.lock_user`), one statement: the user's
+#: id (the one an alias linked ``:given`` to, else ``:given``), its tenant (its account now,
+#: else itself; a new user's: ``:account``, else itself), and what :data:`_USER_SNAPSHOT`
+#: reads (the user's row found when ``u.user_id`` is set).
+_LOCK_USER = (
+    f"SELECT t.id, t.tenant, u.user_id IS NOT NULL, u.account_id, "
+    f"{_subject_columns('u', 'user', 'user_id', 't.tenant')}, "
+    f"{_subject_columns('a', 'account', 'account_id', 't.tenant')} "
+    f"FROM (SELECT c.id, coalesce(d.account_id, d.tenant_key, :account, c.id) AS tenant "
+    f"FROM (SELECT coalesce((SELECT user_id FROM aliases WHERE tenant_key = :given), "
+    f":given) AS id) c "
+    f"LEFT JOIN user_directory d ON d.tenant_key = c.id) t "
+    f"LEFT JOIN users u ON u.tenant_key = t.tenant AND u.user_id = t.id "
+    f"LEFT JOIN accounts a ON a.tenant_key = t.tenant AND a.account_id = u.account_id"
+)
 
 
 class _Snapshot(NamedTuple):
@@ -1141,25 +1134,21 @@ class Transaction:
         """The user a call on ``user_id`` counts for (the one an ``alias`` linked the id
         to, else itself), locked and bound as :meth:`lock_subjects` does; returns its id.
         On SQLite one statement answers the alias, the tenant and the user's snapshot (what
-        :meth:`user_snapshot` returns next)."""
-        return self._lock(user_id, account_id, resolve_alias=True)
-
-    def lock_subjects(self, user_id: str, account_id: str | None) -> None:
-        """Serialize this call with every other on the same user and account, and bind it to
-        the user's tenant (a new user's: ``account_id``, else itself). On SQLite the write
-        transaction (``BEGIN IMMEDIATE``) already excludes every other writer; the one
-        statement that finds the tenant also reads the user's snapshot (what
-        :meth:`user_snapshot` returns next)."""
-        self._lock(user_id, account_id, resolve_alias=False)
-
-    def _lock(self, user_id: str, account_id: str | None, *, resolve_alias: bool) -> str:
-        row = self.conn.execute(_LOCK_USER[resolve_alias],
-                                {"given": user_id, "account": account_id}).fetchone()
+        :meth:`user_snapshot` returns next, while nothing is written)."""
+        row = self.conn.execute(_LOCK_USER, {"given": user_id, "account": account_id}
+                                ).fetchone()
         user_id, tenant, found = row[:3]
         self.tenant, self.tenant_user = tenant, user_id
         self._user_read = _Snapshot(user_id, self.conn.total_changes,
                                     user_row(row[3:]) if found else None)
         return str(user_id)
+
+    def lock_subjects(self, user_id: str, account_id: str | None) -> None:
+        """Serialize this call with every other on the same user and account, and bind it to
+        the user's tenant (a new user's: ``account_id``, else itself). On SQLite the write
+        transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
+        self.tenant = self.tenant_of(user_id) or account_id or user_id
+        self.tenant_user = user_id
 
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
         """Serialize on one user or account and bind its tenant (see :meth:`lock_subjects`)."""
@@ -1374,8 +1363,7 @@ class Transaction:
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
         account id, the user's row and its account's. ``None`` for an unknown user. Right
-        after :meth:`lock_user` or :meth:`lock_subjects` (nothing written since), the
-        snapshot they read."""
+        after :meth:`lock_user` (nothing written since), the snapshot it read."""
         read, self._user_read = self._user_read, None
         if (read is not None and read.user_id == user_id
                 and read.changes == self.conn.total_changes):
