@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlite_utils
 
@@ -936,12 +936,13 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 
-def _subject_columns(alias: str, subject_type: str, key: str) -> str:
+def _subject_columns(alias: str, subject_type: str, key: str, tenant: str = ":tenant"
+                     ) -> str:
     # rules met this round, as a JSON array: a shadow rule's as [name] (its own space)
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
         f"(SELECT json_group_array(CASE WHEN q.shadow THEN json_array(rule) ELSE rule END) "
-        f"FROM qualifications q WHERE q.tenant_key = :tenant "
+        f"FROM qualifications q WHERE q.tenant_key = {tenant} "
         f"AND q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
@@ -953,6 +954,33 @@ _USER_SNAPSHOT = (
     "FROM users u LEFT JOIN accounts a ON a.tenant_key = :tenant "
     "AND a.account_id = u.account_id WHERE u.tenant_key = :tenant AND u.user_id = :id"
 )
+
+
+#: The start of a call on SQLite (:meth:`Transaction.lock_user`), one statement: the user's
+#: id (the one an alias linked ``:given`` to, else ``:given``), its tenant (its account now,
+#: else itself; a new user's: ``:account``, else itself), and what :data:`_USER_SNAPSHOT`
+#: reads (the user's row found when ``u.user_id`` is set).
+_LOCK_USER = (
+    f"SELECT t.id, t.tenant, u.user_id IS NOT NULL, u.account_id, "
+    f"{_subject_columns('u', 'user', 'user_id', 't.tenant')}, "
+    f"{_subject_columns('a', 'account', 'account_id', 't.tenant')} "
+    f"FROM (SELECT c.id, coalesce(d.account_id, d.tenant_key, :account, c.id) AS tenant "
+    f"FROM (SELECT coalesce((SELECT user_id FROM aliases WHERE tenant_key = :given), "
+    f":given) AS id) c "
+    f"LEFT JOIN user_directory d ON d.tenant_key = c.id) t "
+    f"LEFT JOIN users u ON u.tenant_key = t.tenant AND u.user_id = t.id "
+    f"LEFT JOIN accounts a ON a.tenant_key = t.tenant AND a.account_id = u.account_id"
+)
+
+
+class _Snapshot(NamedTuple):
+    """A user's snapshot read when its call began: good until the transaction writes."""
+
+    user_id: str
+    changes: int
+    row: UserRow | None
+
+
 _SUBJECT_SNAPSHOT = {
     kind: f"SELECT {_subject_columns('s', kind, key)} FROM {table} s "
           f"WHERE s.tenant_key = :tenant AND s.{key} = :id"
@@ -1048,10 +1076,12 @@ class Transaction:
         #: The tenant of this transaction's call (see :meth:`enter`), and whose it is.
         self.tenant: str | None = None
         self.tenant_user: str | None = None
+        self._user_read: _Snapshot | None = None
 
     def reset(self) -> None:
         """A new transaction: no tenant yet."""
         self.tenant = self.tenant_user = None
+        self._user_read = None
 
     # -- tenants --------------------------------------------------------------------------
 
@@ -1108,6 +1138,19 @@ class Transaction:
         self.conn.execute("RELEASE SAVEPOINT pqlsdk_call")
 
     # -- events, users, accounts ----------------------------------------------------------
+
+    def lock_user(self, user_id: str, account_id: str | None) -> str:
+        """The user a call on ``user_id`` counts for (the one an ``alias`` linked the id
+        to, else itself), locked and bound as :meth:`lock_subjects` does; returns its id.
+        On SQLite one statement answers the alias, the tenant and the user's snapshot (what
+        :meth:`user_snapshot` returns next, while nothing is written)."""
+        row = self.conn.execute(_LOCK_USER, {"given": user_id, "account": account_id}
+                                ).fetchone()
+        user_id, tenant, found = row[:3]
+        self.tenant, self.tenant_user = tenant, user_id
+        self._user_read = _Snapshot(user_id, self.conn.total_changes,
+                                    user_row(row[3:]) if found else None)
+        return str(user_id)
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
         """Serialize this call with every other on the same user and account, and bind it to
@@ -1328,7 +1371,12 @@ class Transaction:
 
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
-        account id, the user's row and its account's. ``None`` for an unknown user."""
+        account id, the user's row and its account's. ``None`` for an unknown user. Right
+        after :meth:`lock_user` (nothing written since), the snapshot it read."""
+        read, self._user_read = self._user_read, None
+        if (read is not None and read.user_id == user_id
+                and read.changes == self.conn.total_changes):
+            return read.row
         return user_row(self.conn.execute(
             _USER_SNAPSHOT, {"tenant": self.tenant_for("user", user_id), "id": user_id}
         ).fetchone())
