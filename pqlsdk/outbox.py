@@ -250,6 +250,8 @@ class Outbox:
         #: The delivery worker's periodic pass (the Client's look for overdue hand-offs),
         #: run by the ``on_overdue`` lanes; None: nothing to run.
         self.periodic: Callable[[], Any] | None = None
+        #: Whether mirrored tracks are written by reference (see :meth:`event_refs`).
+        self._event_refs: bool | None = None
 
     def after_fork(self) -> None:
         """In a forked child: its own lease renewer, locks and measurements."""
@@ -325,6 +327,15 @@ class Outbox:
         these calls have no event row to refer to)."""
         return (SEGMENT, kind, user_id, json.dumps([message], default=json_default), now)
 
+    def event_refs(self, tx: Transaction) -> bool:
+        """Whether mirrored tracks may be written as rows of
+        :data:`~pqlsdk.store.EVENT_REF_FORMAT` (every release that may read this database
+        reads them; see ``reads_event_refs`` of the store's transaction); asked once per
+        Outbox."""
+        if self._event_refs is None:
+            self._event_refs = tx.reads_event_refs()
+        return self._event_refs
+
     @staticmethod
     def event_row(message_id: str, user_id: str, now: int
                   ) -> tuple[str, str, str | None, str, int]:
@@ -332,7 +343,8 @@ class Outbox:
         :data:`~pqlsdk.store.EVENT_REF_FORMAT`: the event's message id (the row's user and
         the message id find the event row in the user's tenant); the message is built from
         the event row when it is delivered."""
-        return (SEGMENT, "track", user_id, json.dumps({"message_id": message_id}), now)
+        return (SEGMENT, "track", user_id, f'{{"message_id": {_json_string(message_id)}}}',
+                now)
 
     # -- delivering -------------------------------------------------------------------------
 
@@ -558,6 +570,10 @@ class Outbox:
                         "is registered under: register it under that name, or hand them to "
                         "another with client.retarget(%r, NEW_NAME)", count, destination,
                         destination)
+
+
+#: A str as a JSON string (what ``json.dumps`` does to one, without its dispatch).
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _key(row: dict[str, Any]) -> OutboxKey:

@@ -55,6 +55,9 @@ StatementHook = Callable[[str, dict[str, Any]], None]
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
 SCHEMA_VERSION = 11
+#: The first generation whose package reads outbox rows of format 2 (a mirrored track by
+#: its event's message id, issue 21): written only once the database needs it.
+EVENT_REF_GENERATION = 11
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: libpq's PGRES_TUPLES_OK: a statement's result that holds rows.
@@ -608,6 +611,17 @@ class PgTransaction(Transaction):
             "INSERT INTO outbox_lanes (destination) VALUES (?) ON CONFLICT (destination) "
             "DO UPDATE SET destination = excluded.destination", (destination,))
         return super().claim(destination, now, lease_until, limit, token)
+
+    def reads_event_refs(self) -> bool:
+        """Whether every pqlsdk that may use this database reads outbox rows of format 2
+        (:data:`~pqlsdk.store.sqlite.EVENT_REF_FORMAT`): only once the database needs
+        generation :data:`EVENT_REF_GENERATION` or newer (``schema_version.min_version``,
+        raised by :meth:`PostgresStore.record_minimum` once no process of an older release
+        runs). Until then a rolling deploy may leave an older release's worker claiming
+        rows, so mirrored tracks are written as their whole message (format 1)."""
+        row = self.conn.execute(
+            "SELECT min_version FROM schema_version WHERE one = 1").fetchone()
+        return row is not None and int(row[0]) >= EVENT_REF_GENERATION
 
     def schema_version(self) -> int:
         """The database's schema generation (its ``schema_version`` row)."""
