@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .messages import event_message, qualification_messages, stage_messages
+from .messages import event_message_text, qualification_messages, stage_messages
 from .models import Overdue, Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
 from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed, Transaction
@@ -477,10 +477,10 @@ class Outbox:
                     f"retention before it was delivered)")
                 continue
             account_id, name, ts, properties = event
-            try:
-                payloads[index] = [event_message(
-                    "track", user_id, from_micros(ts).isoformat(timespec="milliseconds"),
-                    message_id, account_id, event=name, properties=json.loads(properties))]
+            try:  # its JSON text: the stored properties go in as they are
+                payloads[index] = [event_message_text(
+                    user_id, from_micros(ts).isoformat(timespec="milliseconds"),
+                    message_id, account_id, name, properties)]
             except Exception as exc:  # a damaged row fails alone
                 del payloads[index]
                 results[index] = Undeliverable(f"its event cannot be read: {exc}")
