@@ -43,6 +43,7 @@ class Recorder(BaseHTTPRequestHandler):
     """Answers like Segment's /v1/batch and counts the messages; ``GET`` says how many."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as Segment's API
+    disable_nagle_algorithm = True  # else each answer's body waits out a delayed ACK
     received = 0
     lock = threading.Lock()
 

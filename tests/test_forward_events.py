@@ -201,3 +201,26 @@ def test_a_process_killed_mid_delivery_of_mirrored_tracks_loses_none_and_sends_e
     sent = segment_server.messages
     assert [m["properties"]["n"] for m in sent] == [0, 1, 2, 3, 4]
     assert [m["messageId"] for m in sent] == refs
+
+
+def test_a_batch_is_posted_as_segments_own_client_posts_it(segment_server):
+    """pqlsdk sends each message's JSON text (encoded once, to be sized): the request is the
+    one ``segment.analytics.request.post`` makes, with and without gzip."""
+    from segment.analytics import Client as SegmentClient
+    from segment.analytics.request import post
+
+    from pqlsdk.sinks import SegmentSink
+
+    message = event_message("track", "ada", "2026-11-02T09:00:00.000+00:00", "m-1", "acme",
+                            event="signup", properties={"plan": "free", "seats": 3})
+    for gzip in (False, True):
+        segment_server.batches.clear()
+        segment = SegmentClient(write_key="wk", host=segment_server.url + "/", gzip=gzip,
+                                sync_mode=True)
+        post("wk", segment_server.url + "/", gzip=gzip, batch=[message])
+        assert SegmentSink(segment).deliver([[message]]) == [None]
+        theirs, ours = segment_server.batches
+        for request in (theirs, ours):
+            request["body"].pop("sentAt")
+            request["headers"].pop("Content-Length")
+        assert ours == theirs
