@@ -612,6 +612,26 @@ class PgTransaction(Transaction):
             "DO UPDATE SET destination = excluded.destination", (destination,))
         return super().claim(destination, now, lease_until, limit, token)
 
+    def events_by_message(self, refs: list[tuple[str, str]]
+                          ) -> dict[tuple[str, str], tuple[Any, ...]]:
+        """See :meth:`Transaction.events_by_message`; here one statement per user, each
+        bound to the user's tenant (as a sharded engine routes it), not one for the claim."""
+        found: dict[tuple[str, str], tuple[Any, ...]] = {}
+        by_user: dict[str, list[str]] = {}
+        for user_id, message_id in refs:
+            by_user.setdefault(user_id, []).append(message_id)
+        for user_id, message_ids in by_user.items():
+            tenant = self.tenant_of(user_id) or user_id
+            for start in range(0, len(message_ids), 500):
+                part = message_ids[start:start + 500]
+                marks = ",".join("?" * len(part))
+                for row in self.conn.execute(
+                        f"SELECT message_id, account_id, event, ts, properties FROM events "
+                        f"WHERE tenant_key = ? AND user_id = ? AND message_id IN ({marks})",
+                        [tenant, user_id, *part]):
+                    found[(user_id, row[0])] = tuple(row[1:])
+        return found
+
     def reads_event_refs(self) -> bool:
         """Whether every pqlsdk that may use this database reads outbox rows of format 2
         (:data:`~pqlsdk.store.sqlite.EVENT_REF_FORMAT`): only once the database needs
