@@ -4,7 +4,10 @@
     python benchmarks/delivery.py --quick
 
 Both sides of each ratio are measured in the same run, alternating rounds, against a local
-HTTP server on 127.0.0.1 that answers like Segment's /v1/batch.
+HTTP server on 127.0.0.1 that answers like Segment's /v1/batch. The server runs in a process
+of its own (as Segment's API is not in the application's process), keeping connections
+alive as Segment's does; ``--collector-here`` runs it on a thread of this process instead
+(the releases before issue 21f measured so: the ratio then carries the server's own work).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +40,10 @@ DELIVERY_RULES = {"rules": [*RULES["rules"], {"name": "three_reports", "all": [
 
 
 class Recorder(BaseHTTPRequestHandler):
+    """Answers like Segment's /v1/batch and counts the messages; ``GET`` says how many."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as Segment's API
+    disable_nagle_algorithm = True  # else each answer's body waits out a delayed ACK
     received = 0
     lock = threading.Lock()
 
@@ -43,13 +51,64 @@ class Recorder(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with Recorder.lock:
             Recorder.received += len(body["batch"])
+        self._answer(b"{}")
+
+    def do_GET(self) -> None:
+        self._answer(str(Recorder.received).encode())
+
+    def _answer(self, data: bytes) -> None:
         self.send_response(200)
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(b"{}")
+        self.wfile.write(data)
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class Collector:
+    """The local Segment stand-in: in a child process (default) or on a thread here."""
+
+    here = "--collector-here" in sys.argv
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[str] | None = None
+        if self.here:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+            threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                             daemon=True).start()
+            port = self.server.server_address[1]
+        else:
+            self.process = subprocess.Popen([sys.executable, __file__, "--serve"],
+                                            stdout=subprocess.PIPE, text=True)
+            assert self.process.stdout is not None
+            port = int(self.process.stdout.readline())
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def received(self) -> int:
+        """Messages received so far."""
+        if self.process is None:
+            return Recorder.received
+        import urllib.request
+
+        with urllib.request.urlopen(self.url) as answer:
+            return int(answer.read())
+
+    def close(self) -> None:
+        """Stop the server."""
+        if self.process is None:
+            self.server.shutdown()
+        else:
+            self.process.kill()
+            self.process.wait()
+
+
+def serve() -> None:
+    """The collector's process: print the port, serve until killed."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    print(server.server_address[1], flush=True)
+    server.serve_forever(0.05)
 
 
 def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, str]]:
@@ -57,10 +116,8 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     events = 20_000 if quick else 100_000
     drain = 2_000 if quick else 10_000
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    segment = SegmentClient(write_key="bench", host=url, sync_mode=True)
+    collector = Collector()
+    segment = SegmentClient(write_key="bench", host=collector.url, sync_mode=True)
 
     folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
     paths = {name: os.path.join(folder, f"{name}.db") for name in ("off", "on", "mirror")}
@@ -92,7 +149,7 @@ def measure(quick: bool, rounds: int = 11, calls: int = 300) -> list[tuple[str, 
     for client in clients.values():
         client.close(timeout=30)
 
-    server.shutdown()
+    collector.close()
     drains = drain_rates(drain, folder)
     total = rounds * calls
     return [
@@ -150,11 +207,8 @@ def drain_rates(count: int, folder: str) -> list[tuple[str, str]]:
     callback and to a local Segment, each ratio from one run on copies of one file."""
     import shutil
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    segment = SegmentClient(write_key="bench",
-                            host=f"http://127.0.0.1:{server.server_address[1]}",
-                            sync_mode=True)
+    collector = Collector()
+    segment = SegmentClient(write_key="bench", host=collector.url, sync_mode=True)
     figures = []
     for what, make, sink in (("callback rows", _callback_rows, None),
                              ("Segment messages", _segment_rows, segment)):
@@ -164,17 +218,22 @@ def drain_rates(count: int, folder: str) -> list[tuple[str, str]]:
         for side in ("caller", "worker"):
             copy = os.path.join(folder, f"drain-{side}-{what.split()[0]}.db")
             shutil.copy(source, copy)
-            Recorder.received = 0
+            before = collector.received if sink is not None else 0
             times[side] = _drain(copy, side == "worker", sink)
             if sink is not None:
-                assert Recorder.received == count, (Recorder.received, count)
+                assert collector.received - before == count, (collector.received, count)
         figures.append((
             f"worker thread drains {count:,} {what} (vs flush() in the caller: "
             f"{count / times['caller']:,.0f}/s)",
             f"{count / times['worker']:,.0f}/s ({times['caller'] / times['worker']:.2f}x)"))
-    server.shutdown()
+    collector.close()
     return figures
 
 
 if __name__ == "__main__":
-    cli(measure, __doc__, rounds=11)
+    if "--serve" in sys.argv:
+        serve()
+    else:
+        if Collector.here:
+            sys.argv.remove("--collector-here")
+        cli(measure, __doc__, rounds=11)

@@ -136,11 +136,13 @@ class Engine:
         # a mirrored track's outbox row refers to its event by message id (the event row
         # keeps the one generated for Segment when the call gave none), when the event row
         # holds the whole message: the call's own user id, no context, integrations or
-        # anonymous id (else the row holds the message, as identify's and group's do)
+        # anonymous id (else the row holds the message, as identify's and group's do), and
+        # when every release that may read the outbox reads such rows
         mirror_id = (call.message_id or _new_id()) if (
             call.kind == "track" and self.forward_events and deliver
             and given.user_id == call.user_id and call.context is None
-            and call.integrations is None and call.anonymous_id is None) else None
+            and call.integrations is None and call.anonymous_id is None
+            and self.outbox.event_refs(tx)) else None
         message_id = mirror_id or call.message_id
         if call.kind == "track":
             if call.context is None and call.integrations is None:

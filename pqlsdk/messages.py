@@ -68,6 +68,26 @@ def event_message(kind: str, user_id: str, timestamp: str, message_id: str,
     return _message(kind, user_id, timestamp, message_id, account_id, **fields)
 
 
+#: The context every message of pqlsdk's carries, as JSON text (before its ``groupId``).
+_LIBRARY = json.dumps({"library": {"name": "analytics-python", "version": SEGMENT_VERSION}})
+_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def event_message_text(user_id: str, timestamp: str, message_id: str,
+                       account_id: str | None, event: str, properties: str) -> str:
+    """The JSON text of the ``track`` message :func:`event_message` builds (the same keys,
+    in the same order), from a stored event row: its ``properties`` are put in as stored
+    (JSON text), so a mirrored track is neither decoded nor encoded again at delivery."""
+    if not (properties.startswith("{") and properties.endswith("}")):
+        raise ValueError("the stored properties are not a JSON object")
+    context = (_LIBRARY if account_id is None
+               else f'{_LIBRARY[:-1]}, "groupId": {_string(account_id)}}}')
+    return (f'{{"type": "track", "userId": {_string(user_id)}, '
+            f'"timestamp": {_string(timestamp)}, "messageId": {_string(message_id)}, '
+            f'"context": {context}, "integrations": {{}}, "event": {_string(event)}, '
+            f'"properties": {properties}}}')
+
+
 def call_message(call: Call, account_id: str | None) -> dict[str, Any]:
     """A mirrored ``track``/``identify``/``group``/``alias`` call (``forward_events=True``;
     a page or screen is mirrored as the track it is recorded as), as of ``account_id``

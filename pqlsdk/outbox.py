@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .messages import event_message, qualification_messages, stage_messages
+from .messages import event_message_text, qualification_messages, stage_messages
 from .models import Overdue, Qualification, StageChange, json_default
 from .sinks import CallbackSink, Fatal, NotAttempted, Retry, SegmentSink
 from .store import EVENT_REF_FORMAT, PAYLOAD_FORMAT, Store, StoreClosed, Transaction
@@ -250,6 +250,8 @@ class Outbox:
         #: The delivery worker's periodic pass (the Client's look for overdue hand-offs),
         #: run by the ``on_overdue`` lanes; None: nothing to run.
         self.periodic: Callable[[], Any] | None = None
+        #: Whether mirrored tracks are written by reference (see :meth:`event_refs`).
+        self._event_refs: bool | None = None
 
     def after_fork(self) -> None:
         """In a forked child: its own lease renewer, locks and measurements."""
@@ -325,6 +327,15 @@ class Outbox:
         these calls have no event row to refer to)."""
         return (SEGMENT, kind, user_id, json.dumps([message], default=json_default), now)
 
+    def event_refs(self, tx: Transaction) -> bool:
+        """Whether mirrored tracks may be written as rows of
+        :data:`~pqlsdk.store.EVENT_REF_FORMAT` (every release that may read this database
+        reads them; see ``reads_event_refs`` of the store's transaction); asked once per
+        Outbox."""
+        if self._event_refs is None:
+            self._event_refs = tx.reads_event_refs()
+        return self._event_refs
+
     @staticmethod
     def event_row(message_id: str, user_id: str, now: int
                   ) -> tuple[str, str, str | None, str, int]:
@@ -332,7 +343,8 @@ class Outbox:
         :data:`~pqlsdk.store.EVENT_REF_FORMAT`: the event's message id (the row's user and
         the message id find the event row in the user's tenant); the message is built from
         the event row when it is delivered."""
-        return (SEGMENT, "track", user_id, json.dumps({"message_id": message_id}), now)
+        return (SEGMENT, "track", user_id, f'{{"message_id": {_json_string(message_id)}}}',
+                now)
 
     # -- delivering -------------------------------------------------------------------------
 
@@ -465,10 +477,10 @@ class Outbox:
                     f"retention before it was delivered)")
                 continue
             account_id, name, ts, properties = event
-            try:
-                payloads[index] = [event_message(
-                    "track", user_id, from_micros(ts).isoformat(timespec="milliseconds"),
-                    message_id, account_id, event=name, properties=json.loads(properties))]
+            try:  # its JSON text: the stored properties go in as they are
+                payloads[index] = [event_message_text(
+                    user_id, from_micros(ts).isoformat(timespec="milliseconds"),
+                    message_id, account_id, name, properties)]
             except Exception as exc:  # a damaged row fails alone
                 del payloads[index]
                 results[index] = Undeliverable(f"its event cannot be read: {exc}")
@@ -558,6 +570,10 @@ class Outbox:
                         "is registered under: register it under that name, or hand them to "
                         "another with client.retarget(%r, NEW_NAME)", count, destination,
                         destination)
+
+
+#: A str as a JSON string (what ``json.dumps`` does to one, without its dispatch).
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _key(row: dict[str, Any]) -> OutboxKey:

@@ -9,17 +9,20 @@ or the exception that says why not. The messages themselves are built in
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
+import gzip
 import inspect
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from segment.analytics.request import APIError, post
+from segment.analytics import request as segment_request
 
 from .models import Qualification
 
@@ -189,15 +192,21 @@ class SegmentSink:
         return not self.send or not getattr(self.client, "send", True)
 
     def deliver(self, items: list[Any]) -> list[Exception | None]:
-        """Send each item's messages, in batches; one result per item."""
+        """Send each item's messages, in batches; one result per item. A message is a dict,
+        or its JSON text already (:func:`pqlsdk.messages.event_message_text`); each is
+        encoded once, and its text both sized and sent."""
         results: list[Exception | None] = [None] * len(items)
-        batch: list[tuple[int, list[dict[str, Any]], int]] = []  # (item, messages, bytes)
+        batch: list[tuple[int, list[str], int]] = []  # (item, encoded messages, bytes)
         size = count = 0
         for index, messages in enumerate(items):
-            messages = messages or []
             if not messages:
                 continue
-            sizes = [len(json.dumps(m).encode()) for m in messages]
+            try:
+                texts = [m if isinstance(m, str) else _encode(m) for m in messages]
+            except (TypeError, ValueError) as exc:
+                results[index] = Fatal(f"a message cannot be encoded as JSON: {exc}")
+                continue
+            sizes = [len(text) for text in texts]  # ASCII: characters are bytes
             if max(sizes) > SEGMENT_MESSAGE_BYTES:
                 results[index] = Fatal(
                     f"a message of {max(sizes):,} bytes is over Segment's "
@@ -205,23 +214,23 @@ class SegmentSink:
                 continue
             row_size = sum(sizes)
             if batch and (size + row_size > SEGMENT_BATCH_BYTES
-                          or count + len(messages) > SEGMENT_BATCH):
+                          or count + len(texts) > SEGMENT_BATCH):
                 self._send(batch, results)
                 batch, size, count = [], 0, 0
-            batch.append((index, messages, row_size))
+            batch.append((index, texts, row_size))
             size += row_size
-            count += len(messages)
+            count += len(texts)
         if batch:
             self._send(batch, results)
         return results
 
-    def _send(self, batch: list[tuple[int, list[dict[str, Any]], int]],
+    def _send(self, batch: list[tuple[int, list[str], int]],
               results: list[Exception | None]) -> None:
         if any(r is not None and not isinstance(r, Fatal) for r in results):
             for index, _, _ in batch:  # an earlier batch failed for now: keep the order
                 results[index] = NotAttempted("waiting behind an earlier failed batch")
             return
-        error = self._post([m for _, messages, _ in batch for m in messages])
+        error = self._post([text for _, texts, _ in batch for text in texts])
         if isinstance(error, Fatal) and len(batch) > 1:
             half = len(batch) // 2  # find the rows the refusal concerns; the others go out
             self._send(batch[:half], results)
@@ -230,22 +239,14 @@ class SegmentSink:
         for index, _, _ in batch:
             results[index] = error
 
-    def _post(self, batch: list[dict[str, Any]]) -> Exception | None:
+    def _post(self, texts: list[str]) -> Exception | None:
         record = getattr(self.client, "record_batch", None)
         if record is not None:  # pqlsdk.testing.RecordingSegment: kept, not sent
-            record(batch)
+            record([json.loads(text) for text in texts])
             return None
         try:
-            post(
-                self.client.write_key,
-                self.client.host,
-                gzip=getattr(self.client, "gzip", False),
-                timeout=getattr(self.client, "timeout", 15),
-                proxies=getattr(self.client, "proxies", None),
-                oauth_manager=getattr(self.client, "oauth_manager", None),
-                batch=batch,
-            )
-        except APIError as exc:
+            upload(self.client, texts)
+        except segment_request.APIError as exc:
             verdict = status_class(exc.status)
             if verdict is StatusClass.DELIVERED:
                 return None
@@ -259,6 +260,51 @@ class SegmentSink:
         return None
 
 
+def _encode(message: dict[str, Any]) -> str:
+    """A message's JSON text, as Segment's client encodes it (datetimes as ISO 8601)."""
+    return json.dumps(message, cls=segment_request.DatetimeSerializer)
+
+
+def upload(client: Any, texts: list[str]) -> Any:
+    """POST a batch of encoded messages to ``/v1/batch`` as
+    ``segment.analytics.request.post`` does, with the Segment client's write key, host,
+    gzip, timeout, proxies and OAuth, through that module's HTTP session; only the messages
+    come encoded (each was encoded once, to be sized). Raises ``APIError`` as it does."""
+    write_key = client.write_key
+    body = (f'{{"batch": [{", ".join(texts)}], "sentAt": '
+            f'{json.dumps(datetime.now(tz=timezone.utc).isoformat())}, '
+            f'"writeKey": {json.dumps(write_key)}}}')
+    url = segment_request.remove_trailing_slash(getattr(client, "host", None)
+                                or "https://api.segment.io") + "/v1/batch"
+    oauth_manager = getattr(client, "oauth_manager", None)
+    token = oauth_manager.get_token() if oauth_manager else None
+    headers = {"Content-Type": "application/json",
+               "User-Agent": "analytics-python/" + segment_request.VERSION,
+               "Authorization": f"Bearer {token}" if token else "Basic " + base64.b64encode(
+                   f"{write_key}:".encode()).decode()}
+    data: str | bytes = body
+    if getattr(client, "gzip", False):
+        headers["Content-Encoding"] = "gzip"
+        data = gzip.compress(body.encode("utf-8"))
+    options: dict[str, Any] = {"data": data, "headers": headers,
+                               "timeout": getattr(client, "timeout", 15)}
+    proxies = getattr(client, "proxies", None)
+    if proxies:
+        options["proxies"] = proxies
+    res = segment_request._session.post(url, **options)
+    if 200 <= res.status_code < 300:
+        return res
+    if 300 <= res.status_code < 400:
+        raise segment_request.APIError(res.status_code, "redirect", res.reason, res)
+    if oauth_manager and res.status_code in (400, 401, 403, 511):
+        oauth_manager.clear_token()
+    try:
+        payload = res.json()
+        raise segment_request.APIError(res.status_code, payload["code"], payload["message"], res)
+    except (ValueError, KeyError, TypeError):
+        raise segment_request.APIError(res.status_code, "unknown", res.text, res) from None
+
+
 def reset_http_session() -> None:
     """Give this process its own pool of HTTP connections to Segment.
 
@@ -267,7 +313,6 @@ def reset_http_session() -> None:
     over one socket garble each other's requests. The child gets a fresh session.
     """
     from requests import sessions
-    from segment.analytics import request as segment_request
 
     if hasattr(segment_request, "_session"):
         segment_request._session = sessions.Session()

@@ -181,6 +181,7 @@ def test_every_statement_of_a_call_touches_one_partition_of_each_table(
     client = pqlsdk.Client(url, schema=schema, rules=RULES, sync_mode=True,
                            on_qualified={"crm": crm}, max_retries=3, segment=segment_client,
                            forward_events=True)
+    client.store.record_minimum(pg.EVENT_REF_GENERATION)  # no older release reads the outbox
     recorder = Recorder()
     client.store.on_statement = recorder
     try:

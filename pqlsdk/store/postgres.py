@@ -55,6 +55,9 @@ StatementHook = Callable[[str, dict[str, Any]], None]
 #: the previous release working (expand now, contract one release later), so its minimum
 #: stays below its own number; a migration that breaks older code raises the minimum.
 SCHEMA_VERSION = 11
+#: The first generation whose package reads outbox rows of format 2 (a mirrored track by
+#: its event's message id, issue 21): written only once the database needs it.
+EVENT_REF_GENERATION = 11
 #: SQLSTATEs after which a whole transaction is run again.
 RETRYABLE = {"40001", "40P01", "23505"}
 #: libpq's PGRES_TUPLES_OK: a statement's result that holds rows.
@@ -630,6 +633,37 @@ class PgTransaction(Transaction):
             "INSERT INTO outbox_lanes (destination) VALUES (?) ON CONFLICT (destination) "
             "DO UPDATE SET destination = excluded.destination", (destination,))
         return super().claim(destination, now, lease_until, limit, token)
+
+    def events_by_message(self, refs: list[tuple[str, str]]
+                          ) -> dict[tuple[str, str], tuple[Any, ...]]:
+        """See :meth:`Transaction.events_by_message`; here one statement per user, each
+        bound to the user's tenant (as a sharded engine routes it), not one for the claim."""
+        found: dict[tuple[str, str], tuple[Any, ...]] = {}
+        by_user: dict[str, list[str]] = {}
+        for user_id, message_id in refs:
+            by_user.setdefault(user_id, []).append(message_id)
+        for user_id, message_ids in by_user.items():
+            tenant = self.tenant_of(user_id) or user_id
+            for start in range(0, len(message_ids), 500):
+                part = message_ids[start:start + 500]
+                marks = ",".join("?" * len(part))
+                for row in self.conn.execute(
+                        f"SELECT message_id, account_id, event, ts, properties FROM events "
+                        f"WHERE tenant_key = ? AND user_id = ? AND message_id IN ({marks})",
+                        [tenant, user_id, *part]):
+                    found[(user_id, row[0])] = tuple(row[1:])
+        return found
+
+    def reads_event_refs(self) -> bool:
+        """Whether every pqlsdk that may use this database reads outbox rows of format 2
+        (:data:`~pqlsdk.store.sqlite.EVENT_REF_FORMAT`): only once the database needs
+        generation :data:`EVENT_REF_GENERATION` or newer (``schema_version.min_version``,
+        raised by :meth:`PostgresStore.record_minimum` once no process of an older release
+        runs). Until then a rolling deploy may leave an older release's worker claiming
+        rows, so mirrored tracks are written as their whole message (format 1)."""
+        row = self.conn.execute(
+            "SELECT min_version FROM schema_version WHERE one = 1").fetchone()
+        return row is not None and int(row[0]) >= EVENT_REF_GENERATION
 
     def schema_version(self) -> int:
         """The database's schema generation (its ``schema_version`` row)."""

@@ -1741,26 +1741,37 @@ class Transaction:
             [(self.tenant_for("user", row[2]) if row[2] else "", *row) for row in rows],
         )
 
+    def reads_event_refs(self) -> bool:
+        """Whether every pqlsdk that can open this database reads outbox rows of
+        :data:`EVENT_REF_FORMAT`: on a file, always (the release before them refuses a file
+        of this schema version: see :func:`migrate`)."""
+        return True
+
     def events_by_message(self, refs: list[tuple[str, str]]
                           ) -> dict[tuple[str, str], tuple[Any, ...]]:
         """``(user id, message id) -> (account_id, event, ts, properties)`` of the events
         still stored among ``refs`` (mirrored tracks' rows, at delivery), each read in its
         user's tenant now (where all of a user's events are, whatever accounts it moved
-        between): one statement per user."""
+        between): one statement for the users' tenants and one per 100 refs, whatever the
+        users, each ref found through the ``events_message_id`` index."""
+        users = sorted({user_id for user_id, _ in refs})
+        tenants: dict[str, str] = {}
+        for start in range(0, len(users), 500):
+            some = users[start:start + 500]
+            tenants.update(self.conn.execute(
+                f"SELECT tenant_key, coalesce(account_id, tenant_key) FROM user_directory "
+                f"WHERE tenant_key IN ({','.join('?' * len(some))})", some).fetchall())
         found: dict[tuple[str, str], tuple[Any, ...]] = {}
-        by_user: dict[str, list[str]] = {}
-        for user_id, message_id in refs:
-            by_user.setdefault(user_id, []).append(message_id)
-        for user_id, message_ids in by_user.items():
-            tenant = self.tenant_of(user_id) or user_id
-            for start in range(0, len(message_ids), 500):
-                part = message_ids[start:start + 500]
-                marks = ",".join("?" * len(part))
-                for row in self.conn.execute(
-                        f"SELECT message_id, account_id, event, ts, properties FROM events "
-                        f"WHERE tenant_key = ? AND user_id = ? AND message_id IN ({marks})",
-                        [tenant, user_id, *part]):
-                    found[(user_id, row[0])] = tuple(row[1:])
+        for start in range(0, len(refs), 100):
+            part = refs[start:start + 100]
+            terms = " OR ".join(["(tenant_key = ? AND message_id = ? AND user_id = ?)"]
+                                * len(part))
+            args = [value for user_id, message_id in part
+                    for value in (tenants.get(user_id, user_id), message_id, user_id)]
+            for row in self.conn.execute(
+                    f"SELECT user_id, message_id, account_id, event, ts, properties "
+                    f"FROM events WHERE {terms}", args):
+                found[(row[0], row[1])] = tuple(row[2:])
         return found
 
     def claim(self, destination: str, now: int, lease_until: int, limit: int, token: str
