@@ -1,14 +1,20 @@
 """pqlsdk on PostgreSQL against bare psycopg on the same server, in one run.
 
     python benchmarks/postgres.py [--quick]
+    python benchmarks/run.py --only PostgreSQL [--quick]    # the same rows, saved as JSON
 
 A throwaway server (tests/pgserver.py: initdb + pg_ctl, default settings: fsync and
 synchronous_commit on) or ``PQLSDK_TEST_POSTGRES``. Without either, outside CI, the rows say
 so and the suite goes on. Each figure is a ratio to the same server's own bare operation,
 timed in the same run, with the median and the range (min-max) over several rounds:
 
-- track() vs a bare autocommit INSERT into a table with one index (the goal: <= 1.5x), the
-  sides alternating in rounds so that machine noise hits both;
+- the SQLite benchmarks' workloads (``postgres_workloads.py``: the same rules, users and
+  sizes as track.py, delivery.py, threads.py and import_bench.py): an event no rule reads,
+  a user's first event, a returning light user and a heavy user at 100,000 (``--quick``)
+  and 1,000,000 events stored, against a bare autocommit INSERT into a copy of the same
+  events table; the light user's CPU per call; delivery on and ``forward_events=True`` vs
+  off; 8 threads with shared commits vs a transaction per call, and the cost per event vs
+  a bare autocommit INSERT; the import of JSONL vs a bare ``executemany`` of the same rows;
 - four processes vs one, total events/s and p99, for track() and for the bare INSERT (the
   ratio the machine itself allows: four processes on two cores share them with the
   server), and how many cores the server and the clients used;
@@ -285,7 +291,7 @@ def measure(quick: bool) -> list[tuple[str, str]]:
         lambda: workloads.forwarding(url, 20_000 if quick else 100_000, 3 if quick else 9,
                                      100 if quick else 300),
         lambda: workloads.threads(url, 3 if quick else 5, 50 if quick else 300),
-        lambda: workloads.bulk_import(url, 20_000 if quick else 200_000, 1 if quick else 2),
+        lambda: workloads.bulk_import(url, 20_000 if quick else 100_000, 1 if quick else 2),
         lambda: _four_vs_one(url, 3, 60 if quick else 600),
         lambda: _copy_vs_bare(url, 20_000 if quick else 1_000_000, 3),
     ]
