@@ -283,7 +283,7 @@ def measure(quick: bool) -> list[tuple[str, str]]:
     except NoServer as exc:
         if os.environ.get("CI"):
             raise
-        print(f"  ... PostgreSQL skipped: no server could be started ({exc})", file=sys.stderr)
+        print(f"  ... PostgreSQL skipped: {exc}", file=sys.stderr)
         return [("PostgreSQL", f"not measured: {exc}")]
     sizes = [100_000] if quick else [100_000, 1_000_000]
     parts: list[Callable[[], list[tuple[str, str]]]] = [
