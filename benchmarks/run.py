@@ -133,6 +133,7 @@ def main() -> None:
         print(f"\nratio changes against {args.compare} ({header.get('when', '?')}):")
         if args.only:
             old = [row for row in old if row.section in args.only]
+            rows = [row for row in rows if row.section in args.only]
         for line in results.compare(old, rows):
             print(line)
 
