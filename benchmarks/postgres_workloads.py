@@ -232,53 +232,20 @@ def forwarding(url: str, events: int, rounds: int, calls: int) -> Rows:
 
 
 def threads(url: str, rounds: int, calls: int) -> Rows:
-    """``threads.py``'s workload: 8 threads on distinct users, shared commits vs a
-    transaction per call; the baseline is one thread's bare autocommit INSERTs."""
-    import psycopg
-
-    shared_schema, single_schema, bare_schema = (_schema("threads") for _ in range(3))
-    shared = pqlsdk.Client(url, schema=shared_schema, rules=RULES)
-    single = pqlsdk.Client(url, schema=single_schema, rules=RULES, shared_commits=False)
-    pqlsdk.Client(url, schema=bare_schema).close()
-    count = thread_bench.THREADS * calls
-    insert = (f"INSERT INTO {bare_schema}.events (tenant_key, user_id, event, ts, properties) "
-              f"VALUES (%s, %s, %s, %s, %s)")
-    ratios, costs, on_lat, off_lat, per_batch = [], [], [], [], []
+    """``threads.py``'s comparison on PostgreSQL: 8 threads on distinct users, shared
+    commits vs a transaction per call; the baseline is one thread's bare autocommit
+    INSERTs on the same server."""
+    schemas = [_schema("threads") for _ in range(2)]
+    shared = pqlsdk.Client(url, schema=schemas[0], rules=RULES)
+    single = pqlsdk.Client(url, schema=schemas[1], rules=RULES, shared_commits=False)
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            for n in range(rounds):
-                off, lat_off = thread_bench._round(single, calls, f"r{n}")
-                before = (shared._commits.batches, shared._commits.calls)
-                on, lat_on = thread_bench._round(shared, calls, f"r{n}")
-                batches = shared._commits.batches - before[0]
-                per_batch.append((shared._commits.calls - before[1]) / max(1, batches))
-                began = time.perf_counter()
-                for k in range(count):
-                    user = f"bare-{k % thread_bench.THREADS}"
-                    conn.execute(insert, (user, user, "report_generated", k, "{}"))
-                bare = (time.perf_counter() - began) / count
-                ratios.append(on / off)
-                costs.append((1 / on) / bare)
-                on_lat += lat_on
-                off_lat += lat_off
+        return [(what.removeprefix("PostgreSQL: "), figure) for what, figure in
+                thread_bench._compare("PostgreSQL", shared, single,
+                                      thread_bench._bare_postgres(url), rounds, calls)]
     finally:
         shared.close()
         single.close()
-        _drop(url, shared_schema, single_schema, bare_schema)
-
-    def p99(values: list[float]) -> float:
-        return statistics.quantiles(values, n=100)[98] * 1e6
-
-    n = thread_bench.THREADS
-    return [
-        (f"{n} threads, distinct users: events/s, shared commits vs a commit per call "
-         f"(goal >= 1.5x)",
-         f"{ratio_rows(ratios)}; {statistics.median(per_batch):.1f} calls per commit"),
-        (f"{n} threads, shared commits: cost per event vs one bare autocommit INSERT "
-         f"(stretch <= 0.65x)", ratio_rows(costs)),
-        (f"p99 latency, {n} threads, shared commits vs a commit per call",
-         f"{p99(on_lat):.0f} us vs {p99(off_lat):.0f} us = {p99(on_lat) / p99(off_lat):.2f}x"),
-    ]
+        _drop(url, *schemas)
 
 
 def bulk_import(url: str, count: int, rounds: int) -> Rows:

@@ -1,14 +1,19 @@
 """Eight threads calling track() on distinct users: shared commits vs a commit per call.
 
-    python benchmarks/threads.py [--quick]
+    python benchmarks/threads.py [--quick] [--rounds N] [--calls N]
 
 A threaded server (gunicorn gthread, a thread pool under an async app) calls track() from
 many threads at once. With shared commits (the default) the calls waiting at one moment
 are applied in one transaction, each returning once it committed; ``shared_commits=False``
 is the earlier behaviour, a transaction per call. Both sides run in the same process, in
-alternating rounds, on copies of the same file; the baseline is one thread doing bare
-autocommit INSERTs. Figures: events/s of 8 threads against 8 threads without sharing (goal
->= 1.5x), the cost per event against a bare autocommit insert, and p99 latency.
+alternating rounds, on copies of the same store; the baseline is one thread doing bare
+autocommit INSERTs on the same engine. Figures, for SQLite (WAL, ``synchronous=NORMAL``:
+a commit does not wait for the disk; and ``"full"``: it does) and for PostgreSQL (a
+throwaway server from tests/pgserver.py, or ``PQLSDK_TEST_POSTGRES``; default settings, a
+commit waits for the WAL flush): events/s of 8 threads against 8 threads without sharing
+(goal >= 1.5x), the CPU time per event of both sides (the GIL serializes a call's Python
+work, which sharing does not shrink), the cost per event against a bare autocommit insert
+(stretch <= 0.65x), and p99 latency.
 """
 
 from __future__ import annotations
@@ -20,24 +25,37 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import pqlsdk
+from tests.pgserver import NoServer, server_url
 
 from track import NOW, RULES, cli
 
 THREADS = 8
 
 
-def _round(client: pqlsdk.Client, calls: int, tag: str) -> tuple[float, list[float]]:
-    """``calls`` track() per thread from 8 threads: (events/s, latencies)."""
+class Round(NamedTuple):
+    """One side's round: events/s, CPU seconds per event (the whole process), latencies."""
+
+    rate: float
+    cpu: float
+    latencies: list[float]
+
+
+def _round(client: pqlsdk.Client, calls: int, tag: str) -> Round:
+    """``calls`` track() per thread from 8 threads, each on a user of its own."""
     latencies: list[list[float]] = [[] for _ in range(THREADS)]
     start = threading.Barrier(THREADS + 1)
 
     def worker(n: int) -> None:
         mine = latencies[n]
         user = f"{tag}-user-{n}"
+        client.track(user, "signed_up", timestamp=NOW)  # known before the clock starts
         start.wait()
         for _ in range(calls):
             began = time.perf_counter()
@@ -48,66 +66,126 @@ def _round(client: pqlsdk.Client, calls: int, tag: str) -> tuple[float, list[flo
     for thread in threads:
         thread.start()
     start.wait()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - began
-    return THREADS * calls / elapsed, [x for part in latencies for x in part]
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    events = THREADS * calls
+    return Round(events / elapsed, cpu / events, [x for part in latencies for x in part])
 
 
-def _bare(path: str, calls: int) -> float:
-    conn = sqlite3.connect(path, isolation_level=None)
+def _bare_sqlite(path: str, synchronous: str) -> Callable[[int], float]:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    began = time.perf_counter()
-    for n in range(calls):
-        conn.execute("INSERT INTO events (user_id, event, ts, properties) VALUES (?, ?, ?, ?)",
-                     (f"bare-{n % 8}", "report_generated", n, "{}"))
-    elapsed = time.perf_counter() - began
-    conn.close()
-    return elapsed / calls
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+
+    def bare(calls: int) -> float:
+        began = time.perf_counter()
+        for n in range(calls):
+            conn.execute("INSERT INTO events (user_id, event, ts, properties) "
+                         "VALUES (?, ?, ?, ?)", (f"bare-{n % 8}", "report_generated", n, "{}"))
+        return (time.perf_counter() - began) / calls
+    return bare
 
 
-def measure(quick: bool, rounds: int = 5, calls: int = 300) -> list[tuple[str, str]]:
-    """The figures, as ``(what, figure)`` rows."""
-    if quick:
-        rounds, calls = 3, 100
-    folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
-    shared = pqlsdk.Client(os.path.join(folder, "shared.db"), rules=RULES)
-    single = pqlsdk.Client(os.path.join(folder, "single.db"), rules=RULES,
-                           shared_commits=False)
-    bare_path = os.path.join(folder, "bare.db")
-    pqlsdk.Client(bare_path).close()
-    ratios, costs, on_lat, off_lat, per_batch = [], [], [], [], []
+def _bare_postgres(url: str) -> Callable[[int], float]:
+    import psycopg
+
+    conn = psycopg.connect(url, autocommit=True)
+    table = f"bare_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE TABLE {table} (id BIGINT GENERATED BY DEFAULT AS IDENTITY "
+                 f"PRIMARY KEY, user_id TEXT, event TEXT, ts BIGINT, properties TEXT)")
+
+    def bare(calls: int) -> float:
+        began = time.perf_counter()
+        for n in range(calls):
+            conn.execute(f"INSERT INTO {table} (user_id, event, ts, properties) "
+                         f"VALUES (%s, %s, %s, %s)", (f"bare-{n % 8}", "report_generated", n,
+                                                       "{}"))
+        return (time.perf_counter() - began) / calls
+    return bare
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] * 1e6
+
+
+def _compare(engine: str, shared: pqlsdk.Client, single: pqlsdk.Client,
+             bare: Callable[[int], float], rounds: int, calls: int
+             ) -> list[tuple[str, str]]:
+    ratios, costs, per_batch, on_cpu, off_cpu = [], [], [], [], []
+    on_lat: list[float] = []
+    off_lat: list[float] = []
     for n in range(rounds):
-        off, lat_off = _round(single, calls, f"r{n}")
+        off = _round(single, calls, f"r{n}")
         before = (shared._commits.batches, shared._commits.calls)
-        on, lat_on = _round(shared, calls, f"r{n}")
+        on = _round(shared, calls, f"r{n}")
         batches = shared._commits.batches - before[0]
         per_batch.append((shared._commits.calls - before[1]) / max(1, batches))
-        bare = _bare(bare_path, THREADS * calls)
-        ratios.append(on / off)
-        costs.append((1 / on) / bare)
-        on_lat += lat_on
-        off_lat += lat_off
-    shared.close()
-    single.close()
-
-    def p99(values: list[float]) -> float:
-        return statistics.quantiles(values, n=100)[98] * 1e6
-
+        base = bare(THREADS * calls)
+        ratios.append(on.rate / off.rate)
+        costs.append((1 / on.rate) / base)
+        on_cpu.append(on.cpu * 1e6)
+        off_cpu.append(off.cpu * 1e6)
+        on_lat += on.latencies
+        off_lat += off.latencies
+    med = statistics.median
     return [
-        (f"{THREADS} threads, distinct users: events/s, shared commits vs a commit per call "
-         f"(goal >= 1.5x)",
-         f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}; "
-         f"{statistics.median(per_batch):.1f} calls per commit)"),
-        (f"{THREADS} threads, shared commits: cost per event vs one bare autocommit INSERT "
-         f"(stretch <= 0.65x)",
-         f"{statistics.median(costs):.2f}x"),
-        (f"p99 latency, {THREADS} threads, shared commits vs a commit per call",
-         f"{p99(on_lat):.0f} us vs {p99(off_lat):.0f} us = {p99(on_lat) / p99(off_lat):.2f}x"),
+        (f"{engine}: {THREADS} threads, distinct users: events/s, shared commits vs a commit "
+         f"per call (goal >= 1.5x)",
+         f"{med(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}; "
+         f"{med(per_batch):.1f} calls per commit)"),
+        (f"{engine}: CPU time per event (process), shared commits vs a commit per call",
+         f"{med(on_cpu):.0f} us vs {med(off_cpu):.0f} us = {med(on_cpu) / med(off_cpu):.2f}x"),
+        (f"{engine}: {THREADS} threads, shared commits: cost per event vs one bare autocommit "
+         f"INSERT (stretch <= 0.65x)",
+         f"{med(costs):.2f}x (range {min(costs):.2f}-{max(costs):.2f})"),
+        (f"{engine}: p99 latency, {THREADS} threads, shared commits vs a commit per call",
+         f"{_p99(on_lat):.0f} us vs {_p99(off_lat):.0f} us = "
+         f"{_p99(on_lat) / _p99(off_lat):.2f}x"),
     ]
 
 
+def _sqlite(synchronous: str, rounds: int, calls: int) -> list[tuple[str, str]]:
+    folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
+    kw: dict[str, Any] = {"rules": RULES, "synchronous": synchronous}
+    shared = pqlsdk.Client(os.path.join(folder, "shared.db"), **kw)
+    single = pqlsdk.Client(os.path.join(folder, "single.db"), shared_commits=False, **kw)
+    bare_path = os.path.join(folder, "bare.db")
+    pqlsdk.Client(bare_path).close()
+    try:
+        return _compare(f"SQLite synchronous={synchronous}", shared, single,
+                        _bare_sqlite(bare_path, synchronous), rounds, calls)
+    finally:
+        shared.close()
+        single.close()
+
+
+def _postgres(rounds: int, calls: int) -> list[tuple[str, str]]:
+    try:
+        url, server = server_url()
+    except NoServer as exc:
+        return [("PostgreSQL: 8 threads", f"not measured: {exc}")]
+    tag = uuid.uuid4().hex[:6]
+    shared = pqlsdk.Client(url, schema=f"threads_on_{tag}", rules=RULES)
+    single = pqlsdk.Client(url, schema=f"threads_off_{tag}", rules=RULES,
+                           shared_commits=False)
+    try:
+        return _compare("PostgreSQL", shared, single, _bare_postgres(url), rounds, calls)
+    finally:
+        shared.close()
+        single.close()
+        if server is not None:
+            server.stop()
+
+
+def measure(quick: bool, rounds: int = 7, calls: int = 300) -> list[tuple[str, str]]:
+    """The figures, as ``(what, figure)`` rows."""
+    if quick:
+        rounds, calls = 3, 100
+    return (_sqlite("normal", rounds, calls) + _sqlite("full", rounds, calls)
+            + _postgres(rounds, calls))
+
+
 if __name__ == "__main__":
-    cli(measure, __doc__, rounds=5)
+    cli(measure, __doc__, rounds=7)

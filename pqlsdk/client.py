@@ -103,7 +103,7 @@ class Client:
         is refused with :class:`~pqlsdk.RuleError`.
     :param scoring: the ``[scoring]`` model as a dict, for rules given as Python objects.
     :param shared_commits: calls made at the same time from several threads are applied
-        by one of them in one transaction (each in a savepoint of its own) and each returns
+        by one of them in one transaction (a call that raises fails alone) and each returns
         once that transaction committed (see the README's "Threads"); ``False``: one
         transaction per call.
     :param lifecycle: the ``[lifecycle]`` section as a dict (``{"accept_within": "2d"}``),

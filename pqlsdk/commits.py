@@ -3,15 +3,22 @@
 A threaded server (gunicorn's gthread workers, a thread pool under an async app) used to pay
 one commit per call while the other threads waited for the store's lock. Here each call
 joins a queue; the thread that gets the writer's lock takes every call queued so far (its
-own among them) and applies them in one transaction, each inside a savepoint of its own,
-then commits once. Every caller returns only after the batch holding its call committed:
-nothing is acknowledged before it is in the database, as with a commit per call.
+own among them) and applies them in one transaction, taking in the calls queued meanwhile
+(up to :data:`BATCH_LIMIT`), then commits once. Every caller returns only after the batch
+holding its call committed: nothing is acknowledged before it is in the database, as with a
+commit per call.
 
-- A call whose work raises (a Python error: a bug, a callback-free failure) is rolled back
-  to its savepoint and raises in its own thread; the others of its batch commit.
+- A batch is applied without a savepoint per call (two statements each, on the path of
+  every call). A call whose work raises (a Python error: a bug, a callback-free failure)
+  raises in its own thread, and the transaction is rolled back: the rest of its batch is
+  applied again in a new transaction, each call inside a savepoint of its own, so a call
+  that fails there too is rolled back alone and the others commit. Each call gets the
+  result (or the error) it would have had with savepoints from the start.
 - If the batch as a whole cannot commit (an error from the database driver inside a call,
   a full disk, a lock not granted), each of its calls is run again in a transaction of its
   own, so each gets exactly the result (or the error) it would have had alone.
+- If the leading thread is interrupted (KeyboardInterrupt), nothing of its batch is
+  committed and every caller of the batch is woken with a :class:`~pqlsdk.StoreError`.
 - A lone call (the single-threaded case) runs as before: one transaction, no savepoint.
 """
 
@@ -20,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import StoreError
 from .store import Store, Transaction
@@ -40,9 +47,25 @@ class _Request(Generic[T]):
         self.error: BaseException | None = None
         self.done = False
         self.lead = False  # asked to apply the next batch
-        #: Set when the request is done or asked to lead; made only for a caller that waits
-        #: (a lone call, the common case, never needs one).
-        self.wake: threading.Event | None = None
+        #: Held (locked) while the caller waits; released when the request is done or
+        #: asked to lead. A plain lock: waiting and waking cost no Python-level condition.
+        #: Made only for a caller that waits (a lone call, the common case, never needs one).
+        self.wake: threading.Lock | None = None
+
+
+class _Outcome(NamedTuple):
+    """What one call of a batch gave: its result, or the error it raised."""
+
+    result: Any
+    error: BaseException | None
+
+
+class _CallFailed(Exception):
+    """Raised out of a batch's transaction (rolling it back) when call ``index`` raised."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index, self.error = index, error
 
 
 def _driver_error(exc: BaseException) -> bool:
@@ -51,13 +74,19 @@ def _driver_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg_pool")
 
 
+def _wake(request: _Request[Any]) -> None:
+    wake, request.wake = request.wake, None  # woken once: done, or asked to lead
+    if wake is not None:
+        wake.release()
+
+
 class SharedCommits:
     """Run ``work(tx)`` callables from many threads, several per transaction.
 
-    One thread at a time leads: it applies what is queued as a batch, wakes the callers
-    of that batch once it committed, repeats until its own call is done, then hands the
-    lead to the oldest call still queued (if any). The others wait on an event of their
-    own (no convoy through a lock).
+    One thread at a time leads: it applies what is queued as a batch (taking in what is
+    queued while it works), wakes the callers of that batch once it committed, repeats
+    until its own call is done, then hands the lead to the oldest call still queued (if
+    any). The others wait on a lock of their own (no convoy through a shared lock).
 
     >>> commits = SharedCommits(store)
     >>> commits.run(lambda tx: tx.insert_event(None, "u1", None, "signup", 0, "{}"))
@@ -72,6 +101,8 @@ class SharedCommits:
         #: Transactions committed and calls they carried (for benchmarks and tests).
         self.batches = 0
         self.calls = 0
+        #: Batches rolled back because a call raised, and applied again with savepoints.
+        self.reruns = 0
 
     def run(self, work: Callable[[Transaction], T]) -> T:
         """Apply ``work`` in a transaction (shared with other threads' calls) and return
@@ -84,9 +115,10 @@ class SharedCommits:
             if lead:
                 self._leading = True
             else:
-                request.wake = threading.Event()
+                request.wake = wake = threading.Lock()
+                wake.acquire()
         if not lead:
-            request.wake.wait()  # type: ignore[union-attr]
+            wake.acquire()  # released by the leader: done, or asked to lead
         if not request.done:  # leading now: batches until this call's is committed
             try:
                 while not request.done:
@@ -102,16 +134,20 @@ class SharedCommits:
             if self._queue:
                 following = self._queue[0]
                 following.lead = True
-                following.wake.set()  # type: ignore[union-attr]  # it waits: it has one
+                _wake(following)  # it waits: it has a lock
             else:
                 self._leading = False
 
+    def _take(self, room: int) -> list[_Request[Any]]:
+        """Up to ``room`` of the calls queued, oldest first."""
+        with self._mutex:
+            return [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+
     def _lead(self) -> None:
         """Take what is queued (up to the limit), apply it as one batch, wake its callers."""
-        with self._mutex:
-            batch = [self._queue.popleft() for _ in range(min(self.limit, len(self._queue)))]
+        batch = self._take(self.limit)
         try:
-            self.apply(batch)
+            self.apply(batch, join=True)
         except BaseException as exc:  # interrupted (KeyboardInterrupt): no call waits forever
             for request in batch:
                 if not request.done:
@@ -122,25 +158,49 @@ class SharedCommits:
             raise
         finally:
             for request in batch:
-                if request.wake is not None:
-                    request.wake.set()
+                _wake(request)
 
-    def apply(self, batch: list[_Request[Any]]) -> None:
-        """Apply ``batch`` in one transaction, each call in a savepoint; fill in each
-        request's result or error."""
+    def apply(self, batch: list[_Request[Any]], *, join: bool = False) -> None:
+        """Apply ``batch`` in one transaction and fill in each request's result or error.
+        With ``join``, calls queued while it is applied join it (``batch`` grows) up to
+        the limit."""
+        try:
+            outcomes = self.store.transact(lambda tx: self._together(tx, batch, join))
+        except _CallFailed as failed:  # rolled back: again without it, with savepoints
+            self.reruns += 1
+            request = batch[failed.index]
+            request.error, request.done = failed.error, True
+            rest = batch[:failed.index] + batch[failed.index + 1:]
+            if rest:
+                self._guarded(rest)
+            return
+        except Exception as exc:
+            if len(batch) == 1:  # a lone call: this is the error it has alone
+                batch[0].error, batch[0].done = exc, True
+                return
+            for request in batch:  # each call again, alone: its own result or error
+                self._alone(request)
+            return
+        self._settle(batch, outcomes)
+
+    def _settle(self, batch: list[_Request[Any]], outcomes: list[_Outcome]) -> None:
+        self.batches += 1
+        self.calls += len(batch)
+        for request, outcome in zip(batch, outcomes, strict=True):
+            request.result, request.error, request.done = outcome.result, outcome.error, True
+
+    def _guarded(self, batch: list[_Request[Any]]) -> None:
+        """Apply ``batch`` in one transaction, each call in a savepoint of its own."""
         if len(batch) == 1:
             self._alone(batch[0])
             return
         try:
-            outcomes = self.store.transact(lambda tx: self._together(tx, batch))
+            outcomes = self.store.transact(lambda tx: self._savepoints(tx, batch))
         except Exception:
-            for request in batch:  # each call again, alone: its own result or error
+            for request in batch:
                 self._alone(request)
             return
-        self.batches += 1
-        self.calls += len(batch)
-        for request, (result, error) in zip(batch, outcomes, strict=True):
-            request.result, request.error, request.done = result, error, True
+        self._settle(batch, outcomes)
 
     def _alone(self, request: _Request[Any]) -> None:
         try:
@@ -151,10 +211,29 @@ class SharedCommits:
             request.error = exc
         request.done = True
 
+    def _together(self, tx: Transaction, batch: list[_Request[Any]], join: bool
+                  ) -> list[_Outcome]:
+        """Each call of ``batch`` in turn, no savepoint; a call that raises rolls the whole
+        transaction back (:class:`_CallFailed`). Then, with ``join``, the calls queued
+        meanwhile, until none is left or the batch is full."""
+        outcomes: list[_Outcome] = []
+        while True:
+            for index in range(len(outcomes), len(batch)):
+                try:
+                    outcomes.append(_Outcome(batch[index].work(tx), None))
+                except Exception as exc:
+                    if _driver_error(exc):
+                        raise  # the transaction may be broken: run the calls one by one
+                    raise _CallFailed(index, exc) from exc
+            room = self.limit - len(batch)
+            more = self._take(room) if join and room > 0 else []
+            if not more:
+                return outcomes
+            batch.extend(more)
+
     @staticmethod
-    def _together(tx: Transaction, batch: list[_Request[Any]]
-                  ) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
+    def _savepoints(tx: Transaction, batch: list[_Request[Any]]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
         for request in batch:
             tx.savepoint()
             try:
@@ -163,8 +242,8 @@ class SharedCommits:
                 if _driver_error(exc):
                     raise  # the transaction may be broken: run the calls one by one
                 tx.rollback_to_savepoint()
-                outcomes.append((None, exc))
+                outcomes.append(_Outcome(None, exc))
                 continue
             tx.release_savepoint()
-            outcomes.append((result, None))
+            outcomes.append(_Outcome(result, None))
         return outcomes

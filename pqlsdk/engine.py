@@ -125,10 +125,10 @@ class Engine:
         if (call.kind == "identify" and call.anonymous_id is not None
                 and call.anonymous_id != call.user_id):
             linked = self._link(tx, call.anonymous_id, call.user_id, call.at, deliver)
-        canonical = tx.alias_of(call.user_id)
-        if canonical is not None:  # an id linked to a user counts for that user
-            call = call._replace(user_id=canonical)
-        tx.lock_subjects(call.user_id, call.account_id)
+        # an id linked to a user counts for that user
+        counted_for = tx.lock_user(call.user_id, call.account_id)
+        if counted_for != call.user_id:
+            call = call._replace(user_id=counted_for)
         new: list[str] = []
         user, account = load_subjects(tx, call.user_id, call.account_id, ts, new)
         account_id = account.id if account else None

@@ -208,12 +208,12 @@ def _funnel_table(funnel: Funnel) -> str:
 
 
 def _rules_table(outcomes: Sequence[RuleOutcome]) -> str:
-    head = ("<tr><th>rule</th><th>qualified</th><th>sql</th><th>opportunity</th>"
-            "<th>customer</th><th>unqualified</th><th>disqualified</th>"
+    head = ("<tr><th>rule</th><th>qualified</th><th>firings</th><th>sql</th>"
+            "<th>opportunity</th><th>customer</th><th>unqualified</th><th>disqualified</th>"
             "<th>top reasons</th></tr>")
     body = "".join(
         f"<tr><td>{escape(o.rule)}{' (shadow)' if o.shadow else ''}</td>"
-        f"<td>{o.qualified}</td><td>{o.reached['sql']}</td>"
+        f"<td>{o.qualified}</td><td>{o.firings}</td><td>{o.reached['sql']}</td>"
         f"<td>{o.reached['opportunity']}</td><td>{o.reached['customer']}</td>"
         f"<td>{o.rejected['unqualified']}</td><td>{o.rejected['disqualified']}</td>"
         f"<td>{escape('; '.join(f'{r} ({n})' for r, n in o.top_reasons))}</td></tr>"

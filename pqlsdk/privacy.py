@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from .errors import UnknownSubject
+from .identities import canonical
 from .store import Store
 from .timestamps import from_micros
 
@@ -47,9 +48,15 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
     ``first_seen``, ``stage``, ``traits``, ``events`` (oldest first), ``pruned_events``
     (what retention folded: per event and kept properties, a count), ``stages`` (its
     history), ``qualifications`` (its own, and the account ones its events completed),
-    ``staged`` (messages of an unfinished import) and ``pending_deliveries``. Raises
+    ``staged`` (messages of an unfinished import), ``pending_deliveries``, and what issue
+    20's lifecycle keeps: ``linked_ids`` (ids an ``alias`` or an identify's anonymous id
+    linked to the user), ``trait_history``, ``contexts`` (the context and integrations its
+    identify, group and alias calls carried; a track's are on its event) and
+    ``handoffs`` (its qualifications' hand-offs to sales). An id linked to a user gives that
+    user's data (as every read resolves it; ``user_id`` says whose). Raises
     :class:`~pqlsdk.UnknownSubject` for a user pqlsdk does not know."""
     with store.read() as tx:
+        user_id = canonical(tx, user_id)
         # the user's rows are in its tenant (an account it left keeps a copy of the events
         # it recorded there: read the user's own, once)
         tenant = tx.enter("user", user_id)
@@ -60,9 +67,27 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
         events = [
             {"event": row["event"], "timestamp": _iso(row["ts"]),
              "properties": json.loads(row["properties"]), "account_id": row["account_id"],
-             "message_id": row["message_id"]}
+             "message_id": row["message_id"], **_extras(row)}
             for row in tx.rows("events", "tenant_key = ? AND user_id = ?", [tenant, user_id],
                                order_by="ts, id")]
+        linked = [{"id": row["tenant_key"], "linked_at": _iso(row["at"])}
+                  for row in tx.rows("aliases", "user_id = ?", [user_id],
+                                     order_by="at, tenant_key")]
+        traits = [{"trait": row["trait"], "value": _json(row["value"]), "at": _iso(row["at"])}
+                  for row in tx.rows("trait_changes", "tenant_key = ? AND subject_type = "
+                                     "'user' AND subject_id = ?", [tenant, user_id],
+                                     order_by="at, id")]
+        contexts = [{"kind": row["kind"], "timestamp": _iso(row["at"]),
+                     "account_id": row["account_id"], "message_id": row["message_id"],
+                     **_extras(row)}
+                    for row in tx.rows("call_contexts", "tenant_key = ? AND user_id = ?",
+                                       [tenant, user_id], order_by="at, id")]
+        handoffs = [{"qualification_id": row["qualification_id"], "rule": row["rule"],
+                     "qualified_at": _iso(row["qualified_at"]),
+                     "notified_at": _iso(row["notified_at"])}
+                    for row in tx.rows("handoffs", "tenant_key = ? AND subject_type = 'user' "
+                                       "AND subject_id = ?", [tenant, user_id],
+                                       order_by="qualified_at, qualification_id")]
         stages = [
             {"from_stage": row["from_stage"], "to_stage": row["to_stage"],
              "at": _iso(row["at"]), "source": row["source"], "reason": row["reason"],
@@ -102,4 +127,18 @@ def export(store: Store, user_id: str) -> dict[str, Any]:
                     "event": row["event"], "data": json.loads(row["data"])}
                    for row in staged],
         "pending_deliveries": deliveries,
+        "linked_ids": linked,
+        "trait_history": traits,
+        "contexts": contexts,
+        "handoffs": handoffs,
     }
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _extras(row: dict[str, Any]) -> dict[str, Any]:
+    """A call's ``context`` and ``integrations``, where it carried them."""
+    return {key: json.loads(row[key]) for key in ("context", "integrations")
+            if row.get(key) is not None}

@@ -36,6 +36,7 @@ from .errors import PqlError, RuleError, StoreClosed, ValidationError
 from .rules import Condition, EventCondition, RuleSet, parse_duration, walk
 from .rules import format_duration as _format
 from .store import Store, Transaction
+from .store.base import RollupAdd, RollupKey
 
 log = logging.getLogger("pqlsdk")
 
@@ -125,38 +126,17 @@ class Retention:
         cutoff = self.cutoff(now)
 
         def fold(tx: Transaction) -> tuple[int | None, int]:  # may run again: see transact
-            last, rows = tx.events_to_prune(after_id, chunk, cutoff)
-            if not rows:
-                return last, 0
-            # key: (tenant, user, account, event, kept properties) -> [n, first, last]; the
-            # tenant too: a user who changed accounts left the old one a copy of its events
-            groups: dict[tuple[Any, ...], list[int]] = {}
-            for _, tenant, user_id, account_id, event, ts, properties in rows:
-                key = (tenant, user_id, account_id, event, self._key(event, properties))
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [1, ts, ts]
-                else:
-                    group[0] += 1
-                    group[1] = min(group[1], ts)
-                    group[2] = max(group[2], ts)
-            existing: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
-            pairs = {(k[1], k[3]) for k in groups}
-            for (rollup_id, tenant, user_id, account_id, event, properties, n, first,
-                 latest) in tx.rollups_of({user for user, _ in pairs}):
-                if (user_id, event) in pairs:
-                    existing[(tenant, user_id, account_id, event, properties)] = (
-                        rollup_id, n, first, latest)
-            updates, inserts = [], []
-            for key, (n, first, latest) in groups.items():
-                if key in existing:
-                    rollup_id, old_n, old_first, old_last = existing[key]
-                    updates.append((old_n + n, min(old_first, first), max(old_last, latest),
-                                    key[0], rollup_id))
-                else:
-                    inserts.append((*key, n, first, latest))
-            tx.fold_events([(row[1], row[0]) for row in rows], updates, inserts)
-            return last, len(rows)
+            last, removed = tx.take_old_events(after_id, chunk, cutoff)
+            groups: dict[RollupKey, RollupAdd] = {}
+            for pruned in removed:
+                key = RollupKey(pruned.tenant_key, pruned.user_id, pruned.account_id,
+                                pruned.event, self._key(pruned.event, pruned.properties))
+                seen = groups.get(key)
+                groups[key] = RollupAdd(key, 1, pruned.ts, pruned.ts) if seen is None else (
+                    RollupAdd(key, seen.n + 1, min(seen.first_ts, pruned.ts),
+                              max(seen.last_ts, pruned.ts)))
+            tx.add_to_rollups(list(groups.values()))
+            return last, len(removed)
 
         return store.transact(fold)
 

@@ -281,3 +281,25 @@ def test_replay_of_score_rules_equals_live(make_client):
                     replay(tx, client.rules.rules, client.rules.scoring, "user", 2**62)
                     if found[0] is not None}
     assert replayed == live
+
+
+def test_the_population_counts_users_that_changed_accounts_and_users_without_one(
+        make_client):
+    """Who a backtest looks at: every user with an event in the frame, read in the user's
+    own tenant (a user that moved took its events along), and every account with an event
+    recorded with it (the one a user left keeps what was done there)."""
+    client = make_client()
+    client.track("mover", "report_generated", account_id="acct-a", timestamp=T0)
+    client.group("mover", "acct-b", timestamp=T0 + timedelta(hours=1))
+    client.track("loner", "report_generated", timestamp=T0 + timedelta(hours=2))
+    client.track("stayer", "report_generated", account_id="acct-b",
+                 timestamp=T0 + timedelta(hours=3))
+    client.identify("silent", {"plan": "free"}, timestamp=T0)  # no event: not counted
+    rule = pqlsdk.Rule("any", pqlsdk.event("report_generated", at_least=1))
+    until = T0 + timedelta(days=60)
+    assert client.backtest([rule], until=until).subjects == 3
+    accounts = pqlsdk.Rule("any", pqlsdk.event("report_generated", at_least=1),
+                           subject="account")
+    assert client.backtest([accounts], subject="account", until=until).subjects == 2
+    later = client.backtest([rule], since=T0 + timedelta(minutes=90), until=until)
+    assert later.subjects == 2  # the mover's one event is before the frame

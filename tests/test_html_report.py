@@ -25,6 +25,13 @@ stage = "mql"
   event = "report_generated"
   at_least = 2
 
+[[rules]]
+name = "weekly"
+rearm = "7d"
+  [[rules.all]]
+  event = "report_generated"
+  at_least = 1
+
 [scoring]
 [[scoring.behavior]]
 event = "report_generated"
@@ -48,6 +55,8 @@ def page(tmp_path):
         client.identify(user, {"lead_source": "ads" if n % 2 else "organic"}, timestamp=T0)
         for k in range(n % 4):
             client.track(user, "report_generated", timestamp=T0 + timedelta(hours=k + 1))
+        if n % 4 >= 2:
+            client.track(user, "report_generated", timestamp=T0 + timedelta(days=8))
     for n in range(0, 12, 3):
         client.set_stage(f"u{n + 2}", stage="sql", reason="demo", timestamp=T0 + timedelta(2))
     client.set_stage("u3", stage="unqualified", reason="no budget",
@@ -66,6 +75,9 @@ def test_the_page_is_self_contained(page):
     assert "http://" not in html and "https://" not in html
     assert html.count('class="bar"') == len(pqlsdk.STAGES)
     assert '<table id="rules">' in html and "no budget (1)" in html
+    # weekly re-arms after 7 days: the 20 users who report again on day 8 fire twice, so
+    # 30 subjects qualified in 50 firings
+    assert re.search(r"<td>weekly</td><td>30</td><td>50</td>", html)
 
 
 @needs_chromium

@@ -180,6 +180,30 @@ def test_export_gives_everything_about_the_user(make_client):
         client.export("nobody")
 
 
+def test_export_gives_what_the_lifecycle_keeps_and_answers_for_a_linked_id(make_client):
+    """An access request gets every kind of row ``forget`` erases: the ids linked to the
+    user, its trait history, the context its calls carried, its hand-offs; asked by an id
+    linked to the user, it gives that user's data."""
+    client = make_client(RULES)
+    client.track("anon-7", "report_generated", context={"ip": "10.0.0.9"},
+                 timestamp=at(0))
+    client.identify("ada", {"plan": "trial"}, anonymous_id="anon-7",
+                    context={"ip": "10.0.0.1"}, timestamp=at(1))
+    client.identify("ada", {"plan": "pro"}, timestamp=at(2))
+    client.track("ada", "report_generated", timestamp=at(3))  # engaged: a hand-off
+    data = client.export("anon-7")
+    assert data["user_id"] == "ada"
+    assert [link["id"] for link in data["linked_ids"]] == ["anon-7"]
+    assert [(t["trait"], t["value"]) for t in data["trait_history"]] == [
+        ("plan", "trial"), ("plan", "pro")]
+    assert {"kind": "identify", "context": {"ip": "10.0.0.1"}}.items() <= (
+        data["contexts"][0].items())
+    assert [e.get("context") for e in data["events"]] == [{"ip": "10.0.0.9"}, None]
+    assert [h["rule"] for h in data["handoffs"]] == ["engaged"]
+    assert data == client.export("ada")
+    json.dumps(data)
+
+
 def test_cli_export_then_forget(tmp_path):
     db = str(tmp_path / "pql.db")
     client = pqlsdk.Client(db, rules=RULES)

@@ -14,7 +14,7 @@ from pqlsdk import all_of, event, retention
 from pqlsdk.cli import main
 from pqlsdk.retention import Pruner
 
-from .conftest import count_rows
+from .conftest import count_rows, count_table
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 OLD = NOW - timedelta(days=500)  # older than a 400d retention
@@ -229,3 +229,110 @@ def test_a_decaying_score_weighs_pruned_events_as_of_their_last_within_its_bound
     newest = 10 * 0.5 ** ((NOW - (OLD + span)) / timedelta(days=30))
     assert before <= after <= before + 5 * newest * (1 - 0.5 ** (span / timedelta(days=30)))
     assert after - before < 1e-3  # 480 days at a 30-day half-life: next to nothing
+
+
+PRUNERS = 4
+OLD_EVENTS = 3000
+#: A lifetime count no user reaches, so each status shows it.
+MANY = {"rules": [{"name": "many", "all": [{"event": "report_generated",
+                                           "at_least": 10 * OLD_EVENTS}]}]}
+
+
+def _prune_together(database: dict, start, results) -> None:
+    client = pqlsdk.Client(**database, retention="400d")
+    start.wait()
+    results.put(client.prune(as_of=NOW))
+    client.close()
+
+
+def test_processes_pruning_together_fold_each_event_once(database, tmp_path):
+    """Pruners in several processes (a fleet's app servers, each with ``retention=``) sweep
+    the same old events at once: each event is folded into the rollups by exactly one of
+    them, so lifetime counts neither lose nor double what was pruned."""
+    import multiprocessing
+
+    from pqlsdk.importer import import_jsonl
+
+    lines = tmp_path / "old.jsonl"
+    lines.write_text("".join(
+        json.dumps({"type": "track", "userId": f"u{n % 7}", "event": "report_generated",
+                    "messageId": f"m{n}", "properties": {"n": n},
+                    "timestamp": (OLD + timedelta(minutes=n)).isoformat()}) + "\n"
+        for n in range(OLD_EVENTS)))
+    client = pqlsdk.Client(**database, rules=MANY, retention="400d")
+    import_jsonl(client, str(lines))
+    before = {f"u{k}": progress(client, f"u{k}")["many"] for k in range(7)}
+    client.close()
+
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=_prune_together, args=(database, start, results))
+               for _ in range(PRUNERS)]
+    for process in workers:
+        process.start()
+    start.set()
+    for _ in workers:
+        results.get(timeout=120)
+    for process in workers:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+
+    # each Client's background pruner swept too, beside the explicit prune() calls
+    assert count_table(database, "events") == 0
+    client = pqlsdk.Client(**database, rules=MANY, retention="400d")
+    after = {f"u{k}": progress(client, f"u{k}")["many"] for k in range(7)}
+    assert after == before
+    assert client.prune(as_of=NOW) == 0
+    client.close()
+
+
+def _prune_once(url: str, schema: str, results) -> None:
+    client = pqlsdk.Client(url, schema=schema, retention="400d")
+    results.put(client.prune(as_of=NOW))
+    client.close()
+
+
+def _waiting_on_locks(conn) -> int:
+    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                        "'Lock' AND datname = current_database()").fetchone()[0]
+
+
+def test_pruners_that_met_on_the_same_rows_fold_them_once(pg_schema):
+    """On PostgreSQL two app servers' pruners can reach the same old events at once: the
+    test holds one of them locked until both pruners wait on it, then lets go. Each
+    event is counted into the rollups by the pruner that removed it, and only once."""
+    import multiprocessing
+
+    import psycopg
+
+    url, schema = pg_schema
+    client = pqlsdk.Client(url, schema=schema, rules=MANY)
+    for n in range(40):
+        client.track(f"u{n % 2}", "report_generated", {"n": n}, message_id=f"m{n}",
+                     timestamp=OLD + timedelta(minutes=n))
+    before = {user: progress(client, user)["many"] for user in ("u0", "u1")}
+    client.close()
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watch:
+        holder.execute(f"SELECT 1 FROM {schema}.events WHERE message_id = 'm39' FOR UPDATE")
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        pruners = [ctx.Process(target=_prune_once, args=(url, schema, results))
+                   for _ in range(2)]
+        for process in pruners:
+            process.start()
+        # each pruner's background thread and its prune() meet on the held row
+        for _ in range(200_000):
+            if _waiting_on_locks(watch) >= 2:
+                break
+        else:
+            pytest.fail("the pruners never reached the held row")
+        holder.rollback()  # let go
+        removed = [results.get(timeout=120) for _ in pruners]
+    for process in pruners:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert sum(removed) <= 40
+    client = pqlsdk.Client(url, schema=schema, rules=MANY)
+    assert {user: progress(client, user)["many"] for user in ("u0", "u1")} == before
+    assert count_table({"database": url, "schema": schema}, "events") == 0
+    client.close()

@@ -68,6 +68,37 @@ class FunnelRows(NamedTuple):
     groups: list[tuple[Any, list[StageCounts]]]
 
 
+class PrunedEvent(NamedTuple):
+    """An event a retention sweep removed (what its rollup needs of it)."""
+
+    tenant_key: str
+    user_id: str
+    account_id: str | None
+    event: str
+    ts: int
+    properties: str
+
+
+class RollupKey(NamedTuple):
+    """What one rollup row counts: a subject's events of one name with the same kept
+    properties, in one tenant (a user that changed accounts left the old one a copy)."""
+
+    tenant_key: str
+    user_id: str
+    account_id: str | None
+    event: str
+    properties: str
+
+
+class RollupAdd(NamedTuple):
+    """Events folded into a rollup: how many, and the first and last of their times."""
+
+    key: RollupKey
+    n: int
+    first_ts: int
+    last_ts: int
+
+
 class Store(Protocol):
     """A pqlsdk store: the SQLite file (:class:`pqlsdk.store.sqlite.Store`) or a PostgreSQL
     schema (:class:`pqlsdk.store.postgres.PostgresStore`)."""

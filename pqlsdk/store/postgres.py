@@ -500,6 +500,11 @@ class _Snapshot(NamedTuple):
     row: UserRow | None
 
 
+#: The user an id was linked to, and a user's directory row (its account now).
+_ALIAS_OF = "SELECT user_id FROM aliases WHERE tenant_key = ?"
+_DIRECTORY = "SELECT account_id FROM user_directory WHERE tenant_key = ?"
+
+
 class PgTransaction(Transaction):
     """The store's statements on PostgreSQL: those of the SQLite store, plus the subject
     row locks and the few statements whose spelling differs.
@@ -525,6 +530,19 @@ class PgTransaction(Transaction):
         super().enqueue(rows, announce=announce, payload_format=payload_format)
         self.announce = self.announce or announce
 
+    def lock_user(self, user_id: str, account_id: str | None) -> str:
+        """See :meth:`Transaction.lock_user`: the alias read and the id's directory read
+        travel in one round trip (an alias row and a directory row are keyed by different
+        ids, so on a sharded server they live apart and one statement cannot read both);
+        for an id linked to a user, the directory is read again for that user."""
+        alias = self.conn.execute(_ALIAS_OF, (user_id,))
+        directory = self.conn.execute(_DIRECTORY, (user_id,))
+        linked = alias.fetchone()
+        if linked is not None:
+            user_id, directory = linked[0], None
+        self._lock_subjects(user_id, account_id, directory)
+        return str(user_id)
+
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
         """Serialize this call with every other call on the same subjects, and bind it to
         the user's tenant: a row lock on the account's row (both accounts', in id order,
@@ -535,10 +553,14 @@ class PgTransaction(Transaction):
         Two round trips (the first with the transaction's BEGIN): the directory read, then
         the account locks, the directory row's lock and the user's snapshot (what
         :meth:`user_snapshot` returns next), read after the locks were granted."""
+        self._lock_subjects(user_id, account_id, None)
+
+    def _lock_subjects(self, user_id: str, account_id: str | None, directory: Any) -> None:
+        """:meth:`lock_subjects`, its first directory read already sent (or None)."""
         while True:
-            row = self.conn.execute(
-                "SELECT account_id FROM user_directory WHERE tenant_key = ?",
-                (user_id,)).fetchone()
+            if directory is None:
+                directory = self.conn.execute(_DIRECTORY, (user_id,))
+            row, directory = directory.fetchone(), None
             current = row[0] if row else None
             for account in sorted({a for a in (current, account_id) if a is not None}):
                 self._lock_account(account)

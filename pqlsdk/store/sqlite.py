@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlite_utils
 
@@ -33,7 +33,16 @@ from .. import ids
 from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreCorrupt, StoreError
 from ..filecheck import FileUsage, check_header, probe, require_sqlite, translate, usage
 from ..stages import FIRST_STAGE, STAGES
-from .base import FunnelRows, OutboxKey, PropertyRow, StageCounts, SubjectRow, UserRow
+from .base import (
+    FunnelRows,
+    OutboxKey,
+    PropertyRow,
+    PrunedEvent,
+    RollupAdd,
+    StageCounts,
+    SubjectRow,
+    UserRow,
+)
 
 T = TypeVar("T")
 _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
@@ -927,12 +936,13 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 
-def _subject_columns(alias: str, subject_type: str, key: str) -> str:
+def _subject_columns(alias: str, subject_type: str, key: str, tenant: str = ":tenant"
+                     ) -> str:
     # rules met this round, as a JSON array: a shadow rule's as [name] (its own space)
     return (
         f"{alias}.traits, {alias}.stage, {alias}.round, {alias}.round_since, "
         f"(SELECT json_group_array(CASE WHEN q.shadow THEN json_array(rule) ELSE rule END) "
-        f"FROM qualifications q WHERE q.tenant_key = :tenant "
+        f"FROM qualifications q WHERE q.tenant_key = {tenant} "
         f"AND q.subject_type = '{subject_type}' AND q.subject_id = {alias}.{key} "
         f"AND q.round = {alias}.round)"
     )
@@ -944,6 +954,33 @@ _USER_SNAPSHOT = (
     "FROM users u LEFT JOIN accounts a ON a.tenant_key = :tenant "
     "AND a.account_id = u.account_id WHERE u.tenant_key = :tenant AND u.user_id = :id"
 )
+
+
+#: The start of a call on SQLite (:meth:`Transaction.lock_user`), one statement: the user's
+#: id (the one an alias linked ``:given`` to, else ``:given``), its tenant (its account now,
+#: else itself; a new user's: ``:account``, else itself), and what :data:`_USER_SNAPSHOT`
+#: reads (the user's row found when ``u.user_id`` is set).
+_LOCK_USER = (
+    f"SELECT t.id, t.tenant, u.user_id IS NOT NULL, u.account_id, "
+    f"{_subject_columns('u', 'user', 'user_id', 't.tenant')}, "
+    f"{_subject_columns('a', 'account', 'account_id', 't.tenant')} "
+    f"FROM (SELECT c.id, coalesce(d.account_id, d.tenant_key, :account, c.id) AS tenant "
+    f"FROM (SELECT coalesce((SELECT user_id FROM aliases WHERE tenant_key = :given), "
+    f":given) AS id) c "
+    f"LEFT JOIN user_directory d ON d.tenant_key = c.id) t "
+    f"LEFT JOIN users u ON u.tenant_key = t.tenant AND u.user_id = t.id "
+    f"LEFT JOIN accounts a ON a.tenant_key = t.tenant AND a.account_id = u.account_id"
+)
+
+
+class _Snapshot(NamedTuple):
+    """A user's snapshot read when its call began: good until the transaction writes."""
+
+    user_id: str
+    changes: int
+    row: UserRow | None
+
+
 _SUBJECT_SNAPSHOT = {
     kind: f"SELECT {_subject_columns('s', kind, key)} FROM {table} s "
           f"WHERE s.tenant_key = :tenant AND s.{key} = :id"
@@ -1039,10 +1076,12 @@ class Transaction:
         #: The tenant of this transaction's call (see :meth:`enter`), and whose it is.
         self.tenant: str | None = None
         self.tenant_user: str | None = None
+        self._user_read: _Snapshot | None = None
 
     def reset(self) -> None:
         """A new transaction: no tenant yet."""
         self.tenant = self.tenant_user = None
+        self._user_read = None
 
     # -- tenants --------------------------------------------------------------------------
 
@@ -1099,6 +1138,19 @@ class Transaction:
         self.conn.execute("RELEASE SAVEPOINT pqlsdk_call")
 
     # -- events, users, accounts ----------------------------------------------------------
+
+    def lock_user(self, user_id: str, account_id: str | None) -> str:
+        """The user a call on ``user_id`` counts for (the one an ``alias`` linked the id
+        to, else itself), locked and bound as :meth:`lock_subjects` does; returns its id.
+        On SQLite one statement answers the alias, the tenant and the user's snapshot (what
+        :meth:`user_snapshot` returns next, while nothing is written)."""
+        row = self.conn.execute(_LOCK_USER, {"given": user_id, "account": account_id}
+                                ).fetchone()
+        user_id, tenant, found = row[:3]
+        self.tenant, self.tenant_user = tenant, user_id
+        self._user_read = _Snapshot(user_id, self.conn.total_changes,
+                                    user_row(row[3:]) if found else None)
+        return str(user_id)
 
     def lock_subjects(self, user_id: str, account_id: str | None) -> None:
         """Serialize this call with every other on the same user and account, and bind it to
@@ -1319,7 +1371,12 @@ class Transaction:
 
     def user_snapshot(self, user_id: str) -> UserRow | None:
         """In one statement, what evaluating a user and its account needs: the user's
-        account id, the user's row and its account's. ``None`` for an unknown user."""
+        account id, the user's row and its account's. ``None`` for an unknown user. Right
+        after :meth:`lock_user` (nothing written since), the snapshot it read."""
+        read, self._user_read = self._user_read, None
+        if (read is not None and read.user_id == user_id
+                and read.changes == self.conn.total_changes):
+            return read.row
         return user_row(self.conn.execute(
             _USER_SNAPSHOT, {"tenant": self.tenant_for("user", user_id), "id": user_id}
         ).fetchone())
@@ -1892,44 +1949,47 @@ class Transaction:
 
     # -- retention ------------------------------------------------------------------------
 
-    def events_to_prune(self, after_id: int, chunk: int, cutoff: int
-                        ) -> tuple[int | None, list[tuple[Any, ...]]]:
-        """Scan the next ``chunk`` events by id after ``after_id``: ``(the last id scanned,
-        or None at the end; those older than cutoff as (id, tenant key, user id, account id,
-        event, ts, properties JSON))``. A sweep by id reads a bounded slice per call, with no
-        index on time (which every track() would pay for)."""
+    def take_old_events(self, after_id: int, chunk: int, cutoff: int
+                        ) -> tuple[int | None, list[PrunedEvent]]:
+        """Remove the events older than ``cutoff`` among the next ``chunk`` by id after
+        ``after_id``: ``(the last id scanned, or None at the end; the events this
+        transaction removed)``. One ``DELETE ... RETURNING``: a pruner running beside this
+        one (another process of the fleet) waits on these rows and then finds them gone, so
+        each event is folded into the rollups by exactly one pruner. A sweep by id reads a
+        bounded slice per call, with no index on time (which every track() would pay for).
+        """
         last = self.conn.execute(
             "SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
             (after_id, chunk)).fetchone()[0]
         if last is None:
             return None, []
-        rows = self.conn.execute(
-            "SELECT id, tenant_key, user_id, account_id, event, ts, properties FROM events "
-            "WHERE id > ? AND id <= ? AND ts < ? ORDER BY id", (after_id, last, cutoff)
-        ).fetchall()
-        return last, rows
+        return last, [PrunedEvent(*row) for row in self.conn.execute(
+            "DELETE FROM events WHERE id > ? AND id <= ? AND ts < ? RETURNING tenant_key, "
+            "user_id, account_id, event, ts, properties", (after_id, last, cutoff))]
 
-    def rollups_of(self, user_ids: set[str]) -> list[tuple[Any, ...]]:
-        """``(id, tenant key, user id, account id, event, properties JSON, n, first ts, last
-        ts)`` of these users' rollups."""
-        marks = ",".join("?" * len(user_ids))
-        return self.conn.execute(
-            "SELECT id, tenant_key, user_id, account_id, event, properties, n, first_ts, "
-            "last_ts "
-            f"FROM event_rollups WHERE user_id IN ({marks})", list(user_ids)).fetchall()
-
-    def fold_events(self, events: list[tuple[str, int]],
-                    updates: list[tuple[int, int, int, str, int]],
-                    inserts: list[tuple[Any, ...]]) -> None:
-        """Delete the pruned events (``(tenant key, id)``); ``updates``: ``(n, first ts,
-        last ts, tenant key, rollup id)``; ``inserts``: ``(tenant key, user id, account id,
-        event, properties, n, first ts, last ts)``."""
-        self.conn.executemany("UPDATE event_rollups SET n = ?, first_ts = ?, last_ts = ? "
-                              "WHERE tenant_key = ? AND id = ?", updates)
-        self.conn.executemany(
-            "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, n, "
-            "first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-        self.conn.executemany("DELETE FROM events WHERE tenant_key = ? AND id = ?", events)
+    def add_to_rollups(self, added: list[RollupAdd]) -> None:
+        """Fold counted events into their rollups: each rollup row of the key grows by what
+        was added (one ``UPDATE`` adding in place, so two pruners adding to one rollup both
+        count), or a new row holds them."""
+        for add in added:
+            key = add.key
+            found = self.conn.execute(
+                "SELECT id FROM event_rollups WHERE tenant_key = ? AND user_id = ? "
+                "AND event = ? AND coalesce(account_id, '') = ? AND properties = ? "
+                "ORDER BY id LIMIT 1",
+                (key.tenant_key, key.user_id, key.event, key.account_id or "",
+                 key.properties)
+            ).fetchone()
+            if found is not None:
+                self.conn.execute(
+                    "UPDATE event_rollups SET n = n + ?, first_ts = min(first_ts, ?), "
+                    "last_ts = max(last_ts, ?) WHERE tenant_key = ? AND id = ?",
+                    (add.n, add.first_ts, add.last_ts, key.tenant_key, found[0]))
+            else:
+                self.conn.execute(
+                    "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, "
+                    "properties, n, first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, add.n, add.first_ts, add.last_ts))
 
     # -- import ---------------------------------------------------------------------------
 
@@ -2107,12 +2167,13 @@ class Transaction:
 
     def replay_subjects(self, subject_type: str, since: int | None, until: int) -> list[str]:
         """Every user (or account) with an event in ``[since, until]`` (one index probe
-        each)."""
+        each, in the subject's own tenant: it holds a copy of all the subject's events)."""
         table, key = _TABLES[subject_type]
         column = "user_id" if subject_type == "user" else "account_id"
         return [row[0] for row in self.conn.execute(
             f"SELECT s.{key} FROM {table} s WHERE EXISTS (SELECT 1 FROM events e "
-            f"WHERE e.{column} = s.{key} AND e.ts <= :until AND e.ts >= :since)",
+            f"WHERE e.tenant_key = s.tenant_key AND e.{column} = s.{key} "
+            f"AND e.ts <= :until AND e.ts >= :since)",
             {"since": -(2**62) if since is None else since, "until": until})]
 
     def replay_events(self, subject_type: str, events: list[str] | None,
