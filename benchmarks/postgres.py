@@ -1,14 +1,20 @@
 """pqlsdk on PostgreSQL against bare psycopg on the same server, in one run.
 
     python benchmarks/postgres.py [--quick]
+    python benchmarks/run.py --only PostgreSQL [--quick]    # the same rows, saved as JSON
 
 A throwaway server (tests/pgserver.py: initdb + pg_ctl, default settings: fsync and
 synchronous_commit on) or ``PQLSDK_TEST_POSTGRES``. Without either, outside CI, the rows say
 so and the suite goes on. Each figure is a ratio to the same server's own bare operation,
 timed in the same run, with the median and the range (min-max) over several rounds:
 
-- track() vs a bare autocommit INSERT into a table with one index (the goal: <= 1.5x), the
-  sides alternating in rounds so that machine noise hits both;
+- the SQLite benchmarks' workloads (``postgres_workloads.py``: the same rules, users and
+  sizes as track.py, delivery.py, threads.py and import_bench.py): an event no rule reads,
+  a user's first event, a returning light user and a heavy user at 100,000 (``--quick``)
+  and 1,000,000 events stored, against a bare autocommit INSERT into a copy of the same
+  events table; the light user's CPU per call; delivery on and ``forward_events=True`` vs
+  off; 8 threads with shared commits vs a transaction per call, and the cost per event vs
+  a bare autocommit INSERT; the import of JSONL vs a bare ``executemany`` of the same rows;
 - four processes vs one, total events/s and p99, for track() and for the bare INSERT (the
   ratio the machine itself allows: four processes on two cores share them with the
   server), and how many cores the server and the clients used;
@@ -31,6 +37,9 @@ from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import postgres_workloads as workloads
+from postgres_workloads import cpu_seconds, ratio_rows
 
 import pqlsdk
 from pqlsdk.copy import copy_file
@@ -90,47 +99,6 @@ class _Sides:
         self.bare_conn.close()
 
 
-def _ratio_rows(ratios: list[float]) -> str:
-    return (f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f} "
-            f"over {len(ratios)} rounds)")
-
-
-def _track_vs_bare(url: str, rounds: int, calls: int) -> list[tuple[str, str]]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        table = _bare_table(conn)
-        sides = _Sides(url, f"bench_{uuid.uuid4().hex[:8]}", 0, table)
-        ratios, base, cpu = [], [], []
-        backends = {"track": [sides.client.store._conn.info.backend_pid],
-                    "bare": [sides.bare_conn.info.backend_pid]}
-
-        def timed(kind: str) -> tuple[float, float]:
-            """(seconds, client + server CPU seconds) of ``calls`` calls."""
-            cpu_before = time.process_time() + _cpu_seconds(backends[kind])
-            took = sum(sides.run(kind, calls))
-            return took, time.process_time() + _cpu_seconds(backends[kind]) - cpu_before
-
-        for _ in range(rounds):
-            bare, bare_cpu = timed("bare")
-            ours, ours_cpu = timed("track")
-            again, again_cpu = timed("bare")
-            bare, bare_cpu = (bare + again) / 2, (bare_cpu + again_cpu) / 2
-            ratios.append(ours / bare)
-            base.append(bare / calls)
-            if bare_cpu > 0:
-                cpu.append(ours_cpu / bare_cpu)
-        sides.close()
-        conn.execute(f"DROP TABLE {table}")
-    return [
-        ("bare autocommit INSERT, one index (baseline)",
-         f"{statistics.median(base) * 1e6:.0f} us/call"),
-        ("track() vs bare INSERT, time per call (goal <= 1.5x)", _ratio_rows(ratios)),
-        ("track() vs bare INSERT, CPU per call (client + server process)",
-         _ratio_rows(cpu) if cpu else "not measured"),
-    ]
-
-
 def _server_pids(url: str) -> list[int]:
     """The server's processes (the postmaster and its children), or [] if unknown."""
     import psycopg
@@ -153,18 +121,6 @@ def _server_pids(url: str) -> list[int]:
             if int(fields[1]) == postmaster:
                 pids.append(int(entry))
     return pids
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _worker(url: str, schema: str, worker: int, table: str, orders: Any, barrier: Any,
@@ -201,12 +157,12 @@ class _Fleet:
         """``(total calls/s, latencies, server CPU seconds, client CPU seconds)``."""
         for orders in self.orders:
             orders.put((kind, calls))
-        before = _cpu_seconds(server)
+        before = cpu_seconds(server)
         self.barrier.wait()
         began = time.perf_counter()
         results = [self.out.get(timeout=600) for _ in self.procs]
         elapsed = time.perf_counter() - began
-        server_cpu = _cpu_seconds(server) - before
+        server_cpu = cpu_seconds(server) - before
         latencies = [x for lat, _ in results for x in lat]
         return (len(latencies) / elapsed, latencies, server_cpu / elapsed,
                 sum(cpu for _, cpu in results) / elapsed)
@@ -258,11 +214,11 @@ def _four_vs_one(url: str, rounds: int, calls: int) -> list[tuple[str, str]]:
     rows = [
         ("one process: track() calls/s",
          f"{statistics.median(a[0] for a, _ in figures['track']):,.0f}/s"),
-        ("four processes vs one: track() total calls/s (goal >= 1.5x)", _ratio_rows(ours)),
+        ("four processes vs one: track() total calls/s (goal >= 1.5x)", ratio_rows(ours)),
         ("four processes vs one: bare INSERT total calls/s (the machine's own ratio)",
-         _ratio_rows(bare)),
+         ratio_rows(bare)),
         ("four vs one, track()'s ratio over the bare INSERT's",
-         _ratio_rows([o / b for o, b in zip(ours, bare, strict=True)])),
+         ratio_rows([o / b for o, b in zip(ours, bare, strict=True)])),
         ("p99 latency of track(), four processes vs one",
          f"{p99('track', 1):.0f} us vs {p99('track', 0):.0f} us"),
         ("p99 latency of bare INSERT, four processes vs one",
@@ -327,9 +283,16 @@ def measure(quick: bool) -> list[tuple[str, str]]:
     except NoServer as exc:
         if os.environ.get("CI"):
             raise
+        print(f"  ... PostgreSQL skipped: {exc}", file=sys.stderr)
         return [("PostgreSQL", f"not measured: {exc}")]
+    sizes = [100_000] if quick else [100_000, 1_000_000]
     parts: list[Callable[[], list[tuple[str, str]]]] = [
-        lambda: _track_vs_bare(url, 3 if quick else 9, 100 if quick else 400),
+        *[(lambda size=size: workloads.hot_path(url, size, 5 if quick else 9,
+                                                100 if quick else 300)) for size in sizes],
+        lambda: workloads.forwarding(url, 20_000 if quick else 100_000, 3 if quick else 9,
+                                     100 if quick else 300),
+        lambda: workloads.threads(url, 3 if quick else 5, 50 if quick else 300),
+        lambda: workloads.bulk_import(url, 20_000 if quick else 100_000, 1 if quick else 2),
         lambda: _four_vs_one(url, 3, 60 if quick else 600),
         lambda: _copy_vs_bare(url, 20_000 if quick else 1_000_000, 3),
     ]

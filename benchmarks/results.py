@@ -63,10 +63,14 @@ def ratio(figure: str) -> float | None:
 
 
 def guess_better(section: str, what: str, figure: str) -> str | None:
-    """Which way a row's ratio should move, from how its figure reads: a rate against a
+    """Which way a row's ratio should move, from how its figure reads: the way its goal
+    points (``goal >= 1.5x``: higher; ``goal <= 1.3x``: lower), else a rate against a
     baseline rate ("baseline rate", "x one", "vs ...") wants to be higher; a plain cost
     ("1.23x") lower."""
     text = f"{what} {figure}".lower()
+    goal = re.search(r"(?:goal|stretch) ([<>])=", text)  # a stated goal says which way
+    if goal:
+        return "higher" if goal.group(1) == ">" else "lower"
     if "baseline rate" in text or "x one" in text or "rows/s vs" in text:
         return "higher"
     if "the time" in text or re.fullmatch(r"\s*\d[\d.,]*x.*", figure):

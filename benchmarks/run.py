@@ -88,7 +88,9 @@ def run(quick: bool, only: list[str]) -> tuple[list[results.Row], float]:
         if only and section not in only:
             continue
         engine = "postgresql" if section in POSTGRESQL_SECTIONS else "sqlite"
-        rows += results.rows_of(section, measure(quick), engine)
+        # a section may measure both engines: its PostgreSQL rows say so in their label
+        rows += [row._replace(engine="postgresql") if row.what.startswith("PostgreSQL")
+                 else row for row in results.rows_of(section, measure(quick), engine)]
         print(f"  ... {section} done", file=sys.stderr)
     return rows, time.perf_counter() - began
 
@@ -133,6 +135,7 @@ def main() -> None:
         print(f"\nratio changes against {args.compare} ({header.get('when', '?')}):")
         if args.only:
             old = [row for row in old if row.section in args.only]
+            rows = [row for row in rows if row.section in args.only]
         for line in results.compare(old, rows):
             print(line)
 

@@ -62,3 +62,14 @@ def test_a_rate_that_drops_is_worse():
     new = results.rows_of("import", [("import", "1 msg/s = 0.40x the baseline rate")], "sqlite")
     line = results.compare(old, new)[1]
     assert "-20%" in line and "WORSE" in line
+
+
+def test_a_row_with_a_goal_is_judged_the_way_its_goal_points():
+    faster = results.Row("threads", "8 threads: events/s, shared vs one (goal >= 1.5x)",
+                         "1.40x (range 1.19-2.36 over 3 rounds)", "postgresql",
+                         results.guess_better("threads", "8 threads (goal >= 1.5x)", "1.40x"))
+    slower = faster._replace(figure="0.96x (range 0.85-1.22 over 3 rounds)")
+    assert faster.better == "higher"
+    assert results.guess_better("track()", "light user (goal <= 1.3x)", "4.56x") == "lower"
+    assert "WORSE" in results.compare([faster], [slower])[1]
+    assert "better" in results.compare([slower], [faster])[1]
