@@ -50,7 +50,9 @@ SUITE = [
     ("scoring", lambda quick: scoring.measure(quick, rounds=3 if quick else 11)),
     ("import", import_bench.measure),
     ("four processes", concurrency.measure),
-    ("threads", lambda quick: threads.measure(quick, rounds=3 if quick else 7)),
+    # its PostgreSQL comparison is measured in the PostgreSQL section
+    ("threads", lambda quick: threads.measure(quick, rounds=3 if quick else 7,
+                                              postgres=False)),
     ("statements", statements.measure),
     ("evaluate", evaluate.measure),
     ("funnel", funnel.measure),
