@@ -358,10 +358,11 @@ def _plain_id(value: Any) -> TypeGuard[str]:
 
 def _common_track(number: int, message: dict[str, Any]) -> Message | None:
     """The common line, a track whose ``userId``, ``event``, ``messageId`` (and
-    ``context.groupId``, if any) are plain ids and whose ``timestamp`` is a non-empty string, without
-    the call built in between; None for any other line (the full path takes it). Its ids
-    being valid, what can still be wrong is checked by the full path's own functions in
-    its order (the timestamp, then the properties), so a bad line gets the same reason."""
+    ``context.groupId``, if any) are plain ids and whose ``timestamp`` is a non-empty
+    string, without the call built in between; None for any other line (the full path
+    takes it). Its ids being valid, what can still be wrong is checked by the full path's
+    own functions in its order (the timestamp, then the properties), so a bad line gets
+    the same reason."""
     if message.get("type") != "track":
         return None
     user_id, event, message_id = (message.get("userId"), message.get("event"),
