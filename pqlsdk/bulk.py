@@ -25,9 +25,11 @@ same result as live calls in time order (replay = live):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from .batchfacts import BatchFacts, Reach, SegmentEvents
 from .facts import Subject, load_subject
 from .models import Qualification, StageChange
 from .rules import Rule
@@ -67,6 +69,8 @@ class Rules(NamedTuple):
     by_event: dict[str, tuple[list[Rule], list[Rule]]]
     qualify: Callable[..., list[Qualification]]
     first_seen: dict[str, list[Rule]]
+    #: How far back the event conditions look, per event name (:func:`batchfacts.reaches`).
+    reach: dict[str, Reach]
 
 
 class _Pending(NamedTuple):
@@ -140,13 +144,23 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
 
 def _flush(tx: Transaction, rules: Rules, pending: list[_Pending],
            subjects: dict[tuple[str, str], Subject], out: Result) -> None:
-    """Insert the pending events in one statement, then evaluate them in order."""
+    """Insert the pending events in one statement, then evaluate them in order, their
+    event conditions answered from memory (:mod:`pqlsdk.batchfacts`)."""
     if not pending:
         return
     # an event's tenant is its user's at the time: the account it counted for, else the user
     tx.insert_events([(account or t.user_id, t.message_id, t.user_id, account, t.event, t.ts,
                        t.properties) for t, account, _ in pending])
     conn = tx.conn
+    facts = None
+    if not tx.has_rollups():  # a rollup straddling a window counts whole: SQL knows how
+        spans: dict[tuple[str, str], tuple[int, int]] = {}  # subject -> first, last ts
+        for track, account, _ in pending:
+            keys = [("user", track.user_id)] + ([("account", account)] if account else [])
+            for key in keys:
+                spans[key] = (spans[key][0] if key in spans else track.ts, track.ts)
+        events = SegmentEvents(tx, rules.reach, spans)
+        facts = functools.partial(BatchFacts, events=events)
     for track, account, created in pending:
         user_rules, account_rules = rules.by_event.get(track.event, ((), ()))
         checks = [("user", track.user_id, user_rules), ("account", account, account_rules)]
@@ -164,7 +178,7 @@ def _flush(tx: Transaction, rules: Rules, pending: list[_Pending],
             before = conn.total_changes
             out.qualifications.extend(rules.qualify(
                 tx, which, subject, user_id=track.user_id, account_id=account, at=at,
-                moves=out.moves))
+                moves=out.moves, make_facts=facts))
             if conn.total_changes != before:  # a qualification (live or shadow) was recorded
                 del subjects[key]
     pending.clear()

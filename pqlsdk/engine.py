@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 
 from . import bulk
+from .batchfacts import reaches
 from .calls import Call
 from .errors import UnknownSubject
 from .evaluator import holds, measure
@@ -92,6 +93,7 @@ class Engine:
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
         self._qualify = functools.partial(qualify, scoring=rules.scoring)
+        self._reach = reaches(rules.rules)  # how far back a bulk segment's checks look
         #: Per subject type, the rules that hold on a subject with no events and no traits
         #: (``exists = false``, ``at_most``, ``not``): checked when a subject is first seen.
         empty = EmptyFacts(rules.scoring)
@@ -257,7 +259,7 @@ class Engine:
         events in one statement, then only the rules each can change, in time order, with
         the same result as :meth:`replay` of each (see :mod:`pqlsdk.bulk`)."""
         result = bulk.apply_tracks(
-            tx, bulk.Rules(self._by_event, self._qualify, self._first_seen), tracks)
+            tx, bulk.Rules(self._by_event, self._qualify, self._first_seen, self._reach), tracks)
         queued = deliver and self._enqueue(tx, result.qualifications, result.moves,
                                            "evaluate", "", None)
         return Outcome(tuple(result.qualifications), tuple(result.moves), queued=queued)

@@ -38,7 +38,7 @@ import os
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, TypeGuard
 
 import attrs
 
@@ -47,13 +47,14 @@ from .calls import Call
 from .client import Client
 from .engine import Outcome
 from .errors import PqlError, StoreError, ValidationError
+from .limits import MAX_ID_LENGTH
 from .outbox import wall_micros
 from .runs import SortedRuns
 from .store import Transaction
 from .timestamps import coerce, from_micros, to_micros
 
 #: Messages per transaction.
-BATCH = 2_000
+BATCH = 20_000
 #: Messages sorted in memory before a run is spilled to a temporary file.
 CHUNK = 100_000
 KINDS = ("track", "identify", "group", "page", "screen", "alias")
@@ -217,6 +218,11 @@ def parse_message(line: str) -> tuple[str, int, Call] | str:
         message = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    return _parsed_message(line, message)
+
+
+def _parsed_message(line: str, message: Any) -> tuple[str, int, Call] | str:
+    """:func:`parse_message` of the line's parsed JSON."""
     if not isinstance(message, dict):
         raise ValidationError("a message must be a JSON object")
     kind = message.get("type")
@@ -343,10 +349,51 @@ class Message(NamedTuple):
                           self.event or "", self.data)
 
 
+def _plain_id(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is an id :func:`pqlsdk.validation.identifier` takes as it is (its
+    fast case: ASCII, so no lone surrogate either)."""
+    return (type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isascii()
+            and "\x00" not in value and not value.isspace())
+
+
+def _common_track(number: int, message: dict[str, Any]) -> Message | None:
+    """The common line, a track whose ``userId``, ``event``, ``messageId`` (and
+    ``context.groupId``, if any) are plain ids and whose ``timestamp`` is a non-empty
+    string, without the call built in between; None for any other line (the full path
+    takes it). Its ids being valid, what can still be wrong is checked by the full path's
+    own functions in its order (the timestamp, then the properties), so a bad line gets
+    the same reason."""
+    if message.get("type") != "track":
+        return None
+    user_id, event, message_id = (message.get("userId"), message.get("event"),
+                                  message.get("messageId"))
+    stamp = message.get("timestamp")
+    if type(stamp) is not str or not stamp or not _plain_id(event):
+        return None
+    if not _plain_id(user_id) or not _plain_id(message_id):
+        return None
+    context = message.get("context")
+    account_id = context.get("groupId") if type(context) is dict else None
+    if account_id is not None and not _plain_id(account_id):
+        return None
+    ts = to_micros(coerce(stamp, "timestamp"))
+    data = validation.json_object("properties", message.get("properties"))  # ASCII JSON
+    return Message(ts, number, message_id, "track", user_id, account_id, event, data)
+
+
 def _message(number: int, raw: bytes | str) -> Message | str:
     """The message of one line, or the other message type to skip; raises whatever makes
     the line bad."""
-    parsed = parse_message(_decode(raw))
+    line = _decode(raw)
+    try:
+        message = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if type(message) is dict:
+        common = _common_track(number, message)
+        if common is not None:
+            return common
+    parsed = _parsed_message(line, message)
     if isinstance(parsed, str):
         return parsed
     message_id, ts, call = parsed

@@ -8,7 +8,7 @@ NOTHING``, so a second process racing on the same subject records nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -36,6 +36,7 @@ def qualify(
     moves: list[tuple[StageChange, Qualification]] | None = None,
     scoring: Scoring | None = None,
     event: tuple[str, str] | None = None,
+    make_facts: Callable[[Transaction, Subject, int, Scoring | None], SubjectFacts] | None = None,
 ) -> list[Qualification]:
     """Record a qualification for each of ``rules`` the subject meets as of ``at`` and had not
     met this round; move the subject forward to each one's stage (appending the move and
@@ -43,7 +44,8 @@ def qualify(
 
     A ``disqualified`` subject qualifies for nothing until a person moves it back.
     ``event`` (name, properties JSON) is the tracked event: for a subject the call created,
-    the facts come from it alone, with no statement.
+    the facts come from it alone, with no statement. ``make_facts`` builds the facts otherwise
+    (default :class:`SubjectFacts`; a bulk import passes its in-memory ones).
     """
     if subject.stage == "disqualified":
         return []
@@ -52,7 +54,7 @@ def qualify(
     if not pending:
         return []
     facts = (FirstEventFacts(subject, ts, scoring, *event) if subject.new and event
-             else SubjectFacts(tx, subject, ts, scoring))
+             else (make_facts or SubjectFacts)(tx, subject, ts, scoring))
     stage = subject.stage
     created = []
     for rule, firing, since in pending:

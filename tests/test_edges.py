@@ -51,7 +51,8 @@ def test_a_rule_that_holds_on_a_new_subject_is_checked_when_it_is_first_seen(mak
     assert client.track("bob", "signed_in", timestamp=at(2))[0].subject_id == "bob"
 
 
-def test_an_interrupted_import_counts_each_line_once(tmp_path):
+def test_an_interrupted_import_counts_each_line_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(pqlsdk.importer, "BATCH", 2000)  # five batches
     lines = [{"type": "track", "userId": f"u{n % 7}", "event": "e", "messageId": f"m{n}",
               "timestamp": at(n).isoformat()} for n in range(5000)]
     path = tmp_path / "h.jsonl"

@@ -106,7 +106,8 @@ def test_messages_without_message_id_are_deduplicated_by_content(tmp_path):
     client.close()
 
 
-def test_an_interrupted_import_resumes_to_the_same_result(tmp_path, live):
+def test_an_interrupted_import_resumes_to_the_same_result(tmp_path, live, monkeypatch):
+    monkeypatch.setattr(pqlsdk.importer, "BATCH", 2000)  # two batches
     source = write_jsonl(tmp_path / "history.jsonl", HISTORY)
     client = pqlsdk.Client(str(tmp_path / "pql.db"), rules=RULES)
 
@@ -139,6 +140,7 @@ def test_a_killed_import_resumes_to_the_same_result(tmp_path, live):
                     os.kill(os.getpid(), signal.SIGKILL)
                 yield batch
 
+        pqlsdk.importer.BATCH = 2000  # two batches
         client = pqlsdk.Client({db!r}, rules=RULES)
         import_jsonl(client, {source!r}, progress=die_after_one_batch)
     """)

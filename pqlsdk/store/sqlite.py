@@ -1166,6 +1166,10 @@ class Transaction:
         else:
             self.enter("account", subject_id)
 
+    def has_rollups(self) -> bool:
+        """Whether retention pruned any event into a rollup (in any tenant)."""
+        return self.conn.execute("SELECT 1 FROM event_rollups LIMIT 1").fetchone() is not None
+
     def rows(self, table: str, where: str, args: Sequence[Any], order_by: str | None = None
              ) -> list[dict[str, Any]]:
         """The rows of one of pqlsdk's tables matching ``where`` (SQL with ``?`` marks;
