@@ -1,6 +1,7 @@
 """History import against a bare executemany of the same rows, in one run.
 
     python benchmarks/import_bench.py [--quick]     # 1,000,000 (quick: 100,000) events
+    python benchmarks/import_bench.py --events 10000000 --in-order-only   # a long backfill
 
 The import parses Segment-spec JSONL, sorts it (sorted runs), replays it in time order
 through the three typical rules in batched transactions; the baseline inserts the same rows
@@ -30,7 +31,7 @@ import pqlsdk
 from pqlsdk.importer import import_jsonl
 from pqlsdk.timestamps import to_micros
 
-from track import NOW, RULES, cli
+from track import NOW, RULES
 
 KINDS = ["report_generated", "dashboard_viewed", "teammate_invited", "integration_connected"]
 
@@ -63,9 +64,11 @@ def history(path: str, count: int) -> list[tuple]:
     return rows
 
 
-def measure(quick: bool) -> list[tuple[str, str]]:
-    """The figures, as ``(what, figure)`` rows."""
-    count = 100_000 if quick else 1_000_000
+def measure(quick: bool, events: int | None = None, shuffled: bool = True
+            ) -> list[tuple[str, str]]:
+    """The figures, as ``(what, figure)`` rows (``events`` overrides the size; without
+    ``shuffled`` only the file in time order is imported)."""
+    count = events or (100_000 if quick else 1_000_000)
     folder = tempfile.mkdtemp(prefix="pqlsdk-bench-")
     source = os.path.join(folder, "history.jsonl")
     rows = history(source, count)
@@ -86,28 +89,32 @@ def measure(quick: bool) -> list[tuple[str, str]]:
     ctx = multiprocessing.get_context("spawn")  # a fresh process: its peak memory is the import's
     with ctx.Pool(1) as pool:
         took, applied, qualified, peak = pool.apply(_import, (folder, source))
-    shuffled = os.path.join(folder, "shuffled.jsonl")
-    with open(source) as handle:
-        lines = handle.readlines()
-    random.Random(5).shuffle(lines)
-    with open(shuffled, "w") as handle:
-        handle.writelines(lines)
-    del lines
-    with ctx.Pool(1) as pool:
-        took_s, applied_s, _, peak_s = pool.apply(_import, (folder, shuffled))
-    shutil.rmtree(folder)
-    assert applied == applied_s == count, (applied, applied_s)
-    return [
+    rows_out = [
         (f"bare executemany of {count:,} events, one transaction (baseline)",
          f"{count / bare:,.0f} rows/s"),
         (f"import of the same {count:,} events as JSONL, in time order, three rules "
          f"({qualified:,} qualifications)",
          f"{count / took:,.0f} msg/s = {bare / took:.2f}x the baseline rate "
          f"(peak memory {peak:.0f} MiB)"),
-        (f"import of the same {count:,} events shuffled (sorted runs spilled and merged)",
-         f"{count / took_s:,.0f} msg/s = {bare / took_s:.2f}x the baseline rate "
-         f"(peak memory {peak_s:.0f} MiB)"),
     ]
+    if shuffled:
+        mixed = os.path.join(folder, "shuffled.jsonl")
+        with open(source) as handle:
+            lines = handle.readlines()
+        random.Random(5).shuffle(lines)
+        with open(mixed, "w") as handle:
+            handle.writelines(lines)
+        del lines
+        with ctx.Pool(1) as pool:
+            took_s, applied_s, _, peak_s = pool.apply(_import, (folder, mixed))
+        assert applied_s == count, (applied, applied_s)
+        rows_out.append(
+            (f"import of the same {count:,} events shuffled (sorted runs spilled and merged)",
+             f"{count / took_s:,.0f} msg/s = {bare / took_s:.2f}x the baseline rate "
+             f"(peak memory {peak_s:.0f} MiB)"))
+    shutil.rmtree(folder)
+    assert applied == count, applied
+    return rows_out
 
 
 def _import(folder: str, source: str) -> tuple[float, int, int, float]:
@@ -125,4 +132,14 @@ def _import(folder: str, source: str) -> tuple[float, int, int, float]:
 
 
 if __name__ == "__main__":
-    cli(measure, __doc__)
+    import argparse
+
+    from track import show
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 events, for CI")
+    parser.add_argument("--events", type=int, help="how many events (default 1,000,000)")
+    parser.add_argument("--in-order-only", action="store_true",
+                        help="skip the shuffled file (half the time of a long run)")
+    args = parser.parse_args()
+    show(measure(args.quick, args.events, shuffled=not args.in_order_only))
