@@ -77,8 +77,10 @@ def event_message_text(user_id: str, timestamp: str, message_id: str,
                        account_id: str | None, event: str, properties: str) -> str:
     """The JSON text of the ``track`` message :func:`event_message` builds (the same keys,
     in the same order), from a stored event row: its ``properties`` are put in as stored
-    (JSON text), so a mirrored track is neither decoded nor encoded again at delivery."""
-    if not (properties.startswith("{") and properties.endswith("}")):
+    (JSON text), so a mirrored track is not encoded again at delivery. They are parsed
+    once, to be sure they are a JSON object: a damaged row raises here and fails alone,
+    rather than making the whole batch's request invalid."""
+    if not isinstance(json.loads(properties), dict):
         raise ValueError("the stored properties are not a JSON object")
     context = (_LIBRARY if account_id is None
                else f'{_LIBRARY[:-1]}, "groupId": {_string(account_id)}}}')

@@ -459,8 +459,8 @@ class Outbox:
     def _build_events(self, rows: list[dict[str, Any]], payloads: dict[int, Any],
                       results: list[Exception | None]) -> None:
         """Replace each mirrored event's reference (format 2) by its Segment message, read
-        from the event row (one query per user, in the user's tenant); a row whose event is
-        gone (pruned by retention) fails alone."""
+        from the event row (one read for the claim on SQLite, one per user and its tenant on
+        PostgreSQL); a row whose event is gone (pruned by retention) or damaged fails alone."""
         refs = [i for i in payloads if rows[i].get("format") == EVENT_REF_FORMAT]
         if not refs:
             return

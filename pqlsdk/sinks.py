@@ -242,7 +242,10 @@ class SegmentSink:
     def _post(self, texts: list[str]) -> Exception | None:
         record = getattr(self.client, "record_batch", None)
         if record is not None:  # pqlsdk.testing.RecordingSegment: kept, not sent
-            record([json.loads(text) for text in texts])
+            try:
+                record([json.loads(text) for text in texts])
+            except ValueError as exc:  # as Segment would answer 400: the split finds it
+                return Fatal(f"a message is not valid JSON: {exc}")
             return None
         try:
             upload(self.client, texts)

@@ -5,8 +5,10 @@ still carried, wherever the user's rows moved meanwhile."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime, timedelta, timezone
 
+import pqlsdk
 from pqlsdk.messages import event_message
 from pqlsdk.outbox import Outbox
 from pqlsdk.store.postgres import EVENT_REF_GENERATION
@@ -88,6 +90,25 @@ def test_a_row_whose_event_was_pruned_fails_alone(make_client, segment_server,
     assert sent["userId"] == "bob"
     [failed] = sender.deliveries(status="failed")
     assert failed.user_id == "ada" and "no longer stored" in failed.last_error
+
+
+def test_a_row_whose_event_is_damaged_fails_alone(db_path, segment_server, segment_client):
+    """An event row whose stored properties are not JSON (a file damaged by hand): its
+    mirrored track fails alone, the others of its batch are sent."""
+    writer = pqlsdk.Client(db_path, segment=segment_client, forward_events=True, send=False)
+    for n, user in enumerate(["ada", "bob", "cy"]):
+        writer.track(user, "signup", {"n": n}, timestamp=T0 + timedelta(seconds=n),
+                     message_id=f"m-{user}")
+    writer.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("""UPDATE events SET properties = '{"n": }' WHERE message_id = 'm-bob'""")
+    sender = pqlsdk.Client(db_path, segment=segment_client, forward_events=True,
+                           sync_mode=True)
+    assert sender.flush() is False
+    assert [m["userId"] for m in segment_server.messages] == ["ada", "cy"]
+    [failed] = sender.deliveries(status="failed")
+    assert failed.user_id == "bob" and "cannot be read" in failed.last_error
+    sender.close()
 
 
 def test_a_row_delivers_after_its_user_moved_to_another_account(make_client, segment_server,

@@ -336,3 +336,59 @@ def test_pruners_that_met_on_the_same_rows_fold_them_once(pg_schema):
     assert {user: progress(client, user)["many"] for user in ("u0", "u1")} == before
     assert count_table({"database": url, "schema": schema}, "events") == 0
     client.close()
+
+
+def test_a_user_moved_while_a_pruner_folds_its_events_counts_each_once(pg_schema,
+                                                                        monkeypatch):
+    """On PostgreSQL a pruner has removed a user's old events and written their rollup,
+    not yet committed, when a track() moves the user to an account: the move waits for
+    the pruner and takes the rollup along, so each event is counted once in the new
+    tenant (counted twice, the user would qualify for a rule it has not met)."""
+    import threading
+
+    import psycopg
+
+    from pqlsdk.retention import Retention
+    from pqlsdk.store import postgres
+    from pqlsdk.timestamps import to_micros
+
+    url, schema = pg_schema
+    rules = {"rules": [{"name": "power", "all": [{"event": "report_generated",
+                                                  "at_least": 30}]}]}
+    client = pqlsdk.Client(url, schema=schema, rules=rules)
+    for n in range(20):
+        client.track("u0", "report_generated", {"n": n}, timestamp=OLD + timedelta(minutes=n))
+    folded, go_on = threading.Event(), threading.Event()
+    add = postgres.PgTransaction.add_to_rollups
+
+    def add_then_wait(tx, added):  # the pruner stops before its commit until let go
+        add(tx, added)
+        if threading.current_thread().name == "pruner":
+            folded.set()
+            assert go_on.wait(60)
+
+    monkeypatch.setattr(postgres.PgTransaction, "add_to_rollups", add_then_wait)
+    pruner = threading.Thread(name="pruner", target=lambda: Retention(
+        timedelta(days=400)).prune(client.store, to_micros(NOW)))
+    pruner.start()
+    assert folded.wait(60)
+    mover = pqlsdk.Client(url, schema=schema, rules=rules)
+    moved: list = []
+    move = threading.Thread(target=lambda: moved.append(mover.track(
+        "u0", "report_generated", account_id="acme", timestamp=NOW)))
+    move.start()
+    with psycopg.connect(url, autocommit=True) as watch:
+        for _ in range(200_000):
+            if _waiting_on_locks(watch) >= 1:
+                break
+        else:
+            pytest.fail("the move never waited for the pruner")
+    go_on.set()
+    pruner.join(60)
+    move.join(60)
+    assert moved == [[]]  # 21 reports: power (30) is not met
+    status = mover.status("u0", as_of=NOW)
+    assert status.progress["power"].to_dict()["parts"][0]["value"] == 21
+    assert mover.evaluate(as_of=NOW) == []
+    mover.close()
+    client.close()

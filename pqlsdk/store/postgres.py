@@ -582,6 +582,17 @@ class PgTransaction(Transaction):
             self.tenant_user = user_id
             return
 
+    def hold_counted_rows(self, tenant: str, user_id: str) -> None:
+        """See :meth:`Transaction.hold_counted_rows`: the user's events and rollups in
+        ``tenant`` are locked, in id order as a pruner's ``DELETE`` takes them. A pruner
+        that removed some and has not committed is waited for; the copy that follows (a
+        statement of its own, so a snapshot of its own) then sees its rollups, not the
+        events it folded. A pruner that comes later waits for this transaction."""
+        for table in ("events", "event_rollups"):
+            self.conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE "
+                              f"tenant_key = ? AND user_id = ? ORDER BY id FOR UPDATE) held",
+                              (tenant, user_id))
+
     def _lock_account(self, account_id: str) -> None:
         self.conn.execute("SELECT 1 FROM accounts WHERE tenant_key = ?1 AND account_id = ?1 "
                           "FOR UPDATE", (account_id,))

@@ -39,6 +39,7 @@ from .base import (
     PropertyRow,
     PrunedEvent,
     RollupAdd,
+    RollupKey,
     StageCounts,
     SubjectRow,
     UserRow,
@@ -1274,6 +1275,7 @@ class Transaction:
         and forget are)."""
         args = {"old": tenants[0], "new": tenants[1], "prev": previous, "user": user_id,
                 "round": round_}
+        self.hold_counted_rows(tenants[0], previous)
         for table, who, order in _MERGED:
             keyed_by_user = table in ("import_done", "import_staging")
             where = (f"tenant_key = ? AND {who} = ?"
@@ -1406,6 +1408,12 @@ class Transaction:
         )
         self.add_stage_change("user", user_id, None, FIRST_STAGE, ts, "first_seen", None)
 
+    def hold_counted_rows(self, tenant: str, user_id: str) -> None:
+        """Before a user's events and rollups leave ``tenant`` (a move, a merge): make sure
+        no pruner is folding some of them meanwhile, so the copy counts each event once (as
+        an event or in a rollup). On SQLite a write transaction has the file to itself:
+        nothing to do. PostgreSQL locks them (see ``PgTransaction``)."""
+
     def move_user(self, user_id: str, account_id: str) -> None:
         """Tie the user to ``account_id`` from now on: the one call that changes a user's
         tenant. The user's own rows (its row, events, pruned-event rollups, qualifications
@@ -1418,6 +1426,7 @@ class Transaction:
         # trigger on PostgreSQL would take for a move of its own)
         moved = _MOVED_ROWS if old != account_id else _MOVED_ROWS[:1]
         if old != account_id:
+            self.hold_counted_rows(old, user_id)
             for sql in _MOVES:
                 self.conn.execute(sql, {"old": old, "new": account_id, "user": user_id})
         for table, where, order in moved:
@@ -1983,28 +1992,31 @@ class Transaction:
             "user_id, account_id, event, ts, properties", (after_id, last, cutoff))]
 
     def add_to_rollups(self, added: list[RollupAdd]) -> None:
-        """Fold counted events into their rollups: each rollup row of the key grows by what
-        was added (one ``UPDATE`` adding in place, so two pruners adding to one rollup both
-        count), or a new row holds them."""
-        for add in added:
-            key = add.key
-            found = self.conn.execute(
-                "SELECT id FROM event_rollups WHERE tenant_key = ? AND user_id = ? "
-                "AND event = ? AND coalesce(account_id, '') = ? AND properties = ? "
-                "ORDER BY id LIMIT 1",
-                (key.tenant_key, key.user_id, key.event, key.account_id or "",
-                 key.properties)
-            ).fetchone()
-            if found is not None:
-                self.conn.execute(
-                    "UPDATE event_rollups SET n = n + ?, first_ts = min(first_ts, ?), "
-                    "last_ts = max(last_ts, ?) WHERE tenant_key = ? AND id = ?",
-                    (add.n, add.first_ts, add.last_ts, key.tenant_key, found[0]))
-            else:
-                self.conn.execute(
-                    "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, "
-                    "properties, n, first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, add.n, add.first_ts, add.last_ts))
+        """Fold counted events into their rollups: the rollups of the users concerned are
+        read once (400 users a statement), then each key's row grows in place (``n = n +
+        ...``, so two pruners adding to one rollup both count) and a key without one gets
+        a row (two pruners creating the same key at once leave it two rows, which every
+        read adds up)."""
+        users = sorted({(a.key.tenant_key, a.key.user_id) for a in added})
+        rows: dict[RollupKey, int] = {}
+        for start in range(0, len(users), 400):
+            part = users[start:start + 400]
+            pairs = ", ".join(["(?, ?)"] * len(part))
+            for row in self.conn.execute(
+                    f"WITH w(t, u) AS (VALUES {pairs}) SELECT r.id, r.tenant_key, r.user_id, "
+                    f"r.account_id, r.event, r.properties FROM w JOIN event_rollups r ON "
+                    f"r.tenant_key = w.t AND r.user_id = w.u",
+                    [value for pair in part for value in pair]):
+                rows.setdefault(RollupKey(*row[1:]), row[0])
+        self.conn.executemany(
+            "UPDATE event_rollups SET n = n + ?, first_ts = min(first_ts, ?), "
+            "last_ts = max(last_ts, ?) WHERE tenant_key = ? AND id = ?",
+            [(a.n, a.first_ts, a.last_ts, a.key.tenant_key, rows[a.key])
+             for a in added if a.key in rows])
+        self.conn.executemany(
+            "INSERT INTO event_rollups (tenant_key, user_id, account_id, event, properties, "
+            "n, first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*a.key, a.n, a.first_ts, a.last_ts) for a in added if a.key not in rows])
 
     # -- import ---------------------------------------------------------------------------
 
