@@ -71,6 +71,10 @@ class Outcome:
                        self.applied or other.applied)
 
 
+#: The outcome of a call that completed nothing (most calls): one shared frozen instance.
+NOTHING = Outcome()
+
+
 class Engine:
     """Apply validated calls to a store transaction under one :class:`RuleSet`.
 
@@ -121,7 +125,7 @@ class Engine:
         if call.message_id is not None and call.kind != "track" and not tx.remember_call(
                 call.message_id, call.user_id):
             return Outcome(applied=False)  # an identify/group seen before
-        linked = Outcome()
+        linked = None  # what linking an identify's anonymous id produced
         if (call.kind == "identify" and call.anonymous_id is not None
                 and call.anonymous_id != call.user_id):
             linked = self._link(tx, call.anonymous_id, call.user_id, call.at, deliver)
@@ -176,7 +180,8 @@ class Engine:
         if new:  # rules that hold on a subject first seen, whatever the call read
             created += self._check_first_seen(tx, new, call, account_id, moves)
         if not deliver or not (created or self.forward_events):
-            return linked.merge(Outcome(tuple(created), tuple(moves)))
+            return _with(linked, Outcome(tuple(created), tuple(moves)) if created or moves
+                         else NOTHING)
         # a mirrored track by reference: its message is built from the event row at delivery
         message = (call_message(given, account_id)
                    if self.forward_events and mirror_id is None else None)
@@ -186,7 +191,7 @@ class Engine:
                                                          wall_micros())],
                               payload_format=EVENT_REF_FORMAT)
             queued = True
-        return linked.merge(Outcome(tuple(created), tuple(moves), queued=queued))
+        return _with(linked, Outcome(tuple(created), tuple(moves), queued=queued))
 
     def _check_first_seen(self, tx: Transaction, new: list[str], call: Call,
                           account_id: str | None, moves: list[Move]) -> list[Qualification]:
@@ -387,6 +392,11 @@ class Engine:
         if rows:
             self.outbox.write(tx, rows)
         return bool(rows)
+
+
+def _with(linked: Outcome | None, outcome: Outcome) -> Outcome:
+    """``outcome`` after what linking an anonymous id produced, if anything was linked."""
+    return outcome if linked is None else linked.merge(outcome)
 
 
 def _keep_context(tx: Transaction, call: Call, account_id: str | None, ts: int) -> None:
