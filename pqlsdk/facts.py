@@ -109,7 +109,8 @@ class SubjectFacts:
     def trait(self, name: str) -> tuple[bool, Any]:
         """``(present, value)``; a trait set to null counts as missing."""
         if self._traits is None:
-            self._traits = json.loads(self.subject.traits_json)
+            text = self.subject.traits_json
+            self._traits = {} if text == "{}" else json.loads(text)
         value = self._traits.get(name)
         return value is not None, value
 
