@@ -159,11 +159,11 @@ class Engine:
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
                                     account_id=account_id, at=call.at, moves=moves,
-                                    event=(call.event, call.data_json))
+                                    event=(call.event, call.data_json), ts=ts)
             if account is not None and account_rules:
                 created += self._qualify(tx, account_rules, account, user_id=call.user_id,
                                          account_id=account_id, at=call.at, moves=moves,
-                                         event=(call.event, call.data_json))
+                                         event=(call.event, call.data_json), ts=ts)
         elif call.kind == "identify":
             _keep_context(tx, call, account_id, ts)
             user, changed = merge_traits(tx, user, call.data, ts)
