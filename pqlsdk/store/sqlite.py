@@ -2257,13 +2257,13 @@ class Transaction:
                          since: int | None) -> Iterator[PropertyRow]:
         """The properties of the subject's ``event`` events in ``[since, until]``: each
         event's, then each rollup's (with how many events it holds)."""
-        column = "user_id" if subject_type == "user" else "account_id"
         tenant = self.tenant_for(subject_type, subject_id)
-        sql, args = _events_where(tenant, column, subject_id, event, until, since)
-        for (text,) in self.conn.execute(f"SELECT properties {sql}", args):
+        args: tuple[Any, ...] = ((tenant, subject_id, event, until) if since is None
+                                 else (tenant, subject_id, event, until, since))
+        events, rollups = _EVENT_PROPERTIES[subject_type, since is not None]
+        for (text,) in self.conn.execute(events, args):
             yield PropertyRow(text, 1)
-        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
-        for text, n in self.conn.execute(f"SELECT properties, n {rolled}", rolled_args):
+        for text, n in self.conn.execute(rollups, args):
             yield PropertyRow(text, n)
 
 
@@ -2273,6 +2273,13 @@ def _count_events_sql(column: str, since: bool) -> str:
     rolled, _ = _rollups_where("", column, "", "", 0, 0 if since else None)
     return (f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
             f"(SELECT coalesce(sum(n), 0) {rolled})")
+
+
+def _event_properties_sql(column: str, since: bool) -> tuple[str, str]:
+    """The two statements of :meth:`Transaction.event_properties` (built once per shape)."""
+    sql, _ = _events_where("", column, "", "", 0, 0 if since else None)
+    rolled, _ = _rollups_where("", column, "", "", 0, 0 if since else None)
+    return f"SELECT properties {sql}", f"SELECT properties, n {rolled}"
 
 
 def _events_where(tenant: str, column: str, subject_id: str, event: str, until: int,
@@ -2304,3 +2311,9 @@ def _rollups_where(tenant: str, column: str, subject_id: str, event: str, until:
 _COUNT_EVENTS = {(subject_type, since): _count_events_sql(column, since)
                  for subject_type, column in (("user", "user_id"), ("account", "account_id"))
                  for since in (False, True)}
+
+#: :meth:`Transaction.event_properties`'s two statements, by the same key.
+_EVENT_PROPERTIES = {(subject_type, since): _event_properties_sql(column, since)
+                     for subject_type, column in (("user", "user_id"),
+                                                  ("account", "account_id"))
+                     for since in (False, True)}
