@@ -64,7 +64,7 @@ def prepare_track(user_id: Any, event: Any, properties: Any = None, *,
     """A validated ``track`` call."""
     # validation.moment(), inlined: the hot path
     at = now() if timestamp is None else coerce(timestamp)
-    text = validation.json_object("properties", properties)
+    text = "{}" if properties is None else validation.json_object("properties", properties)
     if (user_id is not None and anonymous_id is None and context is None
             and integrations is None):
         return Call("track", validation.identifier("user_id", user_id), at,

@@ -389,7 +389,7 @@ class Client:
         visitor, and for the user once linked (:meth:`alias`, or an :meth:`identify` naming
         both). ``context`` and ``integrations`` (Segment's) are kept and forwarded as given.
         """
-        return self._record(self.prepare_track(
+        return self._record(calls.prepare_track(
             user_id, event, properties, account_id=account_id, timestamp=timestamp,
             message_id=message_id, anonymous_id=anonymous_id, context=context,
             integrations=integrations))
@@ -539,7 +539,10 @@ class Client:
 
     def _record(self, call: Call) -> list[Qualification]:
         run = self._commits.run if self._shared_commits else self.store.transact
-        outcome = run(lambda tx: self.engine.apply(tx, call))
+        outcome = run(functools.partial(self.engine.apply, call=call))
+        if not outcome.qualifications:  # most calls: nothing to log
+            self._dispatch(outcome.queued)
+            return []
         created = list(outcome.qualifications)
         _log_created(created)
         self._dispatch(outcome.queued)

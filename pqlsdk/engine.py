@@ -72,6 +72,10 @@ class Outcome:
                        self.applied or other.applied)
 
 
+#: The outcome of a call that completed nothing (most calls): one shared frozen instance.
+NOTHING = Outcome()
+
+
 class Engine:
     """Apply validated calls to a store transaction under one :class:`RuleSet`.
 
@@ -123,7 +127,7 @@ class Engine:
         if call.message_id is not None and call.kind != "track" and not tx.remember_call(
                 call.message_id, call.user_id):
             return Outcome(applied=False)  # an identify/group seen before
-        linked = Outcome()
+        linked = None  # what linking an identify's anonymous id produced
         if (call.kind == "identify" and call.anonymous_id is not None
                 and call.anonymous_id != call.user_id):
             linked = self._link(tx, call.anonymous_id, call.user_id, call.at, deliver)
@@ -159,11 +163,11 @@ class Engine:
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
             created = self._qualify(tx, user_rules, user, user_id=call.user_id,
                                     account_id=account_id, at=call.at, moves=moves,
-                                    event=(call.event, call.data_json))
+                                    event=(call.event, call.data_json), ts=ts)
             if account is not None and account_rules:
                 created += self._qualify(tx, account_rules, account, user_id=call.user_id,
                                          account_id=account_id, at=call.at, moves=moves,
-                                         event=(call.event, call.data_json))
+                                         event=(call.event, call.data_json), ts=ts)
         elif call.kind == "identify":
             _keep_context(tx, call, account_id, ts)
             user, changed = merge_traits(tx, user, call.data, ts)
@@ -180,7 +184,8 @@ class Engine:
         if new:  # rules that hold on a subject first seen, whatever the call read
             created += self._check_first_seen(tx, new, call, account_id, moves)
         if not deliver or not (created or self.forward_events):
-            return linked.merge(Outcome(tuple(created), tuple(moves)))
+            return _with(linked, Outcome(tuple(created), tuple(moves)) if created or moves
+                         else NOTHING)
         # a mirrored track by reference: its message is built from the event row at delivery
         message = (call_message(given, account_id)
                    if self.forward_events and mirror_id is None else None)
@@ -190,7 +195,7 @@ class Engine:
                                                          wall_micros())],
                               payload_format=EVENT_REF_FORMAT)
             queued = True
-        return linked.merge(Outcome(tuple(created), tuple(moves), queued=queued))
+        return _with(linked, Outcome(tuple(created), tuple(moves), queued=queued))
 
     def _check_first_seen(self, tx: Transaction, new: list[str], call: Call,
                           account_id: str | None, moves: list[Move]) -> list[Qualification]:
@@ -391,6 +396,11 @@ class Engine:
         if rows:
             self.outbox.write(tx, rows)
         return bool(rows)
+
+
+def _with(linked: Outcome | None, outcome: Outcome) -> Outcome:
+    """``outcome`` after what linking an anonymous id produced, if anything was linked."""
+    return outcome if linked is None else linked.merge(outcome)
 
 
 def _keep_context(tx: Transaction, call: Call, account_id: str | None, ts: int) -> None:

@@ -91,10 +91,16 @@ def holds(condition: Condition, facts: Facts) -> bool:
         return condition.check.matches(value, present)
     if isinstance(condition, ScoreCondition):
         return condition.check.matches(facts.score(condition.score))
-    if isinstance(condition, AllOf):
-        return all(holds(part, facts) for part in condition.by_cost)
+    if isinstance(condition, AllOf):  # loops, not all()/any() of a generator: the hot path
+        for part in condition.by_cost:  # noqa: SIM110
+            if not holds(part, facts):
+                return False
+        return True
     if isinstance(condition, AnyOf):
-        return any(holds(part, facts) for part in condition.by_cost)
+        for part in condition.by_cost:  # noqa: SIM110
+            if holds(part, facts):
+                return True
+        return False
     return not holds(condition.condition, facts)
 
 

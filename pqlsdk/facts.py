@@ -109,7 +109,8 @@ class SubjectFacts:
     def trait(self, name: str) -> tuple[bool, Any]:
         """``(present, value)``; a trait set to null counts as missing."""
         if self._traits is None:
-            self._traits = json.loads(self.subject.traits_json)
+            text = self.subject.traits_json
+            self._traits = {} if text == "{}" else json.loads(text)
         value = self._traits.get(name)
         return value is not None, value
 
@@ -159,7 +160,8 @@ class FirstEventFacts(SubjectFacts):
         if condition.event != self.event:
             return 0.0 if condition.sum is not None else 0
         matches = condition.matches_properties if condition.where else None
-        return fold([(json.loads(self.properties), 1)], condition, limit, matches)
+        properties = {} if self.properties == "{}" else json.loads(self.properties)
+        return fold([(properties, 1)], condition, limit, matches)
 
     def event_rows(self, event: str, since: int | None, limit: int | None
                    ) -> Iterator[tuple[int, str]]:

@@ -37,6 +37,7 @@ def qualify(
     scoring: Scoring | None = None,
     event: tuple[str, str] | None = None,
     make_facts: Callable[[Transaction, Subject, int, Scoring | None], SubjectFacts] | None = None,
+    ts: int | None = None,
 ) -> list[Qualification]:
     """Record a qualification for each of ``rules`` the subject meets as of ``at`` and had not
     met this round; move the subject forward to each one's stage (appending the move and
@@ -45,11 +46,13 @@ def qualify(
     A ``disqualified`` subject qualifies for nothing until a person moves it back.
     ``event`` (name, properties JSON) is the tracked event: for a subject the call created,
     the facts come from it alone, with no statement. ``make_facts`` builds the facts otherwise
-    (default :class:`SubjectFacts`; a bulk import passes its in-memory ones).
+    (default :class:`SubjectFacts`; a bulk import passes its in-memory ones). ``ts`` is
+    ``at`` in microseconds, when the caller has it already.
     """
     if subject.stage == "disqualified":
         return []
-    ts = to_micros(at)
+    if ts is None:
+        ts = to_micros(at)
     pending = eligible(tx, rules, subject, ts)
     if not pending:
         return []

@@ -2269,28 +2269,44 @@ class Transaction:
                      since: int | None, limit: int | None) -> int:
         """How many of the subject's ``event`` events fall in ``[since, until]``, its
         rollups' included (the live events counted up to ``limit``)."""
-        column = "user_id" if subject_type == "user" else "account_id"
         tenant = self.tenant_for(subject_type, subject_id)
-        sql, args = _events_where(tenant, column, subject_id, event, until, since)
-        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
-        args.append(-1 if limit is None else limit)
-        return int(self.conn.execute(
-            f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
-            f"(SELECT coalesce(sum(n), 0) {rolled})", args + rolled_args
-        ).fetchone()[0])
+        limit = -1 if limit is None else limit
+        if since is None:
+            args: tuple[Any, ...] = (tenant, subject_id, event, until, limit,
+                                     tenant, subject_id, event, until)
+        else:
+            args = (tenant, subject_id, event, until, since, limit,
+                    tenant, subject_id, event, until, since)
+        return int(self.conn.execute(_COUNT_EVENTS[subject_type, since is not None], args
+                                     ).fetchone()[0])
 
     def event_properties(self, subject_type: str, subject_id: str, event: str, until: int,
                          since: int | None) -> Iterator[PropertyRow]:
         """The properties of the subject's ``event`` events in ``[since, until]``: each
         event's, then each rollup's (with how many events it holds)."""
-        column = "user_id" if subject_type == "user" else "account_id"
         tenant = self.tenant_for(subject_type, subject_id)
-        sql, args = _events_where(tenant, column, subject_id, event, until, since)
-        for (text,) in self.conn.execute(f"SELECT properties {sql}", args):
+        args: tuple[Any, ...] = ((tenant, subject_id, event, until) if since is None
+                                 else (tenant, subject_id, event, until, since))
+        events, rollups = _EVENT_PROPERTIES[subject_type, since is not None]
+        for (text,) in self.conn.execute(events, args):
             yield PropertyRow(text, 1)
-        rolled, rolled_args = _rollups_where(tenant, column, subject_id, event, until, since)
-        for text, n in self.conn.execute(f"SELECT properties, n {rolled}", rolled_args):
+        for text, n in self.conn.execute(rollups, args):
             yield PropertyRow(text, n)
+
+
+def _count_events_sql(column: str, since: bool) -> str:
+    """The statement of :meth:`Transaction.count_events` (built once per shape)."""
+    sql, _ = _events_where("", column, "", "", 0, 0 if since else None)
+    rolled, _ = _rollups_where("", column, "", "", 0, 0 if since else None)
+    return (f"SELECT (SELECT count(*) FROM (SELECT 1 {sql} LIMIT ?)) + "
+            f"(SELECT coalesce(sum(n), 0) {rolled})")
+
+
+def _event_properties_sql(column: str, since: bool) -> tuple[str, str]:
+    """The two statements of :meth:`Transaction.event_properties` (built once per shape)."""
+    sql, _ = _events_where("", column, "", "", 0, 0 if since else None)
+    rolled, _ = _rollups_where("", column, "", "", 0, 0 if since else None)
+    return f"SELECT properties {sql}", f"SELECT properties, n {rolled}"
 
 
 def _events_where(tenant: str, column: str, subject_id: str, event: str, until: int,
@@ -2316,3 +2332,15 @@ def _rollups_where(tenant: str, column: str, subject_id: str, event: str, until:
         sql += " AND last_ts >= ?"
         args.append(since)
     return sql, args
+
+
+#: :meth:`Transaction.count_events`'s statement by (subject type, whether ``since`` is set).
+_COUNT_EVENTS = {(subject_type, since): _count_events_sql(column, since)
+                 for subject_type, column in (("user", "user_id"), ("account", "account_id"))
+                 for since in (False, True)}
+
+#: :meth:`Transaction.event_properties`'s two statements, by the same key.
+_EVENT_PROPERTIES = {(subject_type, since): _event_properties_sql(column, since)
+                     for subject_type, column in (("user", "user_id"),
+                                                  ("account", "account_id"))
+                     for since in (False, True)}
