@@ -27,6 +27,7 @@ stage = "mql"
 
 [[rules]]
 name = "weekly"
+shadow = true
 rearm = "7d"
   [[rules.all]]
   event = "report_generated"
@@ -75,9 +76,9 @@ def test_the_page_is_self_contained(page):
     assert "http://" not in html and "https://" not in html
     assert html.count('class="bar"') == len(pqlsdk.STAGES)
     assert '<table id="rules">' in html and "no budget (1)" in html
-    # weekly re-arms after 7 days: the 20 users who report again on day 8 fire twice, so
-    # 30 subjects qualified in 50 firings
-    assert re.search(r"<td>weekly</td><td>30</td><td>50</td>", html)
+    # weekly (a shadow rule: it moves no stage) re-arms after 7 days: the 20 users who
+    # report again on day 8 fire twice, so 30 subjects qualified in 50 firings
+    assert re.search(r"<td>weekly \(shadow\)</td><td>30</td><td>50</td>", html)
 
 
 @needs_chromium
