@@ -34,6 +34,10 @@ class Call(NamedTuple):
     anonymous_id: str | None = None
     context: str | None = None
     integrations: str | None = None
+    #: No timestamp was given: ``at`` is when the call was made, and the engine takes the
+    #: time again once it holds the subject's lock (so one subject's calls, from any
+    #: thread or process, are in time order as they commit, each seeing those before it).
+    stamped: bool = False
 
 
 def _who(user_id: Any, anonymous_id: Any) -> tuple[str, str | None]:
@@ -70,12 +74,14 @@ def prepare_track(user_id: Any, event: Any, properties: Any = None, *,
         return Call("track", validation.identifier("user_id", user_id), at,
                     validation.optional_identifier("account_id", account_id),
                     event=validation.identifier("event", event), data_json=text,
-                    message_id=validation.optional_identifier("message_id", message_id))
+                    message_id=validation.optional_identifier("message_id", message_id),
+                    stamped=timestamp is None)
     subject, anonymous = _who(user_id, anonymous_id)
     return Call("track", subject, at, validation.optional_identifier("account_id", account_id),
                 event=validation.identifier("event", event), data_json=text,
                 message_id=validation.optional_identifier("message_id", message_id),
-                anonymous_id=anonymous, **_extras(context, integrations))
+                anonymous_id=anonymous, stamped=timestamp is None,
+                **_extras(context, integrations))
 
 
 def prepare_page(kind: str, user_id: Any, name: Any = None, properties: Any = None, *,
@@ -103,7 +109,8 @@ def prepare_identify(user_id: Any, traits: Any = None, *, account_id: Any = None
                 validation.optional_identifier("account_id", account_id),
                 data=json.loads(validation.json_object("traits", traits)),
                 message_id=validation.optional_identifier("message_id", message_id),
-                anonymous_id=anonymous, **_extras(context, integrations))
+                anonymous_id=anonymous, stamped=timestamp is None,
+                **_extras(context, integrations))
 
 
 def prepare_group(user_id: Any, account_id: Any, traits: Any = None, *,
@@ -115,7 +122,7 @@ def prepare_group(user_id: Any, account_id: Any, traits: Any = None, *,
                 validation.identifier("account_id", account_id),
                 data=json.loads(validation.json_object("traits", traits)),
                 message_id=validation.optional_identifier("message_id", message_id),
-                **_extras(context, integrations))
+                stamped=timestamp is None, **_extras(context, integrations))
 
 
 def prepare_alias(previous_id: Any, user_id: Any, *, timestamp: Any = None,

@@ -44,7 +44,7 @@ from .outbox import Outbox, wall_micros
 from .qualifier import done_key, qualify
 from .rules import Rule, RuleSet
 from .store import EVENT_REF_FORMAT, Transaction
-from .timestamps import to_micros
+from .timestamps import now, to_micros
 
 #: A forward stage move and the qualification that caused it.
 Move = tuple[StageChange, Qualification]
@@ -135,6 +135,9 @@ class Engine:
         counted_for = tx.lock_user(call.user_id, call.account_id)
         if counted_for != call.user_id:
             call = call._replace(user_id=counted_for)
+        if call.stamped:  # now that the subject is locked (see Call.stamped)
+            at = now()
+            call, given, ts = call._replace(at=at), given._replace(at=at), to_micros(at)
         new: list[str] = []
         user, account = load_subjects(tx, call.user_id, call.account_id, ts, new)
         account_id = account.id if account else None

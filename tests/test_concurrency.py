@@ -87,3 +87,45 @@ def test_threads_sharing_one_client_lose_nothing(db_path):
     client.close()
     assert count_rows(db_path, "events") == PROCESSES * EVENTS_EACH
     assert sorted(q.subject_id for q in fired) == ["acme", *USERS]
+
+
+def test_a_call_made_first_but_recorded_last_still_completes_the_rule(make_client):
+    """Calls without a timestamp are stamped once their subject is locked: a call made
+    before two others (another thread or process took the lock first) but recorded after
+    them counts them, so the third report qualifies the user. (Stamped when made, it
+    would be evaluated as of a moment before the other two and nobody would qualify.)"""
+    from datetime import datetime, timedelta, timezone
+
+    from freezegun import freeze_time
+
+    rules = {"rules": [{"name": "reports", "all": [{"event": "report_generated",
+                                                    "at_least": 3}]}]}
+    client = make_client(rules)
+    with freeze_time(datetime(2026, 11, 2, 9, tzinfo=timezone.utc)) as clock:
+        slow = client.prepare_track("ada", "report_generated")  # made first...
+        for _ in range(2):
+            clock.tick(timedelta(seconds=1))
+            assert client.track("ada", "report_generated") == []
+        clock.tick(timedelta(seconds=1))
+        with client.store.write() as tx:  # ...recorded last
+            created, _ = client.apply(tx, slow)
+    [qualification] = created
+    assert qualification.rule == "reports"
+    assert qualification.qualified_at == datetime(2026, 11, 2, 9, 0, 3, tzinfo=timezone.utc)
+    assert [q.id for q in client.qualifications()] == [qualification.id]
+
+
+def test_a_call_with_its_own_timestamp_is_evaluated_as_of_it(make_client):
+    """A timestamp given by the caller is kept (SPEC 4: windows end at the evaluated event's
+    timestamp): a late event is counted as of its own time."""
+    from datetime import datetime, timedelta, timezone
+
+    rules = {"rules": [{"name": "reports", "all": [{"event": "report_generated",
+                                                    "at_least": 3}]}]}
+    client = make_client(rules)
+    t0 = datetime(2026, 11, 2, 9, tzinfo=timezone.utc)
+    client.track("ada", "report_generated", timestamp=t0 + timedelta(seconds=2))
+    client.track("ada", "report_generated", timestamp=t0 + timedelta(seconds=3))
+    assert client.track("ada", "report_generated", timestamp=t0) == []  # 1 as of t0
+    [found] = client.evaluate(as_of=t0 + timedelta(seconds=4))
+    assert found.rule == "reports"
