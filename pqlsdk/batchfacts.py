@@ -65,14 +65,22 @@ def reaches(rules: Iterable[Rule]) -> dict[str, Reach]:
     return out
 
 
+#: The most stored events of one subject and name read into memory for a segment; a busy
+#: subject past it (a rule that stays pending over a long window) is checked by SQL, whose
+#: counts stop at their bound.
+READ_LIMIT = 10_000
+
+
 class Stored(NamedTuple):
     """A subject's stored events of one name from ``lo`` on, ascending, and how many came
-    before ``lo`` (None when no condition needs it)."""
+    before ``lo`` (None when no condition needs it); ``complete`` is False when there were
+    more than :data:`READ_LIMIT` (none are kept: SQL answers)."""
 
     lo: int
     times: list[int]
     properties: list[str]
     before: int | None
+    complete: bool = True
 
 
 class SegmentEvents:
@@ -95,7 +103,11 @@ class SegmentEvents:
             return found
         reach = self.reach.get(event, Reach(0, False))
         lo = span[0] - reach.window
-        rows = list(self.tx.event_rows(subject.type, subject.id, event, span[1], lo, None))
+        rows = list(self.tx.event_rows(subject.type, subject.id, event, span[1], lo,
+                                       READ_LIMIT + 1))
+        if len(rows) > READ_LIMIT:
+            found = self._read[key] = Stored(lo, [], [], None, complete=False)
+            return found
         rows.reverse()  # newest first -> ascending
         before = (self.tx.count_events(subject.type, subject.id, event, lo - 1, None, None)
                   if reach.unbounded else None)
@@ -128,6 +140,8 @@ class BatchFacts(SubjectFacts):
                 or span is None or not span[0] <= self.until <= span[1]):
             return super().measure(condition, limit)
         stored = self.events.stored(self.subject, condition.event, span)
+        if not stored.complete:
+            return super().measure(condition, limit)
         end = bisect_right(stored.times, self.until)
         if condition.within is None:
             if stored.before is None:  # a condition the rule set did not plan for

@@ -153,3 +153,22 @@ def test_the_memory_path_answers_the_conditions(tmp_path, monkeypatch):
     assert len(asked) > 100
     # only the where-filter without a window ("wide") and re-armed checks read SQL
     assert len(sql) < len(asked) / 2, (len(sql), len(asked))
+
+
+def test_a_subject_with_more_stored_events_than_the_read_limit_is_checked_by_sql(
+        tmp_path, make_client, monkeypatch):
+    """A busy subject (more stored events in its window than a segment reads into memory)
+    is checked by SQL instead, with the same result as live."""
+    monkeypatch.setattr(batchfacts, "READ_LIMIT", 3)
+    asked: list[bool] = []
+    stored = batchfacts.SegmentEvents.stored
+
+    def counting(self, subject, event, span):
+        found = stored(self, subject, event, span)
+        asked.append(found.complete)
+        return found
+
+    monkeypatch.setattr(batchfacts.SegmentEvents, "stored", counting)
+    check(tmp_path, lambda: pqlsdk.Client(str(tmp_path / "live.db"), rules=RULES),
+          lambda: make_client(RULES), history(random.Random(11), 600), 64, monkeypatch)
+    assert False in asked and True in asked  # both ways were taken
