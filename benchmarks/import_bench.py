@@ -64,6 +64,17 @@ def history(path: str, count: int) -> list[tuple]:
     return rows
 
 
+def shuffled_copy(source: str) -> str:
+    """The lines of ``source`` in a random (seeded) order, written beside it; its path."""
+    mixed = os.path.join(os.path.dirname(source), "shuffled.jsonl")
+    with open(source) as handle:
+        lines = handle.readlines()
+    random.Random(5).shuffle(lines)
+    with open(mixed, "w") as handle:
+        handle.writelines(lines)
+    return mixed
+
+
 def measure(quick: bool, events: int | None = None, shuffled: bool = True
             ) -> list[tuple[str, str]]:
     """The figures, as ``(what, figure)`` rows (``events`` overrides the size; without
@@ -98,13 +109,7 @@ def measure(quick: bool, events: int | None = None, shuffled: bool = True
          f"(peak memory {peak:.0f} MiB)"),
     ]
     if shuffled:
-        mixed = os.path.join(folder, "shuffled.jsonl")
-        with open(source) as handle:
-            lines = handle.readlines()
-        random.Random(5).shuffle(lines)
-        with open(mixed, "w") as handle:
-            handle.writelines(lines)
-        del lines
+        mixed = shuffled_copy(source)
         with ctx.Pool(1) as pool:
             took_s, applied_s, _, peak_s = pool.apply(_import, (folder, mixed))
         assert applied_s == count, (applied, applied_s)

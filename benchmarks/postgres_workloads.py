@@ -34,7 +34,7 @@ from typing import Any
 
 import threads as thread_bench
 from delivery import DELIVERY_RULES, Recorder
-from import_bench import history
+from import_bench import history, shuffled_copy
 from segment.analytics import Client as SegmentClient
 
 import pqlsdk
@@ -258,13 +258,7 @@ def bulk_import(url: str, count: int, rounds: int) -> Rows:
     try:
         ordered = os.path.join(folder, "history.jsonl")
         rows = history(ordered, count)
-        shuffled = os.path.join(folder, "shuffled.jsonl")
-        with open(ordered) as handle:
-            lines = handle.readlines()
-        random.Random(5).shuffle(lines)
-        with open(shuffled, "w") as handle:
-            handle.writelines(lines)
-        del lines
+        shuffled = shuffled_copy(ordered)
 
         def bare() -> float:
             schema = _schema("bare")
