@@ -33,7 +33,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from .facts import Subject, SubjectFacts, fold
+from .facts import Subject, SubjectFacts, fold, is_plain, window_start
 from .rules import EventCondition, Rule, walk
 from .scoring import Scoring
 from .store import Transaction
@@ -134,7 +134,7 @@ class BatchFacts(SubjectFacts):
 
     def measure(self, condition: EventCondition, limit: int | None) -> float:
         """The condition's value as of ``until``, from memory when exact."""
-        plain = not (condition.where or condition.distinct or condition.sum)
+        plain = is_plain(condition)
         span = self.events.spans.get((self.subject.type, self.subject.id))
         if (self.subject.since is not None or (condition.within is None and not plain)
                 or span is None or not span[0] <= self.until <= span[1]):
@@ -148,10 +148,11 @@ class BatchFacts(SubjectFacts):
                 return super().measure(condition, limit)
             count = stored.before + end
             return count if limit is None else min(count, limit)
-        window_start = self.until - condition.within // MICROSECOND
-        if window_start < stored.lo:  # a condition the rule set did not plan for
+        first = window_start(condition, self.until)
+        assert first is not None  # a condition without a window was answered above
+        if first < stored.lo:  # a condition the rule set did not plan for
             return super().measure(condition, limit)
-        start = bisect_left(stored.times, window_start)
+        start = bisect_left(stored.times, first)
         if plain:
             count = end - start
             return count if limit is None else min(count, limit)

@@ -78,6 +78,16 @@ def load_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject
     return Subject.from_row(subject_type, subject_id, row)
 
 
+def is_plain(condition: EventCondition) -> bool:
+    """Whether the condition counts events alone (no ``where``, ``distinct`` or ``sum``)."""
+    return not (condition.where or condition.distinct or condition.sum)
+
+
+def window_start(condition: EventCondition, until: int) -> int | None:
+    """The first moment (µs) of the condition's window ending at ``until``; None without one."""
+    return None if condition.within is None else until - condition.within // MICROSECOND
+
+
 class SubjectFacts:
     """:class:`~pqlsdk.evaluator.Facts` for one subject as of one moment, read from the store."""
 
@@ -92,11 +102,11 @@ class SubjectFacts:
         window ``[until - within, until]``, not before the round began, stopping once
         ``limit`` is reached."""
         since = self.subject.since
-        if condition.within is not None:
-            window_start = self.until - condition.within // MICROSECOND
-            since = window_start if since is None else max(since, window_start)
+        start = window_start(condition, self.until)
+        if start is not None:
+            since = start if since is None else max(since, start)
         subject_type, subject_id = self.subject.type, self.subject.id
-        if not (condition.where or condition.distinct or condition.sum):
+        if is_plain(condition):
             count = self.tx.count_events(subject_type, subject_id, condition.event,
                                          self.until, since, limit)
             return count if limit is None else min(count, limit)
