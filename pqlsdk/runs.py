@@ -74,10 +74,12 @@ class _Run:
 class SortedRuns:
     """Collect records in any order (:meth:`add`), then read them back in ascending order
     (:meth:`merged`), holding about ``chunk`` records in memory; a context manager that
-    removes its temporary files (``folder``: where they go, default the system's)."""
+    removes its temporary files (``folder``: where they go, default the system's;
+    ``fanin``: the most runs merged at once, default :data:`FANIN`)."""
 
     def __init__(self, chunk: int = 50_000, folder: str | None = None,
-                 fanin: int = FANIN) -> None:
+                 fanin: int | None = None) -> None:
+        fanin = FANIN if fanin is None else fanin
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1 (got {chunk})")
         if fanin < 2:

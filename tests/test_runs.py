@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import random
 
 import pytest
 
+import pqlsdk
+import pqlsdk.importer
+import pqlsdk.runs
 from pqlsdk.runs import SortedRuns
+
+from .history import RULES, apply_live, messages, outcome
 
 
 def records(count, seed=5):
@@ -90,3 +96,22 @@ def test_never_more_than_fanin_runs_merged_or_kept_whatever_the_input_size(tmp_p
 def test_a_bad_fanin():
     with pytest.raises(ValueError, match="fanin must be at least 2"):
         SortedRuns(fanin=1)
+
+
+def test_a_shuffled_import_through_merged_runs_equals_live(tmp_path, make_client,
+                                                           monkeypatch):
+    history = messages(1500, seed=7)
+    live = pqlsdk.Client(str(tmp_path / "live.db"), rules=RULES)
+    apply_live(live, history)
+    expected = outcome(live)
+    live.close()
+    shuffled = history[:]
+    random.Random(8).shuffle(shuffled)
+    source = tmp_path / "history.jsonl"
+    source.write_text("".join(json.dumps(message) + "\n" for message in shuffled))
+    monkeypatch.setattr(pqlsdk.importer, "CHUNK", 40)  # 38 runs,
+    monkeypatch.setattr(pqlsdk.runs, "FANIN", 3)  # merged 3 at a time, three levels deep
+    client = make_client(RULES)
+    result = pqlsdk.importer.import_jsonl(client, str(source))
+    assert (result.applied, result.errors) == (1500, ())
+    assert outcome(client) == expected
