@@ -925,9 +925,10 @@ class _Write:
 
 
 def _store_error(exc: BaseException) -> bool:
-    """A ``sqlite3`` error about the file (not a programming error or a constraint)."""
+    """A ``sqlite3`` error about the file, or a constraint the call broke (not a
+    programming error)."""
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError)
+        exc, sqlite3.ProgrammingError | sqlite3.InterfaceError)
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
