@@ -67,8 +67,9 @@ KINDS = ("track", "identify", "group", "page", "screen", "alias")
 
 @attrs.frozen
 class ImportResult:
-    """What an import did: lines read, messages applied, duplicates skipped (already
-    imported, or the same messageId twice), other message types skipped, and each bad line
+    """What an import did: lines read, messages applied, duplicates skipped (each a
+    message whose live call would be a duplicate: see the module), other message types
+    skipped, and each bad line
     as ``(line number, reason)``. When an interrupted earlier run of the same file left a
     checkpoint, the lines it had not applied are applied now: they count in ``applied``
     and ``resumed``, never in ``duplicates`` (those it applied are duplicates)."""
