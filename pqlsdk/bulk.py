@@ -11,7 +11,10 @@ same result as live calls in time order (replay = live):
    as evaluation needs them). Moving a user takes its stored events to the account's
    tenant, so the events pending before a move are stored (and evaluated) first.
 2. Insert the events in one ``executemany``, each in its user's tenant at the time (the
-   account it counted for, else the user).
+   account it counted for, else the user), but an event whose message id that tenant
+   holds already (stored before, or earlier in the batch): that track is a duplicate, as
+   the live call's insert would find, and changes nothing more (its call's subjects were
+   created or moved all the same, as live).
 3. Evaluate, in time order, only the rules each event can change, for its user and its
    account, then, for a user or account the event's call created, the rules that hold on
    a subject first seen (as a live call does), with each subject read once and read again
@@ -52,10 +55,12 @@ class Track(NamedTuple):
 
 
 class Result(NamedTuple):
-    """What a batch created (live qualifications and their stage moves)."""
+    """What a batch created (live qualifications and their stage moves), and the tracks
+    left out as duplicates (their message id was stored already where their event goes)."""
 
     qualifications: list[Qualification]
     moves: list[Move]
+    duplicates: list[Track]
 
 
 _NEW = object()  # a user first seen in this batch, not yet written
@@ -91,7 +96,7 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
     seen: set[tuple[str, str, int]] = set()
     subjects: dict[tuple[str, str], Subject] = {}
     locked: set[tuple[str, str | None]] = set()
-    out = Result([], [])
+    out = Result([], [], [])
     for track in tracks:
         if track.user_id not in linked:  # aliases change only between segments
             linked[track.user_id] = tx.alias_of(track.user_id)
@@ -148,7 +153,21 @@ def _flush(tx: Transaction, rules: Rules, pending: list[_Pending],
     event conditions answered from memory (:mod:`pqlsdk.batchfacts`)."""
     if not pending:
         return
-    # an event's tenant is its user's at the time: the account it counted for, else the user
+    # an event's tenant is its user's at the time: the account it counted for, else the
+    # user; a message id stored there already makes the track a duplicate (as live)
+    stored = tx.stored_events([(account or t.user_id, t.message_id)
+                               for t, account, _ in pending])
+    fresh: list[_Pending] = []
+    for item in pending:
+        key = (item.account or item.track.user_id, item.track.message_id)
+        if key in stored:
+            out.duplicates.append(item.track)
+            continue
+        stored.add(key)
+        fresh.append(item)
+    pending[:] = fresh
+    if not pending:
+        return
     tx.insert_events([(account or t.user_id, t.message_id, t.user_id, account, t.event, t.ts,
                        t.properties) for t, account, _ in pending])
     conn = tx.conn

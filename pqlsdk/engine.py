@@ -64,12 +64,15 @@ class Outcome:
     queued: bool = False
     #: False when the call was a duplicate (a ``message_id`` already stored): nothing done.
     applied: bool = True
+    #: Of a batch of recorded tracks (:meth:`Engine.replay_tracks`), how many were
+    #: duplicates (their message id stored already where their event goes).
+    duplicates: int = 0
 
     def merge(self, other: Outcome) -> Outcome:
         """Both outcomes as one (for a batch applied in one transaction)."""
         return Outcome(self.qualifications + other.qualifications, self.moves + other.moves,
                        other.stage_change or self.stage_change, self.queued or other.queued,
-                       self.applied or other.applied)
+                       self.applied or other.applied, self.duplicates + other.duplicates)
 
 
 #: The outcome of a call that completed nothing (most calls): one shared frozen instance.
@@ -263,14 +266,16 @@ class Engine:
 
     def replay_tracks(self, tx: Transaction, tracks: Sequence[bulk.Track], *,
                       deliver: bool = False) -> Outcome:
-        """Record recorded track calls (in time order, none stored yet) in bulk: their
-        events in one statement, then only the rules each can change, in time order, with
-        the same result as :meth:`replay` of each (see :mod:`pqlsdk.bulk`)."""
+        """Record recorded track calls (in time order) in bulk: their events in one
+        statement, then only the rules each can change, in time order, with the same result
+        as :meth:`replay` of each (see :mod:`pqlsdk.bulk`); one whose message id is stored
+        already is a duplicate (counted in ``duplicates``), as the live call's would be."""
         result = bulk.apply_tracks(
             tx, bulk.Rules(self._by_event, self._qualify, self._first_seen, self._reach), tracks)
         queued = deliver and self._enqueue(tx, result.qualifications, result.moves,
                                            "evaluate", "", None)
-        return Outcome(tuple(result.qualifications), tuple(result.moves), queued=queued)
+        return Outcome(tuple(result.qualifications), tuple(result.moves), queued=queued,
+                       duplicates=len(result.duplicates))
 
     # -- stages ---------------------------------------------------------------------------
 
