@@ -95,9 +95,10 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
     subjects: dict[tuple[str, str], Subject] = {}
     locked: set[tuple[str, str | None]] = set()
     out = Result([], [])
+    aliased = tx.has_aliases()  # none stored (the common backfill): no id to look up
     for track in tracks:
         if track.user_id not in linked:  # aliases change only between segments
-            linked[track.user_id] = tx.alias_of(track.user_id)
+            linked[track.user_id] = tx.alias_of(track.user_id) if aliased else None
         canonical = linked[track.user_id]
         if canonical is not None:  # an id linked to a user counts for that user
             track = track._replace(user_id=canonical)
@@ -159,11 +160,13 @@ def _flush(tx: Transaction, rules: Rules, pending: list[_Pending],
     facts = None
     if not tx.has_rollups():  # a rollup straddling a window counts whole: SQL knows how
         spans: dict[tuple[str, str], tuple[int, int]] = {}  # subject -> first, last ts
+        tenants: dict[tuple[str, str], str] = {}  # subject -> its events' tenant
         for track, account, _ in pending:
             keys = [("user", track.user_id)] + ([("account", account)] if account else [])
             for key in keys:
                 spans[key] = (spans[key][0] if key in spans else track.ts, track.ts)
-        events = SegmentEvents(tx, rules.reach, spans)
+                tenants[key] = account or track.user_id
+        events = SegmentEvents(tx, rules.reach, spans, tenants)
         facts = functools.partial(BatchFacts, events=events)
     # subject -> event name -> the rules worth checking; dropped with the subject's row
     worth: dict[tuple[str, str], dict[str, list[Rule]]] = {}
