@@ -200,6 +200,8 @@ def _flush(tx: Transaction, rules: Rules, pending: list[_Pending],
                 which = narrowed
             if at is None:
                 at = from_micros(track.ts)
+            if kind == "user":  # locked by the walk; its writes and reads need no lookup
+                tx.bind(subject_id, account or subject_id)
             before = conn.total_changes
             out.qualifications.extend(rules.qualify(
                 tx, which, subject, user_id=track.user_id, account_id=account, at=at,

@@ -1160,6 +1160,13 @@ class Transaction:
         self.tenant = self.tenant_of(user_id) or account_id or user_id
         self.tenant_user = user_id
 
+    def bind(self, user_id: str, tenant: str) -> None:
+        """Bind this transaction to a user whose tenant the caller knows and has locked
+        already (a bulk segment's user: its account, else itself), as :meth:`lock_subjects`
+        binds it after reading it: the statements about the user that follow need no
+        lookup."""
+        self.tenant, self.tenant_user = tenant, user_id
+
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
         """Serialize on one user or account and bind its tenant (see :meth:`lock_subjects`)."""
         if subject_type == "user":
