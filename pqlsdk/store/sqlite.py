@@ -1159,6 +1159,13 @@ class Transaction:
         self.tenant = self.tenant_of(user_id) or account_id or user_id
         self.tenant_user = user_id
 
+    def bind(self, user_id: str, tenant: str) -> None:
+        """Bind this transaction to a user whose tenant the caller knows and has locked
+        already (a bulk segment's user: its account, else itself), as :meth:`lock_subjects`
+        binds it after reading it: the statements about the user that follow need no
+        lookup."""
+        self.tenant, self.tenant_user = tenant, user_id
+
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
         """Serialize on one user or account and bind its tenant (see :meth:`lock_subjects`)."""
         if subject_type == "user":
@@ -1228,6 +1235,11 @@ class Transaction:
             "VALUES (?2, ?1, ?2)", (message_id, user_id)).rowcount == 1
 
     # -- identities -----------------------------------------------------------------------
+
+    def has_aliases(self) -> bool:
+        """Whether any id was ever linked to a user (``alias``, or an identify naming an
+        anonymous id)."""
+        return self.conn.execute("SELECT 1 FROM aliases LIMIT 1").fetchone() is not None
 
     def alias_of(self, user_id: str) -> str | None:
         """The user an id was linked to (``alias``), or None."""
@@ -1942,6 +1954,17 @@ class Transaction:
         rows = itertools.chain(live, ((ts, text) for ts, text, n in pruned
                                       for _ in range(n)))
         return itertools.islice(rows, limit) if limit is not None else rows
+
+    def tenant_event_rows(self, tenant: str, subject_type: str, subject_id: str, event: str,
+                          until: int, since: int, limit: int) -> list[tuple[int, str]]:
+        """:meth:`event_rows` in a tenant the caller knows, one statement, no rollups: for a
+        bulk import's segment, which knows each subject's tenant and reads events this way
+        only while the store holds no rollup (:meth:`has_rollups`)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        return self.conn.execute(
+            f"SELECT ts, properties FROM events WHERE tenant_key = ? AND {column} = ? AND "
+            f"event = ? AND ts <= ? AND ts >= ? ORDER BY ts DESC LIMIT ?",
+            (tenant, subject_id, event, until, since, limit)).fetchall()
 
     def weighted_counts(self, subject_type: str, subject_id: str, until: int,
                         lines: list[tuple[str, int | None, int | None, int | None]]
