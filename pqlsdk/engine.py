@@ -99,6 +99,7 @@ class Engine:
             for name in rules.events_of(rule):
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
+        self._scoring = rules.scoring
         self._qualify = functools.partial(qualify, scoring=rules.scoring)
         self._reach = reaches(rules.rules)  # how far back a bulk segment's checks look
         #: Per subject type, the rules that hold on a subject with no events and no traits
@@ -167,13 +168,14 @@ class Engine:
             if not inserted:
                 return Outcome(applied=False)
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
-            created = self._qualify(tx, user_rules, user, user_id=call.user_id,
-                                    account_id=account_id, at=call.at, moves=moves,
-                                    event=(call.event, call.data_json), ts=ts)
+            created = qualify(tx, user_rules, user, user_id=call.user_id,
+                              account_id=account_id, at=call.at, moves=moves,
+                              scoring=self._scoring, event=(call.event, call.data_json), ts=ts)
             if account is not None and account_rules:
-                created += self._qualify(tx, account_rules, account, user_id=call.user_id,
-                                         account_id=account_id, at=call.at, moves=moves,
-                                         event=(call.event, call.data_json), ts=ts)
+                created += qualify(tx, account_rules, account, user_id=call.user_id,
+                                   account_id=account_id, at=call.at, moves=moves,
+                                   scoring=self._scoring, event=(call.event, call.data_json),
+                                   ts=ts)
         elif call.kind == "identify":
             _keep_context(tx, call, account_id, ts)
             user, changed = merge_traits(tx, user, call.data, ts)

@@ -34,6 +34,8 @@ def coerce(value: Any, name: str = "timestamp") -> datetime:
     >>> coerce("2026-11-23T10:00:00Z")
     datetime.datetime(2026, 11, 23, 10, 0, tzinfo=datetime.timezone.utc)
     """
+    if type(value) is datetime and value.tzinfo is timezone.utc:
+        return value  # the common case, as cheap as it gets
     if isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):
