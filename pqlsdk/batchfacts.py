@@ -85,11 +85,13 @@ class Stored(NamedTuple):
 
 class SegmentEvents:
     """The stored events of a segment's subjects, read once per subject and event name when
-    a condition first asks; ``spans`` holds each subject's first and last pending moment."""
+    a condition first asks; ``spans`` holds each subject's first and last pending moment,
+    ``tenants`` the tenant its events are in (a user's stays one through a segment)."""
 
     def __init__(self, tx: Transaction, reach: dict[str, Reach],
-                 spans: dict[tuple[str, str], tuple[int, int]]) -> None:
-        self.tx, self.reach, self.spans = tx, reach, spans
+                 spans: dict[tuple[str, str], tuple[int, int]],
+                 tenants: dict[tuple[str, str], str]) -> None:
+        self.tx, self.reach, self.spans, self.tenants = tx, reach, spans, tenants
         self._read: dict[tuple[str, str, str], Stored] = {}
         self._parsed: dict[str, dict[str, Any]] = {}
 
@@ -103,8 +105,8 @@ class SegmentEvents:
             return found
         reach = self.reach.get(event, Reach(0, False))
         lo = span[0] - reach.window
-        rows = list(self.tx.event_rows(subject.type, subject.id, event, span[1], lo,
-                                       READ_LIMIT + 1))
+        rows = self.tx.tenant_event_rows(self.tenants[subject.type, subject.id], subject.type,
+                                         subject.id, event, span[1], lo, READ_LIMIT + 1)
         if len(rows) > READ_LIMIT:
             found = self._read[key] = Stored(lo, [], [], None, complete=False)
             return found

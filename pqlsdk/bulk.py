@@ -11,7 +11,10 @@ same result as live calls in time order (replay = live):
    as evaluation needs them). Moving a user takes its stored events to the account's
    tenant, so the events pending before a move are stored (and evaluated) first.
 2. Insert the events in one ``executemany``, each in its user's tenant at the time (the
-   account it counted for, else the user).
+   account it counted for, else the user), but an event whose message id that tenant
+   holds already (stored before, or earlier in the batch): that track is a duplicate, as
+   the live call's insert would find, and changes nothing more (its call's subjects were
+   created or moved all the same, as live).
 3. Evaluate, in time order, only the rules each event can change, for its user and its
    account, then, for a user or account the event's call created, the rules that hold on
    a subject first seen (as a live call does), with each subject read once and read again
@@ -30,9 +33,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from .batchfacts import BatchFacts, Reach, SegmentEvents
-from .facts import Subject, load_subject
+from .conditions import TraitCondition
+from .evaluator import holds
+from .facts import Subject, SubjectFacts, load_subject
 from .models import Qualification, StageChange
-from .rules import Rule
+from .qualifier import done_key
+from .rules import AllOf, Condition, Rule
 from .store import Transaction
 from .timestamps import from_micros
 
@@ -52,10 +58,12 @@ class Track(NamedTuple):
 
 
 class Result(NamedTuple):
-    """What a batch created (live qualifications and their stage moves)."""
+    """What a batch created (live qualifications and their stage moves), and the tracks
+    left out as duplicates (their message id was stored already where their event goes)."""
 
     qualifications: list[Qualification]
     moves: list[Move]
+    duplicates: list[Track]
 
 
 _NEW = object()  # a user first seen in this batch, not yet written
@@ -91,10 +99,11 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
     seen: set[tuple[str, str, int]] = set()
     subjects: dict[tuple[str, str], Subject] = {}
     locked: set[tuple[str, str | None]] = set()
-    out = Result([], [])
+    out = Result([], [], [])
+    aliased = tx.has_aliases()  # none stored (the common backfill): no id to look up
     for track in tracks:
         if track.user_id not in linked:  # aliases change only between segments
-            linked[track.user_id] = tx.alias_of(track.user_id)
+            linked[track.user_id] = tx.alias_of(track.user_id) if aliased else None
         canonical = linked[track.user_id]
         if canonical is not None:  # an id linked to a user counts for that user
             track = track._replace(user_id=canonical)
@@ -145,40 +154,102 @@ def apply_tracks(tx: Transaction, rules: Rules, tracks: Sequence[Track]) -> Resu
 def _flush(tx: Transaction, rules: Rules, pending: list[_Pending],
            subjects: dict[tuple[str, str], Subject], out: Result) -> None:
     """Insert the pending events in one statement, then evaluate them in order, their
-    event conditions answered from memory (:mod:`pqlsdk.batchfacts`)."""
+    event conditions answered from memory (:mod:`pqlsdk.batchfacts`), each subject against
+    only the rules it can still meet (:func:`open_rules`)."""
     if not pending:
         return
-    # an event's tenant is its user's at the time: the account it counted for, else the user
+    # an event's tenant is its user's at the time: the account it counted for, else the
+    # user; a message id stored there already makes the track a duplicate (as live)
+    stored = tx.stored_events([(account or t.user_id, t.message_id)
+                               for t, account, _ in pending])
+    fresh: list[_Pending] = []
+    for item in pending:
+        key = (item.account or item.track.user_id, item.track.message_id)
+        if key in stored:
+            out.duplicates.append(item.track)
+            continue
+        stored.add(key)
+        fresh.append(item)
+    pending[:] = fresh
+    if not pending:
+        return
     tx.insert_events([(account or t.user_id, t.message_id, t.user_id, account, t.event, t.ts,
                        t.properties) for t, account, _ in pending])
     conn = tx.conn
     facts = None
     if not tx.has_rollups():  # a rollup straddling a window counts whole: SQL knows how
         spans: dict[tuple[str, str], tuple[int, int]] = {}  # subject -> first, last ts
+        tenants: dict[tuple[str, str], str] = {}  # subject -> its events' tenant
         for track, account, _ in pending:
             keys = [("user", track.user_id)] + ([("account", account)] if account else [])
             for key in keys:
                 spans[key] = (spans[key][0] if key in spans else track.ts, track.ts)
-        events = SegmentEvents(tx, rules.reach, spans)
+                tenants[key] = account or track.user_id
+        events = SegmentEvents(tx, rules.reach, spans, tenants)
         facts = functools.partial(BatchFacts, events=events)
+    # subject -> event name -> the rules worth checking; dropped with the subject's row
+    worth: dict[tuple[str, str], dict[str, list[Rule]]] = {}
+    by_event, first_seen = rules.by_event, rules.first_seen
     for track, account, created in pending:
-        user_rules, account_rules = rules.by_event.get(track.event, ((), ()))
-        checks = [("user", track.user_id, user_rules), ("account", account, account_rules)]
+        found = by_event.get(track.event)
+        if found is None and not created:
+            continue  # no rule reads this event (the common case for many names)
+        checks: list[tuple[str, str | None, Sequence[Rule], bool]] = []
+        if found is not None:
+            checks += [("user", track.user_id, found[0], True), ("account", account, found[1],
+                                                                  True)]
         # then, as a live call does, the rules that hold on a subject first seen
         checks += [(kind, track.user_id if kind == "user" else account,
-                    rules.first_seen.get(kind, ())) for kind in created]
-        at = from_micros(track.ts)
-        for kind, subject_id, which in checks:
+                    first_seen.get(kind, ()), False) for kind in created]
+        at = None
+        for kind, subject_id, which, narrow in checks:
             if not which or subject_id is None:
                 continue
             key = (kind, subject_id)
             subject = subjects.get(key)
             if subject is None:
                 subject = subjects[key] = load_subject(tx, kind, subject_id)
+            if narrow:
+                plans = worth.setdefault(key, {})
+                narrowed = plans.get(track.event)
+                if narrowed is None:
+                    narrowed = plans[track.event] = open_rules(tx, which, subject)
+                if not narrowed:
+                    continue
+                which = narrowed
+            if at is None:
+                at = from_micros(track.ts)
+            if kind == "user":  # locked by the walk; its writes and reads need no lookup
+                tx.bind(subject_id, account or subject_id)
             before = conn.total_changes
             out.qualifications.extend(rules.qualify(
                 tx, which, subject, user_id=track.user_id, account_id=account, at=at,
-                moves=out.moves, make_facts=facts))
+                moves=out.moves, make_facts=facts, ts=track.ts))
             if conn.total_changes != before:  # a qualification (live or shadow) was recorded
                 del subjects[key]
+                worth.pop(key, None)
     pending.clear()
+
+
+def open_rules(tx: Transaction, rules: Sequence[Rule], subject: Subject) -> list[Rule]:
+    """Those of ``rules`` the subject can still meet while a bulk segment is evaluated:
+    none when it is ``disqualified``; else each rule it has not met this round, or that
+    re-arms, and whose trait conditions (a bare one, or the parts of an ``all``) hold on
+    its traits, which a track does not change (:func:`pqlsdk.qualifier.qualify` would
+    find every other one false or already met)."""
+    if subject.stage == "disqualified":
+        return []
+    traits = SubjectFacts(tx, subject, 0)  # traits only: no statement
+    return [rule for rule in rules
+            if (rule.rearms is not None or done_key(rule) not in subject.done)
+            and all(holds(part, traits) for part in _trait_parts(rule.condition))]
+
+
+def _trait_parts(condition: Condition) -> tuple[TraitCondition, ...]:
+    """The trait conditions that must hold for ``condition`` to hold: itself when it is
+    one, the trait parts of an ``all``, else none."""
+    if isinstance(condition, TraitCondition):
+        return (condition,)
+    if isinstance(condition, AllOf):
+        return tuple(part for part in condition.conditions if isinstance(part, TraitCondition))
+    return ()

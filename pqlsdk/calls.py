@@ -40,6 +40,10 @@ class Call(NamedTuple):
     stamped: bool = False
 
 
+#: A track's ``data`` (its properties are ``data_json``): the field's default, shared.
+_NO_DATA: dict[str, Any] = Call._field_defaults["data"]
+
+
 def _who(user_id: Any, anonymous_id: Any) -> tuple[str, str | None]:
     """The subject of a call (the user id, else the anonymous id) and the anonymous id."""
     if user_id is None and anonymous_id is None:
@@ -71,11 +75,14 @@ def prepare_track(user_id: Any, event: Any, properties: Any = None, *,
     text = "{}" if properties is None else validation.json_object("properties", properties)
     if (user_id is not None and anonymous_id is None and context is None
             and integrations is None):
+        # positional (keywords cost a NamedTuple a third more): kind, user_id, at,
+        # account_id, event, data, data_json, message_id, anonymous_id, context,
+        # integrations, stamped
         return Call("track", validation.identifier("user_id", user_id), at,
                     validation.optional_identifier("account_id", account_id),
-                    event=validation.identifier("event", event), data_json=text,
-                    message_id=validation.optional_identifier("message_id", message_id),
-                    stamped=timestamp is None)
+                    validation.identifier("event", event), _NO_DATA, text,
+                    validation.optional_identifier("message_id", message_id), None, None,
+                    None, timestamp is None)
     subject, anonymous = _who(user_id, anonymous_id)
     return Call("track", subject, at, validation.optional_identifier("account_id", account_id),
                 event=validation.identifier("event", event), data_json=text,

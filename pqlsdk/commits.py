@@ -19,7 +19,9 @@ commit per call.
   own, so each gets exactly the result (or the error) it would have had alone.
 - If the leading thread is interrupted (KeyboardInterrupt), nothing of its batch is
   committed and every caller of the batch is woken with a :class:`~pqlsdk.StoreError`.
-- A lone call (the single-threaded case) runs as before: one transaction, no savepoint.
+- A lone call (no other thread leading: the single-threaded case) is applied on its own
+  thread in a transaction of its own, with none of the batch's bookkeeping; calls queued
+  while it works join that transaction behind it, as they join a leader's batch.
 """
 
 from __future__ import annotations
@@ -108,17 +110,21 @@ class SharedCommits:
         """Apply ``work`` in a transaction (shared with other threads' calls) and return
         its result once that transaction committed; raise what ``work`` raised, or the
         store's error if the transaction could not commit."""
-        request: _Request[T] = _Request(work)
         with self._mutex:
-            self._queue.append(request)
-            lead = not self._leading
-            if lead:
+            lone = not self._leading  # nobody leads (so nothing is queued): run it now
+            if lone:
                 self._leading = True
             else:
+                request: _Request[T] = _Request(work)
+                self._queue.append(request)
                 request.wake = wake = threading.Lock()
                 wake.acquire()
-        if not lead:
-            wake.acquire()  # released by the leader: done, or asked to lead
+        if lone:
+            try:
+                return self._lone(work)
+            finally:
+                self._hand_off()
+        wake.acquire()  # released by the leader: done, or asked to lead
         if not request.done:  # leading now: batches until this call's is committed
             try:
                 while not request.done:
@@ -128,6 +134,46 @@ class SharedCommits:
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[no-any-return]
+
+    def _lone(self, work: Callable[[Transaction], T]) -> T:
+        """Apply a lone call in a transaction of its own and return its result (or raise
+        its error, or the store's, as a call alone). Calls queued while it works join its
+        transaction as a batch behind it (the call itself first, its result kept)."""
+        batch: list[_Request[Any]] = []
+        outcomes: list[_Outcome] = []
+
+        def first(tx: Transaction) -> T:
+            outcomes.clear()  # a transaction run again (PostgreSQL) starts over
+            result = work(tx)
+            if batch or self._queue:
+                if not batch:
+                    batch.append(_Request(work))
+                outcomes.append(_Outcome(result, None))
+                self._together(tx, batch, True, outcomes)
+            return result
+
+        try:
+            result = self.store.transact(first)
+        except Exception as exc:
+            if not batch:
+                raise  # its own error, or the store's: as a call alone
+            self._recover(batch, exc)
+        except BaseException as exc:  # interrupted: no joined call waits forever
+            self._interrupted(batch, exc)
+            raise
+        else:
+            if not batch:
+                self.batches += 1
+                self.calls += 1
+                return result
+            self._settle(batch, outcomes)
+        finally:
+            for request in batch:
+                _wake(request)
+        lead = batch[0]
+        if lead.error is not None:
+            raise lead.error
+        return lead.result  # type: ignore[no-any-return]
 
     def _hand_off(self) -> None:
         with self._mutex:
@@ -149,39 +195,54 @@ class SharedCommits:
         try:
             self.apply(batch, join=True)
         except BaseException as exc:  # interrupted (KeyboardInterrupt): no call waits forever
-            for request in batch:
-                if not request.done:
-                    request.error = StoreError(
-                        f"the thread applying this call's batch was interrupted "
-                        f"({type(exc).__name__}); nothing of it was committed")
-                    request.done = True
+            self._interrupted(batch, exc)
             raise
         finally:
             for request in batch:
                 _wake(request)
 
+    @staticmethod
+    def _interrupted(batch: list[_Request[Any]], exc: BaseException) -> None:
+        """Each call of ``batch`` not done gets a :class:`~pqlsdk.StoreError` saying why."""
+        for request in batch:
+            if not request.done:
+                request.error = StoreError(
+                    f"the thread applying this call's batch was interrupted "
+                    f"({type(exc).__name__}); nothing of it was committed")
+                request.done = True
+
     def apply(self, batch: list[_Request[Any]], *, join: bool = False) -> None:
         """Apply ``batch`` in one transaction and fill in each request's result or error.
         With ``join``, calls queued while it is applied join it (``batch`` grows) up to
         the limit."""
+        outcomes: list[_Outcome] = []
+
+        def together(tx: Transaction) -> None:
+            outcomes.clear()  # a transaction run again (PostgreSQL) starts over
+            self._together(tx, batch, join, outcomes)
+
         try:
-            outcomes = self.store.transact(lambda tx: self._together(tx, batch, join))
-        except _CallFailed as failed:  # rolled back: again without it, with savepoints
-            self.reruns += 1
-            request = batch[failed.index]
-            request.error, request.done = failed.error, True
-            rest = batch[:failed.index] + batch[failed.index + 1:]
-            if rest:
-                self._guarded(rest)
-            return
+            self.store.transact(together)
         except Exception as exc:
-            if len(batch) == 1:  # a lone call: this is the error it has alone
-                batch[0].error, batch[0].done = exc, True
-                return
-            for request in batch:  # each call again, alone: its own result or error
-                self._alone(request)
+            self._recover(batch, exc)
             return
         self._settle(batch, outcomes)
+
+    def _recover(self, batch: list[_Request[Any]], exc: Exception) -> None:
+        """After ``batch``'s transaction failed with ``exc`` (nothing of it committed): each
+        call's result or error, as it would have had with savepoints, or alone."""
+        if isinstance(exc, _CallFailed):  # rolled back: again without it, with savepoints
+            self.reruns += 1
+            request = batch[exc.index]
+            request.error, request.done = exc.error, True
+            rest = batch[:exc.index] + batch[exc.index + 1:]
+            if rest:
+                self._guarded(rest)
+        elif len(batch) == 1:  # a lone call: this is the error it has alone
+            batch[0].error, batch[0].done = exc, True
+        else:
+            for request in batch:  # each call again, alone: its own result or error
+                self._alone(request)
 
     def _settle(self, batch: list[_Request[Any]], outcomes: list[_Outcome]) -> None:
         self.batches += 1
@@ -211,12 +272,12 @@ class SharedCommits:
             request.error = exc
         request.done = True
 
-    def _together(self, tx: Transaction, batch: list[_Request[Any]], join: bool
-                  ) -> list[_Outcome]:
-        """Each call of ``batch`` in turn, no savepoint; a call that raises rolls the whole
-        transaction back (:class:`_CallFailed`). Then, with ``join``, the calls queued
-        meanwhile, until none is left or the batch is full."""
-        outcomes: list[_Outcome] = []
+    def _together(self, tx: Transaction, batch: list[_Request[Any]], join: bool,
+                  outcomes: list[_Outcome]) -> None:
+        """Each call of ``batch`` past those in ``outcomes`` in turn, no savepoint, its
+        outcome appended; a call that raises rolls the whole transaction back
+        (:class:`_CallFailed`). Then, with ``join``, the calls queued meanwhile, until none
+        is left or the batch is full."""
         while True:
             for index in range(len(outcomes), len(batch)):
                 try:
@@ -228,7 +289,7 @@ class SharedCommits:
             room = self.limit - len(batch)
             more = self._take(room) if join and room > 0 else []
             if not more:
-                return outcomes
+                return
             batch.extend(more)
 
     @staticmethod

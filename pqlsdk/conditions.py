@@ -181,7 +181,10 @@ class Check:
 
     def matches(self, value: Any, present: bool = True) -> bool:
         """Whether ``value`` (``present`` False when it is missing) satisfies every operator."""
-        return all(_holds(op, bound, value, present) for op, bound in self.ops)
+        for op, bound in self.ops:  # noqa: SIM110 - a loop, not all() of a generator: hot
+            if not _holds(op, bound, value, present):
+                return False
+        return True
 
     def describe(self) -> str:
         """``"gte 50, lt 500"``."""

@@ -64,12 +64,15 @@ class Outcome:
     queued: bool = False
     #: False when the call was a duplicate (a ``message_id`` already stored): nothing done.
     applied: bool = True
+    #: Of a batch of recorded tracks (:meth:`Engine.replay_tracks`), how many were
+    #: duplicates (their message id stored already where their event goes).
+    duplicates: int = 0
 
     def merge(self, other: Outcome) -> Outcome:
         """Both outcomes as one (for a batch applied in one transaction)."""
         return Outcome(self.qualifications + other.qualifications, self.moves + other.moves,
                        other.stage_change or self.stage_change, self.queued or other.queued,
-                       self.applied or other.applied)
+                       self.applied or other.applied, self.duplicates + other.duplicates)
 
 
 #: The outcome of a call that completed nothing (most calls): one shared frozen instance.
@@ -96,6 +99,7 @@ class Engine:
             for name in rules.events_of(rule):
                 users, accounts = self._by_event.setdefault(name, ([], []))
                 (users if rule.subject == "user" else accounts).append(rule)
+        self._scoring = rules.scoring
         self._qualify = functools.partial(qualify, scoring=rules.scoring)
         self._reach = reaches(rules.rules)  # how far back a bulk segment's checks look
         #: Per subject type, the rules that hold on a subject with no events and no traits
@@ -164,13 +168,14 @@ class Engine:
             if not inserted:
                 return Outcome(applied=False)
             user_rules, account_rules = self._by_event.get(call.event, ((), ()))
-            created = self._qualify(tx, user_rules, user, user_id=call.user_id,
-                                    account_id=account_id, at=call.at, moves=moves,
-                                    event=(call.event, call.data_json), ts=ts)
+            created = qualify(tx, user_rules, user, user_id=call.user_id,
+                              account_id=account_id, at=call.at, moves=moves,
+                              scoring=self._scoring, event=(call.event, call.data_json), ts=ts)
             if account is not None and account_rules:
-                created += self._qualify(tx, account_rules, account, user_id=call.user_id,
-                                         account_id=account_id, at=call.at, moves=moves,
-                                         event=(call.event, call.data_json), ts=ts)
+                created += qualify(tx, account_rules, account, user_id=call.user_id,
+                                   account_id=account_id, at=call.at, moves=moves,
+                                   scoring=self._scoring, event=(call.event, call.data_json),
+                                   ts=ts)
         elif call.kind == "identify":
             _keep_context(tx, call, account_id, ts)
             user, changed = merge_traits(tx, user, call.data, ts)
@@ -263,14 +268,16 @@ class Engine:
 
     def replay_tracks(self, tx: Transaction, tracks: Sequence[bulk.Track], *,
                       deliver: bool = False) -> Outcome:
-        """Record recorded track calls (in time order, none stored yet) in bulk: their
-        events in one statement, then only the rules each can change, in time order, with
-        the same result as :meth:`replay` of each (see :mod:`pqlsdk.bulk`)."""
+        """Record recorded track calls (in time order) in bulk: their events in one
+        statement, then only the rules each can change, in time order, with the same result
+        as :meth:`replay` of each (see :mod:`pqlsdk.bulk`); one whose message id is stored
+        already is a duplicate (counted in ``duplicates``), as the live call's would be."""
         result = bulk.apply_tracks(
             tx, bulk.Rules(self._by_event, self._qualify, self._first_seen, self._reach), tracks)
         queued = deliver and self._enqueue(tx, result.qualifications, result.moves,
                                            "evaluate", "", None)
-        return Outcome(tuple(result.qualifications), tuple(result.moves), queued=queued)
+        return Outcome(tuple(result.qualifications), tuple(result.moves), queued=queued,
+                       duplicates=len(result.duplicates))
 
     # -- stages ---------------------------------------------------------------------------
 

@@ -95,6 +95,13 @@ class StoreUnavailable(StoreError):
     ``statement_timeout``; nothing of the failed call was written. Retry later."""
 
 
+class StoreRejected(StoreError):
+    """The database refused the data of one call: it broke a constraint (a unique key it
+    met again when run anew, so not a race with another writer; a check) or holds a value
+    the database cannot store. The call's problem, not the store's: nothing of it was
+    written, and other calls go on (an import reports the line and imports the rest)."""
+
+
 class StoreFull(StoreError):
     """The disk (or a quota, or ``max_page_count``) is full; free space and retry."""
 

@@ -78,6 +78,23 @@ def load_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject
     return Subject.from_row(subject_type, subject_id, row)
 
 
+#: Traits JSON texts already parsed (never mutated), since most subjects share a few texts.
+_PARSED: dict[str, dict[str, Any]] = {}
+#: How many texts :data:`_PARSED` keeps before it starts over.
+PARSED_LIMIT = 4096
+
+
+def parsed_traits(text: str) -> dict[str, Any]:
+    """A subject's traits JSON as a dict, parsed once per distinct text (read-only: shared)."""
+    traits = _PARSED.get(text)
+    if traits is None:
+        traits = json.loads(text)
+        if len(_PARSED) >= PARSED_LIMIT:
+            _PARSED.clear()
+        _PARSED[text] = traits
+    return traits
+
+
 def is_plain(condition: EventCondition) -> bool:
     """Whether the condition counts events alone (no ``where``, ``distinct`` or ``sum``)."""
     return not (condition.where or condition.distinct or condition.sum)
@@ -119,8 +136,7 @@ class SubjectFacts:
     def trait(self, name: str) -> tuple[bool, Any]:
         """``(present, value)``; a trait set to null counts as missing."""
         if self._traits is None:
-            text = self.subject.traits_json
-            self._traits = {} if text == "{}" else json.loads(text)
+            self._traits = parsed_traits(self.subject.traits_json)
         value = self._traits.get(name)
         return value is not None, value
 

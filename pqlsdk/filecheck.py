@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import attrs
 
-from .errors import StoreBusy, StoreCorrupt, StoreError, StoreFull
+from .errors import StoreBusy, StoreCorrupt, StoreError, StoreFull, StoreRejected
 
 #: UPDATE ... RETURNING and DROP COLUMN need 3.35.
 MIN_SQLITE = (3, 35, 0)
@@ -45,6 +45,9 @@ def translate(exc: sqlite3.Error, path: str | None, busy_timeout: float) -> Stor
     """The pqlsdk error for a ``sqlite3`` error raised on ``path`` (raise it ``from exc``)."""
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):  # the call's, not the file's
+        return StoreRejected(f"the database refused this call's data ({text}); nothing of "
+                             f"this call was written", path=path)
     lowered = text.lower()
     if code in (_BUSY, _LOCKED) or "database is locked" in lowered:
         return StoreBusy(

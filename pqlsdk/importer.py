@@ -14,16 +14,21 @@
    those of a live run of the same messages in time order.
 3. **Resume.** Each batch's transaction also records a checkpoint for the file (a digest
    of its lines): the last message applied. Killed at any point, a re-run reads the file
-   again and skips what the checkpoint covers; re-importing a file adds nothing (an event
-   already stored, by its message id in its user's tenant as a live call's, or an
-   identify/group/stage already imported is skipped whatever file it comes from).
+   again and skips what the checkpoint covers; re-importing a file adds nothing. Whatever
+   file it comes from, a message is a duplicate exactly when its live call would be: a
+   track whose message id the tenant its event goes to holds already (stored live or
+   imported), an identify/group/alias/stage whose message id was recorded under the user
+   it names. The two kinds do not share ids: a track may reuse an identify's.
 
 The input is read as bytes, plain or gzipped (known by its magic bytes, as Segment's
 archives are), and decoded line by line. A bad line stops nothing that was good, whatever it
 holds (bytes that are not UTF-8, a lone surrogate, a 5,000-digit number, JSON nested 5,000
 deep, a timestamp past the calendar's edge): it is reported with its line number and reason
 (``strict=True`` stops at the first one instead). A batch that fails to stage or replay is
-retried one message at a time, so only the bad message is left out. A missing or
+split in halves until the message that fails it is alone, so only the bad message is
+left out, reported with its line number and reason, also when the database refuses it
+(:class:`~pqlsdk.StoreRejected`, a constraint it breaks); only a store that cannot go on
+(unreachable, full, damaged, busy past its timeout) stops the import. A missing or
 unreadable file is refused by :func:`open_source` before any database is made.
 """
 
@@ -46,12 +51,12 @@ from . import bulk, calls, validation
 from .calls import Call
 from .client import Client
 from .engine import Outcome
-from .errors import PqlError, StoreError, ValidationError
+from .errors import PqlError, StoreError, StoreRejected, ValidationError
 from .limits import MAX_ID_LENGTH
 from .outbox import wall_micros
 from .runs import SortedRuns
 from .store import Transaction
-from .timestamps import coerce, from_micros, to_micros
+from .timestamps import coerce, from_micros, to_micros, utc_micros
 
 #: Messages per transaction.
 BATCH = 20_000
@@ -62,8 +67,9 @@ KINDS = ("track", "identify", "group", "page", "screen", "alias")
 
 @attrs.frozen
 class ImportResult:
-    """What an import did: lines read, messages applied, duplicates skipped (already
-    imported, or the same messageId twice), other message types skipped, and each bad line
+    """What an import did: lines read, messages applied, duplicates skipped (each a
+    message whose live call would be a duplicate: see the module), other message types
+    skipped, and each bad line
     as ``(line number, reason)``. When an interrupted earlier run of the same file left a
     checkpoint, the lines it had not applied are applied now: they count in ``applied``
     and ``resumed``, never in ``duplicates`` (those it applied are duplicates)."""
@@ -362,22 +368,32 @@ def _common_track(number: int, message: dict[str, Any]) -> Message | None:
     string, without the call built in between; None for any other line (the full path
     takes it). Its ids being valid, what can still be wrong is checked by the full path's
     own functions in its order (the timestamp, then the properties), so a bad line gets
-    the same reason."""
+    the same reason. A timestamp in the shape Segment writes is read without a datetime
+    (:func:`pqlsdk.timestamps.utc_micros`)."""
     if message.get("type") != "track":
         return None
     user_id, event, message_id = (message.get("userId"), message.get("event"),
                                   message.get("messageId"))
     stamp = message.get("timestamp")
-    if type(stamp) is not str or not stamp or not _plain_id(event):
+    if type(stamp) is not str or not stamp:
         return None
-    if not _plain_id(user_id) or not _plain_id(message_id):
+    # _plain_id of the three, inlined (the hot loop): str, 1..MAX_ID_LENGTH, ASCII, no NUL
+    if not (type(user_id) is str and type(event) is str and type(message_id) is str
+            and 0 < len(user_id) <= MAX_ID_LENGTH and 0 < len(event) <= MAX_ID_LENGTH
+            and 0 < len(message_id) <= MAX_ID_LENGTH
+            and (user_id + event + message_id).isascii()
+            and "\x00" not in user_id and "\x00" not in event and "\x00" not in message_id
+            and not user_id.isspace() and not event.isspace()
+            and not message_id.isspace()):
         return None
     context = message.get("context")
     account_id = context.get("groupId") if type(context) is dict else None
     if account_id is not None and not _plain_id(account_id):
         return None
-    ts = to_micros(coerce(stamp, "timestamp"))
-    data = validation.json_object("properties", message.get("properties"))  # ASCII JSON
+    ts = utc_micros(stamp)
+    if ts is None:
+        ts = to_micros(coerce(stamp, "timestamp"))
+    data = validation.json_object("properties", message.get("properties"), parsed=True)
     return Message(ts, number, message_id, "track", user_id, account_id, event, data)
 
 
@@ -463,49 +479,48 @@ class _Import:
                             applied if checkpoint else 0)
 
     def replay(self, key: str, batch: list[Message]) -> None:
-        """Apply a batch in one transaction; if one message makes it fail, apply them one
-        per transaction so that only that one is left out (and reported)."""
+        """Apply a batch in one transaction. If a message makes it fail, apply each half the
+        same way, in order, so that only the failing messages are left out, each reported
+        with its reason (a few transactions per bad message, not one per message). A store
+        that cannot go on (unreachable, full, damaged, busy past its timeout) stops the
+        import (the applied batches are kept); a call the database refuses
+        (:class:`~pqlsdk.StoreRejected`) is its line's failure."""
         try:
             done, found, queued = self.store.transact(lambda tx: self.apply(tx, key, batch))
+        except StoreRejected as exc:
+            failure: Exception = exc
         except StoreError:
-            raise  # the file's problem, not a line's: stop (applied batches are kept)
-        except Exception:
-            done = found = 0
-            queued = False
-            for message in batch:
-                try:
-                    one, more, wrote = self.store.transact(
-                        lambda tx, m=message: self.apply(tx, key, [m]))  # type: ignore[misc]
-                except StoreError:
-                    raise
-                except Exception as exc:
-                    self.bad(message.line, describe(exc))
-                    self.failed += 1
-                    continue
-                self.applied += one
-                done, found, queued = done + one, found + more, queued or wrote
+            raise  # the store's problem, not a line's: stop
+        except Exception as exc:  # whatever one message raised: isolate it
+            failure = exc
         else:
             self.applied += done
-        self.qualified += found
-        if queued:
-            self.client.deliver_pending()
+            self.qualified += found
+            if queued:
+                self.client.deliver_pending()
+            return
+        if len(batch) == 1:
+            self.bad(batch[0].line, describe(failure))
+            self.failed += 1
+            return
+        middle = len(batch) // 2
+        self.replay(key, batch[:middle])
+        self.replay(key, batch[middle:])
 
     def apply(self, tx: Transaction, key: str, batch: list[Message]) -> tuple[int, int, bool]:
-        """Apply messages in replay order inside ``tx``: the new ones (a message already
-        stored, or a forgotten user's, is skipped), the tracks in bulk, each other message
+        """Apply messages in replay order inside ``tx``, each deduplicated as its live call
+        is, at its turn: a track by its message id where its event goes (see
+        :meth:`pqlsdk.engine.Engine.replay_tracks`), an identify/group/alias/stage by its
+        message id under the user it names (``remember_call``, as the live call does first);
+        a forgotten user's message is skipped. The tracks go in bulk, each other message
         through the same path as the live call; then move the checkpoint past the last.
         Returns ``(applied, qualifications, outbox rows written)``."""
-        # a message id is its user's (live calls dedupe it in the user's tenant)
-        known = tx.imported(list({(m.user_id or "", m.message_id) for m in batch}))
-        fresh: list[Message] = []
-        for message in batch:
-            mine = (message.user_id or "", message.message_id)
-            if mine not in known:
-                known.add(mine)  # the same user's id twice in a file: once
-                fresh.append(message)
+        gone = tx.forgotten(list({m.message_id for m in batch}))
         outcome = Outcome()
+        duplicates = 0
         tracks: list[bulk.Track] = []
         whole = not (self.deliver and self.client.forward_events)  # a mirror row per call
+        fresh = [m for m in batch if m.message_id not in gone]
         for message in fresh:
             if message.kind == "track" and whole:
                 tracks.append(message.track())
@@ -514,12 +529,18 @@ class _Import:
                 outcome = outcome.merge(self.engine.replay_tracks(tx, tracks,
                                                                   deliver=self.deliver))
                 tracks = []
-            outcome = outcome.merge(self.engine.replay(tx, message.call(),
-                                                       deliver=self.deliver))
+            if message.kind != "track" and not tx.remember_call(message.message_id,
+                                                                 message.user_id or ""):
+                duplicates += 1  # this call's message id was recorded before
+                continue
+            one = self.engine.replay(tx, message.call(), deliver=self.deliver)
+            if not one.applied:
+                duplicates += 1  # a track whose message id was stored already where it goes
+            outcome = outcome.merge(one)
         if tracks:
             outcome = outcome.merge(self.engine.replay_tracks(tx, tracks, deliver=self.deliver))
-        tx.remember_imported([(m.message_id, m.user_id) for m in fresh if m.kind != "track"])
+        applied = len(fresh) - duplicates - outcome.duplicates
         last = batch[-1]
-        tx.set_import_checkpoint(key, last.ts, last.line, self.applied + len(fresh),
+        tx.set_import_checkpoint(key, last.ts, last.line, self.applied + applied,
                                  wall_micros())
-        return len(fresh), len(outcome.qualifications), outcome.queued
+        return applied, len(outcome.qualifications), outcome.queued

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from .evaluator import holds, measure
+from .evaluator import measure
 from .facts import FirstEventFacts, Subject, SubjectFacts
 from .ids import qualification_id
 from .models import Qualification, StageChange
@@ -62,10 +62,9 @@ def qualify(
     created = []
     for rule, firing, since in pending:
         if since is not None:  # a re-armed rule counts only events after its last firing
-            if not holds(rule.condition, SubjectFacts(tx, subject._replace(since=since), ts,
-                                                      scoring)):
+            if not rule.check(SubjectFacts(tx, subject._replace(since=since), ts, scoring)):
                 continue
-        elif not holds(rule.condition, facts):
+        elif not rule.check(facts):
             continue
         if (firing == 0 and subject.since is not None
                 and not _new_since(tx, rule, subject, scoring, ts)):
@@ -118,8 +117,9 @@ def eligible(tx: Transaction, rules: Iterable[Rule], subject: Subject, ts: int
     re-arming ones whose last firing is ``rearm``/``every`` behind (SPEC §11)."""
     found: list[Eligible] = []
     rearming: list[Rule] = []
+    done = subject.done
     for rule in rules:
-        if done_key(rule) not in subject.done:
+        if not done or done_key(rule) not in done:
             found.append(Eligible(rule, 0, None))
         elif rule.rearms is not None:
             rearming.append(rule)

@@ -28,7 +28,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -380,6 +380,15 @@ class Rule:
     @scores.default
     def _scores(self) -> frozenset[str]:
         return frozenset(c.score for c in _walk(self.condition) if isinstance(c, ScoreCondition))
+
+    #: Whether the condition holds on some facts: the condition compiled once, when the rule
+    #: is made (:func:`pqlsdk.evaluator.compile_condition`), what qualifying calls.
+    check: Callable[[Any], bool] = attrs.field(init=False, eq=False, repr=False)
+
+    @check.default
+    def _check(self) -> Callable[[Any], bool]:
+        from .evaluator import compile_condition  # the evaluator reads this module's classes
+        return compile_condition(self.condition)
 
 
 # --- builders -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from .errors import ValidationError
@@ -88,16 +89,29 @@ def free_text(name: str, value: Any) -> str | None:
 # --- JSON ---------------------------------------------------------------------------------
 
 
-def json_object(name: str, value: Any) -> str:
-    """``properties``/``traits`` as the JSON text to store (``"{}"`` for None)."""
-    if value is None:
+#: ``json.dumps(value, default=json_default, allow_nan=False, sort_keys=True)``, made once
+#: (``json.dumps`` with arguments builds a new encoder per call).
+_ENCODER = json.JSONEncoder(default=json_default, allow_nan=False, sort_keys=True)
+#: The same encoder's C core without its check for circular references, made once: for a
+#: value parsed from JSON text (which cannot hold a cycle nor be shared with another
+#: thread), as an import's properties are. None where Python has no C speedups.
+_PARSED = (c_make_encoder(None, json_default, encode_basestring_ascii, None, ": ", ", ", True,
+                          False, False) if c_make_encoder is not None else None)
+
+
+def json_object(name: str, value: Any, *, parsed: bool = False) -> str:
+    """``properties``/``traits`` as the JSON text to store (``"{}"`` for None); ``parsed``
+    says ``value`` came from ``json.loads`` (so it holds no cycle): the same text and the
+    same errors, with less work."""
+    if value is None or (type(value) is dict and not value):
         return "{}"
     if not isinstance(value, dict):
         raise ValidationError(
             f"{name} must be a dict of JSON values (got {type(value).__name__}: "
             f"{shown(value)})")
     try:
-        text = json.dumps(value, default=json_default, allow_nan=False, sort_keys=True)
+        text = ("".join(_PARSED(value, 0)) if parsed and _PARSED is not None
+                else _ENCODER.encode(value))
     except RecursionError:
         raise ValidationError(
             f"{name} must be at most {MAX_JSON_DEPTH} levels deep (got a deeper value)"

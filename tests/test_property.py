@@ -163,3 +163,36 @@ def test_qualifications_match_the_reference_evaluator(rules, stream):
                for q in client.qualifications()}
         client.close()
     assert got == reference(rules, stream)
+
+
+class _TableFacts:
+    """Facts from plain tables: each event condition's value, the traits, the scores."""
+
+    def __init__(self, counts: dict, traits: dict, scores: dict) -> None:
+        self.counts, self.traits, self.scores, self.asked = counts, traits, scores, []
+
+    def measure(self, condition, limit):
+        self.asked.append(condition)
+        return self.counts.get(condition.event, 0)
+
+    def trait(self, name):
+        self.asked.append(name)
+        value = self.traits.get(name)
+        return value is not None, value
+
+    def score(self, kind):
+        return self.scores.get(kind, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(conditions, st.integers(0, 5), st.integers(0, 5),
+       st.sampled_from([None, "free", "paid"]))
+def test_a_compiled_condition_decides_as_holds_asking_the_same_facts(condition, a, b, plan):
+    from pqlsdk.evaluator import compile_condition, holds
+
+    tables = ({"a": a, "b": b}, {"plan": plan}, {})
+    walked, compiled = _TableFacts(*tables), _TableFacts(*tables)
+    assert compile_condition(condition)(compiled) == holds(condition, walked)
+    assert compiled.asked == walked.asked  # the same checks, in the same order
+    assert pqlsdk.Rule("r", condition).check(_TableFacts(*tables)) == holds(
+        condition, _TableFacts(*tables))

@@ -261,3 +261,21 @@ def test_a_lone_calls_driver_error_is_not_run_twice(make_client):
         client._commits.run(broken)
     assert runs == [1]
     assert (client._commits.batches, client._commits.calls) == (0, 0)
+
+
+def test_a_lone_call_that_raises_is_rolled_back_and_raises_its_own_error(make_client):
+    client = make_client(RULES)
+
+    def half_then_fail(tx):
+        track(client, "half")(tx)  # its event is written, then the call fails
+        raise ValueError("the application's bug")
+
+    with pytest.raises(ValueError, match="the application's bug"):
+        client._commits.run(half_then_fail)
+    assert event_count(client) == 0  # nothing of it committed
+    assert (client._commits.batches, client._commits.calls, client._commits.reruns) == (
+        0, 0, 0)
+    assert not client._commits._leading  # the next call runs at once
+    assert client._commits.run(track(client, "after")) == ([], False)
+    assert (client._commits.batches, client._commits.calls) == (1, 1)
+    assert event_count(client) == 1

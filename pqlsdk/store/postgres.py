@@ -7,7 +7,9 @@
 Every write is one transaction in READ COMMITTED, and a call serializes on its subjects by
 row locks on their rows (``SELECT ... FOR UPDATE``: account before user), never on advisory
 locks. A transaction that meets a serialization failure (40001), a deadlock (40P01) or a
-lost race to create a row (23505) is run again, invisibly, by :meth:`PostgresStore.transact`.
+lost race to create a row (23505) is run again, invisibly, by :meth:`PostgresStore.transact`;
+a unique key met again on the same key when run anew is no race but the call's own
+conflict, as is any other constraint or data error: :class:`~pqlsdk.StoreRejected`.
 Every psycopg error is mapped to pqlsdk's :class:`~pqlsdk.StoreError` family in one place
 (:func:`translate`).
 """
@@ -23,7 +25,14 @@ from contextlib import contextmanager, nullcontext, suppress
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ..errors import SchemaTooNew, StoreBusy, StoreClosed, StoreError, StoreUnavailable
+from ..errors import (
+    SchemaTooNew,
+    StoreBusy,
+    StoreClosed,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
 from ..stages import STAGES
 from .base import UserRow
 from .dialect import bind, to_postgres
@@ -365,6 +374,8 @@ def translate(exc: BaseException, where: str) -> StoreError:
     if state in RETRYABLE:
         return StoreBusy(f"the transaction kept conflicting with others ({text}); nothing "
                          f"of this call was written: retry", path=where)
+    if state is not None and (state[:2] in ("22", "23") or state == "54000"):
+        return rejected(exc, where)  # the call's data (a key past an index's size, too)
     if state == "57014":
         return StoreUnavailable(f"a statement ran past statement_timeout ({text}); nothing "
                                 f"of this call was written", path=where)
@@ -373,6 +384,21 @@ def translate(exc: BaseException, where: str) -> StoreError:
         return StoreUnavailable(f"the PostgreSQL server is unreachable or went away ({text}); "
                                 f"nothing of this call was written: retry", path=where)
     return StoreError(text, path=where)
+
+
+def rejected(exc: BaseException, where: str) -> StoreRejected:
+    """:class:`~pqlsdk.StoreRejected` for a constraint or data error of the call."""
+    text = str(exc).strip() or type(exc).__name__
+    return StoreRejected(f"the database refused this call's data ({text}); nothing of this "
+                         f"call was written", path=where)
+
+
+def _conflict(exc: BaseException) -> tuple[str, str] | None:
+    """The unique key a 23505 met: ``(constraint, "Key (...)=(...) already exists.")``."""
+    diag = getattr(exc, "diag", None)
+    if diag is None:
+        return None
+    return (str(diag.constraint_name), str(diag.message_detail))
 
 
 def _is_psycopg_error(exc: BaseException) -> bool:
@@ -885,6 +911,7 @@ class PostgresStore:
         psycopg's pipeline mode cannot carry)."""
         self._check_open()
         speculate = pipeline = pipeline and not migrate
+        conflict: tuple[str, str] | None = None  # the key the last safe attempt met
         for attempt in range(MAX_RETRIES + 1):
             with self.lock:
                 self._check_open()
@@ -900,9 +927,14 @@ class PostgresStore:
                     if not _is_psycopg_error(exc):
                         raise
                     state = getattr(exc, "sqlstate", None)
+                    if state == "23505":
+                        # a speculative insert (run it safely), or a lost race to create a
+                        # row (run anew, the row is there); the same key again is neither
+                        key = None if speculate else _conflict(exc)
+                        if key is not None and key == conflict:
+                            raise rejected(exc, self.where) from exc
+                        speculate, conflict = False, key
                     if state in RETRYABLE and attempt < MAX_RETRIES:
-                        if state == "23505":  # perhaps a speculative insert: run it safely
-                            speculate = False
                         time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                         continue
                     raise translate(exc, self.where) from exc

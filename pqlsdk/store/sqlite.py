@@ -356,8 +356,6 @@ def _unambiguous_qualification_ids(db: sqlite_utils.Database) -> None:
 #: ``user_directory``; ``{user}`` is the column or parameter holding the user id).
 _USER_TENANT = ("coalesce((SELECT d.account_id FROM user_directory d "
                 "WHERE d.tenant_key = {user}), {user})")
-#: The user a pair's id (``w.u``) counts for: the one an alias links it to, else itself.
-_LINKED = "coalesce((SELECT a.user_id FROM aliases a WHERE a.tenant_key = w.u), w.u)"
 #: The tenant key of a subject's rows (qualifications, stage changes).
 _SUBJECT_TENANT = ("CASE WHEN subject_type = 'account' THEN subject_id ELSE "
                    + _USER_TENANT.format(user="subject_id") + " END")
@@ -930,9 +928,10 @@ class _Write:
 
 
 def _store_error(exc: BaseException) -> bool:
-    """A ``sqlite3`` error about the file (not a programming error or a constraint)."""
+    """A ``sqlite3`` error about the file, or a constraint the call broke (not a
+    programming error)."""
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError)
+        exc, sqlite3.ProgrammingError | sqlite3.InterfaceError)
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -1163,6 +1162,13 @@ class Transaction:
         self.tenant = self.tenant_of(user_id) or account_id or user_id
         self.tenant_user = user_id
 
+    def bind(self, user_id: str, tenant: str) -> None:
+        """Bind this transaction to a user whose tenant the caller knows and has locked
+        already (a bulk segment's user: its account, else itself), as :meth:`lock_subjects`
+        binds it after reading it: the statements about the user that follow need no
+        lookup."""
+        self.tenant, self.tenant_user = tenant, user_id
+
     def lock_subject(self, subject_type: str, subject_id: str) -> None:
         """Serialize on one user or account and bind its tenant (see :meth:`lock_subjects`)."""
         if subject_type == "user":
@@ -1224,13 +1230,19 @@ class Transaction:
              context, integrations))
 
     def remember_call(self, message_id: str, user_id: str) -> bool:
-        """Record the ``message_id`` of an identify/group/alias call (as imports do); False
-        when it was recorded before (the call is a duplicate)."""
+        """Record the ``message_id`` of an identify/group/alias call (an imported stage
+        line's too) under the user it names; False when it was recorded before (the call
+        is a duplicate)."""
         return self.conn.execute(
             "INSERT OR IGNORE INTO import_done (tenant_key, message_id, user_id) "
             "VALUES (?2, ?1, ?2)", (message_id, user_id)).rowcount == 1
 
     # -- identities -----------------------------------------------------------------------
+
+    def has_aliases(self) -> bool:
+        """Whether any id was ever linked to a user (``alias``, or an identify naming an
+        anonymous id)."""
+        return self.conn.execute("SELECT 1 FROM aliases LIMIT 1").fetchone() is not None
 
     def alias_of(self, user_id: str) -> str | None:
         """The user an id was linked to (``alias``), or None."""
@@ -1946,6 +1958,17 @@ class Transaction:
                                       for _ in range(n)))
         return itertools.islice(rows, limit) if limit is not None else rows
 
+    def tenant_event_rows(self, tenant: str, subject_type: str, subject_id: str, event: str,
+                          until: int, since: int, limit: int) -> list[tuple[int, str]]:
+        """:meth:`event_rows` in a tenant the caller knows, one statement, no rollups: for a
+        bulk import's segment, which knows each subject's tenant and reads events this way
+        only while the store holds no rollup (:meth:`has_rollups`)."""
+        column = "user_id" if subject_type == "user" else "account_id"
+        return self.conn.execute(
+            f"SELECT ts, properties FROM events WHERE tenant_key = ? AND {column} = ? AND "
+            f"event = ? AND ts <= ? AND ts >= ? ORDER BY ts DESC LIMIT ?",
+            (tenant, subject_id, event, until, since, limit)).fetchall()
+
     def weighted_counts(self, subject_type: str, subject_id: str, until: int,
                         lines: list[tuple[str, int | None, int | None, int | None]]
                         ) -> list[float]:
@@ -2029,40 +2052,35 @@ class Transaction:
         duplicate raises)."""
         self.conn.executemany(INSERT_EVENT.replace("INSERT OR IGNORE", "INSERT", 1), rows)
 
-    def imported(self, messages: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of the ``(user id, message id)`` pairs are stored already (an event in the
-        tenant of the user now (the user an alias links the id to, if any), where its
-        events are whatever accounts it moved between, as a live call's message id is
-        deduplicated; or an imported identify/group/stage
-        message, remembered under the user) or belong to a forgotten user: an import skips
-        them. Each pair is looked up in its own tenant (by its key, as the staging of
-        earlier releases did), 400 pairs a statement."""
-        found: set[tuple[str, str]] = set()
-        for start in range(0, len(messages), 400):
-            part = messages[start:start + 400]
-            pairs = ", ".join(["(?, ?)"] * len(part))
-            found.update((u, m) for u, m in self.conn.execute(
-                f"WITH w(u, m) AS (VALUES {pairs}) SELECT u, m FROM w WHERE EXISTS (SELECT 1 "
-                f"FROM events e WHERE e.tenant_key = {_USER_TENANT.format(user=_LINKED)} AND "
-                f"e.message_id = w.m) OR EXISTS (SELECT 1 FROM import_done i WHERE "
-                f"i.tenant_key = w.u AND i.message_id = w.m)",
-                [value for pair in part for value in pair]))
-        if messages and self.conn.execute(
+    def forgotten(self, message_ids: list[str]) -> set[str]:
+        """Which message ids belonged to a user since forgotten (kept as keyed hashes): an
+        import brings none of them back."""
+        if not message_ids or not self.conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
-            hashes = {self.forgotten_hash(m): (u, m) for u, m in messages}
-            keys = list(hashes)
-            for start in range(0, len(keys), 500):
-                hashed = keys[start:start + 500]
-                marks = ",".join("?" * len(hashed))
-                found.update(hashes[bytes(h)] for (h,) in self.conn.execute(
-                    f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed))
+            return set()
+        hashes = {self.forgotten_hash(m): m for m in message_ids}
+        keys = list(hashes)
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            hashed = keys[start:start + 500]
+            marks = ",".join("?" * len(hashed))
+            found.update(hashes[bytes(h)] for (h,) in self.conn.execute(
+                f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed))
         return found
 
-    def remember_imported(self, rows: list[tuple[str, str | None]]) -> None:
-        """Remember ``(message id, user id)`` of imported identify/group/stage messages,
-        keyed by their user (a track is remembered by its event's message id)."""
-        self.conn.executemany("INSERT INTO import_done (tenant_key, message_id, user_id) "
-                              "VALUES (coalesce(?2, ''), ?1, ?2) ON CONFLICT DO NOTHING", rows)
+    def stored_events(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which ``(tenant key, message id)`` pairs an event holds already: an imported
+        track meets its id where its event goes (its user's tenant after the call's move),
+        as a live call's insert does. 400 pairs a statement."""
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), 400):
+            part = keys[start:start + 400]
+            pairs = ", ".join(["(?, ?)"] * len(part))
+            found.update((t, m) for t, m in self.conn.execute(
+                f"WITH w(t, m) AS (VALUES {pairs}) SELECT t, m FROM w WHERE EXISTS (SELECT 1 "
+                f"FROM events e WHERE e.tenant_key = w.t AND e.message_id = w.m)",
+                [value for pair in part for value in pair]))
+        return found
 
     def import_checkpoint(self, source: str) -> tuple[int, int, int] | None:
         """``(ts, line number, messages applied)`` of the last message an import of
