@@ -13,13 +13,19 @@ as one run. A chunk that starts at or after the end of the run before it extends
 instead of starting a new one, so input that is already in order (as Segment's archives
 mostly are) is one run that :meth:`SortedRuns.merged` streams straight back, with no merge
 heap at all. Otherwise the runs are merged with :func:`heapq.merge`, reading each a block at
-a time: memory is about ``chunk`` records while adding and ``runs x block`` while merging.
-Input that never fills a chunk is sorted in memory and never touches the disk.
+a time. Never more than ``fanin`` runs are merged at once: when the last ``fanin`` runs on
+disk are of one level (written from chunks, or each merged from ``fanin`` runs of the level
+below) they are merged into one run of the next level, and :meth:`SortedRuns.merged` merges
+the last ``fanin`` runs until no more than ``fanin`` are left. So memory is about ``chunk``
+records while adding and at most ``fanin x BLOCK`` while merging, whatever the input's size
+(a record is rewritten once per level: log base ``fanin`` of the chunks). Input that never
+fills a chunk is sorted in memory and never touches the disk.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import pickle
 import tempfile
 from collections.abc import Iterator
@@ -27,13 +33,17 @@ from typing import IO, Any
 
 #: Records per block written to (and read back from) a run's file.
 BLOCK = 1_000
+#: Most runs merged at once (each holds a block in memory while merging).
+FANIN = 64
 
 
 class _Run:
-    """One sorted run on disk: blocks of records, each a pickled list."""
+    """One sorted run on disk: blocks of records, each a pickled list; ``level`` 0 for a
+    run written from chunks, one more than its sources' for a run merged from others."""
 
-    def __init__(self, folder: str | None) -> None:
+    def __init__(self, folder: str | None, level: int = 0) -> None:
         self.file: IO[bytes] = tempfile.TemporaryFile(dir=folder, prefix="pqlsdk-run-")  # noqa: SIM115 - closed by SortedRuns.close
+        self.level = level
         self.last: Any = None
         self.count = 0
 
@@ -42,6 +52,12 @@ class _Run:
             pickle.dump(records[start:start + BLOCK], self.file, pickle.HIGHEST_PROTOCOL)
         self.last = records[-1]
         self.count += len(records)
+
+    def write_merged(self, sources: list[_Run]) -> None:
+        """Write the merge of ``sources`` (each read a block at a time), a block at a time."""
+        merged = heapq.merge(*(source.read() for source in sources))
+        while block := list(itertools.islice(merged, BLOCK)):
+            self.write(block)
 
     def read(self) -> Iterator[Any]:
         self.file.flush()
@@ -58,20 +74,25 @@ class _Run:
 class SortedRuns:
     """Collect records in any order (:meth:`add`), then read them back in ascending order
     (:meth:`merged`), holding about ``chunk`` records in memory; a context manager that
-    removes its temporary files (``folder``: where they go, default the system's)."""
+    removes its temporary files (``folder``: where they go, default the system's;
+    ``fanin``: the most runs merged at once, default :data:`FANIN`)."""
 
-    def __init__(self, chunk: int = 50_000, folder: str | None = None) -> None:
+    def __init__(self, chunk: int = 50_000, folder: str | None = None,
+                 fanin: int | None = None) -> None:
+        fanin = FANIN if fanin is None else fanin
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1 (got {chunk})")
-        self.chunk, self.folder = chunk, folder
+        if fanin < 2:
+            raise ValueError(f"fanin must be at least 2 (got {fanin})")
+        self.chunk, self.folder, self.fanin = chunk, folder, fanin
         self._pending: list[Any] = []
         self._runs: list[_Run] = []
         self.added = 0
 
     @property
     def runs(self) -> int:
-        """How many sorted runs were written to disk so far (1 for input already in order,
-        0 for input that fit in one chunk)."""
+        """How many sorted runs are on disk (1 for input already in order, 0 for input that
+        fit in one chunk; runs merged into one count as one)."""
         return len(self._runs)
 
     def add(self, record: Any) -> None:
@@ -92,6 +113,19 @@ class SortedRuns:
             self._runs.append(last)
         last.write(pending)
         self._pending = []
+        while len(self._runs) >= self.fanin and len(
+                {run.level for run in self._runs[-self.fanin:]}) == 1:
+            self._merge_last()
+
+    def _merge_last(self) -> None:
+        """Replace the last ``fanin`` runs with one run merged from them, a level above."""
+        sources = self._runs[-self.fanin:]
+        merged = _Run(self.folder, max(run.level for run in sources) + 1)
+        merged.write_merged(sources)
+        for source in sources:
+            source.file.close()
+        del self._runs[-self.fanin:]
+        self._runs.append(merged)
 
     def merged(self) -> Iterator[Any]:
         """Every record added, in ascending order."""
@@ -101,6 +135,8 @@ class SortedRuns:
             yield from pending
             return
         self._spill()
+        while len(self._runs) > self.fanin:
+            self._merge_last()
         if len(self._runs) == 1:
             yield from self._runs[0].read()
             return

@@ -51,6 +51,9 @@ _TABLES = {"user": ("users", "user_id"), "account": ("accounts", "account_id")}
 _NEVER = 2**62
 #: A trait name a JSON path spells as it is, in every SQLite version.
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")
+#: The page cache of the write connection during :meth:`Store.bulk`, in KiB: the most
+#: memory SQLite holds for an import, whatever the file's size.
+BULK_CACHE_KIB = 262_144
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -845,7 +848,7 @@ class Store:
         with self.lock:
             cache = conn.execute("PRAGMA cache_size").fetchone()[0]
             checkpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-            conn.execute("PRAGMA cache_size = -262144")
+            conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
             conn.execute("PRAGMA wal_autocheckpoint = 100000")
         try:
             yield
