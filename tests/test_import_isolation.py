@@ -191,6 +191,85 @@ def test_a_calls_message_id_follows_its_user_through_an_alias_as_live(
     assert (result.applied, result.duplicates, result.errors) == (2, 1, ())
 
 
+@pytest.mark.parametrize("second", ["identify", "group"])
+def test_another_users_call_reusing_a_message_id_is_applied_live_on_both_engines(
+        make_client, second):
+    """A call's message id is unique per user (as a track's is per tenant): on SQLite the
+    key of ``import_done`` was the message id alone, so u2's identify (or group) reusing
+    u1's id was silently dropped, while PostgreSQL applied it."""
+    client = make_client(RULES)
+    client.identify("u1", {"plan": "pro"}, message_id="x")
+    if second == "identify":
+        client.identify("u2", {"plan": "pro"}, message_id="x")
+    else:
+        client.group("u2", "acct", {"seats": 5}, message_id="x")
+    client.identify("u1", {"plan": "free"}, message_id="x")  # u1's own retry: a duplicate
+    expected = {("pro", "u1"), ("pro", "u2") if second == "identify" else ("seats", "acct")}
+    assert {(q.rule, q.subject_id) for q in client.qualifications()} == expected
+    assert client.export("u1")["traits"]["plan"] == "pro"
+
+
+def test_another_users_calls_reusing_a_message_id_import_as_live(
+        make_client, live_database, tmp_path):
+    """The cross-user case of the import = live comparison: identify, group and alias of
+    other users reusing one id are each applied; the same user's second is a duplicate."""
+    messages = [
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"},
+         "timestamp": stamp(0), "messageId": "x"},
+        {"type": "identify", "userId": "u2", "traits": {"plan": "pro"},
+         "timestamp": stamp(1), "messageId": "x"},
+        {"type": "group", "userId": "u3", "groupId": "acct", "traits": {"seats": 5},
+         "timestamp": stamp(2), "messageId": "x"},
+        {"type": "alias", "previousId": "anon9", "userId": "u4", "timestamp": stamp(3),
+         "messageId": "x"},
+        {"type": "identify", "userId": "u2", "traits": {"plan": "free"},
+         "timestamp": stamp(4), "messageId": "x"},
+    ]
+    result = import_equals_live(make_client, live_database, tmp_path, [], messages)
+    assert (result.applied, result.duplicates, result.errors) == (4, 1, ())
+    assert {(q.rule, q.subject_id) for q in make_client(RULES).qualifications()} == {
+        ("pro", "u1"), ("pro", "u2"), ("seats", "acct")}
+
+
+@pytest.mark.sqlite_only
+def test_a_file_of_the_previous_schema_keeps_its_call_ids_and_keys_them_per_user(
+        tmp_path, monkeypatch):
+    """The migration re-keys ``import_done`` by (tenant_key, message_id): the ids a file of
+    the previous schema remembered still make their user's retry a duplicate, another
+    user's call with the same id is applied, and the per-user index is kept."""
+    import sqlite3
+
+    from pqlsdk.store import sqlite as sqlite_store
+
+    path = str(tmp_path / "old.db")
+    with monkeypatch.context() as old:
+        before = sqlite_store.MIGRATIONS.index(sqlite_store._call_ids_per_user)
+        old.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:before])
+        sqlite_store.Store(path).close()
+    with sqlite3.connect(path) as conn:  # what the previous release wrote
+        assert conn.execute("SELECT count(*) FROM pragma_table_info('import_done') "
+                            "WHERE pk > 0").fetchone()[0] == 1
+        conn.execute("INSERT INTO import_done (tenant_key, message_id, user_id) VALUES "
+                     "('u1', 'x', 'u1'), ('u1', 'y', 'u1')")
+    client = pqlsdk.Client(path, rules=RULES)
+    try:
+        client.identify("u1", {"plan": "pro"}, message_id="x")  # remembered: a duplicate
+        client.identify("u2", {"plan": "pro"}, message_id="x")  # another user's: applied
+        assert [q.subject_id for q in client.qualifications()] == ["u2"]
+        with client.store.read() as tx:
+            rows = sorted((r["tenant_key"], r["message_id"], r["user_id"])
+                          for r in tx.rows("import_done", "1 = 1", []))
+        assert rows == [("u1", "x", "u1"), ("u1", "y", "u1"), ("u2", "x", "u2")]
+        client.forget("u1")  # finds the migrated rows through the kept index
+        with client.store.read() as tx:
+            assert [r["user_id"] for r in tx.rows("import_done", "1 = 1", [])] == ["u2"]
+    finally:
+        client.close()
+    with sqlite3.connect(path) as conn:
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(import_done)")}
+        assert "import_done_user" in indexes
+
+
 # --- one line's failure stays with that line ---------------------------------------------
 
 

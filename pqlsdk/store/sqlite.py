@@ -560,6 +560,27 @@ def _call_contexts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX call_contexts_user ON call_contexts(tenant_key, user_id, at)")
 
 
+def _call_ids_per_user(db: sqlite_utils.Database) -> None:
+    """(issue 21) An identify/group/alias/stage message id is remembered per user (its
+    ``tenant_key``, as on PostgreSQL): the key of ``import_done`` was the message id alone,
+    so a second user's call reusing an id was dropped as a duplicate. The rows and the
+    ``import_done_user`` index are kept; a release that predates this one keeps writing
+    (its ``INSERT OR IGNORE`` names the three columns).
+
+    Rebuilt by hand, SQLite's way (new table, copy, drop, rename), not by sqlite-utils'
+    ``table.transform()``: the table is ``WITHOUT ROWID`` and ``transform()`` (4.2) always
+    copies ``rowid``, which such a table does not have ("datatype mismatch")."""
+    db.execute("CREATE TABLE import_done_new (tenant_key TEXT NOT NULL, message_id TEXT NOT "
+               "NULL, user_id TEXT, PRIMARY KEY (tenant_key, message_id)) WITHOUT ROWID")
+    db.execute("INSERT OR IGNORE INTO import_done_new (tenant_key, message_id, user_id) "
+               "SELECT coalesce(tenant_key, " + TENANT_BACKFILL["import_done"] + "), "
+               "message_id, user_id FROM import_done")
+    db.execute("DROP TABLE import_done")
+    db.execute("ALTER TABLE import_done_new RENAME TO import_done")
+    db.execute("CREATE INDEX import_done_user ON import_done(tenant_key, user_id) "
+               "WHERE user_id IS NOT NULL")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
@@ -572,6 +593,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _identities,  # issue 20
     _call_contexts,  # issue 20b: context/integrations of identify, group, alias
     _import_checkpoints,  # issue 21: import checkpoints
+    _call_ids_per_user,  # issue 21: import_done keyed by (tenant_key, message_id)
 ]
 
 
