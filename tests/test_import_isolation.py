@@ -325,6 +325,38 @@ def test_a_line_the_database_refuses_is_reported_and_every_other_applied(
     assert stored == {f"m{n}" for n in range(40)}
 
 
+def test_dense_bad_lines_are_each_reported_once_without_halving_down_to_one(
+        make_client, database, tmp_path, monkeypatch):
+    """Every 10th line refused by the database: each good line is applied once and each
+    bad one reported once, and a failing batch of at most 64 lines is applied a line per
+    transaction, so the messages handed to transactions stay a few times the file (halving
+    down to single lines handed each good message ~10 times)."""
+    client = make_client(RULES)
+    poison(database, "check")
+    count = 640
+    lines = [json.dumps({"type": "track", "userId": f"u{n % 7}",
+                         "event": "poison" if n % 10 == 9 else "r",
+                         "timestamp": stamp(n), "messageId": f"m{n}"}) for n in range(count)]
+    handed = []
+    apply = pqlsdk.importer._Import.apply
+
+    def counting(self, tx, key, batch):
+        handed.append(len(batch))
+        return apply(self, tx, key, batch)
+
+    monkeypatch.setattr(pqlsdk.importer._Import, "apply", counting)
+    result = import_jsonl(client, write(tmp_path / "h.jsonl", lines))
+    bad = [n + 1 for n in range(count) if n % 10 == 9]
+    assert [number for number, _ in result.errors] == bad
+    assert (result.applied, result.duplicates) == (count - len(bad), 0)
+    with client.store.read() as tx:
+        stored = sorted(row["message_id"] for row in tx.rows("events", "ts IS NOT NULL", []))
+    assert stored == sorted(f"m{n}" for n in range(count) if n % 10 != 9)
+    # 640 -> 320 -> 160 -> 80 -> 40 (each alone): 5 levels of 640, then 640 alone
+    assert sum(handed) == 6 * count
+    assert handed.count(1) == count
+
+
 def test_a_key_past_the_index_size_is_that_lines_error_not_the_server_gone(
         make_client, engine, tmp_path):
     """A user id of 1,024 four-byte characters passes the id limit (characters) but not a
