@@ -26,7 +26,8 @@ holds (bytes that are not UTF-8, a lone surrogate, a 5,000-digit number, JSON ne
 deep, a timestamp past the calendar's edge): it is reported with its line number and reason
 (``strict=True`` stops at the first one instead). A batch that fails to stage or replay is
 split in halves (a half of at most 64 messages, a message per transaction) until the
-message that fails it is alone, so only the bad message is left out, reported with its line number and reason, also when the database refuses it
+message that fails it is alone, so only the bad message is left out, reported with its
+line number and reason, also when the database refuses it
 (:class:`~pqlsdk.StoreRejected`, a constraint it breaks); only a store that cannot go on
 (unreachable, full, damaged, busy past its timeout) stops the import. A missing or
 unreadable file is refused by :func:`open_source` before any database is made.
@@ -71,12 +72,15 @@ KINDS = ("track", "identify", "group", "page", "screen", "alias")
 
 @attrs.frozen
 class ImportResult:
-    """What an import did: lines read, messages applied, duplicates skipped (each a
-    message whose live call would be a duplicate: see the module), other message types
-    skipped, and each bad line
-    as ``(line number, reason)``. When an interrupted earlier run of the same file left a
-    checkpoint, the lines it had not applied are applied now: they count in ``applied``
-    and ``resumed``, never in ``duplicates`` (those it applied are duplicates)."""
+    """What an import did: lines read, messages applied, duplicates skipped, other message
+    types skipped, and each bad line of this run as ``(line number, reason)``.
+
+    ``duplicates`` is every good line this run neither applied nor reported: a message
+    whose live call would be a duplicate (see the module), a message of a forgotten user,
+    and every line an earlier run of the same file already went past (its checkpoint):
+    those it applied, and also those the database refused then (``StoreRejected``, reported
+    by that run, not again). When an interrupted earlier run left a checkpoint, the lines
+    it had not reached are applied now: they count in ``applied`` and ``resumed``."""
 
     read: int
     applied: int

@@ -357,6 +357,25 @@ def test_dense_bad_lines_are_each_reported_once_without_halving_down_to_one(
     assert handed.count(1) == count
 
 
+def test_a_rerun_counts_the_lines_refused_before_as_duplicates_as_documented(
+        make_client, database, tmp_path):
+    """``ImportResult.duplicates`` is every good line a run neither applied nor reported:
+    a second run of the same file goes past the checkpoint, so the lines the database
+    refused in the first run are counted there, not reported again, and nothing is
+    applied twice."""
+    client = make_client(RULES)
+    poison(database, "check")
+    lines = [json.dumps({"type": "track", "userId": "u1",
+                         "event": "poison" if n in (2, 5, 8) else "r",
+                         "timestamp": stamp(n), "messageId": f"m{n}"}) for n in range(10)]
+    path = write(tmp_path / "h.jsonl", lines)
+    first = import_jsonl(client, path)
+    assert (first.applied, first.duplicates, [n for n, _ in first.errors]) == (7, 0, [3, 6, 9])
+    second = import_jsonl(client, path)
+    assert (second.applied, second.duplicates, second.errors) == (0, 10, ())
+    assert len(outcome(client)[1]) == 7
+
+
 def test_a_key_past_the_index_size_is_that_lines_error_not_the_server_gone(
         make_client, engine, tmp_path):
     """A user id of 1,024 four-byte characters passes the id limit (characters) but not a
