@@ -528,12 +528,12 @@ class _Import:
         a forgotten user's message is skipped. The tracks go in bulk, each other message
         through the same path as the live call; then move the checkpoint past the last.
         Returns ``(applied, qualifications, outbox rows written)``."""
-        gone = tx.forgotten(list({m.message_id for m in batch}))
+        gone = tx.forgotten(list({(m.user_id, m.message_id) for m in batch}))
         outcome = Outcome()
         duplicates = 0
         tracks: list[bulk.Track] = []
         whole = not (self.deliver and self.client.forward_events)  # a mirror row per call
-        fresh = [m for m in batch if m.message_id not in gone]
+        fresh = [m for m in batch if (m.user_id, m.message_id) not in gone]
         for message in fresh:
             if message.kind == "track" and whole:
                 tracks.append(message.track())

@@ -270,6 +270,79 @@ def test_a_file_of_the_previous_schema_keeps_its_call_ids_and_keys_them_per_user
         assert "import_done_user" in indexes
 
 
+def test_after_a_forget_another_users_message_reusing_its_id_imports_as_live(
+        make_client, live_database, tmp_path):
+    """Forgotten ids were hashed by message id alone, so the import skipped any user's
+    message reusing one of the forgotten user's ids; live applies it. Now the hash holds
+    the user too (and the forgotten user's own messages stay out)."""
+    before = [
+        {"type": "track", "userId": "u1", "event": "r", "timestamp": stamp(0),
+         "messageId": "m1"},
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"},
+         "timestamp": stamp(1), "messageId": "m2"},
+    ]
+    messages = [
+        {"type": "track", "userId": "u2", "event": "r", "timestamp": stamp(2),
+         "messageId": "m1"},
+        {"type": "track", "userId": "u2", "event": "r", "timestamp": stamp(3),
+         "messageId": "m3"},
+        {"type": "identify", "userId": "u2", "traits": {"plan": "pro"},
+         "timestamp": stamp(4), "messageId": "m2"},
+    ]
+    expected_client = make_client(RULES, **live_database)
+    live(expected_client, before)
+    expected_client.forget("u1")
+    live(expected_client, messages)
+    client = make_client(RULES)
+    live(client, before)
+    client.forget("u1")
+    path = write(tmp_path / "h.jsonl", [json.dumps(m) for m in [*before, *messages]])
+    result = import_jsonl(client, path)
+    assert outcome(client) == outcome(expected_client)
+    assert (result.applied, result.duplicates, result.errors) == (3, 2, ())
+    assert {q.subject_id for q in client.qualifications()} == {"u2"}
+
+
+def test_a_forgotten_users_messages_sent_under_an_id_linked_to_it_stay_out(
+        make_client, tmp_path):
+    """forget(U) remembers each id under U and under every id linked to U (the links are
+    erased): re-importing a line sent as the anonymous id brings nothing back."""
+    client = make_client(RULES)
+    lines = [
+        {"type": "track", "userId": "anon1", "event": "r", "timestamp": stamp(0),
+         "messageId": "m1"},
+        {"type": "alias", "previousId": "anon1", "userId": "u1", "timestamp": stamp(1),
+         "messageId": "m2"},
+        {"type": "track", "userId": "u1", "event": "r", "timestamp": stamp(2),
+         "messageId": "m3"},
+    ]
+    path = write(tmp_path / "h.jsonl", [json.dumps(m) for m in lines])
+    assert import_jsonl(client, path).applied == 3
+    client.forget("u1")
+    again = write(tmp_path / "again.jsonl", [json.dumps(m) for m in lines])
+    result = import_jsonl(client, again)
+    assert (result.applied, result.duplicates) == (0, 3)
+    assert outcome(client) == ([], [])
+
+
+def test_an_id_forgotten_by_the_previous_release_still_keeps_its_messages_out(
+        make_client, tmp_path, monkeypatch):
+    """A forget of the previous release hashed the message id alone: still read, it keeps
+    that id out for every user (as it did)."""
+    client = make_client(RULES)
+    client.track("u1", "r", timestamp=stamp(0), message_id="m1")
+    transaction = type(client.store.transact(lambda tx: tx))
+    hashed = transaction.forgotten_hash
+    with monkeypatch.context() as old:
+        old.setattr(transaction, "forgotten_hash",
+                    lambda self, message_id, user_id=None: hashed(self, message_id))
+        client.forget("u1")
+    lines = [{"type": "track", "userId": user, "event": "r", "timestamp": stamp(n),
+              "messageId": "m1"} for n, user in enumerate(["u1", "u2"])]
+    result = import_jsonl(client, write(tmp_path / "h.jsonl", [json.dumps(m) for m in lines]))
+    assert (result.applied, result.duplicates) == (0, 2)
+
+
 # --- one line's failure stays with that line ---------------------------------------------
 
 

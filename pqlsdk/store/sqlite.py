@@ -1135,13 +1135,18 @@ class Transaction:
             return self.tenant
         return self.tenant_of(subject_id) or subject_id
 
-    def forgotten_hash(self, message_id: str) -> bytes:
+    def forgotten_hash(self, message_id: str, user_id: str | None = None) -> bytes:
         """The keyed hash by which a forgotten message id is remembered (HMAC-SHA-256 with
-        this database's random key, 16 bytes): the id itself is not kept."""
+        this database's random key, 16 bytes): the id itself is not kept. A forget writes it
+        with the user (or an id linked to it) that the message named, so that another user's
+        message reusing the id is not taken for the forgotten one's; without ``user_id``,
+        the form releases before issue 21 wrote (the id alone), still read. (Neither id
+        can hold a NUL: validation refuses it, so the two forms never meet.)"""
         if self._forget_key is None:
             self._forget_key = self.conn.execute(
                 "SELECT value FROM pqlsdk_meta WHERE key = 'forget_key'").fetchone()[0]
-        return hmac.new(self._forget_key, message_id.encode("utf-8", "surrogatepass"),
+        text = message_id if user_id is None else f"{user_id}\0{message_id}"
+        return hmac.new(self._forget_key, text.encode("utf-8", "surrogatepass"),
                         hashlib.sha256).digest()[:16]
 
     # -- savepoints (shared commits: one per call of a batch) ------------------------------
@@ -1632,8 +1637,12 @@ class Transaction:
             "AND user_id = :user "
             "UNION SELECT message_id FROM import_done WHERE tenant_key = :user "
             "AND user_id = :user", args)]
+        # each id under the user and under every id linked to it (a message in a file
+        # names the id it was sent with; the links are erased below)
+        names = [user_id, *(row[0] for row in self.conn.execute(
+            "SELECT tenant_key FROM aliases WHERE user_id = ?", (user_id,)))]
         self.conn.executemany("INSERT OR IGNORE INTO forgotten (hash) VALUES (?)",
-                              [(self.forgotten_hash(m),) for m in ids])
+                              [(self.forgotten_hash(m, name),) for m in ids for name in names])
         for sql in (
             "DELETE FROM import_staging WHERE tenant_key = :user AND user_id = :user",
             "DELETE FROM import_done WHERE tenant_key = :user AND user_id = :user",
@@ -2071,20 +2080,26 @@ class Transaction:
         duplicate raises)."""
         self.conn.executemany(INSERT_EVENT.replace("INSERT OR IGNORE", "INSERT", 1), rows)
 
-    def forgotten(self, message_ids: list[str]) -> set[str]:
-        """Which message ids belonged to a user since forgotten (kept as keyed hashes): an
-        import brings none of them back."""
-        if not message_ids or not self.conn.execute(
+    def forgotten(self, messages: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which ``(user id, message id)`` pairs were a user's since forgotten (kept as
+        keyed hashes): an import brings none of them back. A message id a release before
+        issue 21 forgot (hashed alone) counts for every user."""
+        if not messages or not self.conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
             return set()
-        hashes = {self.forgotten_hash(m): m for m in message_ids}
+        hashes: dict[bytes, list[tuple[str, str]]] = {}
+        for user_id, message_id in messages:
+            for key in (self.forgotten_hash(message_id, user_id),
+                        self.forgotten_hash(message_id)):
+                hashes.setdefault(key, []).append((user_id, message_id))
         keys = list(hashes)
-        found: set[str] = set()
+        found: set[tuple[str, str]] = set()
         for start in range(0, len(keys), 500):
             hashed = keys[start:start + 500]
             marks = ",".join("?" * len(hashed))
-            found.update(hashes[bytes(h)] for (h,) in self.conn.execute(
-                f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed))
+            for (h,) in self.conn.execute(
+                    f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed):
+                found.update(hashes[bytes(h)])
         return found
 
     def stored_events(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
