@@ -191,6 +191,158 @@ def test_a_calls_message_id_follows_its_user_through_an_alias_as_live(
     assert (result.applied, result.duplicates, result.errors) == (2, 1, ())
 
 
+@pytest.mark.parametrize("second", ["identify", "group"])
+def test_another_users_call_reusing_a_message_id_is_applied_live_on_both_engines(
+        make_client, second):
+    """A call's message id is unique per user (as a track's is per tenant): on SQLite the
+    key of ``import_done`` was the message id alone, so u2's identify (or group) reusing
+    u1's id was silently dropped, while PostgreSQL applied it."""
+    client = make_client(RULES)
+    client.identify("u1", {"plan": "pro"}, message_id="x")
+    if second == "identify":
+        client.identify("u2", {"plan": "pro"}, message_id="x")
+    else:
+        client.group("u2", "acct", {"seats": 5}, message_id="x")
+    client.identify("u1", {"plan": "free"}, message_id="x")  # u1's own retry: a duplicate
+    expected = {("pro", "u1"), ("pro", "u2") if second == "identify" else ("seats", "acct")}
+    assert {(q.rule, q.subject_id) for q in client.qualifications()} == expected
+    assert client.export("u1")["traits"]["plan"] == "pro"
+
+
+def test_another_users_calls_reusing_a_message_id_import_as_live(
+        make_client, live_database, tmp_path):
+    """The cross-user case of the import = live comparison: identify, group and alias of
+    other users reusing one id are each applied; the same user's second is a duplicate."""
+    messages = [
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"},
+         "timestamp": stamp(0), "messageId": "x"},
+        {"type": "identify", "userId": "u2", "traits": {"plan": "pro"},
+         "timestamp": stamp(1), "messageId": "x"},
+        {"type": "group", "userId": "u3", "groupId": "acct", "traits": {"seats": 5},
+         "timestamp": stamp(2), "messageId": "x"},
+        {"type": "alias", "previousId": "anon9", "userId": "u4", "timestamp": stamp(3),
+         "messageId": "x"},
+        {"type": "identify", "userId": "u2", "traits": {"plan": "free"},
+         "timestamp": stamp(4), "messageId": "x"},
+    ]
+    result = import_equals_live(make_client, live_database, tmp_path, [], messages)
+    assert (result.applied, result.duplicates, result.errors) == (4, 1, ())
+    assert {(q.rule, q.subject_id) for q in make_client(RULES).qualifications()} == {
+        ("pro", "u1"), ("pro", "u2"), ("seats", "acct")}
+
+
+@pytest.mark.sqlite_only
+def test_a_file_of_the_previous_schema_keeps_its_call_ids_and_keys_them_per_user(
+        tmp_path, monkeypatch):
+    """The migration re-keys ``import_done`` by (tenant_key, message_id): the ids a file of
+    the previous schema remembered still make their user's retry a duplicate, another
+    user's call with the same id is applied, and the per-user index is kept."""
+    import sqlite3
+
+    from pqlsdk.store import sqlite as sqlite_store
+
+    path = str(tmp_path / "old.db")
+    with monkeypatch.context() as old:
+        before = sqlite_store.MIGRATIONS.index(sqlite_store._call_ids_per_user)
+        old.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:before])
+        sqlite_store.Store(path).close()
+    with sqlite3.connect(path) as conn:  # what the previous release wrote
+        assert conn.execute("SELECT count(*) FROM pragma_table_info('import_done') "
+                            "WHERE pk > 0").fetchone()[0] == 1
+        conn.execute("INSERT INTO import_done (tenant_key, message_id, user_id) VALUES "
+                     "('u1', 'x', 'u1'), ('u1', 'y', 'u1')")
+    client = pqlsdk.Client(path, rules=RULES)
+    try:
+        client.identify("u1", {"plan": "pro"}, message_id="x")  # remembered: a duplicate
+        client.identify("u2", {"plan": "pro"}, message_id="x")  # another user's: applied
+        assert [q.subject_id for q in client.qualifications()] == ["u2"]
+        with client.store.read() as tx:
+            rows = sorted((r["tenant_key"], r["message_id"], r["user_id"])
+                          for r in tx.rows("import_done", "1 = 1", []))
+        assert rows == [("u1", "x", "u1"), ("u1", "y", "u1"), ("u2", "x", "u2")]
+        client.forget("u1")  # finds the migrated rows through the kept index
+        with client.store.read() as tx:
+            assert [r["user_id"] for r in tx.rows("import_done", "1 = 1", [])] == ["u2"]
+    finally:
+        client.close()
+    with sqlite3.connect(path) as conn:
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(import_done)")}
+        assert "import_done_user" in indexes
+
+
+def test_after_a_forget_another_users_message_reusing_its_id_imports_as_live(
+        make_client, live_database, tmp_path):
+    """Forgotten ids were hashed by message id alone, so the import skipped any user's
+    message reusing one of the forgotten user's ids; live applies it. Now the hash holds
+    the user too (and the forgotten user's own messages stay out)."""
+    before = [
+        {"type": "track", "userId": "u1", "event": "r", "timestamp": stamp(0),
+         "messageId": "m1"},
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"},
+         "timestamp": stamp(1), "messageId": "m2"},
+    ]
+    messages = [
+        {"type": "track", "userId": "u2", "event": "r", "timestamp": stamp(2),
+         "messageId": "m1"},
+        {"type": "track", "userId": "u2", "event": "r", "timestamp": stamp(3),
+         "messageId": "m3"},
+        {"type": "identify", "userId": "u2", "traits": {"plan": "pro"},
+         "timestamp": stamp(4), "messageId": "m2"},
+    ]
+    expected_client = make_client(RULES, **live_database)
+    live(expected_client, before)
+    expected_client.forget("u1")
+    live(expected_client, messages)
+    client = make_client(RULES)
+    live(client, before)
+    client.forget("u1")
+    path = write(tmp_path / "h.jsonl", [json.dumps(m) for m in [*before, *messages]])
+    result = import_jsonl(client, path)
+    assert outcome(client) == outcome(expected_client)
+    assert (result.applied, result.duplicates, result.errors) == (3, 2, ())
+    assert {q.subject_id for q in client.qualifications()} == {"u2"}
+
+
+def test_a_forgotten_users_messages_sent_under_an_id_linked_to_it_stay_out(
+        make_client, tmp_path):
+    """forget(U) remembers each id under U and under every id linked to U (the links are
+    erased): re-importing a line sent as the anonymous id brings nothing back."""
+    client = make_client(RULES)
+    lines = [
+        {"type": "track", "userId": "anon1", "event": "r", "timestamp": stamp(0),
+         "messageId": "m1"},
+        {"type": "alias", "previousId": "anon1", "userId": "u1", "timestamp": stamp(1),
+         "messageId": "m2"},
+        {"type": "track", "userId": "u1", "event": "r", "timestamp": stamp(2),
+         "messageId": "m3"},
+    ]
+    path = write(tmp_path / "h.jsonl", [json.dumps(m) for m in lines])
+    assert import_jsonl(client, path).applied == 3
+    client.forget("u1")
+    again = write(tmp_path / "again.jsonl", [json.dumps(m) for m in lines])
+    result = import_jsonl(client, again)
+    assert (result.applied, result.duplicates) == (0, 3)
+    assert outcome(client) == ([], [])
+
+
+def test_an_id_forgotten_by_the_previous_release_still_keeps_its_messages_out(
+        make_client, tmp_path, monkeypatch):
+    """A forget of the previous release hashed the message id alone: still read, it keeps
+    that id out for every user (as it did)."""
+    client = make_client(RULES)
+    client.track("u1", "r", timestamp=stamp(0), message_id="m1")
+    transaction = type(client.store.transact(lambda tx: tx))
+    hashed = transaction.forgotten_hash
+    with monkeypatch.context() as old:
+        old.setattr(transaction, "forgotten_hash",
+                    lambda self, message_id, user_id=None: hashed(self, message_id))
+        client.forget("u1")
+    lines = [{"type": "track", "userId": user, "event": "r", "timestamp": stamp(n),
+              "messageId": "m1"} for n, user in enumerate(["u1", "u2"])]
+    result = import_jsonl(client, write(tmp_path / "h.jsonl", [json.dumps(m) for m in lines]))
+    assert (result.applied, result.duplicates) == (0, 2)
+
+
 # --- one line's failure stays with that line ---------------------------------------------
 
 
@@ -244,6 +396,57 @@ def test_a_line_the_database_refuses_is_reported_and_every_other_applied(
     with client.store.read() as tx:
         stored = {row["message_id"] for row in tx.rows("events", "ts IS NOT NULL", [])}
     assert stored == {f"m{n}" for n in range(40)}
+
+
+def test_dense_bad_lines_are_each_reported_once_without_halving_down_to_one(
+        make_client, database, tmp_path, monkeypatch):
+    """Every 10th line refused by the database: each good line is applied once and each
+    bad one reported once, and a failing batch of at most 64 lines is applied a line per
+    transaction, so the messages handed to transactions stay a few times the file (halving
+    down to single lines handed each good message ~10 times)."""
+    client = make_client(RULES)
+    poison(database, "check")
+    count = 640
+    lines = [json.dumps({"type": "track", "userId": f"u{n % 7}",
+                         "event": "poison" if n % 10 == 9 else "r",
+                         "timestamp": stamp(n), "messageId": f"m{n}"}) for n in range(count)]
+    handed = []
+    apply = pqlsdk.importer._Import.apply
+
+    def counting(self, tx, key, batch):
+        handed.append(len(batch))
+        return apply(self, tx, key, batch)
+
+    monkeypatch.setattr(pqlsdk.importer._Import, "apply", counting)
+    result = import_jsonl(client, write(tmp_path / "h.jsonl", lines))
+    bad = [n + 1 for n in range(count) if n % 10 == 9]
+    assert [number for number, _ in result.errors] == bad
+    assert (result.applied, result.duplicates) == (count - len(bad), 0)
+    with client.store.read() as tx:
+        stored = sorted(row["message_id"] for row in tx.rows("events", "ts IS NOT NULL", []))
+    assert stored == sorted(f"m{n}" for n in range(count) if n % 10 != 9)
+    # 640 -> 320 -> 160 -> 80 -> 40 (each alone): 5 levels of 640, then 640 alone
+    assert sum(handed) == 6 * count
+    assert handed.count(1) == count
+
+
+def test_a_rerun_counts_the_lines_refused_before_as_duplicates_as_documented(
+        make_client, database, tmp_path):
+    """``ImportResult.duplicates`` is every good line a run neither applied nor reported:
+    a second run of the same file goes past the checkpoint, so the lines the database
+    refused in the first run are counted there, not reported again, and nothing is
+    applied twice."""
+    client = make_client(RULES)
+    poison(database, "check")
+    lines = [json.dumps({"type": "track", "userId": "u1",
+                         "event": "poison" if n in (2, 5, 8) else "r",
+                         "timestamp": stamp(n), "messageId": f"m{n}"}) for n in range(10)]
+    path = write(tmp_path / "h.jsonl", lines)
+    first = import_jsonl(client, path)
+    assert (first.applied, first.duplicates, [n for n, _ in first.errors]) == (7, 0, [3, 6, 9])
+    second = import_jsonl(client, path)
+    assert (second.applied, second.duplicates, second.errors) == (0, 10, ())
+    assert len(outcome(client)[1]) == 7
 
 
 def test_a_key_past_the_index_size_is_that_lines_error_not_the_server_gone(

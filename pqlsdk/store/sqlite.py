@@ -563,6 +563,27 @@ def _call_contexts(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX call_contexts_user ON call_contexts(tenant_key, user_id, at)")
 
 
+def _call_ids_per_user(db: sqlite_utils.Database) -> None:
+    """(issue 21) An identify/group/alias/stage message id is remembered per user (its
+    ``tenant_key``, as on PostgreSQL): the key of ``import_done`` was the message id alone,
+    so a second user's call reusing an id was dropped as a duplicate. The rows and the
+    ``import_done_user`` index are kept; a release that predates this one keeps writing
+    (its ``INSERT OR IGNORE`` names the three columns).
+
+    Rebuilt by hand, SQLite's way (new table, copy, drop, rename), not by sqlite-utils'
+    ``table.transform()``: the table is ``WITHOUT ROWID`` and ``transform()`` (4.2) always
+    copies ``rowid``, which such a table does not have ("datatype mismatch")."""
+    db.execute("CREATE TABLE import_done_new (tenant_key TEXT NOT NULL, message_id TEXT NOT "
+               "NULL, user_id TEXT, PRIMARY KEY (tenant_key, message_id)) WITHOUT ROWID")
+    db.execute("INSERT OR IGNORE INTO import_done_new (tenant_key, message_id, user_id) "
+               "SELECT coalesce(tenant_key, " + TENANT_BACKFILL["import_done"] + "), "
+               "message_id, user_id FROM import_done")
+    db.execute("DROP TABLE import_done")
+    db.execute("ALTER TABLE import_done_new RENAME TO import_done")
+    db.execute("CREATE INDEX import_done_user ON import_done(tenant_key, user_id) "
+               "WHERE user_id IS NOT NULL")
+
+
 #: Forward migrations; the file's ``PRAGMA user_version`` is how many have been applied.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _forgotten_message_ids, _event_rollups, _shadow_and_rule_versions,
@@ -575,6 +596,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _identities,  # issue 20
     _call_contexts,  # issue 20b: context/integrations of identify, group, alias
     _import_checkpoints,  # issue 21: import checkpoints
+    _call_ids_per_user,  # issue 21: import_done keyed by (tenant_key, message_id)
 ]
 
 
@@ -1116,13 +1138,18 @@ class Transaction:
             return self.tenant
         return self.tenant_of(subject_id) or subject_id
 
-    def forgotten_hash(self, message_id: str) -> bytes:
+    def forgotten_hash(self, message_id: str, user_id: str | None = None) -> bytes:
         """The keyed hash by which a forgotten message id is remembered (HMAC-SHA-256 with
-        this database's random key, 16 bytes): the id itself is not kept."""
+        this database's random key, 16 bytes): the id itself is not kept. A forget writes it
+        with the user (or an id linked to it) that the message named, so that another user's
+        message reusing the id is not taken for the forgotten one's; without ``user_id``,
+        the form releases before issue 21 wrote (the id alone), still read. (Neither id
+        can hold a NUL: validation refuses it, so the two forms never meet.)"""
         if self._forget_key is None:
             self._forget_key = self.conn.execute(
                 "SELECT value FROM pqlsdk_meta WHERE key = 'forget_key'").fetchone()[0]
-        return hmac.new(self._forget_key, message_id.encode("utf-8", "surrogatepass"),
+        text = message_id if user_id is None else f"{user_id}\0{message_id}"
+        return hmac.new(self._forget_key, text.encode("utf-8", "surrogatepass"),
                         hashlib.sha256).digest()[:16]
 
     # -- savepoints (shared commits: one per call of a batch) ------------------------------
@@ -1613,8 +1640,12 @@ class Transaction:
             "AND user_id = :user "
             "UNION SELECT message_id FROM import_done WHERE tenant_key = :user "
             "AND user_id = :user", args)]
+        # each id under the user and under every id linked to it (a message in a file
+        # names the id it was sent with; the links are erased below)
+        names = [user_id, *(row[0] for row in self.conn.execute(
+            "SELECT tenant_key FROM aliases WHERE user_id = ?", (user_id,)))]
         self.conn.executemany("INSERT OR IGNORE INTO forgotten (hash) VALUES (?)",
-                              [(self.forgotten_hash(m),) for m in ids])
+                              [(self.forgotten_hash(m, name),) for m in ids for name in names])
         for sql in (
             "DELETE FROM import_staging WHERE tenant_key = :user AND user_id = :user",
             "DELETE FROM import_done WHERE tenant_key = :user AND user_id = :user",
@@ -2052,20 +2083,26 @@ class Transaction:
         duplicate raises)."""
         self.conn.executemany(INSERT_EVENT.replace("INSERT OR IGNORE", "INSERT", 1), rows)
 
-    def forgotten(self, message_ids: list[str]) -> set[str]:
-        """Which message ids belonged to a user since forgotten (kept as keyed hashes): an
-        import brings none of them back."""
-        if not message_ids or not self.conn.execute(
+    def forgotten(self, messages: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which ``(user id, message id)`` pairs were a user's since forgotten (kept as
+        keyed hashes): an import brings none of them back. A message id a release before
+        issue 21 forgot (hashed alone) counts for every user."""
+        if not messages or not self.conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM forgotten)").fetchone()[0]:
             return set()
-        hashes = {self.forgotten_hash(m): m for m in message_ids}
+        hashes: dict[bytes, list[tuple[str, str]]] = {}
+        for user_id, message_id in messages:
+            for key in (self.forgotten_hash(message_id, user_id),
+                        self.forgotten_hash(message_id)):
+                hashes.setdefault(key, []).append((user_id, message_id))
         keys = list(hashes)
-        found: set[str] = set()
+        found: set[tuple[str, str]] = set()
         for start in range(0, len(keys), 500):
             hashed = keys[start:start + 500]
             marks = ",".join("?" * len(hashed))
-            found.update(hashes[bytes(h)] for (h,) in self.conn.execute(
-                f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed))
+            for (h,) in self.conn.execute(
+                    f"SELECT hash FROM forgotten WHERE hash IN ({marks})", hashed):
+                found.update(hashes[bytes(h)])
         return found
 
     def stored_events(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
