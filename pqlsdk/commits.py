@@ -153,20 +153,21 @@ class SharedCommits:
             return result
 
         try:
-            result = self.store.transact(first)
-        except Exception as exc:
-            if not batch:
-                raise  # its own error, or the store's: as a call alone
-            self._recover(batch, exc)
+            try:
+                result = self.store.transact(first)
+            except Exception as exc:
+                if not batch:
+                    raise  # its own error, or the store's: as a call alone
+                self._recover(batch, exc)  # may itself be interrupted (its reruns)
+            else:
+                if not batch:
+                    self.batches += 1
+                    self.calls += 1
+                    return result
+                self._settle(batch, outcomes)
         except BaseException as exc:  # interrupted: no joined call waits forever
             self._interrupted(batch, exc)
             raise
-        else:
-            if not batch:
-                self.batches += 1
-                self.calls += 1
-                return result
-            self._settle(batch, outcomes)
         finally:
             for request in batch:
                 _wake(request)

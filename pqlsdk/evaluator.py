@@ -6,6 +6,7 @@ implements for a subject as of a moment; tests can implement it with plain lists
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -156,8 +157,11 @@ def measure(condition: Condition, facts: Facts, *, exact: bool = True) -> Measur
         return Measurement(condition.label(), value, condition.bound(), condition.met_by(value))
     if isinstance(condition, TraitCondition):
         present, value = facts.trait(condition.trait)
+        met = condition.check.matches(value, present)
+        if isinstance(value, list | dict):  # the memo's own (facts.parsed_traits): a copy
+            value = copy.deepcopy(value)
         return Measurement(condition.label(), value if present else None, condition.bound(),
-                           condition.check.matches(value, present))
+                           met)
     if isinstance(condition, ScoreCondition):
         value = facts.score(condition.score)
         return Measurement(condition.label(), value, condition.bound(),

@@ -82,16 +82,21 @@ def load_subject(tx: Transaction, subject_type: str, subject_id: str) -> Subject
 _PARSED: dict[str, dict[str, Any]] = {}
 #: How many texts :data:`_PARSED` keeps before it starts over.
 PARSED_LIMIT = 4096
+#: The longest text :data:`_PARSED` keeps (a long one, an email or a name in it, is rarely
+#: shared): the memo holds at most ``PARSED_LIMIT`` short texts, a few MiB at worst.
+PARSED_TEXT = 256
 
 
 def parsed_traits(text: str) -> dict[str, Any]:
-    """A subject's traits JSON as a dict, parsed once per distinct text (read-only: shared)."""
+    """A subject's traits JSON as a dict, parsed once per distinct short text (read-only:
+    shared; :func:`pqlsdk.evaluator.measure` hands callers a copy)."""
     traits = _PARSED.get(text)
     if traits is None:
         traits = json.loads(text)
-        if len(_PARSED) >= PARSED_LIMIT:
-            _PARSED.clear()
-        _PARSED[text] = traits
+        if len(text) <= PARSED_TEXT:
+            if len(_PARSED) >= PARSED_LIMIT:
+                _PARSED.clear()
+            _PARSED[text] = traits
     return traits
 
 

@@ -390,6 +390,15 @@ class Rule:
         from .evaluator import compile_condition  # the evaluator reads this module's classes
         return compile_condition(self.condition)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its arguments (``check`` is a closure: made again when unpickled)."""
+        return _remake_rule, ({f.name: getattr(self, f.name)
+                               for f in attrs.fields(Rule) if f.init},)
+
+
+def _remake_rule(arguments: dict[str, Any]) -> Rule:
+    return Rule(**arguments)
+
 
 # --- builders -------------------------------------------------------------------------------
 

@@ -202,3 +202,15 @@ def test_timestamp_in_another_zone_is_converted(make_client):
     plus2 = timezone(timedelta(hours=2))
     [q] = client.track("u1", "e", timestamp=datetime(2026, 11, 1, 11, 0, tzinfo=plus2))
     assert q.qualified_at == T0
+
+
+def test_a_trait_value_a_caller_edits_changes_nothing_the_engine_decides(make_client):
+    """status() and evidence hand out trait values; editing them must not change what
+    another subject with the same traits is judged by (parsed traits are shared)."""
+    client = make_client([pqlsdk.Rule("admin", trait("roles", contains="admin"))])
+    client.identify("u1", {"roles": ["viewer"]}, timestamp=T0)
+    value = client.status("u1").progress["admin"].value
+    assert value == ["viewer"]
+    value.append("admin")  # the application renders it, and edits it on the way
+    assert client.identify("u2", {"roles": ["viewer"]}, timestamp=T0) == []
+    assert client.status("u1").progress["admin"].value == ["viewer"]

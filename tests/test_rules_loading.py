@@ -215,3 +215,26 @@ def test_python_builders_validate_too():
 )
 def test_every_operator(ops, value, present, expected):
     assert Check.of(ops).matches(value, present) is expected
+
+
+def test_rules_and_rule_sets_pickle_for_a_process_pool():
+    """A rule (its compiled check included) crosses to another process as it is."""
+    import pickle
+
+    rule = pqlsdk.Rule("engaged", pqlsdk.all_of(pqlsdk.event("report_generated", at_least=3),
+                                                pqlsdk.trait("plan", equals="pro")))
+    copied = pickle.loads(pickle.dumps(rule))
+    assert copied == rule and copied.version == rule.version
+    class Facts:  # what the compiled check asks: a count, a trait
+        def __init__(self, count):
+            self.count = count
+
+        def measure(self, condition, limit):
+            return self.count
+
+        def trait(self, name):
+            return True, "pro"
+
+    assert copied.check(Facts(3)) is True and copied.check(Facts(2)) is False
+    rules = pqlsdk.RuleSet((rule,))
+    assert pickle.loads(pickle.dumps(rules)) == rules

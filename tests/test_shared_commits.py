@@ -279,3 +279,29 @@ def test_a_lone_call_that_raises_is_rolled_back_and_raises_its_own_error(make_cl
     assert client._commits.run(track(client, "after")) == ([], False)
     assert (client._commits.batches, client._commits.calls) == (1, 1)
     assert event_count(client) == 1
+
+
+def test_an_interrupt_while_a_batch_is_run_again_wakes_every_caller(make_client):
+    """Ctrl-C in the lone caller's thread while its batch is run again (a joined call
+    raised) leaves no joined caller waiting or leading forever."""
+    client = make_client(RULES)
+
+    class RunAgainInterrupted(Crowd):
+        def leader_work(self, tx):
+            if self.held:  # the batch is run again: Ctrl-C arrives now
+                raise KeyboardInterrupt
+            return super().leader_work(tx)
+
+    def fails(tx):
+        raise ValueError("the application's bug")
+
+    crowd = RunAgainInterrupted(client, [track(client, "u0"), fails, track(client, "u1")])
+    outcomes = crowd.run()  # each thread returned (none spins leading)
+    assert isinstance(outcomes["leader"], KeyboardInterrupt)
+    for n in (0, 2):
+        assert isinstance(outcomes[n], pqlsdk.StoreError)
+        assert "interrupted (KeyboardInterrupt)" in str(outcomes[n])
+    assert event_count(client) == 0
+    assert not client._commits._leading and not crowd.queue
+    client.track("after", "report_generated", timestamp=T0)  # the next call runs at once
+    assert event_count(client) == 1
