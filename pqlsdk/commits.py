@@ -124,7 +124,11 @@ class SharedCommits:
                 return self._lone(work)
             finally:
                 self._hand_off()
-        wake.acquire()  # released by the leader: done, or asked to lead
+        try:
+            wake.acquire()  # released by the leader: done, or asked to lead
+        except BaseException:  # interrupted while waiting (Ctrl-C): no one waits on it
+            self._abandon(request)
+            raise
         if not request.done:  # leading now: batches until this call's is committed
             try:
                 while not request.done:
@@ -175,6 +179,25 @@ class SharedCommits:
         if lead.error is not None:
             raise lead.error
         return lead.result  # type: ignore[no-any-return]
+
+    def _abandon(self, request: _Request[Any]) -> None:
+        """A waiting caller was interrupted: its call leaves the queue (unless a leader
+        took it already, which then applies it as any other), and the lead it was handed,
+        if any, passes on, so that no later call waits for a leader that is gone."""
+        with self._mutex:
+            for index, queued in enumerate(self._queue):
+                if queued is request:
+                    del self._queue[index]
+                    break
+            else:
+                return  # in a leader's batch: applied and settled there
+            if request.lead:  # handed the lead, never took it: the next caller leads
+                if self._queue:
+                    following = self._queue[0]
+                    following.lead = True
+                    _wake(following)
+                else:
+                    self._leading = False
 
     def _hand_off(self) -> None:
         with self._mutex:

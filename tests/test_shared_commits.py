@@ -305,3 +305,52 @@ def test_an_interrupt_while_a_batch_is_run_again_wakes_every_caller(make_client)
     assert not client._commits._leading and not crowd.queue
     client.track("after", "report_generated", timestamp=T0)  # the next call runs at once
     assert event_count(client) == 1
+
+
+def test_a_caller_interrupted_while_it_waits_leaves_no_one_waiting_after_it(make_client,
+                                                                           monkeypatch):
+    """Ctrl-C while a call waits its turn: it leaves the queue, and the lead handed to it
+    passes on, so every later call still runs."""
+    import _thread
+    from types import SimpleNamespace
+
+    import pqlsdk.commits as commits_module
+
+    client = make_client(RULES)
+    commits = SharedCommits(client.store, limit=1)  # one call a batch: the lead is handed
+    inside, go = threading.Event(), threading.Event()
+
+    def slow(tx):
+        inside.set()
+        assert go.wait(60)
+        return track(client, "slow")(tx)
+
+    leader = threading.Thread(target=commits.run, args=(slow,))
+    leader.start()
+    assert inside.wait(60)
+
+    class InterruptedWait:  # the waiting caller's lock: its wait is cut by Ctrl-C
+        def __init__(self) -> None:
+            self.lock, self.taken = _thread.allocate_lock(), False
+
+        def acquire(self) -> bool:
+            if self.taken:
+                raise KeyboardInterrupt
+            self.taken = True
+            return self.lock.acquire()
+
+        def release(self) -> None:
+            self.lock.release()
+
+    monkeypatch.setattr(commits_module, "threading", SimpleNamespace(Lock=InterruptedWait))
+    with pytest.raises(KeyboardInterrupt):
+        commits.run(track(client, "interrupted"))
+    monkeypatch.undo()
+    go.set()
+    leader.join(60)
+    later = threading.Thread(target=commits.run, args=(track(client, "later"),))
+    later.start()
+    later.join(30)
+    assert not later.is_alive()
+    assert not commits._leading and not commits._queue
+    assert event_count(client) == 2  # slow's and later's; the interrupted call left
