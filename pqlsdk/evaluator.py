@@ -156,11 +156,11 @@ def measure(condition: Condition, facts: Facts, *, exact: bool = True) -> Measur
         value = facts.measure(condition, None if exact else condition.limit)
         return Measurement(condition.label(), value, condition.bound(), condition.met_by(value))
     if isinstance(condition, TraitCondition):
-        present, value = facts.trait(condition.trait)
-        met = condition.check.matches(value, present)
-        if isinstance(value, list | dict):  # the memo's own (facts.parsed_traits): a copy
-            value = copy.deepcopy(value)
-        return Measurement(condition.label(), value if present else None, condition.bound(),
+        present, trait = facts.trait(condition.trait)
+        met = condition.check.matches(trait, present)
+        if isinstance(trait, list | dict):  # the memo's own (facts.parsed_traits): a copy
+            trait = copy.deepcopy(trait)
+        return Measurement(condition.label(), trait if present else None, condition.bound(),
                            met)
     if isinstance(condition, ScoreCondition):
         value = facts.score(condition.score)
