@@ -192,21 +192,20 @@ class SharedCommits:
             else:
                 return  # in a leader's batch: applied and settled there
             if request.lead:  # handed the lead, never took it: the next caller leads
-                if self._queue:
-                    following = self._queue[0]
-                    following.lead = True
-                    _wake(following)
-                else:
-                    self._leading = False
+                self._pass_lead()
 
     def _hand_off(self) -> None:
         with self._mutex:
-            if self._queue:
-                following = self._queue[0]
-                following.lead = True
-                _wake(following)  # it waits: it has a lock
-            else:
-                self._leading = False
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """(With the mutex held.) The oldest call queued leads next; else nobody leads."""
+        if self._queue:
+            following = self._queue[0]
+            following.lead = True
+            _wake(following)  # it waits: it has a lock
+        else:
+            self._leading = False
 
     def _take(self, room: int) -> list[_Request[Any]]:
         """Up to ``room`` of the calls queued, oldest first."""

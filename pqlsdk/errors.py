@@ -101,6 +101,13 @@ class StoreRejected(StoreError):
     the database cannot store. The call's problem, not the store's: nothing of it was
     written, and other calls go on (an import reports the line and imports the rest)."""
 
+    @classmethod
+    def refused(cls, reason: str, *, path: str | None = None) -> StoreRejected:
+        """The error for a call whose data the database refused, saying why (either
+        engine's words)."""
+        return cls(f"the database refused this call's data ({reason}); nothing of this "
+                   f"call was written", path=path)
+
 
 class StoreFull(StoreError):
     """The disk (or a quota, or ``max_page_count``) is full; free space and retry."""

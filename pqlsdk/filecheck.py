@@ -46,8 +46,7 @@ def translate(exc: sqlite3.Error, path: str | None, busy_timeout: float) -> Stor
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     text = str(exc)
     if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):  # the call's, not the file's
-        return StoreRejected(f"the database refused this call's data ({text}); nothing of "
-                             f"this call was written", path=path)
+        return StoreRejected.refused(text, path=path)
     lowered = text.lower()
     if code in (_BUSY, _LOCKED) or "database is locked" in lowered:
         return StoreBusy(

@@ -389,8 +389,7 @@ def translate(exc: BaseException, where: str) -> StoreError:
 def rejected(exc: BaseException, where: str) -> StoreRejected:
     """:class:`~pqlsdk.StoreRejected` for a constraint or data error of the call."""
     text = str(exc).strip() or type(exc).__name__
-    return StoreRejected(f"the database refused this call's data ({text}); nothing of this "
-                         f"call was written", path=where)
+    return StoreRejected.refused(text, path=where)
 
 
 def _conflict(exc: BaseException) -> tuple[str, str] | None:
